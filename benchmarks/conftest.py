@@ -1,0 +1,24 @@
+"""Shared test set-up.
+
+Without a GPU, Triton kernels run under its interpreter: TRITON_INTERPRET must be set before
+any kernel module is imported, so it is set here, first. Tests marked ``gpu`` are skipped
+when no CUDA device is visible; ``pytest -m gpu`` runs only those.
+"""
+
+import os
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

@@ -1,0 +1,1 @@
+"""Dataset layouts, the synthetic dataset, samplers, and the DALI and PyTorch input pipelines."""

@@ -1,0 +1,1 @@
+"""DG-Net modules: Ea, Es, the decoder G, the discriminator D, re-id heads, and DGNet composing them."""

@@ -1,0 +1,6 @@
+"""The Python front of every dgnet fast op: reference, dispatch, fake and autograd registration."""
+
+from dgnet.ops._lib import extension_available, fused_enabled, set_fused
+from dgnet.ops.adain import adain, adain_reference
+
+__all__ = ["adain", "adain_reference", "extension_available", "fused_enabled", "set_fused"]

@@ -1,0 +1,1 @@
+"""Triton kernels of dgnet, installed as ``dgnet.kernels``. Import them through ``dgnet.ops``."""
