@@ -2,14 +2,30 @@
 
 Every number of the DG-Net spec (``../shared/dgnet-spec.md``) lives here once. The reference's
 names are kept (``gan_w``, ``recon_x_w``, ...) so users of the reference find them.
-Presets are functions returning a fresh ``Config``; YAML files override a preset, flags
-override both (the layering lives in ``dgnet.train``).
+
+Layering (lowest to highest): a preset (``PRESETS``: demo, synthetic, market1501, dukemtmc,
+msmt17), then a YAML file, then command-line flags. A YAML file is a nested mapping of the
+sections below and may name its base preset with a top-level ``preset:`` key (default ``demo``).
+An unknown section or key anywhere is an error that names it. ``resolve_config`` does the
+layering; ``save_config`` writes the resolved result next to a run's outputs.
+
+Deliberate deviations from the reference are switches, and parity is the default:
+``ModelConfig.detach_appearance_code`` and ``ModelConfig.bn_train_on_generated``.
+The demo and synthetic presets scale the spec's schedule (ramps and decay milestones) to their
+shorter runs with ``scale_schedule``, so the ramped-in terms do switch on within them.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
+import typing
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
 
 
 @dataclass
@@ -96,6 +112,9 @@ class TrainConfig:
     checkpoint_every: int = 5000
     keep_checkpoints: int = 3
     output: str = "outputs/run"
+    max_iterations: int = 0  # --iterations N: caps both stages at N (0: no cap); not part of the fingerprint
+    teacher: str = ""  # --teacher PATH: a trained teacher checkpoint; skips stage 1
+    grid_samples: int = 4  # fixed images in the training-time PNG grids
 
 
 @dataclass
@@ -120,3 +139,304 @@ class Config:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+SECTIONS = ("data", "model", "loss", "optim", "train", "eval")
+
+# Keys that do not change what a run computes (where it writes, how often it logs, how many
+# iterations this invocation may run, which loader decodes the same images) are left out of the
+# fingerprint, so a run can be resumed with a different cap, output folder or loader.
+_UNFINGERPRINTED = {
+    "data": {"root", "loader", "workers", "skip_corrupt"},
+    "train": {"device", "amp", "fused", "log_every", "image_every", "checkpoint_every", "keep_checkpoints",
+              "output", "max_iterations", "teacher", "grid_samples"},
+    "eval": None,  # evaluation settings never affect training
+}
+
+
+def scale_schedule(cfg: Config, iterations: int, teacher_iterations: int) -> Config:
+    """Shrink the spec's 100k-iteration schedule to ``iterations`` (in place; returns ``cfg``).
+
+    Warm-up start, decay milestones scale by ``iterations / 100_000``; the ramp step grows by the
+    inverse, so every ramped weight reaches its cap at the same fraction of the run as in the spec
+    (the teacher weight, cap 2, is at its cap after 34% of the run). Teacher milestones scale by
+    ``teacher_iterations / 20_000``.
+    """
+    spec_optim, spec_loss = OptimConfig(), LossConfig()
+    f = iterations / spec_optim.iterations
+    ft = teacher_iterations / spec_optim.teacher_iterations
+    cfg.optim.iterations = iterations
+    cfg.optim.teacher_iterations = teacher_iterations
+    cfg.optim.milestones = tuple(max(1, round(m * f)) for m in spec_optim.milestones)
+    cfg.optim.teacher_milestones = tuple(max(1, round(m * ft)) for m in spec_optim.teacher_milestones)
+    cfg.loss.warm_iter = round(spec_loss.warm_iter * f)
+    cfg.loss.warm_step = spec_loss.warm_step / f
+    return cfg
+
+
+def _real(name: str, dataset: str, num_ids: int, iterations: int = 100_000) -> Config:
+    cfg = Config(name=name)
+    cfg.data.dataset = dataset
+    cfg.data.root = f"data/{dataset}"
+    cfg.model.num_ids = num_ids
+    cfg.model.backbone_weights = "imagenet"
+    cfg.optim.iterations = iterations
+    cfg.train.output = f"outputs/{name}"
+    return cfg
+
+
+def preset_market1501() -> Config:
+    """Market-1501, the spec's schedule: 100k iterations, 751 train identities, ImageNet backbone."""
+    return _real("market1501", "market1501", 751)
+
+
+def preset_dukemtmc() -> Config:
+    """DukeMTMC-reID: the Market schedule, 702 train identities."""
+    return _real("dukemtmc", "dukemtmc", 702)
+
+
+def preset_msmt17() -> Config:
+    """MSMT17: 150k iterations, 1041 train identities (milestones as for Market, per the spec)."""
+    return _real("msmt17", "msmt17", 1041, iterations=150_000)
+
+
+def _synthetic_base(name: str) -> Config:
+    cfg = Config(name=name)
+    cfg.data.dataset = "synthetic"
+    cfg.data.root = "data/synthetic"
+    cfg.data.height, cfg.data.width = 128, 64
+    cfg.data.pad = 5  # the spec's 10 px at 256x128, scaled with the image
+    cfg.data.workers = 1
+    cfg.model.backbone = "resnet18"
+    cfg.model.backbone_weights = "none"  # nothing to download; the synthetic set trains from scratch
+    cfg.model.num_ids = 0  # 0: taken from the generated set
+    cfg.train.output = f"outputs/{name}"
+    cfg.eval.batch_size = 32
+    return cfg
+
+
+def preset_demo() -> Config:
+    """The first run: the embedded synthetic set at 128x64, ResNet-18 Ea from scratch, a short schedule.
+
+    The whole of ``python -m dgnet.train`` (data, teacher, DG-Net, four evaluations) takes about a
+    quarter of an hour on a 2-core CPU. The schedule is the spec's scaled down by ``scale_schedule``
+    (ramps and decay points at the same fractions of the run), so every loss term is active before
+    the end. It shows the pipeline working, not the paper's quality: use ``synthetic`` for that.
+    """
+    cfg = _synthetic_base("demo")
+    scale_schedule(cfg, iterations=300, teacher_iterations=300)
+    cfg.train.log_every = 10
+    cfg.train.image_every = 100
+    cfg.train.checkpoint_every = 100
+    cfg.eval.k1 = 10  # the synthetic gallery holds few images per identity
+    cfg.eval.k2 = 3
+    return cfg
+
+
+def preset_synthetic() -> Config:
+    """The embedded set with a schedule long enough for the quality comparisons (teacher vs DG-Net).
+
+    Hours on a 2-core CPU, minutes on a GPU. The spec's schedule scaled as in the demo.
+    """
+    cfg = _synthetic_base("synthetic")
+    scale_schedule(cfg, iterations=8_000, teacher_iterations=4_000)
+    cfg.train.log_every = 50
+    cfg.train.image_every = 1_000
+    cfg.train.checkpoint_every = 1_000
+    cfg.eval.k1 = 10
+    cfg.eval.k2 = 3
+    return cfg
+
+
+PRESETS: dict[str, typing.Callable[[], Config]] = {
+    "demo": preset_demo,
+    "synthetic": preset_synthetic,
+    "market1501": preset_market1501,
+    "dukemtmc": preset_dukemtmc,
+    "msmt17": preset_msmt17,
+}
+
+
+def _field_types(obj: Any) -> dict[str, Any]:
+    return typing.get_type_hints(type(obj))
+
+
+def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
+    """Convert a YAML/CLI value to the field's declared type, or raise naming the key."""
+    origin = typing.get_origin(tp)
+    bad = ValueError(f"{source}: {key}={value!r}: expected {getattr(tp, '__name__', tp)}")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0", "on", "off"):
+            return value.lower() in ("true", "yes", "1", "on")
+        raise bad
+    if tp is int:
+        if isinstance(value, bool):
+            raise bad
+        if isinstance(value, int):
+            return value
+        try:
+            f = float(value)
+        except (TypeError, ValueError):
+            raise bad from None
+        if not f.is_integer():
+            raise bad
+        return int(f)
+    if tp is float:
+        if isinstance(value, bool):
+            raise bad
+        try:
+            return float(value)  # YAML reads 1e-4 (no dot) as a string
+        except (TypeError, ValueError):
+            raise bad from None
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise bad
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if isinstance(value, str):
+            value = yaml.safe_load(value) if value.strip().startswith("[") else value.split(",")
+        if not isinstance(value, (list, tuple)):
+            raise bad
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], key, source) for v in value)
+        if len(value) != len(args):
+            raise ValueError(f"{source}: {key}={value!r}: expected {len(args)} values")
+        return tuple(_coerce(v, a, key, source) for v, a in zip(value, args, strict=True))
+    return value
+
+
+def apply_overrides(cfg: Config, overrides: dict, source: str) -> Config:
+    """Apply a nested mapping ``{section: {key: value}}`` to ``cfg`` in place and return it.
+
+    ``name`` may be set at the top level. Values are converted to each field's type.
+
+    Raises:
+        ValueError: an unknown section or key (named, with the valid ones listed), or a value
+            that does not convert to the field's type. ``source`` names the file or flag.
+    """
+    if not isinstance(overrides, dict):
+        raise ValueError(f"{source}: expected a mapping of sections {SECTIONS}, got {type(overrides).__name__}")
+    for section, values in overrides.items():
+        if section == "name":
+            cfg.name = str(values)
+            continue
+        if section not in SECTIONS:
+            raise ValueError(f"{source}: unknown config section {section!r}; expected one of {SECTIONS} or 'name'")
+        if not isinstance(values, dict):
+            raise ValueError(f"{source}: section {section!r} must be a mapping of keys, got {values!r}")
+        sub = getattr(cfg, section)
+        types = _field_types(sub)
+        for key, value in values.items():
+            if key not in types:
+                raise ValueError(
+                    f"{source}: unknown config key {section}.{key}; valid keys of {section!r}: {sorted(types)}"
+                )
+            setattr(sub, key, _coerce(value, types[key], f"{section}.{key}", source))
+    return cfg
+
+
+def load_yaml(path: str | Path) -> tuple[str, dict]:
+    """Read a YAML config file; returns ``(base preset name, overrides)``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {str(path)!r} does not exist (and is not a preset: {sorted(PRESETS)})")
+    with path.open() as fh:
+        data = yaml.safe_load(fh) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    base = data.pop("preset", "demo")
+    if base not in PRESETS:
+        raise ValueError(f"{path}: preset={base!r}: expected one of {sorted(PRESETS)}")
+    return base, data
+
+
+def parse_set(items: list[str]) -> dict:
+    """Turn ``["optim.gen_lr=2e-4", ...]`` (the ``--set`` flag) into a nested override mapping."""
+    out: dict = {}
+    for item in items:
+        if "=" not in item or "." not in item.split("=", 1)[0]:
+            raise ValueError(f"--set {item!r}: expected SECTION.KEY=VALUE, e.g. optim.gen_lr=2e-4")
+        key, value = item.split("=", 1)
+        section, name = key.split(".", 1)
+        out.setdefault(section, {})[name] = yaml.safe_load(value)
+    return out
+
+
+def resolve_config(spec: str | None = None, overrides: dict | None = None) -> Config:
+    """Preset or YAML file ``spec`` (default ``demo``), then ``overrides`` (e.g. from flags)."""
+    spec = spec or "demo"
+    if spec in PRESETS:
+        cfg = PRESETS[spec]()
+    else:
+        base, data = load_yaml(spec)
+        cfg = apply_overrides(PRESETS[base](), data, source=str(spec))
+    if overrides:
+        apply_overrides(cfg, overrides, source="command line")
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    """Check values that would otherwise fail deep inside training; raises ValueError naming the key."""
+    choices = {
+        ("train", "amp"): ("auto", "bf16", "fp16", "off"),
+        ("train", "device"): ("auto", "cpu", "cuda"),
+        ("data", "loader"): ("auto", "dali", "torch"),
+    }
+    for (section, key), allowed in choices.items():
+        value = getattr(getattr(cfg, section), key)
+        if value not in allowed and not (key == "device" and str(value).startswith("cuda:")):
+            raise ValueError(f"{section}.{key}={value!r}: expected one of {allowed}")
+    for section, key in (("data", "height"), ("data", "width"), ("data", "batch_size"), ("optim", "iterations")):
+        if getattr(getattr(cfg, section), key) <= 0:
+            raise ValueError(f"{section}.{key}={getattr(getattr(cfg, section), key)!r}: expected a positive integer")
+    if cfg.train.max_iterations < 0:
+        raise ValueError(f"train.max_iterations={cfg.train.max_iterations}: expected >= 0 (0: no cap)")
+
+
+def config_from_dict(d: dict) -> Config:
+    """Rebuild a ``Config`` from ``Config.to_dict()`` output (e.g. one stored in a checkpoint)."""
+    d = dict(d)
+    name = d.pop("name", "run")
+    return apply_overrides(Config(name=name), d, source="stored config")
+
+
+def fingerprint_dict(cfg: Config) -> dict:
+    """The part of the config that decides what a run computes (see ``_UNFINGERPRINTED``)."""
+    out = {}
+    for section in SECTIONS:
+        skip = _UNFINGERPRINTED.get(section, set())
+        if skip is None:
+            continue
+        for key, value in dataclasses.asdict(getattr(cfg, section)).items():
+            if key not in skip:
+                out[f"{section}.{key}"] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+def fingerprint(cfg: Config) -> str:
+    """A short stable hash of ``fingerprint_dict(cfg)``; stored in every checkpoint."""
+    blob = json.dumps(fingerprint_dict(cfg), sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def save_config(cfg: Config, path: str | Path) -> Path:
+    """Write the resolved config as YAML (loadable again with ``--config``) to ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    d = cfg.to_dict()
+
+    def plain(x: Any) -> Any:
+        if isinstance(x, dict):
+            return {k: plain(v) for k, v in x.items()}
+        if isinstance(x, (tuple, list)):
+            return [plain(v) for v in x]
+        return x
+
+    # ``preset`` is the base the overrides apply to; every key is present, so the base hardly matters.
+    body = {"preset": cfg.name if cfg.name in PRESETS else "demo", **plain(d)}
+    path.write_text(yaml.safe_dump(body, sort_keys=False))
+    return path
