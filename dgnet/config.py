@@ -40,6 +40,12 @@ class DataConfig:
     pad: int = 10
     erasing_p: float = 0.5
     skip_corrupt: bool = False
+    teacher_batch_size: int = 32  # stage 1 (the baseline) trains on one stream of this size
+    # The embedded set (dataset "synthetic"): generated at ``root`` with these parameters when absent.
+    synthetic_ids: int = 400
+    synthetic_cams: int = 6
+    synthetic_height: int = 128
+    synthetic_width: int = 64
 
 
 @dataclass
@@ -147,7 +153,7 @@ SECTIONS = ("data", "model", "loss", "optim", "train", "eval")
 # iterations this invocation may run, which loader decodes the same images) are left out of the
 # fingerprint, so a run can be resumed with a different cap, output folder or loader.
 _UNFINGERPRINTED = {
-    "data": {"root", "loader", "workers", "skip_corrupt"},
+    "data": {"root", "loader", "workers", "skip_corrupt"},  # the synthetic_* keys do count: they define the data
     "train": {"device", "amp", "fused", "log_every", "image_every", "checkpoint_every", "keep_checkpoints",
               "output", "max_iterations", "teacher", "grid_samples"},
     "eval": None,  # evaluation settings never affect training

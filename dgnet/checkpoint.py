@@ -1,0 +1,271 @@
+"""Checkpoints: one self-contained file per save, written atomically, loaded without unpickling code.
+
+A checkpoint is a plain dictionary of tensors and built-in types, so ``torch.load(weights_only=True)``
+reads it (no arbitrary code runs on load). It holds everything an exact resume needs: the models,
+optimisers, schedulers and grad scaler, every RNG state (Python, NumPy, torch CPU and each CUDA
+device), the data streams' positions, the ramped weights, the stage and the iteration, plus the
+resolved config and its fingerprint so a checkpoint from another config is refused by name.
+
+Layout of the dictionary (``FORMAT``/``VERSION`` identify it)::
+
+    format, version, stage ("teacher" | "dgnet"), iteration (iterations completed), num_ids,
+    config (Config.to_dict()), fingerprint, models {name: state_dict}, optimizers {...},
+    schedulers {...}, scaler (state_dict or None), rng {...}, streams {name: state_dict},
+    ramps {name: float}, extra {...}
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from dgnet.config import Config, fingerprint, fingerprint_dict
+
+FORMAT = "dgnet-checkpoint"
+VERSION = 1
+_NAME = re.compile(r"^(?P<stage>teacher|dgnet)_(?P<it>\d{8})\.pt$")
+STAGE_ORDER = {"teacher": 0, "dgnet": 1}
+
+
+# --------------------------------------------------------------------------- RNG state
+def get_rng_state() -> dict:
+    """Every RNG the training touches, as tensors and built-in types (``weights_only``-safe)."""
+    py_version, py_state, py_gauss = random.getstate()
+    np_kind, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    state = {
+        "python": {"version": py_version, "state": torch.tensor(py_state, dtype=torch.int64), "gauss": py_gauss},
+        "numpy": {
+            "kind": np_kind,
+            "keys": torch.from_numpy(np.asarray(np_keys, dtype=np.int64)),
+            "pos": int(np_pos),
+            "has_gauss": int(np_has_gauss),
+            "gauss": float(np_gauss),
+        },
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore what ``get_rng_state`` captured. CUDA states are restored for the devices present."""
+    py = state["python"]
+    random.setstate((py["version"], tuple(int(v) for v in py["state"].tolist()), py["gauss"]))
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    torch.set_rng_state(state["torch"])
+    cuda = state.get("cuda") or []
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda[: torch.cuda.device_count()])
+
+
+# --------------------------------------------------------------------------- safe encoding
+def to_safe(obj: Any) -> Any:
+    """Encode NumPy arrays/scalars (which ``weights_only`` loading refuses) reversibly; see ``from_safe``."""
+    if isinstance(obj, np.ndarray):
+        return {"__ndarray__": torch.from_numpy(np.ascontiguousarray(obj)), "dtype": str(obj.dtype)}
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, dict):
+        return {k: to_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [to_safe(v) for v in obj]
+    if isinstance(obj, tuple):
+        return tuple(to_safe(v) for v in obj)
+    return obj
+
+
+def from_safe(obj: Any) -> Any:
+    """Inverse of ``to_safe``."""
+    if isinstance(obj, dict):
+        if "__ndarray__" in obj and set(obj) == {"__ndarray__", "dtype"}:
+            return obj["__ndarray__"].numpy().astype(obj["dtype"])
+        return {k: from_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [from_safe(v) for v in obj]
+    if isinstance(obj, tuple):
+        return tuple(from_safe(v) for v in obj)
+    return obj
+
+
+# --------------------------------------------------------------------------- files
+def save_atomic(state: dict, path: str | Path) -> Path:
+    """``torch.save`` to a temporary file in the same folder, fsync, then ``os.replace`` onto ``path``.
+
+    A crash at any point leaves either the old file or the new one, never a torn one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with tmp.open("wb") as fh:
+            torch.save(state, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    try:  # make the rename itself durable
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+    return path
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+    """Load a dgnet checkpoint with ``torch.load(weights_only=True)``.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: the file is not a dgnet checkpoint (or is damaged / not weights-only safe).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure means "not a usable checkpoint"
+        raise ValueError(f"checkpoint {str(path)!r} could not be read as a dgnet checkpoint: {exc}") from exc
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise ValueError(f"checkpoint {str(path)!r} is not a dgnet checkpoint (expected format {FORMAT!r})")
+    if ckpt.get("version") != VERSION:
+        raise ValueError(f"checkpoint {str(path)!r} has format version {ckpt.get('version')}, expected {VERSION}")
+    return ckpt
+
+
+def check_compatible(ckpt: dict, cfg: Config, path: str | Path) -> None:
+    """Refuse a checkpoint whose config fingerprint differs from ``cfg``'s, naming the keys that differ."""
+    if ckpt.get("fingerprint") == fingerprint(cfg):
+        return
+    mine = fingerprint_dict(cfg)
+    from dgnet.config import config_from_dict
+
+    try:
+        theirs = fingerprint_dict(config_from_dict(ckpt["config"]))
+    except (KeyError, ValueError):
+        theirs = {}
+    diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+    shown = ", ".join(f"{k}: checkpoint {theirs.get(k)!r} vs now {mine.get(k)!r}" for k in diff[:8])
+    raise ValueError(
+        f"checkpoint {str(path)!r} was written by another config (fingerprint {ckpt.get('fingerprint')} "
+        f"vs {fingerprint(cfg)}); differing keys: {shown or 'unknown'}. "
+        "Resume with the same config, or start a new output folder."
+    )
+
+
+class CheckpointManager:
+    """Numbered checkpoints ``<folder>/<stage>_<iteration:08d>.pt``, keeping the last ``keep`` per stage.
+
+    ``latest()`` is the newest by (stage order, iteration): a finished teacher stage is older than
+    any DG-Net checkpoint.
+    """
+
+    def __init__(self, folder: str | Path, keep: int = 3) -> None:
+        if keep < 1:
+            raise ValueError(f"keep={keep}: expected at least 1 checkpoint to keep")
+        self.folder = Path(folder)
+        self.keep = keep
+
+    def path(self, stage: str, iteration: int) -> Path:
+        if stage not in STAGE_ORDER:
+            raise ValueError(f"stage={stage!r}: expected one of {sorted(STAGE_ORDER)}")
+        return self.folder / f"{stage}_{iteration:08d}.pt"
+
+    def list(self, stage: str | None = None) -> list[Path]:
+        """Checkpoints present, oldest first."""
+        if not self.folder.is_dir():
+            return []
+        found = []
+        for p in self.folder.iterdir():
+            m = _NAME.match(p.name)
+            if m and (stage is None or m["stage"] == stage):
+                found.append((STAGE_ORDER[m["stage"]], int(m["it"]), p))
+        return [p for _, _, p in sorted(found)]
+
+    def latest(self, stage: str | None = None) -> Path | None:
+        items = self.list(stage)
+        return items[-1] if items else None
+
+    def save(self, state: dict, stage: str, iteration: int) -> Path:
+        """Write ``state`` atomically, then delete this stage's checkpoints beyond the newest ``keep``."""
+        path = save_atomic(state, self.path(stage, iteration))
+        for old in self.list(stage)[: -self.keep]:
+            old.unlink(missing_ok=True)
+        return path
+
+
+def build_state(
+    *,
+    stage: str,
+    iteration: int,
+    cfg: Config,
+    num_ids: int,
+    models: dict[str, torch.nn.Module],
+    optimizers: dict[str, torch.optim.Optimizer] | None = None,
+    schedulers: dict[str, Any] | None = None,
+    scaler: Any = None,
+    streams: dict[str, Any] | None = None,
+    ramps: dict[str, float] | None = None,
+    extra: dict | None = None,
+) -> dict:
+    """Assemble the checkpoint dictionary (see module docstring) from live training objects."""
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "stage": stage,
+        "iteration": int(iteration),
+        "num_ids": int(num_ids),
+        "config": cfg.to_dict(),
+        "fingerprint": fingerprint(cfg),
+        "models": {k: m.state_dict() for k, m in models.items()},
+        "optimizers": {k: o.state_dict() for k, o in (optimizers or {}).items()},
+        "schedulers": {k: s.state_dict() for k, s in (schedulers or {}).items()},
+        "scaler": scaler.state_dict() if scaler is not None else None,
+        "rng": get_rng_state(),
+        "streams": {k: to_safe(s.state_dict()) for k, s in (streams or {}).items()},
+        "ramps": {k: float(v) for k, v in (ramps or {}).items()},
+        "extra": to_safe(extra or {}),
+    }
+
+
+def restore_state(
+    ckpt: dict,
+    *,
+    models: dict[str, torch.nn.Module],
+    optimizers: dict[str, torch.optim.Optimizer] | None = None,
+    schedulers: dict[str, Any] | None = None,
+    scaler: Any = None,
+    streams: dict[str, Any] | None = None,
+    rng: bool = True,
+) -> None:
+    """Load what ``build_state`` saved back into live objects (strict: every named part must be present)."""
+
+    def need(section: str, name: str) -> Any:
+        try:
+            return ckpt[section][name]
+        except KeyError:
+            raise ValueError(f"checkpoint has no {section}[{name!r}] (holds {sorted(ckpt.get(section, {}))})") from None
+
+    for k, m in models.items():
+        m.load_state_dict(need("models", k))
+    for k, o in (optimizers or {}).items():
+        o.load_state_dict(need("optimizers", k))
+    for k, s in (schedulers or {}).items():
+        s.load_state_dict(need("schedulers", k))
+    if scaler is not None and ckpt.get("scaler") is not None:
+        scaler.load_state_dict(ckpt["scaler"])
+    for k, s in (streams or {}).items():
+        s.load_state_dict(from_safe(need("streams", k)))
+    if rng:
+        set_rng_state(ckpt["rng"])

@@ -1,0 +1,550 @@
+"""``python -m dgnet.train``: stage 1 trains the teacher (the re-id baseline), stage 2 trains DG-Net.
+
+With no arguments it runs the ``demo`` preset end to end: generates the synthetic set if absent,
+trains both stages, evaluates the teacher and DG-Net with and without re-ranking, prints the table
+and writes everything under ``outputs/demo/``::
+
+    outputs/<run>/config.yaml          the resolved config (loadable with --config)
+    outputs/<run>/metrics.jsonl        one line per logged iteration (losses, ramped weights, lrs, it/s)
+    outputs/<run>/tb/                  TensorBoard events (the same scalars, plus image grids)
+    outputs/<run>/images/*.png         fixed samples: real a, real b, reconstruction, cycle, swaps
+    outputs/<run>/checkpoints/*.pt     full checkpoints (last K per stage) for --resume
+    outputs/<run>/teacher.pt, dgnet.pt final weights (for --teacher, dgnet.test, dgnet.visualize)
+    outputs/<run>/results.json, results.md   the evaluation table
+
+``--iterations N`` caps both stages of this invocation at N. ``--resume`` continues from the newest
+checkpoint in the output folder exactly where it stopped (models, optimisers, schedulers, grad
+scaler, all RNG states, the data streams' positions; the ramps are a function of the iteration),
+in the stage it stopped in. Multi-process (torchrun) support is prepared, not done: the streams take
+``rank``/``world_size`` and only rank 0 logs and writes checkpoints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from dgnet.checkpoint import (
+    CheckpointManager,
+    build_state,
+    check_compatible,
+    load_checkpoint,
+    restore_state,
+    save_atomic,
+)
+from dgnet.config import Config, config_from_dict, resolve_config, save_config
+from dgnet.logging_utils import RunLogger
+
+
+class NonFiniteLoss(RuntimeError):
+    """A loss became NaN or inf: training stops, the last good checkpoint is kept and named."""
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# command line
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m dgnet.train",
+        description="Train the teacher (re-id baseline) and DG-Net, then evaluate both. "
+        "No arguments: the demo preset on the embedded synthetic set.",
+    )
+    p.add_argument("--config", default="demo", help="a preset (demo, synthetic, market1501, dukemtmc, msmt17) "
+                   "or a YAML file (default: demo)")
+    p.add_argument("--data-root", help="dataset folder (data.root)")
+    p.add_argument("--output", help="output folder (train.output; default outputs/<preset>)")
+    p.add_argument("--fused", action="store_true", default=None, help="use the fused AdaIN kernels")
+    p.add_argument("--amp", choices=("auto", "bf16", "fp16", "off"), help="mixed precision (default auto: bf16 on "
+                   "GPUs that support it, fp16 with gradient scaling on others, off on CPU)")
+    p.add_argument("--loader", choices=("auto", "dali", "torch"), help="input pipeline (auto: DALI where it imports)")
+    p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
+    p.add_argument("--iterations", type=int, help="cap both stages at N iterations (a smoke run)")
+    p.add_argument("--teacher", help="a trained teacher (teacher.pt or any dgnet checkpoint): skips stage 1")
+    p.add_argument("--resume", action="store_true", help="continue exactly from the newest checkpoint in --output")
+    p.add_argument("--backbone-weights", help="imagenet | none | PATH (model.backbone_weights)")
+    p.add_argument("--skip-corrupt", action="store_true", default=None, help="skip unreadable images instead of "
+                   "stopping")
+    p.add_argument("--stage", choices=("all", "teacher", "dgnet"), default="all",
+                   help="train both stages (default), only the teacher, or only DG-Net (needs a teacher)")
+    p.add_argument("--no-eval", action="store_true", help="skip the final evaluation")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override any config key, e.g. --set optim.gen_lr=2e-4 (repeatable)")
+    return p
+
+
+def args_to_overrides(args: argparse.Namespace) -> dict:
+    """The flags as a nested override mapping (flags left out do not override)."""
+    from dgnet.config import parse_set
+
+    o: dict[str, dict[str, Any]] = parse_set(args.set)
+    flags = {
+        ("data", "root"): args.data_root,
+        ("train", "output"): args.output,
+        ("train", "fused"): args.fused,
+        ("train", "amp"): args.amp,
+        ("data", "loader"): args.loader,
+        ("train", "device"): args.device,
+        ("train", "max_iterations"): args.iterations,
+        ("train", "teacher"): args.teacher,
+        ("model", "backbone_weights"): args.backbone_weights,
+        ("data", "skip_corrupt"): args.skip_corrupt,
+    }
+    for (section, key), value in flags.items():
+        if value is not None:
+            o.setdefault(section, {})[key] = value
+    return o
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# environment
+
+
+def dist_info() -> tuple[int, int]:
+    """``(rank, world_size)``; ``(0, 1)`` unless torch.distributed is initialised."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> cuda when available, else cpu; an unavailable cuda is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: no CUDA device is visible; use --device cpu")
+    return dev
+
+
+def resolve_amp(mode: str, device: torch.device) -> tuple[torch.dtype | None, torch.amp.GradScaler | None]:
+    """``(autocast dtype or None, GradScaler or None)`` for ``train.amp``.
+
+    ``auto``: bf16 on GPUs that support it, fp16 (with gradient scaling) on older GPUs, off on CPU.
+    """
+    if mode == "auto":
+        if device.type != "cuda":
+            return None, None
+        mode = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if mode == "off":
+        return None, None
+    if mode == "bf16":
+        return torch.bfloat16, None
+    if mode == "fp16":
+        if device.type != "cuda":
+            raise ValueError("--amp fp16 needs a CUDA device; on CPU use --amp bf16 or off")
+        return torch.float16, torch.amp.GradScaler("cuda")
+    raise ValueError(f"train.amp={mode!r}: expected auto, bf16, fp16 or off")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def set_determinism(deterministic: bool) -> None:
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+    else:
+        torch.backends.cudnn.benchmark = True
+
+
+def prepare_dataset(cfg: Config, verbose: bool = True):
+    """Generate the synthetic set if needed, read the layout, preflight the images, check identity counts.
+
+    Sets ``cfg.model.num_ids`` from the data when it is 0 (the synthetic presets).
+    """
+    from dgnet.data import load_dataset
+
+    root = Path(cfg.data.root)
+    if cfg.data.dataset == "synthetic":
+        from dgnet.data.synthetic import ensure_dataset
+
+        ensure_dataset(root, verbose=verbose, ids=cfg.data.synthetic_ids, cams=cfg.data.synthetic_cams,
+                       height=cfg.data.synthetic_height, width=cfg.data.synthetic_width, seed=cfg.train.seed)
+    elif not root.exists():
+        raise FileNotFoundError(
+            f"dataset folder {str(root)!r} (data.root, --data-root) does not exist; expected the "
+            f"{cfg.data.dataset} layout there (no dataset is downloaded)"
+        )
+    ds = load_dataset(cfg.data.dataset, root, verbose=verbose)
+    try:
+        from dgnet.data.check import preflight
+    except ImportError:
+        preflight = None
+    if preflight is not None:
+        for split in ("train", "query", "gallery"):
+            samples, skipped = preflight(getattr(ds, split), cfg.data.skip_corrupt)
+            if skipped and verbose:
+                print(f"dgnet: skipped {skipped} unreadable {split} images (--skip-corrupt)")
+            setattr(ds, split, samples)
+    n = ds.num_train_pids
+    if cfg.model.num_ids == 0:
+        cfg.model.num_ids = n
+    elif cfg.model.num_ids != n:
+        raise ValueError(
+            f"model.num_ids={cfg.model.num_ids} but {str(root)!r} ({cfg.data.dataset}) has {n} train identities; "
+            f"set model.num_ids: {n} (or 0 to take it from the data)"
+        )
+    return ds
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# shared loop pieces
+
+
+def _check_finite(out: dict[str, Any], stage: str, iteration: int, mgr: CheckpointManager) -> None:
+    bad = {k: v for k, v in out.items() if isinstance(v, float) and k.startswith("loss") and not math.isfinite(v)}
+    if not bad:
+        return
+    last = mgr.latest()
+    kept = f"the last good checkpoint is {last}" if last else "no checkpoint had been written yet"
+    names = ", ".join(f"{k} = {v}" for k, v in bad.items())
+    raise NonFiniteLoss(
+        f"{stage}: non-finite loss at iteration {iteration + 1}: {names}; training stopped, {kept}. "
+        "Lower the learning rates or use --amp off/bf16 and resume with --resume."
+    )
+
+
+def _lrs(optimizers: dict[str, torch.optim.Optimizer]) -> dict[str, float]:
+    out = {}
+    for name, opt in optimizers.items():
+        for i, g in enumerate(opt.param_groups):
+            out[f"lr_{name}" + (f"_{i}" if len(opt.param_groups) > 1 else "")] = float(g["lr"])
+    return out
+
+
+def _stream_kwargs(cfg: Config, device: torch.device, seed: int, batch_size: int) -> dict:
+    rank, world = dist_info()
+    return dict(batch_size=batch_size, size=(cfg.data.height, cfg.data.width), device=device, seed=seed,
+                pad=cfg.data.pad, erasing_p=cfg.data.erasing_p, rank=rank, world_size=world,
+                workers=cfg.data.workers)
+
+
+def _final_weights(path: Path, stage: str, iteration: int, cfg: Config, num_ids: int, models: dict) -> None:
+    save_atomic(build_state(stage=stage, iteration=iteration, cfg=cfg, num_ids=num_ids, models=models), path)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# stage 1: the teacher
+
+
+def train_teacher(cfg: Config, ds, device: torch.device, backend: str, mgr: CheckpointManager,
+                  resume: dict | None, amp: tuple, out: Path) -> torch.nn.Module:
+    """Train the re-id baseline (the teacher) for ``optim.teacher_iterations`` (capped); returns it in eval mode."""
+    from dgnet import engine
+    from dgnet.data import train_stream
+    from dgnet.models import ReidBaseline
+
+    rank, _ = dist_info()
+    amp_dtype, scaler = amp
+    total = cfg.optim.teacher_iterations
+    if cfg.train.max_iterations:
+        total = min(total, cfg.train.max_iterations)
+    seed_everything(cfg.train.seed)
+    num_ids = cfg.model.num_ids
+    teacher = ReidBaseline(cfg.model, num_ids).to(device)
+    opt = engine.build_teacher_optimizer(teacher, cfg.optim)
+    sched = engine.build_teacher_scheduler(opt, cfg.optim)
+    stream = train_stream(ds.train, backend, mode="pk", augment=True,
+                          **_stream_kwargs(cfg, device, cfg.train.seed, cfg.data.teacher_batch_size))
+    start = 0
+    if resume is not None:
+        restore_state(resume, models={"teacher": teacher}, optimizers={"teacher": opt},
+                      schedulers={"teacher": sched}, scaler=scaler, streams={"train": stream})
+        start = resume["iteration"]
+    log = RunLogger(out, "teacher", total, start=start, enabled=rank == 0)
+    if start >= total:
+        log.write(f"teacher: already trained ({start} iterations)")
+    batches = iter(stream)
+
+    def save(it: int) -> None:
+        if rank == 0:
+            mgr.save(build_state(stage="teacher", iteration=it, cfg=cfg, num_ids=num_ids, models={"teacher": teacher},
+                                 optimizers={"teacher": opt}, schedulers={"teacher": sched}, scaler=scaler,
+                                 streams={"train": stream}), "teacher", it)
+
+    teacher.train()
+    try:
+        for it in range(start, total):
+            sched_step(sched)
+            batch = next(batches)
+            o = engine.teacher_step(teacher, opt, batch, cfg, scaler, amp_dtype)
+            _check_finite(o, "teacher", it, mgr)
+            done = it + 1
+            log.step(postfix={k: v for k, v in o.items() if k.startswith("loss")})
+            if done % cfg.train.log_every == 0 or done == total:
+                log.scalars(done, {**o, **_lrs({"teacher": opt}), "it_per_s": log.its_per_second(done)})
+            if done % cfg.train.checkpoint_every == 0 or done == total:
+                save(done)
+    finally:
+        log.close()
+    if rank == 0 and total > 0:
+        _final_weights(out / "teacher.pt", "teacher", max(start, total), cfg, num_ids, {"teacher": teacher})
+    teacher.eval()
+    return teacher
+
+
+def sched_step(*schedulers: Any) -> None:
+    """Step schedulers at the start of an iteration, as the reference does (spec: Optimisation)."""
+    with warnings.catch_warnings():
+        # torch warns when a scheduler steps before the first optimiser step; that order is the spec's.
+        warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)`")
+        for s in schedulers:
+            s.step()
+
+
+def load_teacher(path: str | Path, num_ids: int, device: torch.device) -> tuple[torch.nn.Module, dict]:
+    """A frozen teacher from ``teacher.pt`` or any dgnet checkpoint holding one; checks the identity count."""
+    from dgnet.models import ReidBaseline
+
+    ckpt = load_checkpoint(path)
+    if "teacher" not in ckpt["models"]:
+        raise ValueError(f"--teacher {str(path)!r}: the checkpoint holds no teacher (it has {sorted(ckpt['models'])})")
+    if ckpt["num_ids"] != num_ids:
+        raise ValueError(
+            f"--teacher {str(path)!r} was trained on {ckpt['num_ids']} identities, but the dataset has {num_ids} "
+            "train identities; train a teacher on this dataset (omit --teacher)"
+        )
+    tcfg = config_from_dict(ckpt["config"])
+    teacher = ReidBaseline(tcfg.model, num_ids).to(device)
+    teacher.load_state_dict(ckpt["models"]["teacher"])
+    teacher.eval()
+    return teacher, ckpt
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# stage 2: DG-Net
+
+
+def fixed_grid_batches(ds, cfg: Config, backend: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two rows of fixed train images of different identities (a: ids 0..n-1, b: the next n), for the grids.
+
+    Read through the test pipeline (no augmentation, no random state consumed), so grids at the
+    same iteration of a resumed and an uninterrupted run show the same inputs.
+    """
+    from dgnet.data import test_stream
+
+    n = cfg.train.grid_samples
+    first: dict[int, Any] = {}
+    for s in ds.train:
+        first.setdefault(s.pid, s)
+        if len(first) >= 2 * n:
+            break
+    picks = list(first.values())
+    if len(picks) < 2:
+        raise ValueError("the train split needs at least 2 identities for image grids")
+    half = max(1, len(picks) // 2)
+    samples = picks[:half] + picks[half : 2 * half]
+    images = []
+    for batch in test_stream(samples, backend, batch_size=len(samples), size=(cfg.data.height, cfg.data.width),
+                             device=device):
+        images.append(batch["image"].clone())
+    x = torch.cat(images)[: len(samples)]
+    return x[:half], x[half : 2 * half]
+
+
+@torch.no_grad()
+def generate_rows(model: torch.nn.Module, xa: torch.Tensor, xb: torch.Tensor) -> list[torch.Tensor]:
+    """Rows of a training grid: real a, real b, reconstruction of a, cycle of a, x_ab, x_ba.
+
+    ``x_ab = G(s_a, f_b)``: structure of a, appearance of b. Runs with every module in eval mode.
+    """
+    was = model.training
+    model.eval()
+    try:
+        g = model.generate(xa, xb)
+    finally:
+        model.train(was)
+    return [xa, xb, g["recon_a"], g["cycle_a"], g["x_ab"], g["x_ba"]]
+
+
+def train_dgnet(cfg: Config, ds, teacher: torch.nn.Module, device: torch.device, backend: str,
+                mgr: CheckpointManager, resume: dict | None, amp: tuple, out: Path) -> torch.nn.Module:
+    """Joint training (spec: Losses, Optimisation) for ``optim.iterations`` (capped); returns DGNet in eval mode."""
+    from dgnet import engine
+    from dgnet.data import train_stream
+    from dgnet.models import DGNet
+
+    rank, _ = dist_info()
+    amp_dtype, scaler = amp
+    total = cfg.optim.iterations
+    if cfg.train.max_iterations:
+        total = min(total, cfg.train.max_iterations)
+    # Stage 2 seeds itself, so it is the same whether stage 1 ran in this process or was loaded.
+    seed_everything(cfg.train.seed + 1)
+    num_ids = cfg.model.num_ids
+    model = DGNet(cfg.model, num_ids).to(device)
+    opts = engine.build_optimizers(model, cfg.optim)
+    scheds = engine.build_schedulers(opts, cfg.optim)
+    kw = _stream_kwargs(cfg, device, 0, cfg.data.batch_size)
+    streams = {
+        "a": train_stream(ds.train, backend, mode="pairs", augment=True, **{**kw, "seed": cfg.train.seed + 11}),
+        "b": train_stream(ds.train, backend, mode="pairs", augment=True, **{**kw, "seed": cfg.train.seed + 23}),
+    }
+    start = 0
+    if resume is not None:
+        restore_state(resume, models={"dgnet": model}, optimizers=opts, schedulers=scheds, scaler=scaler,
+                      streams=streams)
+        start = resume["iteration"]
+    grid_a, grid_b = (fixed_grid_batches(ds, cfg, backend, device) if rank == 0 else (None, None))
+    log = RunLogger(out, "dgnet", total, start=start, enabled=rank == 0)
+    if start >= total:
+        log.write(f"dgnet: already trained ({start} iterations)")
+    it_a, it_b = iter(streams["a"]), iter(streams["b"])
+
+    def save(it: int, ramps: dict) -> None:
+        if rank == 0:
+            mgr.save(build_state(stage="dgnet", iteration=it, cfg=cfg, num_ids=num_ids,
+                                 models={"dgnet": model, "teacher": teacher}, optimizers=opts, schedulers=scheds,
+                                 scaler=scaler, streams=streams, ramps=ramps), "dgnet", it)
+
+    model.train()
+    try:
+        for it in range(start, total):
+            sched_step(*scheds.values())
+            batch_a, batch_b = next(it_a), next(it_b)
+            o = engine.dgnet_step(model, teacher, opts, batch_a, batch_b, it, cfg, scaler=scaler, amp_dtype=amp_dtype)
+            _check_finite(o, "dgnet", it, mgr)
+            done = it + 1
+            ramps = engine.ramp_weights(it, cfg.loss)
+            log.step(postfix={k: o[k] for k in ("loss_gen_total", "loss_dis_total") if k in o})
+            if done % cfg.train.log_every == 0 or done == total:
+                log.scalars(done, {**o, **{f"w_{k}": v for k, v in ramps.items()}, **_lrs(opts),
+                                   "it_per_s": log.its_per_second(done)})
+            if rank == 0 and (done % cfg.train.image_every == 0 or done == total):
+                with torch.random.fork_rng(devices=[]):  # grids never touch the training RNG streams
+                    log.grid(done, generate_rows(model, grid_a, grid_b))
+            if done % cfg.train.checkpoint_every == 0 or done == total:
+                save(done, ramps)
+    finally:
+        log.close()
+    if rank == 0 and total > 0:
+        _final_weights(out / "dgnet.pt", "dgnet", max(start, total), cfg, num_ids,
+                       {"dgnet": model, "teacher": teacher})
+    model.eval()
+    return model
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# the whole run
+
+
+def run(cfg: Config, resume: bool = False, stage: str = "all", evaluate: bool = True, verbose: bool = True) -> dict:
+    """Train (and evaluate) per ``cfg``; returns ``{"results": {...}, "output": str, "seconds": float}``."""
+    t0 = time.perf_counter()
+    rank, _ = dist_info()
+    out = Path(cfg.train.output)
+    device = resolve_device(cfg.train.device)
+    amp = resolve_amp(cfg.train.amp, device)
+    set_determinism(cfg.train.deterministic)
+
+    from dgnet import ops
+
+    ops.set_fused(cfg.train.fused)
+    if rank == 0 and verbose:
+        _say_fused_path(cfg.train.fused, device)
+
+    from dgnet.data import resolve_backend
+
+    backend = resolve_backend(cfg.data.loader, device)
+    ds = prepare_dataset(cfg, verbose=verbose and rank == 0)
+    mgr = CheckpointManager(out / "checkpoints", keep=cfg.train.keep_checkpoints)
+
+    latest = mgr.latest()
+    ckpt = None
+    if resume:
+        if latest is None:
+            raise FileNotFoundError(f"--resume: no checkpoint in {mgr.folder}; start without --resume")
+        ckpt = load_checkpoint(latest, map_location=device)
+        check_compatible(ckpt, cfg, latest)
+        if rank == 0:
+            print(f"dgnet: resuming from {latest} (stage {ckpt['stage']}, iteration {ckpt['iteration']})")
+    elif latest is not None:
+        raise FileExistsError(
+            f"{mgr.folder} already holds checkpoints (newest {latest.name}); pass --resume to continue that run, "
+            "or choose another --output"
+        )
+    if rank == 0:
+        save_config(cfg, out / "config.yaml")
+        if verbose:
+            print(f"dgnet: device {device}, amp {amp[0] or 'off'}, loader {backend}, output {out}")
+
+    teacher = model = None
+    resumed_stage = ckpt["stage"] if ckpt else None
+    if resumed_stage == "dgnet":
+        from dgnet.models import ReidBaseline
+
+        teacher = ReidBaseline(cfg.model, cfg.model.num_ids).to(device)
+        teacher.load_state_dict(ckpt["models"]["teacher"])
+        teacher.eval()
+    elif cfg.train.teacher:
+        teacher, _ = load_teacher(cfg.train.teacher, cfg.model.num_ids, device)
+    elif stage in ("all", "teacher"):
+        teacher = train_teacher(cfg, ds, device, backend, mgr, ckpt if resumed_stage == "teacher" else None, amp, out)
+    else:
+        found = out / "teacher.pt"
+        if not found.exists():
+            raise FileNotFoundError(f"--stage dgnet needs a teacher: pass --teacher PATH (no {found})")
+        teacher, _ = load_teacher(found, cfg.model.num_ids, device)
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+
+    if stage in ("all", "dgnet"):
+        model = train_dgnet(cfg, ds, teacher, device, backend, mgr, ckpt if resumed_stage == "dgnet" else None,
+                            amp, out)
+
+    results: dict = {}
+    if evaluate and rank == 0:
+        from dgnet.test import evaluate_models, format_table
+
+        results = evaluate_models({"teacher": teacher, **({"dgnet": model} if model is not None else {})},
+                                  ds, cfg, device, backend)
+        table = format_table(results)
+        (out / "results.json").write_text(json.dumps(results, indent=2))
+        (out / "results.md").write_text(table + "\n")
+        print(table)
+    seconds = time.perf_counter() - t0
+    if rank == 0 and verbose:
+        print(f"dgnet: finished in {seconds / 60:.1f} min; outputs in {out}")
+    return {"results": results, "output": str(out), "seconds": seconds}
+
+
+def _say_fused_path(fused: bool, device: torch.device) -> None:
+    """Say once which AdaIN path runs (the fast path is chosen by flag, never by silent fallback)."""
+    from dgnet import ops
+
+    describe = getattr(ops, "describe_fused", None)
+    if describe is not None:
+        print(f"dgnet: AdaIN path: {describe(device)}")
+    elif fused:
+        print("dgnet: --fused: no fused AdaIN kernel is available here; using the PyTorch reference path")
+    else:
+        print("dgnet: AdaIN path: PyTorch reference (pass --fused for the fused kernels)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        cfg = resolve_config(args.config, args_to_overrides(args))
+        run(cfg, resume=args.resume, stage=args.stage, evaluate=not args.no_eval)
+    except (ValueError, FileNotFoundError, FileExistsError, NonFiniteLoss) as exc:
+        print(f"dgnet.train: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

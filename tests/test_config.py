@@ -1,0 +1,121 @@
+"""Config presets, YAML and command-line layering, unknown keys, schedule scaling, fingerprint."""
+
+import dataclasses
+
+import pytest
+import yaml
+
+from dgnet.config import (
+    PRESETS,
+    Config,
+    config_from_dict,
+    fingerprint,
+    parse_set,
+    resolve_config,
+    save_config,
+    scale_schedule,
+)
+
+
+def test_presets_spec_numbers():
+    # The real-dataset presets carry the spec's identity counts, schedules and ImageNet backbone.
+    expect = {"market1501": (751, 100_000), "dukemtmc": (702, 100_000), "msmt17": (1041, 150_000)}
+    for name, (ids, iters) in expect.items():
+        cfg = resolve_config(name)
+        assert cfg.model.num_ids == ids
+        assert cfg.optim.iterations == iters
+        assert cfg.model.backbone_weights == "imagenet"
+        assert cfg.model.backbone == "resnet50"
+        assert (cfg.data.height, cfg.data.width) == (256, 128)
+        assert cfg.loss.warm_iter == 30_000 and cfg.loss.warm_step == 0.0005
+        assert cfg.optim.milestones == (60_000, 90_000, 105_000)
+        # parity with the reference is the default
+        assert cfg.model.detach_appearance_code and cfg.model.bn_train_on_generated
+
+
+def test_demo_preset_scales_schedule():
+    cfg = resolve_config()  # no argument: the demo
+    assert cfg.name == "demo"
+    assert cfg.data.dataset == "synthetic" and cfg.model.backbone_weights == "none"
+    n = cfg.optim.iterations
+    f = n / 100_000
+    # the ramps and the decay points sit at the spec's fractions of the run
+    assert cfg.loss.warm_iter == round(30_000 * f)
+    assert cfg.loss.warm_step == pytest.approx(0.0005 / f)
+    assert cfg.optim.milestones == tuple(round(m * f) for m in (60_000, 90_000, 105_000))
+    # the teacher weight (cap 2) reaches its cap inside the run, as it does in the spec (at 34%)
+    reach = cfg.loss.warm_iter + cfg.loss.teacher_w / cfg.loss.warm_step
+    assert reach == pytest.approx(0.34 * n)
+    assert reach < n
+
+
+def test_scale_schedule_identity_at_full_length():
+    cfg = scale_schedule(Config(), 100_000, 20_000)
+    assert cfg == Config()
+
+
+def test_yaml_overrides_preset_and_cli_overrides_yaml(tmp_path):
+    f = tmp_path / "my.yaml"
+    f.write_text(yaml.safe_dump({"preset": "market1501", "optim": {"gen_lr": "2e-4", "milestones": [10, 20]},
+                                 "data": {"batch_size": 4}, "train": {"deterministic": "true"}}))
+    cfg = resolve_config(str(f), parse_set(["data.batch_size=6"]))
+    assert cfg.model.num_ids == 751  # from the base preset
+    assert cfg.optim.gen_lr == 2e-4  # YAML's "2e-4" string converted to float
+    assert cfg.optim.milestones == (10, 20)
+    assert cfg.train.deterministic is True
+    assert cfg.data.batch_size == 6  # flag beats file
+
+
+@pytest.mark.parametrize(
+    "data,needle",
+    [
+        ({"optim": {"gen_lrr": 1}}, "optim.gen_lrr"),
+        ({"optimizer": {"gen_lr": 1}}, "'optimizer'"),
+        ({"data": {"batch_size": "eight"}}, "data.batch_size"),
+        ({"data": {"batch_size": 2.5}}, "data.batch_size"),
+        ({"optim": {"adam_betas": [0.1]}}, "optim.adam_betas"),
+    ],
+)
+def test_bad_yaml_key_or_value_named(tmp_path, data, needle):
+    f = tmp_path / "bad.yaml"
+    f.write_text(yaml.safe_dump(data))
+    with pytest.raises(ValueError, match=r".*") as e:
+        resolve_config(str(f))
+    assert needle in str(e.value) and "bad.yaml" in str(e.value)
+
+
+def test_unknown_cli_key_and_values():
+    with pytest.raises(ValueError, match="model.no_such_key"):
+        resolve_config("demo", parse_set(["model.no_such_key=1"]))
+    with pytest.raises(ValueError, match="SECTION.KEY=VALUE"):
+        parse_set(["gen_lr=1"])
+    with pytest.raises(ValueError, match="train.amp"):
+        resolve_config("demo", {"train": {"amp": "fp8"}})
+    with pytest.raises(FileNotFoundError, match="nope.yaml"):
+        resolve_config("nope.yaml")
+
+
+def test_saved_config_round_trips(tmp_path):
+    cfg = resolve_config("synthetic", {"optim": {"gen_lr": 3e-4}, "train": {"output": "x"}})
+    path = save_config(cfg, tmp_path / "run" / "config.yaml")
+    again = resolve_config(str(path))
+    assert again == cfg
+    assert config_from_dict(cfg.to_dict()) == cfg
+
+
+def test_fingerprint_tracks_what_a_run_computes():
+    a = resolve_config("demo")
+    b = resolve_config("demo", {"train": {"output": "elsewhere", "max_iterations": 5, "log_every": 1},
+                                "data": {"loader": "torch"}, "eval": {"alpha": 1.0}})
+    assert fingerprint(a) == fingerprint(b)
+    for override in ({"optim": {"gen_lr": 1e-3}}, {"model": {"backbone": "resnet50"}}, {"data": {"height": 64}},
+                     {"loss": {"warm_iter": 1}}, {"train": {"seed": 3}}):
+        assert fingerprint(resolve_config("demo", override)) != fingerprint(a), override
+
+
+def test_every_preset_is_fresh():
+    for make in PRESETS.values():
+        a, b = make(), make()
+        a.optim.gen_lr = 123.0
+        assert b.optim.gen_lr != 123.0
+        assert dataclasses.asdict(b)  # plain data
