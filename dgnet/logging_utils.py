@@ -30,14 +30,23 @@ def denormalize(x: torch.Tensor) -> torch.Tensor:
     return (x * std + mean).clamp(0, 1)
 
 
-def image_grid(rows: list[torch.Tensor], pad: int = 2) -> torch.Tensor:
-    """Stack rows of normalised images ``(N_i, C, H, W)`` (same H, W) into one ``(3, H', W')`` [0, 1] grid.
+def blank_like(x: torch.Tensor) -> torch.Tensor:
+    """A white image in normalised space, shaped like one image of ``x`` ``(N, 3, H, W)``: ``(1, 3, H, W)``."""
+    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
+    return ((1 - mean) / std).expand(1, 3, *x.shape[-2:]).to(x.dtype)
 
+
+def image_grid(rows: list[torch.Tensor], pad: int = 2, normalized: bool = True) -> torch.Tensor:
+    """Stack rows of images ``(N_i, C, H, W)`` (same H, W) into one ``(3, H', W')`` [0, 1] grid.
+
+    ``normalized``: the rows are in the pipelines' normalised space (else already in [0, 1]).
     Shorter rows are padded with white on the right, so rows of different lengths line up by column.
+    ``H' = R * (H + pad) + pad`` and ``W' = max N_i * (W + pad) + pad`` for ``R`` rows.
     """
     if not rows:
         raise ValueError("image_grid: rows is empty")
-    rows = [denormalize(r) for r in rows]
+    rows = [denormalize(r) if normalized else r.detach().float().cpu().clamp(0, 1) for r in rows]
     h, w = rows[0].shape[-2:]
     for r in rows:
         if r.shape[-2:] != (h, w):

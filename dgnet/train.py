@@ -255,7 +255,7 @@ def train_teacher(cfg: Config, ds, device: torch.device, backend: str, mgr: Chec
         total = min(total, cfg.train.max_iterations)
     seed_everything(cfg.train.seed)
     num_ids = cfg.model.num_ids
-    teacher = ReidBaseline(cfg.model, num_ids).to(device)
+    teacher = ReidBaseline(arch_only(cfg.model) if resume is not None else cfg.model, num_ids).to(device)
     opt = engine.build_teacher_optimizer(teacher, cfg.optim)
     sched = engine.build_teacher_scheduler(opt, cfg.optim)
     stream = train_stream(ds.train, backend, mode="pk", augment=True,
@@ -306,6 +306,14 @@ def sched_step(*schedulers: Any) -> None:
             s.step()
 
 
+def arch_only(model_cfg):
+    """``model_cfg`` with ``backbone_weights="none"``: for models whose weights come from a checkpoint
+    (no ImageNet download or file read just to be overwritten)."""
+    import dataclasses
+
+    return dataclasses.replace(model_cfg, backbone_weights="none")
+
+
 def load_teacher(path: str | Path, num_ids: int, device: torch.device) -> tuple[torch.nn.Module, dict]:
     """A frozen teacher from ``teacher.pt`` or any dgnet checkpoint holding one; checks the identity count."""
     from dgnet.models import ReidBaseline
@@ -319,7 +327,7 @@ def load_teacher(path: str | Path, num_ids: int, device: torch.device) -> tuple[
             "train identities; train a teacher on this dataset (omit --teacher)"
         )
     tcfg = config_from_dict(ckpt["config"])
-    teacher = ReidBaseline(tcfg.model, num_ids).to(device)
+    teacher = ReidBaseline(arch_only(tcfg.model), num_ids).to(device)
     teacher.load_state_dict(ckpt["models"]["teacher"])
     teacher.eval()
     return teacher, ckpt
@@ -362,13 +370,20 @@ def generate_rows(model: torch.nn.Module, xa: torch.Tensor, xb: torch.Tensor) ->
 
     ``x_ab = G(s_a, f_b)``: structure of a, appearance of b. Runs with every module in eval mode.
     """
+    from dgnet.models import gray
+
     was = model.training
     model.eval()
     try:
-        g = model.generate(xa, xb)
+        f_a, s_a, _, _ = model.encode(xa)
+        f_b, s_b, _, _ = model.encode(xb)
+        x_ab, x_ba = model.decode(s_a, f_b), model.decode(s_b, f_a)
+        # cycle: structure of a back from x_ab, appearance of a back from x_ba
+        cycle_a = model.decode(model.Es(gray(x_ab)), model.Ea(x_ba)[0])
+        rows = [xa, xb, model.decode(s_a, f_a), cycle_a, x_ab, x_ba]
     finally:
         model.train(was)
-    return [xa, xb, g["recon_a"], g["cycle_a"], g["x_ab"], g["x_ba"]]
+    return [r.float() for r in rows]
 
 
 def train_dgnet(cfg: Config, ds, teacher: torch.nn.Module, device: torch.device, backend: str,
@@ -386,7 +401,7 @@ def train_dgnet(cfg: Config, ds, teacher: torch.nn.Module, device: torch.device,
     # Stage 2 seeds itself, so it is the same whether stage 1 ran in this process or was loaded.
     seed_everything(cfg.train.seed + 1)
     num_ids = cfg.model.num_ids
-    model = DGNet(cfg.model, num_ids).to(device)
+    model = DGNet(arch_only(cfg.model) if resume is not None else cfg.model, num_ids).to(device)
     opts = engine.build_optimizers(model, cfg.optim)
     scheds = engine.build_schedulers(opts, cfg.optim)
     kw = _stream_kwargs(cfg, device, 0, cfg.data.batch_size)
@@ -487,7 +502,7 @@ def run(cfg: Config, resume: bool = False, stage: str = "all", evaluate: bool = 
     if resumed_stage == "dgnet":
         from dgnet.models import ReidBaseline
 
-        teacher = ReidBaseline(cfg.model, cfg.model.num_ids).to(device)
+        teacher = ReidBaseline(arch_only(cfg.model), cfg.model.num_ids).to(device)
         teacher.load_state_dict(ckpt["models"]["teacher"])
         teacher.eval()
     elif cfg.train.teacher:
