@@ -2,5 +2,15 @@
 
 from dgnet.ops._lib import extension_available, fused_enabled, set_fused
 from dgnet.ops.adain import adain, adain_reference
+from dgnet.ops.retrieval import METRICS, pairwise_distance, pairwise_distance_reference
 
-__all__ = ["adain", "adain_reference", "extension_available", "fused_enabled", "set_fused"]
+__all__ = [
+    "METRICS",
+    "pairwise_distance",
+    "pairwise_distance_reference",
+    "adain",
+    "adain_reference",
+    "extension_available",
+    "fused_enabled",
+    "set_fused",
+]

@@ -1,6 +1,12 @@
 // Per-element logic of the pairwise distance, shared by the CPU and CUDA kernels.
+//
+// Every metric is one GEMM (x @ y^T) followed by an epilogue that needs only two per-row terms:
+//   euclidean, sqeuclidean: a_i = ||x_i||^2,  b_j = ||y_j||^2,  d = a_i + b_j - 2 <x_i, y_j>
+//   cosine:                 a_i = 1/||x_i||,  b_j = 1/||y_j||,  d = 1 - a_i b_j <x_i, y_j>
+// so no normalised copy of x or y is ever materialised.
 #pragma once
 #include <cmath>
+#include <cstdint>
 
 #include "dgnet/macros.h"
 
@@ -8,12 +14,45 @@ namespace dgnet {
 
 enum DistanceMetric : long { kEuclidean = 0, kSqEuclidean = 1, kCosine = 2 };
 
-// From ||x||^2, ||y||^2 and <x, y> to the metric's value. Cosine inputs are pre-normalised.
-DGNET_HD float distance_epilogue(float xx, float yy, float xy, long metric) {
-  if (metric == kCosine) return 1.0f - xy;
-  float d2 = xx + yy - 2.0f * xy;
-  d2 = d2 > 0.0f ? d2 : 0.0f;  // cancellation can make it slightly negative
-  return metric == kEuclidean ? sqrtf(d2) : d2;
+// Norms below this count as zero: a zero vector has cosine distance 1 to everything.
+constexpr float kCosineEps = 1e-12f;
+
+// Per-row term a_i / b_j of `metric` from a row's squared norm.
+DGNET_HD float distance_row_term(float sq_norm, long metric) {
+  if (metric != kCosine) return sq_norm;
+  const float norm = sqrtf(sq_norm);
+  return 1.0f / (norm > kCosineEps ? norm : kCosineEps);
 }
+
+// The metric's value from the two row terms and the dot product <x_i, y_j>.
+template <long Metric>
+DGNET_HD float distance_from_dot(float a, float b, float xy) {
+  if (Metric == kCosine) return 1.0f - a * b * xy;
+  float d2 = a + b - 2.0f * xy;
+  d2 = d2 > 0.0f ? d2 : 0.0f;  // cancellation can make it slightly negative
+  return Metric == kEuclidean ? sqrtf(d2) : d2;
+}
+
+// Run-time metric form, for callers that do not specialise per metric.
+DGNET_HD float distance_from_dot(float a, float b, float xy, long metric) {
+  if (metric == kCosine) return distance_from_dot<kCosine>(a, b, xy);
+  if (metric == kEuclidean) return distance_from_dot<kEuclidean>(a, b, xy);
+  return distance_from_dot<kSqEuclidean>(a, b, xy);
+}
+
+// Default number of rows per GEMM chunk: enough rows that one chunk of the output holds about
+// `budget_bytes` (so the epilogue runs on data the GEMM just left in cache), never fewer than 64
+// (GEMM efficiency) and never more than m.
+inline int64_t default_chunk_rows(int64_t m, int64_t n, int64_t budget_bytes) {
+  const int64_t row_bytes = (n > 0 ? n : 1) * static_cast<int64_t>(sizeof(float));
+  int64_t rows = budget_bytes / row_bytes;
+  rows = rows < 64 ? 64 : rows;
+  return rows < m ? rows : (m > 0 ? m : 1);
+}
+
+// Chunk budgets: on CPU one chunk should stay in the last-level cache; on CUDA the GEMM writes the
+// output directly, so chunks only bound the size of one GEMM call.
+constexpr int64_t kCpuChunkBytes = int64_t{4} << 20;
+constexpr int64_t kCudaChunkBytes = int64_t{1} << 30;
 
 }  // namespace dgnet

@@ -1,0 +1,181 @@
+"""dgnet.evaluation (compiled fast path) against the classic per-query argsort loop and hand-computed cases."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from dgnet.evaluation import evaluate, evaluate_rank, evaluate_rank_reference, evaluate_reference
+
+
+def random_case(seed, nq=40, ng=300, n_ids=25, n_cams=4, ties=False, dtype=np.float32):
+    """Random distances with realistic id structure: junk (-1), distractors (0), queries without matches."""
+    rng = np.random.default_rng(seed)
+    g_pids = rng.integers(0, n_ids, ng)
+    g_pids[rng.random(ng) < 0.08] = -1
+    q_pids = rng.integers(1, n_ids + 5, nq)  # ids >= n_ids never appear in the gallery
+    q_cams, g_cams = rng.integers(0, n_cams, nq), rng.integers(0, n_cams, ng)
+    if ties:
+        dist = rng.integers(0, 6, (nq, ng)).astype(dtype)  # few distinct values: many exact ties
+    else:
+        dist = rng.random((nq, ng)).astype(dtype)
+    return dist, q_pids, g_pids, q_cams, g_cams
+
+
+def assert_same(fast, ref):
+    np.testing.assert_array_equal(fast.valid, ref.valid)
+    np.testing.assert_allclose(fast.cmc, ref.cmc, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(fast.ap, ref.ap, rtol=0, atol=1e-12)  # NaN positions must agree too
+    assert math.isclose(fast.mAP, ref.mAP, rel_tol=0, abs_tol=1e-12)
+    assert math.isclose(fast.mINP, ref.mINP, rel_tol=0, abs_tol=1e-12)
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("ties", [False, True])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_matches_reference_on_random_cases(seed, ties, dtype):
+    case = random_case(seed, ties=ties, dtype=dtype)
+    fast, ref = evaluate(*case, max_rank=20), evaluate_reference(*case, max_rank=20)
+    assert 0 < fast.num_valid < len(case[1])  # the case really has valid and invalid queries
+    assert_same(fast, ref)
+
+
+def test_hand_computed_case():
+    # Gallery:    g0       g1      g2      g3        g4            g5      g6
+    g_pids = [1, 2, 1, -1, 0, 1, 3]
+    g_cams = [0, 1, 1, 1, 2, 2, 0]
+    q_pids, q_cams = [1, 2, 4, 3], [0, 0, 1, 0]
+    dist = np.array(
+        [
+            # q0 (id 1, cam 0): g0 removed (same id+cam), g3 junk. Kept order g1, g2*, g4, g6, g5*.
+            [0.05, 0.10, 0.20, 0.15, 0.30, 0.40, 0.35],
+            # q1 (id 2, cam 0): g3 junk. Kept order g0, g2, g5, g1*, g4, g6.
+            [0.10, 0.50, 0.20, 0.05, 0.60, 0.30, 0.70],
+            # q2 (id 4): not in the gallery -> invalid.
+            [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7],
+            # q3 (id 3, cam 0): its only gallery image g6 is in the same camera -> invalid.
+            [0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1],
+        ]
+    )
+    # q0: matches at ranks 2 and 5 -> AP (1/2 + 2/5) / 2 = 0.45, INP 2/5. q1: rank 4 -> AP 1/4, INP 1/4.
+    expected_ap = [0.45, 0.25, math.nan, math.nan]
+    expected_cmc = [0.0, 0.5, 0.5, 1.0, 1.0]
+    for fn in (evaluate, evaluate_reference):
+        r = fn(dist, q_pids, g_pids, q_cams, g_cams, max_rank=5)
+        np.testing.assert_allclose(r.ap, expected_ap, atol=1e-12)
+        np.testing.assert_allclose(r.cmc, expected_cmc, atol=1e-7)
+        assert r.valid.tolist() == [True, True, False, False]
+        assert math.isclose(r.mAP, 0.35) and math.isclose(r.mINP, (0.4 + 0.25) / 2)
+    cmc, mAP = evaluate_rank(dist, q_pids, g_pids, q_cams, g_cams, max_rank=5)
+    assert cmc.dtype == np.float32 and cmc.shape == (5,) and math.isclose(mAP, 0.35)
+
+
+def test_ties_break_by_gallery_index():
+    # All four at the same distance: the stable order g0, g1*, g2*, g3 puts the matches at ranks 2 and 3;
+    # moving a match to index 0 puts it first.
+    dist = np.full((1, 4), 0.5, dtype=np.float32)
+    r = evaluate(dist, [1], [2, 1, 1, 2], [0], [1, 1, 1, 1], max_rank=4)
+    assert math.isclose(r.mAP, (1 / 2 + 2 / 3) / 2) and r.cmc.tolist() == [0.0, 1.0, 1.0, 1.0]
+    r = evaluate(dist, [1], [1, 2, 1, 2], [0], [1, 1, 1, 1], max_rank=4)
+    assert math.isclose(r.mAP, (1 / 1 + 2 / 3) / 2) and r.cmc.tolist() == [1.0, 1.0, 1.0, 1.0]
+
+
+def test_rank_reference_signature_and_torch_inputs():
+    dist, qp, gp, qc, gc = random_case(7)
+    cmc_ref, map_ref = evaluate_rank_reference(dist, qp, gp, qc, gc, max_rank=10)
+    cmc, mAP = evaluate_rank(torch.from_numpy(dist), torch.from_numpy(qp).int(), gp.tolist(), qc, gc, max_rank=10)
+    np.testing.assert_allclose(cmc, cmc_ref, atol=1e-6)
+    assert math.isclose(mAP, map_ref, abs_tol=1e-12)
+
+
+def test_half_precision_distmat_ranks_as_float32():
+    dist, qp, gp, qc, gc = random_case(3)
+    d16 = torch.from_numpy(dist).half()
+    assert_same(evaluate(d16, qp, gp, qc, gc), evaluate_reference(d16.float(), qp, gp, qc, gc))
+
+
+def test_max_rank_is_capped_at_gallery_size():
+    dist, qp, gp, qc, gc = random_case(1, nq=10, ng=30, n_ids=5)
+    r = evaluate(dist, qp, gp, qc, gc, max_rank=100)
+    assert r.cmc.shape == (30,) and r.cmc[-1] == 1.0
+    assert_same(r, evaluate_reference(dist, qp, gp, qc, gc, max_rank=100))
+
+
+def test_many_matches_per_query():
+    # One identity fills most of the gallery (R in the hundreds).
+    rng = np.random.default_rng(5)
+    gp = np.where(rng.random(2000) < 0.6, 1, rng.integers(2, 50, 2000))
+    case = (rng.random((6, 2000)), np.array([1, 1, 1, 2, 3, 1]), gp, rng.integers(0, 3, 6), rng.integers(0, 3, 2000))
+    assert_same(evaluate(*case), evaluate_reference(*case))
+
+
+def test_opcheck():
+    # Every query valid: opcheck compares outputs without treating the NaN of invalid queries as equal.
+    dist = torch.rand(8, 40, generator=torch.Generator().manual_seed(0))
+    qp, gp = torch.arange(8) % 6, torch.arange(40) % 6
+    torch.library.opcheck(torch.ops.dgnet.evaluate_queries.default, (dist, qp, gp, torch.zeros(8).long(), gp * 0 + 1))
+
+
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        ({"q_pids": np.zeros(3, dtype=np.int64)}, r"q_pids: expected shape \[4\]"),
+        ({"g_camids": np.zeros(9, dtype=np.int64)}, r"g_camids: expected shape \[10\]"),
+        ({"q_camids": np.zeros(4)}, "q_camids: expected an integer"),
+        ({"g_pids": torch.zeros(10, dtype=torch.bool)}, "g_pids: expected an integer dtype"),
+        ({"distmat": np.zeros((4, 10), dtype=np.int64)}, "distmat: expected a float16/32/64"),
+        ({"distmat": torch.zeros(4, 10, dtype=torch.int32)}, "distmat: expected a floating dtype"),
+        ({"distmat": np.zeros(10)}, "distmat: expected a 2-D"),
+        ({"distmat": np.zeros((0, 10)), "q_pids": [], "q_camids": []}, "distmat: empty query or gallery"),
+        ({"distmat": np.zeros((4, 0)), "g_pids": [], "g_camids": []}, "distmat: empty query or gallery"),
+        ({"max_rank": 0}, "max_rank=0"),
+        ({"max_rank": 2.5}, "max_rank=2.5"),
+    ],
+)
+def test_bad_input(change, match):
+    args = {
+        "distmat": np.random.default_rng(0).random((4, 10)),
+        "q_pids": np.arange(4),
+        "g_pids": np.arange(10) % 4,
+        "q_camids": np.zeros(4, dtype=np.int64),
+        "g_camids": np.ones(10, dtype=np.int64),
+    }
+    args.update(change)
+    for fn in (evaluate, evaluate_rank, evaluate_reference):
+        with pytest.raises(ValueError, match=match):
+            fn(**args)
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_non_finite_distances_rejected(bad):
+    dist, qp, gp, qc, gc = random_case(0)
+    dist[3, 7] = bad
+    with pytest.raises(ValueError, match="distmat: contains 1 NaN or infinite"):
+        evaluate(dist, qp, gp, qc, gc)
+
+
+def test_no_valid_query_is_an_error():
+    dist = np.random.default_rng(0).random((2, 3))
+    # Query ids 5 and 6 are absent; id 1's gallery images are all in the query's camera.
+    for fn in (evaluate, evaluate_reference):
+        with pytest.raises(ValueError, match="q_pids: no query has a true match"):
+            fn(dist, [5, 6], [1, 1, 2], [0, 0], [0, 0, 0])
+        with pytest.raises(ValueError, match="q_pids: no query has a true match"):
+            fn(dist[:1], [1], [1, 1, -1], [0], [0, 0, 1])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("ties", [False, True])
+def test_cuda_matches_cpu(ties):
+    dist, qp, gp, qc, gc = random_case(11, nq=200, ng=3000, n_ids=60, ties=ties)
+    gp[:800] = 7  # one identity with hundreds of images: the sort step loops over several matches per thread
+    qp[:10] = 7
+    cpu = evaluate(dist, qp, gp, qc, gc)
+    d = torch.from_numpy(dist).cuda()
+    gpu = evaluate(d, torch.from_numpy(qp).cuda(), gp, qc, gc)
+    assert_same(gpu, cpu)
+    assert_same(gpu, evaluate_reference(dist, qp, gp, qc, gc))
+    qp, gp = torch.arange(8, device="cuda") % 6, torch.arange(40, device="cuda") % 6
+    args = (d[:8, :40].contiguous(), qp, gp, torch.zeros_like(qp), torch.ones_like(gp))
+    torch.library.opcheck(torch.ops.dgnet.evaluate_queries.default, args)
