@@ -1,0 +1,485 @@
+"""One training iteration of DG-Net (stage 2) and of the re-id baseline / teacher (stage 1).
+
+The training loop (``dgnet.train``) owns data, schedules, logging and checkpoints; this module owns what
+happens inside one iteration, in the spec's order:
+
+    schedulers (stepped by the caller, before ``dgnet_step``) -> one shared forward ->
+    D step on detached fakes -> G + Es + Ea step with one backward.
+
+State lives only in the models, optimisers, the optional GradScaler and torch's global RNG (dropout and the
+p=0.5 structure-branch draw), and the ramped loss weights are a pure function of the iteration index
+(``ramp_weights``), so a checkpoint of those plus the RNG states resumes exactly.
+
+Mixed precision: forwards run under ``torch.autocast(amp_dtype)`` when ``amp_dtype`` is given; every loss is
+computed in float32. fp16 needs a ``torch.amp.GradScaler``: one scaler is shared by the three optimisers
+(``scale`` per backward, ``step`` per optimiser, one ``update`` per iteration, at the end of ``dgnet_step``),
+so an overflow in either step skips that step and lowers the one scale. bf16 needs no scaler.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from dgnet.config import Config, LossConfig, OptimConfig
+from dgnet.losses import (
+    id_ce,
+    lsgan_dis,
+    lsgan_gen,
+    r1_per_sample,
+    recon_l1,
+    teacher_kl,
+    teacher_soft_labels,
+)
+from dgnet.models import DGNet, ReidBaseline, frozen, gray
+
+RAMPED = ("recon_s_w", "recon_f_w", "recon_x_cyc_w", "teacher_w")
+
+# Names of the float losses ``dgnet_step`` returns (the reference's names, summed over the a and b streams).
+GEN_TERMS = (
+    "loss_gen_adv",
+    "loss_gen_recon_x",
+    "loss_gen_recon_xp",
+    "loss_gen_recon_s",
+    "loss_gen_recon_f",
+    "loss_gen_cycrecon_x",
+    "loss_id",
+    "loss_pid",
+    "loss_gen_recon_id",
+    "loss_teacher",
+    "loss_fine",
+)
+
+
+# --------------------------------------------------------------------------------------------- schedules
+def ramp_weights(iteration: int, loss_cfg: LossConfig) -> dict[str, float]:
+    """The ramped loss weights at 0-based ``iteration`` (iterations completed before this one).
+
+    Each of ``recon_s_w``, ``recon_f_w``, ``recon_x_cyc_w`` and ``teacher_w`` is
+    ``min(cap, max(0, iteration - warm_iter) * warm_step)`` with the cap its ``LossConfig`` value: 0 up to
+    and including ``warm_iter``, then ``warm_step`` more per iteration (the reference adds ``warm_scale``
+    when ``iteration > warm_iter``, before using the weight). ``fine_w = teacher_w * B_w`` is the weight of
+    the fine-grained terms. A pure function of the iteration: resume restores the ramps by construction.
+    """
+    if iteration < 0:
+        raise ValueError(f"iteration={iteration}: expected >= 0")
+    steps = max(0, iteration - loss_cfg.warm_iter)
+    w = {k: min(float(getattr(loss_cfg, k)), steps * loss_cfg.warm_step) for k in RAMPED}
+    w["fine_w"] = w["teacher_w"] * loss_cfg.B_w
+    return w
+
+
+def build_optimizers(model: DGNet, cfg: OptimConfig) -> dict[str, torch.optim.Optimizer]:
+    """The three optimisers of the spec.
+
+    - ``gen``: Es + G (decoder and AdaIN MLPs), Adam lr ``gen_lr``, betas ``adam_betas``, ``weight_decay``;
+    - ``dis``: D, Adam lr ``dis_lr``, same betas and decay;
+    - ``id``: Ea, SGD momentum ``momentum`` Nesterov, ``weight_decay``; param group 0 = backbone
+      (``id_lr_backbone``), group 1 = both heads (``id_lr_heads``).
+    """
+    gen_params = list(model.Es.parameters()) + list(model.G.parameters())
+    gen = torch.optim.Adam(gen_params, lr=cfg.gen_lr, betas=tuple(cfg.adam_betas), weight_decay=cfg.weight_decay)
+    dis = torch.optim.Adam(
+        model.D.parameters(), lr=cfg.dis_lr, betas=tuple(cfg.adam_betas), weight_decay=cfg.weight_decay
+    )
+    ident = _sgd_two_groups(
+        model.Ea.backbone,
+        [*model.Ea.head_primary.parameters(), *model.Ea.head_fine.parameters()],
+        cfg.id_lr_backbone,
+        cfg.id_lr_heads,
+        cfg,
+    )
+    return {"gen": gen, "dis": dis, "id": ident}
+
+
+def _sgd_two_groups(backbone: nn.Module, heads: list, lr_backbone: float, lr_heads: float, cfg: OptimConfig):
+    return torch.optim.SGD(
+        [{"params": list(backbone.parameters()), "lr": lr_backbone}, {"params": heads, "lr": lr_heads}],
+        lr=lr_backbone,
+        momentum=cfg.momentum,
+        nesterov=True,
+        weight_decay=cfg.weight_decay,
+    )
+
+
+def build_schedulers(
+    optimizers: dict[str, torch.optim.Optimizer], cfg: OptimConfig
+) -> dict[str, torch.optim.lr_scheduler.LRScheduler]:
+    """MultiStepLR (``milestones``, x ``gamma``) for every optimiser, keyed like ``optimizers``.
+
+    Step them once per iteration *before* ``dgnet_step`` (the spec's order; torch warns once about the
+    order on the first call, which is expected here).
+    """
+    return {
+        k: torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(cfg.milestones), gamma=cfg.gamma)
+        for k, opt in optimizers.items()
+    }
+
+
+def build_teacher_optimizer(teacher: ReidBaseline, cfg: OptimConfig) -> torch.optim.Optimizer:
+    """Stage 1: SGD Nesterov, backbone ``teacher_lr_backbone``, head ``teacher_lr_heads``."""
+    return _sgd_two_groups(
+        teacher.backbone, list(teacher.head.parameters()), cfg.teacher_lr_backbone, cfg.teacher_lr_heads, cfg
+    )
+
+
+def build_teacher_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig) -> torch.optim.lr_scheduler.LRScheduler:
+    """Stage 1: MultiStepLR at ``teacher_milestones``, x ``gamma``."""
+    return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(cfg.teacher_milestones), gamma=cfg.gamma)
+
+
+# ------------------------------------------------------------------------------------------------- helpers
+def _autocast(device: torch.device, amp_dtype: torch.dtype | None):
+    if amp_dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=amp_dtype)
+
+
+def _scaling(scaler) -> bool:
+    return scaler is not None and scaler.is_enabled()
+
+
+def _backward(loss: torch.Tensor, scaler) -> None:
+    (scaler.scale(loss) if _scaling(scaler) else loss).backward()
+
+
+def _step(opt: torch.optim.Optimizer, scaler) -> None:
+    if _scaling(scaler):
+        scaler.step(opt)
+    else:
+        opt.step()
+
+
+def _check_labels(pid: torch.Tensor, num_ids: int, name: str) -> None:
+    if pid.dtype != torch.int64 or pid.dim() != 1:
+        raise ValueError(f"{name}['pid']: expected a 1-D int64 tensor, got {pid.dtype} {tuple(pid.shape)}")
+    if pid.device.type == "cpu" and pid.numel() and (int(pid.min()) < 0 or int(pid.max()) >= num_ids):
+        raise ValueError(
+            f"{name}['pid']: labels must lie in [0, {num_ids}) (the model's num_ids), got "
+            f"[{int(pid.min())}, {int(pid.max())}]"
+        )
+
+
+def _check_batch(batch: dict, name: str, keys: tuple[str, ...], num_ids: int) -> None:
+    missing = [k for k in keys + ("pid",) if k not in batch]
+    if missing:
+        raise ValueError(f"{name}: missing keys {missing}; expected a train_stream batch with {keys + ('pid',)}")
+    for k in keys:
+        x = batch[k]
+        if x.dim() != 4 or x.shape[1] != 3 or not x.is_floating_point():
+            raise ValueError(f"{name}[{k!r}]: expected float (B, 3, H, W), got {x.dtype} {tuple(x.shape)}")
+    _check_labels(batch["pid"], num_ids, name)
+
+
+def _split(t: torch.Tensor, sizes: list[int]) -> tuple[torch.Tensor, ...]:
+    return tuple(t.split(sizes, dim=0))
+
+
+# ---------------------------------------------------------------------------------------- shared forward
+@dataclass
+class Forward:
+    """Everything the shared forward produces (a and b streams; ``x_ba = G(s_b, f_a)``)."""
+
+    x_a: torch.Tensor
+    x_b: torch.Tensor
+    y_a: torch.Tensor
+    y_b: torch.Tensor
+    s_a: torch.Tensor
+    s_b: torch.Tensor
+    f_a: torch.Tensor
+    f_b: torch.Tensor
+    p_a: torch.Tensor  # primary logits of the erased x_a
+    p_b: torch.Tensor
+    pf_a: torch.Tensor  # fine-grained logits of the erased x_a
+    pf_b: torch.Tensor
+    pp_a: torch.Tensor  # primary logits of the erased positive of a
+    pp_b: torch.Tensor
+    x_ba: torch.Tensor
+    x_ab: torch.Tensor
+    x_a_recon: torch.Tensor
+    x_b_recon: torch.Tensor
+    x_a_recon_p: torch.Tensor
+    x_b_recon_p: torch.Tensor
+
+
+def shared_forward(model: DGNet, batch_a: dict, batch_b: dict) -> Forward:
+    """Encode both streams and decode every swap and reconstruction (the reference's ``forward``).
+
+    - Es runs once on ``gray([x_a; x_b])`` and G once on the six (structure, appearance) pairs stacked:
+      both are per-sample (InstanceNorm, AdaIN, LayerNorm), so stacking changes no value and uses bigger
+      kernels. Ea runs per stream and per input kind, as the reference does, because its BatchNorm uses the
+      statistics of each call's batch.
+    - Appearance codes come from the un-erased images; logits from the randomly erased copies (spec).
+      When the code is detached (parity), the code forwards carry no gradient and run under ``no_grad``
+      (same values and BatchNorm updates, no graph).
+    """
+    Ea = model.Ea
+    x_a, x_b = batch_a["image"], batch_b["image"]
+    n_a, n_b = x_a.shape[0], x_b.shape[0]
+    s_a, s_b = _split(model.Es(gray(torch.cat([x_a, x_b]))), [n_a, n_b])
+
+    code_ctx = torch.no_grad() if Ea.detach_code else contextlib.nullcontext()
+    with code_ctx:
+        f_a = Ea(x_a)[0]
+        f_b = Ea(x_b)[0]
+        fp_a = Ea(batch_a["positive"])[0]
+        fp_b = Ea(batch_b["positive"])[0]
+    _, p_a, pf_a = Ea(batch_a["image_erased"])
+    _, p_b, pf_b = Ea(batch_b["image_erased"])
+    _, pp_a, _ = Ea(batch_a["positive_erased"])
+    _, pp_b, _ = Ea(batch_b["positive_erased"])
+
+    s_all = torch.cat([s_b, s_a, s_a, s_b, s_a, s_b])
+    f_all = torch.cat([f_a, f_b, f_a, f_b, fp_a, fp_b])
+    x_ba, x_ab, x_a_recon, x_b_recon, x_a_recon_p, x_b_recon_p = _split(
+        model.G(s_all, f_all), [n_b, n_a, n_a, n_b, n_a, n_b]
+    )
+    return Forward(
+        x_a, x_b, batch_a["pid"], batch_b["pid"], s_a, s_b, f_a, f_b, p_a, p_b, pf_a, pf_b, pp_a, pp_b,
+        x_ba, x_ab, x_a_recon, x_b_recon, x_a_recon_p, x_b_recon_p,
+    )  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------- D step
+def discriminator_losses(
+    D: nn.Module, fwd: Forward, loss_cfg: LossConfig, grad_scale: float | None = None
+) -> dict[str, torch.Tensor]:
+    """D's loss on (detached x_ba, real x_a) and (detached x_ab, real x_b), spec:
+    per scale ``mean(D(fake)^2) + mean((D(real) - 1)^2)``, plus ``r1_w`` times the per-stream batch mean of
+    R1; ``loss_dis_total = gan_w * (dis_a + dis_b)`` as in the reference. One D forward takes all four
+    batches (D couples no samples). Returns tensors ``loss_dis_total`` and ``loss_dis_r1`` (weighted).
+    """
+    fakes = [fwd.x_ba.detach(), fwd.x_ab.detach()]
+    reals = torch.cat([fwd.x_a, fwd.x_b]).detach().requires_grad_(True)
+    sizes = [t.shape[0] for t in fakes] + [fwd.x_a.shape[0], fwd.x_b.shape[0]]
+    outs = [_split(o, sizes) for o in D(torch.cat([*fakes, reals]))]
+    # stream a pairs x_ba with x_a, stream b pairs x_ab with x_b
+    adv = lsgan_dis([o[0] for o in outs], [o[2] for o in outs]) + lsgan_dis([o[1] for o in outs], [o[3] for o in outs])
+    r1_n = r1_per_sample([torch.cat([o[2], o[3]]) for o in outs], reals, grad_scale)
+    r1_a, r1_b = _split(r1_n, sizes[2:])
+    r1 = loss_cfg.r1_w * (r1_a.mean() + r1_b.mean())
+    return {"loss_dis_total": loss_cfg.gan_w * (adv + r1), "loss_dis_r1": r1}
+
+
+# --------------------------------------------------------------------------------------- G + Es + Ea step
+def generator_losses(
+    model: DGNet,
+    teacher: nn.Module | None,
+    fwd: Forward,
+    weights: dict[str, float],
+    cfg: Config,
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], bool]:
+    """Every term of the generator + Ea step, unweighted, as float32 scalar tensors (see ``GEN_TERMS``).
+
+    Gradient routing (spec):
+    - adversarial: through D (whose parameters the caller freezes) to G and Es;
+    - structure code: ``L1(Es(gray(x_ab)), s_a) + (ba, b)``; one ``torch.rand`` draw from the global RNG
+      picks, with p ``structure_live_p``, the live Es on the detached images, else a frozen Es on the live
+      images (gradient to G and the Es of the shared forward);
+    - appearance code and identity of generated: a frozen copy of Ea (``frozen``: no parameter gradients,
+      dropout off, BatchNorm on batch statistics when ``bn_train_on_generated``) sees the live fakes, so
+      ``loss_gen_recon_id`` trains G and Es only; in parity both codes of ``loss_gen_recon_f`` are detached;
+    - teacher KL and fine-grained mining: live Ea on the detached fakes (Ea only); the teacher is frozen,
+      no gradient, BatchNorm per ``bn_train_on_generated``.
+    Terms whose ramped weight is 0 are not computed (reported 0), as in the reference: the structure
+    re-encoding when ``recon_s_w`` and ``recon_x_cyc_w`` are both 0, the cycle when ``recon_x_cyc_w`` is 0,
+    the teacher and fine-grained terms when ``teacher_w`` is 0.
+    Returns ``(terms, images, structure_live)``; ``images`` holds ``x_aba``/``x_bab`` when the cycle ran,
+    ``structure_live`` says which structure branch was drawn.
+    """
+    lc, mc = cfg.loss, cfg.model
+    Ea, Es, G = model.Ea, model.Es, model.G
+    zero = fwd.x_a.new_zeros((), dtype=torch.float32)
+    x_ba, x_ab = fwd.x_ba, fwd.x_ab
+    n_a, n_b = fwd.x_a.shape[0], fwd.x_b.shape[0]
+    terms: dict[str, torch.Tensor] = dict.fromkeys(GEN_TERMS, zero)
+    images: dict[str, torch.Tensor] = {}
+
+    # Adversarial, x_ba and x_ab through one D forward.
+    outs = [_split(o, [n_b, n_a]) for o in model.D(torch.cat([x_ba, x_ab]))]
+    terms["loss_gen_adv"] = lsgan_gen([o[0] for o in outs]) + lsgan_gen([o[1] for o in outs])
+
+    terms["loss_gen_recon_x"] = recon_l1(fwd.x_a_recon, fwd.x_a) + recon_l1(fwd.x_b_recon, fwd.x_b)
+    terms["loss_gen_recon_xp"] = recon_l1(fwd.x_a_recon_p, fwd.x_a) + recon_l1(fwd.x_b_recon_p, fwd.x_b)
+
+    # Structure re-encoding; the draw happens every iteration so the RNG stream does not depend on weights.
+    live = bool(torch.rand(()) < lc.structure_live_p)
+    need_cycle = weights["recon_x_cyc_w"] > 0
+    s_a_recon = s_b_recon = None
+    if weights["recon_s_w"] > 0 or need_cycle:
+        if live:
+            s_rec = Es(gray(torch.cat([x_ab.detach(), x_ba.detach()])))
+        else:
+            with frozen(Es):
+                s_rec = Es(gray(torch.cat([x_ab, x_ba])))
+        s_a_recon, s_b_recon = _split(s_rec, [n_a, n_b])
+        terms["loss_gen_recon_s"] = recon_l1(s_a_recon, fwd.s_a) + recon_l1(s_b_recon, fwd.s_b)
+
+    # Frozen copy of Ea on the live fakes: appearance code and identity of generated images.
+    with frozen(Ea, bn_batch_stats=mc.bn_train_on_generated):
+        f_a_recon, p_a_recon, _ = Ea(x_ba)
+        f_b_recon, p_b_recon, _ = Ea(x_ab)
+    terms["loss_gen_recon_f"] = recon_l1(f_a_recon, fwd.f_a) + recon_l1(f_b_recon, fwd.f_b)
+    terms["loss_gen_recon_id"] = id_ce(p_a_recon, fwd.y_a) + id_ce(p_b_recon, fwd.y_b)
+
+    if need_cycle:
+        x_cyc = G(torch.cat([s_a_recon, s_b_recon]), torch.cat([f_a_recon, f_b_recon]))
+        x_aba, x_bab = _split(x_cyc, [n_a, n_b])
+        terms["loss_gen_cycrecon_x"] = recon_l1(x_aba, fwd.x_a) + recon_l1(x_bab, fwd.x_b)
+        images = {"x_aba": x_aba, "x_bab": x_bab}
+
+    # Real-image identity: primary CE plus the fine-grained head on own labels at fine_w (reference's loss_id).
+    terms["loss_id"] = id_ce(fwd.p_a, fwd.y_a) + id_ce(fwd.p_b, fwd.y_b)
+    if weights["fine_w"] > 0:
+        terms["loss_id"] = terms["loss_id"] + weights["fine_w"] * (id_ce(fwd.pf_a, fwd.y_a) + id_ce(fwd.pf_b, fwd.y_b))
+    terms["loss_pid"] = id_ce(fwd.pp_a, fwd.y_a) + id_ce(fwd.pp_b, fwd.y_b)
+
+    if weights["teacher_w"] > 0:
+        if teacher is None:
+            raise ValueError("teacher_w > 0 at this iteration but no teacher was given to dgnet_step")
+        xd_ba, xd_ab = x_ba.detach(), x_ab.detach()
+        _, st_ba, sf_ba = Ea(xd_ba)  # x_ba: appearance of a, structure of b
+        with frozen(teacher, bn_batch_stats=mc.bn_train_on_generated):
+            q_ba = teacher_soft_labels(teacher, xd_ba)
+        _, st_ab, sf_ab = Ea(xd_ab)
+        with frozen(teacher, bn_batch_stats=mc.bn_train_on_generated):
+            q_ab = teacher_soft_labels(teacher, xd_ab)
+        terms["loss_teacher"] = teacher_kl(st_ba, q_ba) + teacher_kl(st_ab, q_ab)
+        # Fine-grained mining: the label of the structure provider.
+        terms["loss_fine"] = id_ce(sf_ba, fwd.y_b) + id_ce(sf_ab, fwd.y_a)
+    return terms, images, live
+
+
+def generator_total(terms: dict[str, torch.Tensor], weights: dict[str, float], loss_cfg: LossConfig) -> torch.Tensor:
+    """The weighted sum the G + Es + Ea step backpropagates (one backward)."""
+    lc, w = loss_cfg, weights
+    return (
+        lc.gan_w * terms["loss_gen_adv"]
+        + lc.recon_x_w * terms["loss_gen_recon_x"]
+        + lc.recon_xp_w * terms["loss_gen_recon_xp"]
+        + w["recon_s_w"] * terms["loss_gen_recon_s"]
+        + w["recon_f_w"] * terms["loss_gen_recon_f"]
+        + w["recon_x_cyc_w"] * terms["loss_gen_cycrecon_x"]
+        + lc.id_w * terms["loss_id"]
+        + lc.pid_w * terms["loss_pid"]
+        + lc.recon_id_w * terms["loss_gen_recon_id"]
+        + w["teacher_w"] * terms["loss_teacher"]
+        + w["fine_w"] * terms["loss_fine"]
+    )
+
+
+# ------------------------------------------------------------------------------------------- iterations
+_IMAGE_KEYS = ("image", "positive", "image_erased", "positive_erased")
+
+
+def dgnet_step(
+    model: DGNet,
+    teacher: nn.Module | None,
+    optimizers: dict[str, torch.optim.Optimizer],
+    batch_a: dict,
+    batch_b: dict,
+    iteration: int,
+    cfg: Config,
+    scaler: torch.amp.GradScaler | None = None,
+    amp_dtype: torch.dtype | None = None,
+    return_images: bool = False,
+) -> dict:
+    """One DG-Net iteration: shared forward, D step on detached fakes, then G + Es + Ea with one backward.
+
+    Args:
+        model: ``DGNet`` (put in train mode here).
+        teacher: the frozen stage-1 ``ReidBaseline`` (may be ``None`` only while ``teacher_w`` is 0).
+        optimizers: ``build_optimizers(model, cfg.optim)`` (keys gen, dis, id).
+        batch_a, batch_b: ``train_stream`` batches on the model's device: ``image``, ``positive``,
+            ``image_erased``, ``positive_erased`` float32 ``(B, 3, H, W)`` normalised; ``pid`` int64 ``(B,)``
+            train labels in ``[0, num_ids)``.
+        iteration: 0-based index of this iteration (drives ``ramp_weights``).
+        scaler: a GradScaler for fp16 (shared by the three optimisers, updated once at the end).
+        amp_dtype: ``torch.bfloat16`` / ``torch.float16`` to run forwards under autocast, ``None`` for fp32.
+        return_images: also return detached ``x_ab``, ``x_ba``, ``x_a_recon``, ``x_b_recon``,
+            ``x_a_recon_p``, ``x_b_recon_p``, ``x_aba``, ``x_bab`` (cycle ones once the cycle weight is > 0).
+    Returns:
+        ``{loss name: float}`` for every ``GEN_TERMS`` entry, ``loss_gen_total``, ``loss_dis_total``,
+        ``loss_dis_r1``; the ramped weights (``recon_s_w``, ``recon_f_w``, ``recon_x_cyc_w``, ``teacher_w``,
+        ``fine_w``); ``structure_live`` (1.0 when the live Es branch was drawn); and ``images`` when asked.
+    """
+    for name, batch in (("batch_a", batch_a), ("batch_b", batch_b)):
+        _check_batch(batch, name, _IMAGE_KEYS, model.num_ids)
+    weights = ramp_weights(iteration, cfg.loss)
+    device = batch_a["image"].device
+    grad_scale = float(scaler.get_scale()) if _scaling(scaler) else None
+    model.train()
+    gen_opt, dis_opt, id_opt = optimizers["gen"], optimizers["dis"], optimizers["id"]
+
+    with _autocast(device, amp_dtype):
+        fwd = shared_forward(model, batch_a, batch_b)
+
+    # D step on detached fakes.
+    dis_opt.zero_grad(set_to_none=True)
+    with _autocast(device, amp_dtype):
+        dis = discriminator_losses(model.D, fwd, cfg.loss, grad_scale)
+    _backward(dis["loss_dis_total"], scaler)
+    _step(dis_opt, scaler)
+
+    # G + Es + Ea step: D is a fixed critic here, so its parameters take no gradient (and cost none).
+    gen_opt.zero_grad(set_to_none=True)
+    id_opt.zero_grad(set_to_none=True)
+    model.D.requires_grad_(False)
+    try:
+        with _autocast(device, amp_dtype):
+            terms, cyc_images, live = generator_losses(model, teacher, fwd, weights, cfg)
+        total = generator_total(terms, weights, cfg.loss)
+        _backward(total, scaler)
+    finally:
+        model.D.requires_grad_(True)
+    _step(gen_opt, scaler)
+    _step(id_opt, scaler)
+    if _scaling(scaler):
+        scaler.update()
+
+    names = [*GEN_TERMS, "loss_gen_total", "loss_dis_total", "loss_dis_r1"]
+    values = torch.stack([*(terms[k] for k in GEN_TERMS), total, dis["loss_dis_total"], dis["loss_dis_r1"]])
+    out: dict = dict(zip(names, values.detach().float().cpu().tolist(), strict=True))  # one device sync
+    out.update(weights)
+    out["structure_live"] = float(live)
+    if return_images:
+        imgs = {
+            "x_a": fwd.x_a, "x_b": fwd.x_b, "x_ab": fwd.x_ab, "x_ba": fwd.x_ba,
+            "x_a_recon": fwd.x_a_recon, "x_b_recon": fwd.x_b_recon,
+            "x_a_recon_p": fwd.x_a_recon_p, "x_b_recon_p": fwd.x_b_recon_p, **cyc_images,
+        }  # fmt: skip
+        out["images"] = {k: v.detach().float() for k, v in imgs.items()}
+    return out
+
+
+def teacher_step(
+    teacher: ReidBaseline,
+    optimizer: torch.optim.Optimizer,
+    batch: dict,
+    cfg: Config,
+    scaler: torch.amp.GradScaler | None = None,
+    amp_dtype: torch.dtype | None = None,
+) -> dict[str, float]:
+    """One stage-1 iteration of the re-id baseline / teacher: cross-entropy on the randomly erased image.
+
+    ``batch``: ``image_erased`` float32 ``(B, 3, H, W)`` and ``pid`` int64 ``(B,)`` on the model's device.
+    The caller steps the scheduler (``build_teacher_scheduler``). Returns ``loss_id`` and ``accuracy``
+    (training accuracy of this batch).
+    """
+    _check_batch(batch, "batch", ("image_erased",), teacher.num_ids)
+    x, y = batch["image_erased"], batch["pid"]
+    teacher.train()
+    optimizer.zero_grad(set_to_none=True)
+    with _autocast(x.device, amp_dtype):
+        logits = teacher(x)
+    loss = id_ce(logits, y)
+    _backward(loss, scaler)
+    _step(optimizer, scaler)
+    if _scaling(scaler):
+        scaler.update()
+    acc = (logits.detach().argmax(1) == y).float().mean()
+    loss_v, acc_v = torch.stack([loss.detach(), acc]).cpu().tolist()
+    return {"loss_id": loss_v, "accuracy": acc_v}

@@ -1,0 +1,97 @@
+"""G: the decoder, with the MLPs that turn the appearance code into AdaIN parameters."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from dgnet.config import ModelConfig
+from dgnet.models.layers import LRELU_SLOPE, ConvBlock, init_kaiming_fan_in, reflect_pad
+from dgnet.ops import adain
+
+
+class MLP(nn.Module):
+    """AdaIN parameter MLP: Linear(in -> 512) lrelu, Linear(512 -> 512) lrelu, Linear(512 -> out)."""
+
+    def __init__(self, in_dim: int, out_dim: int, hidden: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(in_dim, hidden)
+        self.fc2 = nn.Linear(hidden, hidden)
+        self.fc3 = nn.Linear(hidden, out_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.leaky_relu(self.fc1(x), LRELU_SLOPE)
+        x = F.leaky_relu(self.fc2(x), LRELU_SLOPE)
+        return self.fc3(x)
+
+
+class AdaINResBlock(nn.Module):
+    """MUNIT residual block with AdaIN: conv3x3 -> AdaIN -> lrelu; conv3x3 -> AdaIN -> + input.
+
+    Both AdaIN steps go through ``dgnet.ops.adain`` (the plain reference, or the fused kernels under
+    ``--fused``), each with its activation or residual add folded in.
+    """
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(dim, dim, 3, bias=True)
+        self.conv2 = nn.Conv2d(dim, dim, 3, bias=True)
+
+    def forward(
+        self, x: torch.Tensor, scale1: torch.Tensor, bias1: torch.Tensor, scale2: torch.Tensor, bias2: torch.Tensor
+    ) -> torch.Tensor:
+        h = adain(self.conv1(reflect_pad(x, 1)), scale1, bias1, activation="lrelu", negative_slope=LRELU_SLOPE)
+        return adain(self.conv2(reflect_pad(h, 1)), scale2, bias2, residual=x)
+
+
+class Decoder(nn.Module):
+    """G: structure code ``s`` ``(N, 128, h, w)`` + appearance code ``f`` ``(N, code_dim)`` -> image
+    ``(N, 3, 4h, 4w)`` in normalised space (no tanh).
+
+    - AdaIN parameters: ``f`` is cut into ``n_res`` (4) equal slices of ``code_dim / 4`` (2048 for ResNet-50,
+      512 for the demo's ResNet-18); slice k feeds ``mlp_w[k]`` (scales) and ``mlp_b[k]`` (biases), each
+      ``slice -> 512 -> 512 -> 2 * 128``; the concatenated outputs are handed out 128 per AdaIN layer in module
+      order, so slice k drives residual block k (its two AdaIN layers). Used directly as scale and bias.
+    - 4 AdaIN residual blocks at 128; twice [nearest x2 upsample, conv5x5 halving channels, LayerNorm, lrelu];
+      conv3x3 32->32 lrelu, conv3x3 32->32 lrelu, conv1x1 32->3.
+    Init: the reference's kaiming (fan_in) on convs and linears, zero biases; LayerNorm gamma U(0,1), beta 0.
+    """
+
+    def __init__(self, cfg: ModelConfig, code_dim: int) -> None:
+        super().__init__()
+        dim = cfg.structure_dim
+        n_res = cfg.decoder_res_blocks
+        if code_dim % n_res:
+            raise ValueError(f"appearance code width {code_dim} is not divisible by decoder_res_blocks={n_res}")
+        self.dim = dim
+        self.n_res = n_res
+        self.slice_dim = code_dim // n_res
+        self.mlp_w = nn.ModuleList(MLP(self.slice_dim, 2 * dim, cfg.mlp_dim) for _ in range(n_res))
+        self.mlp_b = nn.ModuleList(MLP(self.slice_dim, 2 * dim, cfg.mlp_dim) for _ in range(n_res))
+        self.blocks = nn.ModuleList(AdaINResBlock(dim) for _ in range(n_res))
+        up = []
+        d = dim
+        for _ in range(2):
+            up += [nn.Upsample(scale_factor=2, mode="nearest"), ConvBlock(d, d // 2, 5, 1, 2, norm="ln")]
+            d //= 2
+        up += [ConvBlock(d, d, 3, 1, 1), ConvBlock(d, d, 3, 1, 1), ConvBlock(d, 3, 1, act=False)]
+        self.up = nn.Sequential(*up)
+        init_kaiming_fan_in(self)
+
+    def adain_params(self, f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Scales and biases ``(N, 2 * n_res * 128)`` from the code ``f`` ``(N, code_dim)``; AdaIN layer j
+        reads columns ``[128 j, 128 (j + 1))``."""
+        slices = f.split(self.slice_dim, dim=1)
+        scales = torch.cat([m(z) for m, z in zip(self.mlp_w, slices, strict=True)], dim=1)
+        biases = torch.cat([m(z) for m, z in zip(self.mlp_b, slices, strict=True)], dim=1)
+        return scales, biases
+
+    def forward(self, s: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+        scales, biases = self.adain_params(f)
+        w = scales.split(self.dim, dim=1)
+        b = biases.split(self.dim, dim=1)
+        x = s
+        for k, block in enumerate(self.blocks):
+            x = block(x, w[2 * k], b[2 * k], w[2 * k + 1], b[2 * k + 1])
+        return self.up(x)

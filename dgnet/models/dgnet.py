@@ -1,0 +1,89 @@
+"""DGNet: Ea, Es, G and D composed, plus the frozen-copy context the training step needs."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+import torch.nn as nn
+
+from dgnet.config import ModelConfig
+from dgnet.models.appearance import AppearanceEncoder
+from dgnet.models.decoder import Decoder
+from dgnet.models.discriminator import MultiScaleDiscriminator
+from dgnet.models.structure import StructureEncoder, gray
+
+
+class DGNet(nn.Module):
+    """DG-Net's four networks under the paper's names.
+
+    - ``Ea``: appearance encoder + re-id heads (``AppearanceEncoder``), ``Ea(x) -> (f, logits_primary, logits_fine)``;
+    - ``Es``: structure encoder on ``gray(x)``, ``Es(gray(x)) -> s`` ``(N, 128, H/4, W/4)``;
+    - ``G``: decoder incl. the AdaIN MLPs, ``G(s, f) -> image`` ``(N, 3, H, W)``;
+    - ``D``: multi-scale discriminator, ``D(x) -> [per-scale patch maps]``.
+    The optimiser groups follow this split: "gen" = Es + G, "dis" = D, "id" = Ea.
+    """
+
+    def __init__(self, cfg: ModelConfig, num_ids: int) -> None:
+        super().__init__()
+        if num_ids < 1:
+            raise ValueError(f"num_ids={num_ids}: expected a positive identity count")
+        self.cfg = cfg
+        self.num_ids = num_ids
+        self.Ea = AppearanceEncoder(cfg, num_ids)
+        self.Es = StructureEncoder(cfg)
+        self.G = Decoder(cfg, self.Ea.code_dim)
+        self.D = MultiScaleDiscriminator(cfg)
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``x`` ``(N, 3, H, W)`` -> ``(f, s, logits_primary, logits_fine)``."""
+        f, p1, p2 = self.Ea(x)
+        return f, self.Es(gray(x)), p1, p2
+
+    def decode(self, s: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+        """Image with the structure ``s`` and the appearance ``f``: ``x_ba = decode(s_b, f_a)``."""
+        return self.G(s, f)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Reconstruction ``G(Es(gray(x)), Ea(x).f)``."""
+        f, s, _, _ = self.encode(x)
+        return self.decode(s, f)
+
+
+@contextlib.contextmanager
+def frozen(module: nn.Module, bn_batch_stats: bool = False) -> Iterator[nn.Module]:
+    """Run ``module`` as a frozen copy of itself: no parameter gradients, eval mode (dropout off), and
+    with ``bn_batch_stats`` BatchNorm normalising with the batch's statistics without updating the
+    running ones.
+
+    This is the reference's per-iteration ``deepcopy(...).eval()`` (plus ``train_bn``) without the copy:
+    the weights cannot change between this forward and the backward (the optimiser steps after it), so
+    the live weights with ``requires_grad`` off compute exactly what a copy would, and the copy's own
+    running-statistics updates, which the reference throws away, are simply not made. Gradients still
+    flow to the *input*. Modes and flags are restored on exit.
+    """
+    params = [p for p in module.parameters() if p.requires_grad]
+    modes = [(m, m.training) for m in module.modules()]
+    bns = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    tracking = [(m, m.track_running_stats) for m in bns]
+    try:
+        for p in params:
+            p.requires_grad_(False)
+        module.eval()
+        if bn_batch_stats:
+            for m in bns:
+                # training=True + track_running_stats=False: batch statistics, running buffers untouched.
+                m.train()
+                m.track_running_stats = False
+        yield module
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+        for m, mode in modes:
+            m.training = mode
+        for m, t in tracking:
+            m.track_running_stats = t
+
+
+__all__ = ["DGNet", "frozen", "gray"]
