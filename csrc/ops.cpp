@@ -15,5 +15,21 @@ TORCH_LIBRARY(dgnet, m) {
   m.def("evaluate_queries(Tensor distmat, Tensor q_pids, Tensor g_pids, Tensor q_camids, Tensor g_camids) "
         "-> (Tensor, Tensor, Tensor)");
 
+  // ---- re-ranking (dgnet/ops/rerank.py) ----------------------------------------------
+  // k-reciprocal re-ranking over N = Q + G samples, rows 0..Q-1 the queries. Kernels: csrc/cpu/rerank.cpp,
+  // csrc/cuda/rerank.cu; per-row logic in csrc/include/dgnet/rerank.h.
+  // From features x [N, D]: the k nearest rows of every row by squared metric distance (itself
+  // included, ascending) as int64 [N, k], and each row's largest squared distance, float32 [N].
+  m.def("rerank_knn(Tensor x, int metric, int k, int block_rows) -> (Tensor, Tensor)");
+  // From the neighbour table nbr int64 [N, K >= k1 + 1]: the k-reciprocal expansion sets as CSR
+  // (indptr int64 [N + 1], indices int64 [nnz], sorted within each row).
+  m.def("rerank_expand(Tensor nbr, int k1) -> (Tensor, Tensor)");
+  // Normalised squared distance d(i, j)^2 / rowmax[i] of every CSR entry (i, j), from features.
+  m.def("rerank_pair_dist(Tensor x, Tensor indptr, Tensor indices, Tensor rowmax, int metric) -> Tensor");
+  // Gaussian weights, local query expansion over k2 rows, Jaccard and the final mix. out float32
+  // [Q, G] holds the normalised original distances on entry, the re-ranked ones on return.
+  m.def("rerank_jaccard_mix_(Tensor(a!) out, Tensor indptr, Tensor indices, Tensor dist, Tensor nbr, int k2, "
+        "float lambda_value) -> ()");
+
   // ---- fused AdaIN (dgnet/ops/adain.py) ----------------------------------------------
 }

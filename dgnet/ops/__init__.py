@@ -2,12 +2,16 @@
 
 from dgnet.ops._lib import extension_available, fused_enabled, set_fused
 from dgnet.ops.adain import adain, adain_reference
+from dgnet.ops.rerank import re_ranking, re_ranking_features, re_ranking_reference
 from dgnet.ops.retrieval import METRICS, pairwise_distance, pairwise_distance_reference
 
 __all__ = [
     "METRICS",
     "pairwise_distance",
     "pairwise_distance_reference",
+    "re_ranking",
+    "re_ranking_features",
+    "re_ranking_reference",
     "adain",
     "adain_reference",
     "extension_available",

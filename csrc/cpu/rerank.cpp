@@ -1,0 +1,246 @@
+// k-reciprocal re-ranking on CPU: neighbour search from features, expansion sets, and the sparse
+// Jaccard core. Per-row logic lives in dgnet/rerank.h, shared with csrc/cuda/rerank.cu.
+// The Python front (dgnet/ops/rerank.py) validates arguments; checks here guard internal use.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <limits>
+#include <vector>
+
+#include "dgnet/rerank.h"
+
+namespace dgnet {
+namespace {
+
+at::Tensor prepare_features(const at::Tensor& x, int64_t metric) {
+  auto xf = x.to(at::kFloat).contiguous();
+  if (metric == kCosine) xf = (xf / xf.norm(2, 1, true).clamp_min(1e-12)).contiguous();
+  return xf;
+}
+
+// Scan one row of dot products against columns col0.. and fold them into that row's top-k and max.
+inline void scan_row(const float* dots, int64_t n, int64_t col0, float xi, const float* xx, long metric, int k,
+                     float* vals, int64_t* idx, float& rowmax) {
+  float m = rowmax;
+  for (int64_t t = 0; t < n; ++t) {
+    const float v = rerank_base_sq(xi, xx[col0 + t], dots[t], metric);
+    m = v > m ? v : m;
+    topk_insert(vals, idx, k, v, col0 + t);
+  }
+  rowmax = m;
+}
+
+// Dot product with several accumulators so the compiler vectorises it.
+inline float dot(const float* a, const float* b, int64_t d) {
+  float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  int64_t t = 0;
+  for (; t + 8 <= d; t += 8)
+    for (int l = 0; l < 8; ++l) acc[l] += a[t + l] * b[t + l];
+  float s = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+  for (; t < d; ++t) s += a[t] * b[t];
+  return s;
+}
+
+}  // namespace
+
+// The k nearest samples of every row of x [N, D] among all rows (itself included), ascending,
+// by the squared metric distance, and each row's largest squared distance.
+// Blocks of rows are multiplied only once per unordered pair (I <= J): the product serves the
+// rows of I directly and the rows of J through its transpose, halving the GEMM work.
+std::tuple<at::Tensor, at::Tensor> rerank_knn_cpu(const at::Tensor& x, int64_t metric, int64_t k,
+                                                  int64_t block_rows) {
+  TORCH_CHECK(x.dim() == 2, "rerank_knn: expected x [N, D]");
+  TORCH_CHECK(metric >= 0 && metric <= 2, "rerank_knn: metric must be 0, 1 or 2, got ", metric);
+  const int64_t n = x.size(0);
+  TORCH_CHECK(k >= 1 && k <= n, "rerank_knn: k=", k, " must be in [1, N=", n, "]");
+  const auto xf = prepare_features(x, metric);
+  const auto xx = xf.pow(2).sum(1).contiguous();
+  auto vals = at::full({n, k}, std::numeric_limits<float>::infinity(), xf.options());
+  auto idx = at::full({n, k}, -1, xf.options().dtype(at::kLong));
+  auto rowmax = at::zeros({n}, xf.options());
+  const int64_t b = block_rows > 0 ? block_rows : 1024;
+  const float* xxp = xx.data_ptr<float>();
+  float* vp = vals.data_ptr<float>();
+  int64_t* ip = idx.data_ptr<int64_t>();
+  float* mp = rowmax.data_ptr<float>();
+  const int kk = static_cast<int>(k);
+  for (int64_t i0 = 0; i0 < n; i0 += b) {
+    const int64_t bi = std::min(n, i0 + b) - i0;
+    const auto xi = xf.narrow(0, i0, bi);
+    for (int64_t j0 = i0; j0 < n; j0 += b) {
+      const int64_t bj = std::min(n, j0 + b) - j0;
+      const auto blk = at::mm(xi, xf.narrow(0, j0, bj).t()).contiguous();  // [bi, bj]
+      const float* bp = blk.data_ptr<float>();
+      at::parallel_for(0, bi, 16, [&](int64_t s, int64_t e) {
+        for (int64_t r = s; r < e; ++r) {
+          const int64_t row = i0 + r;
+          scan_row(bp + r * bj, bj, j0, xxp[row], xxp, metric, kk, vp + row * k, ip + row * k, mp[row]);
+        }
+      });
+      if (j0 == i0) continue;
+      const auto blk_t = blk.t().contiguous();  // [bj, bi]
+      const float* tp = blk_t.data_ptr<float>();
+      at::parallel_for(0, bj, 16, [&](int64_t s, int64_t e) {
+        for (int64_t r = s; r < e; ++r) {
+          const int64_t row = j0 + r;
+          scan_row(tp + r * bi, bi, i0, xxp[row], xxp, metric, kk, vp + row * k, ip + row * k, mp[row]);
+        }
+      });
+    }
+  }
+  return {idx, rowmax};
+}
+
+// Expansion sets E(i) of every row as CSR: indptr [N + 1], indices [nnz], sorted within rows.
+std::tuple<at::Tensor, at::Tensor> rerank_expand_cpu(const at::Tensor& nbr, int64_t k1) {
+  TORCH_CHECK(nbr.dim() == 2 && nbr.scalar_type() == at::kLong, "rerank_expand: expected nbr [N, K] int64");
+  TORCH_CHECK(k1 >= 1 && k1 + 1 <= nbr.size(1), "rerank_expand: k1=", k1, " needs K >= k1 + 1, K=", nbr.size(1));
+  const auto nb = nbr.contiguous();
+  const int64_t n = nb.size(0), stride = nb.size(1);
+  const int kk1 = static_cast<int>(k1);
+  const int64_t cap = expansion_capacity(kk1);
+  auto padded = at::empty({n, cap}, nb.options());
+  auto counts = at::empty({n}, nb.options());
+  const int64_t* np_ = nb.data_ptr<int64_t>();
+  int64_t* pp = padded.data_ptr<int64_t>();
+  int64_t* cp = counts.data_ptr<int64_t>();
+  at::parallel_for(0, n, 64, [&](int64_t s, int64_t e) {
+    for (int64_t i = s; i < e; ++i) cp[i] = expansion_set(np_, stride, i, kk1, pp + i * cap);
+  });
+  auto indptr = at::zeros({n + 1}, nb.options());
+  indptr.narrow(0, 1, n).copy_(counts.cumsum(0));
+  const int64_t* ptr = indptr.data_ptr<int64_t>();
+  auto indices = at::empty({ptr[n]}, nb.options());
+  int64_t* op = indices.data_ptr<int64_t>();
+  at::parallel_for(0, n, 256, [&](int64_t s, int64_t e) {
+    for (int64_t i = s; i < e; ++i) std::copy(pp + i * cap, pp + i * cap + cp[i], op + ptr[i]);
+  });
+  return {indptr, indices};
+}
+
+// Normalised squared distance d(i, j)^2 / rowmax[i] of every CSR entry (i, j), from features.
+at::Tensor rerank_pair_dist_cpu(const at::Tensor& x, const at::Tensor& indptr, const at::Tensor& indices,
+                                const at::Tensor& rowmax, int64_t metric) {
+  TORCH_CHECK(x.dim() == 2 && indptr.size(0) == x.size(0) + 1, "rerank_pair_dist: expected x [N, D], indptr [N+1]");
+  const auto xf = prepare_features(x, metric);
+  const auto xx = xf.pow(2).sum(1).contiguous();
+  const auto ip = indptr.contiguous(), ix = indices.contiguous();
+  const auto rm = rowmax.to(at::kFloat).contiguous();
+  const int64_t n = xf.size(0), d = xf.size(1);
+  auto out = at::empty({ix.size(0)}, xf.options());
+  const float* xp = xf.data_ptr<float>();
+  const float* xxp = xx.data_ptr<float>();
+  const float* rmp = rm.data_ptr<float>();
+  const int64_t* ptr = ip.data_ptr<int64_t>();
+  const int64_t* col = ix.data_ptr<int64_t>();
+  float* op = out.data_ptr<float>();
+  at::parallel_for(0, n, 16, [&](int64_t s, int64_t e) {
+    for (int64_t i = s; i < e; ++i)
+      for (int64_t t = ptr[i]; t < ptr[i + 1]; ++t) {
+        const int64_t j = col[t];
+        op[t] = rerank_base_sq(xxp[i], xxp[j], dot(xp + i * d, xp + j * d, d), metric) / rmp[i];
+      }
+  });
+  return out;
+}
+
+// The sparse core after the expansion sets: Gaussian weights -> V, local query expansion over
+// the k2 nearest rows, the Jaccard distance of each query to each gallery sample through an
+// inverted index, and the final mix. out [Q, G] holds the normalised original distances on
+// entry and the re-ranked distances on return; rows Q.. of the CSR are the gallery.
+void rerank_jaccard_mix_cpu(const at::Tensor& out, const at::Tensor& indptr, const at::Tensor& indices,
+                            const at::Tensor& dist, const at::Tensor& nbr, int64_t k2, double lambda_value) {
+  TORCH_CHECK(out.dim() == 2 && out.scalar_type() == at::kFloat && out.is_contiguous(),
+              "rerank_jaccard_mix_: expected out [Q, G] contiguous float32");
+  const int64_t q = out.size(0), g = out.size(1), n = q + g;
+  TORCH_CHECK(indptr.size(0) == n + 1 && nbr.size(0) == n, "rerank_jaccard_mix_: indptr/nbr must cover Q + G rows");
+  TORCH_CHECK(k2 >= 1 && k2 <= nbr.size(1) && k2 <= kMaxQueryExpansion, "rerank_jaccard_mix_: bad k2=", k2);
+  const auto ip = indptr.contiguous(), ix = indices.contiguous(), nb = nbr.contiguous();
+  const auto dv = dist.to(at::kFloat).contiguous();
+  const int64_t* ptr = ip.data_ptr<int64_t>();
+  const int64_t* col = ix.data_ptr<int64_t>();
+  const float* dp = dv.data_ptr<float>();
+  const int64_t* nbp = nb.data_ptr<int64_t>();
+  const int64_t stride = nb.size(1);
+
+  // V: Gaussian weights normalised to sum 1 per row.
+  std::vector<float> v(static_cast<size_t>(ix.size(0)));
+  at::parallel_for(0, n, 256, [&](int64_t s, int64_t e) {
+    for (int64_t i = s; i < e; ++i) {
+      float sum = 0.0f;
+      for (int64_t t = ptr[i]; t < ptr[i + 1]; ++t) sum += (v[t] = gaussian_weight(dp[t]));
+      for (int64_t t = ptr[i]; t < ptr[i + 1]; ++t) v[t] /= sum;
+    }
+  });
+
+  // Local query expansion: row i becomes the mean of the rows of its k2 nearest samples.
+  std::vector<int64_t> qptr;
+  std::vector<int64_t> qcol;
+  std::vector<float> qval;
+  const int64_t* vptr = ptr;
+  const int64_t* vcol = col;
+  const float* vval = v.data();
+  if (k2 != 1) {
+    const int kk2 = static_cast<int>(k2);
+    qptr.assign(static_cast<size_t>(n + 1), 0);
+    at::parallel_for(0, n, 256, [&](int64_t s, int64_t e) {
+      for (int64_t i = s; i < e; ++i)
+        qptr[i + 1] = qe_merge_row(ptr, col, v.data(), nbp + i * stride, kk2, nullptr, nullptr);
+    });
+    for (int64_t i = 0; i < n; ++i) qptr[i + 1] += qptr[i];
+    qcol.resize(static_cast<size_t>(qptr[n]));
+    qval.resize(static_cast<size_t>(qptr[n]));
+    at::parallel_for(0, n, 256, [&](int64_t s, int64_t e) {
+      for (int64_t i = s; i < e; ++i)
+        qe_merge_row(ptr, col, v.data(), nbp + i * stride, kk2, qcol.data() + qptr[i], qval.data() + qptr[i]);
+    });
+    vptr = qptr.data();
+    vcol = qcol.data();
+    vval = qval.data();
+  }
+
+  // Inverted index over the gallery rows: for each column c, the gallery rows r with V[r, c] != 0
+  // (ascending) and their values. A counting sort: linear in the number of entries.
+  std::vector<int64_t> cptr(static_cast<size_t>(n + 1), 0);
+  for (int64_t t = vptr[q]; t < vptr[n]; ++t) ++cptr[vcol[t] + 1];
+  for (int64_t c = 0; c < n; ++c) cptr[c + 1] += cptr[c];
+  std::vector<int32_t> crow(static_cast<size_t>(cptr[n]));
+  std::vector<float> cval(static_cast<size_t>(cptr[n]));
+  {
+    std::vector<int64_t> fill(cptr.begin(), cptr.end() - 1);
+    for (int64_t r = q; r < n; ++r)
+      for (int64_t t = vptr[r]; t < vptr[r + 1]; ++t) {
+        const int64_t p = fill[vcol[t]]++;
+        crow[p] = static_cast<int32_t>(r - q);
+        cval[p] = vval[t];
+      }
+  }
+
+  // Per query: accumulate the overlap with every gallery sample, then mix into out.
+  float* outp = out.data_ptr<float>();
+  const float lam = static_cast<float>(lambda_value);
+  at::parallel_for(0, q, 8, [&](int64_t s, int64_t e) {
+    std::vector<float> acc(static_cast<size_t>(g));
+    for (int64_t i = s; i < e; ++i) {
+      std::fill(acc.begin(), acc.end(), 0.0f);
+      for (int64_t t = vptr[i]; t < vptr[i + 1]; ++t) {
+        const int64_t c = vcol[t];
+        const float a = vval[t];
+        for (int64_t p = cptr[c]; p < cptr[c + 1]; ++p) acc[crow[p]] += overlap_term(a, cval[p]);
+      }
+      float* row = outp + i * g;
+      for (int64_t j = 0; j < g; ++j) row[j] = rerank_mix(acc[j], row[j], lam);
+    }
+  });
+}
+
+TORCH_LIBRARY_IMPL(dgnet, CPU, m) {
+  m.impl("rerank_knn", &rerank_knn_cpu);
+  m.impl("rerank_expand", &rerank_expand_cpu);
+  m.impl("rerank_pair_dist", &rerank_pair_dist_cpu);
+  m.impl("rerank_jaccard_mix_", &rerank_jaccard_mix_cpu);
+}
+
+}  // namespace dgnet

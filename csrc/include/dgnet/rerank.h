@@ -1,0 +1,150 @@
+// Per-element and per-row logic of k-reciprocal re-ranking (Zhong et al., CVPR 2017), shared by
+// the CPU kernels (csrc/cpu/rerank.cpp) and the CUDA kernels (csrc/cuda/rerank.cu), so CPU tests
+// exercise exactly the code the GPU runs.
+//
+// Terms (N = Q + G samples, rows 0..Q-1 are queries):
+//   nbr       [N, K] int64: each row's K nearest samples, ascending by distance (itself first).
+//   R(i, k)   k-reciprocal set: the j among nbr[i, :k+1] with i among nbr[j, :k+1].
+//   E(i)      expansion set: R(i, k1) plus R(c, round(k1/2)) for each c in R(i, k1) whose set
+//             shares more than 2/3 of its members with R(i, k1); sorted, unique.
+#pragma once
+#include <cmath>
+#include <cstdint>
+
+#include "dgnet/distance.h"
+#include "dgnet/macros.h"
+
+namespace dgnet {
+
+// Squared distance the re-ranking starts from, from ||x||^2, ||y||^2 and <x, y>: the square of the
+// metric's distance. Cosine inputs are pre-normalised, so <x, y> is the cosine. For euclidean the
+// square root is skipped: sqrt then square is the identity up to one rounding.
+DGNET_HD float rerank_base_sq(float xx, float yy, float xy, long metric) {
+  if (metric == kCosine) {
+    const float d = 1.0f - xy;
+    return d * d;
+  }
+  float d2 = xx + yy - 2.0f * xy;
+  d2 = d2 > 0.0f ? d2 : 0.0f;  // cancellation can make it slightly negative
+  return metric == kEuclidean ? d2 : d2 * d2;
+}
+
+// Insert (v, j) into vals/idx, the k smallest so far in ascending order, if it belongs there.
+// Equal values keep the earlier index first, as a stable sort would.
+DGNET_HD void topk_insert(float* vals, int64_t* idx, int k, float v, int64_t j) {
+  if (!(v < vals[k - 1])) return;
+  int p = k - 1;
+  while (p > 0 && vals[p - 1] > v) {
+    vals[p] = vals[p - 1];
+    idx[p] = idx[p - 1];
+    --p;
+  }
+  vals[p] = v;
+  idx[p] = j;
+}
+
+DGNET_HD bool contains(const int64_t* list, int n, int64_t x) {
+  for (int t = 0; t < n; ++t)
+    if (list[t] == x) return true;
+  return false;
+}
+
+// R(i, k): writes the members in neighbour order to out (capacity k + 1), returns their count.
+DGNET_HD int k_reciprocal(const int64_t* nbr, int64_t stride, int64_t i, int k, int64_t* out) {
+  const int64_t* fwd = nbr + i * stride;
+  int n = 0;
+  for (int t = 0; t <= k; ++t) {
+    const int64_t j = fwd[t];
+    if (contains(nbr + j * stride, k + 1, i)) out[n++] = j;
+  }
+  return n;
+}
+
+// The 2/3 rule, evaluated in double exactly as `overlap > 2./3 * len(candidate_set)`.
+DGNET_HD bool expansion_accepts(int overlap, int candidate_size) {
+  return static_cast<double>(overlap) > (2.0 / 3.0) * static_cast<double>(candidate_size);
+}
+
+// Half of k1 for the candidate sets: round-half-to-even, as numpy's around(k1 / 2).
+DGNET_HD int half_k(int k1) {
+  const int h = k1 / 2;
+  return (k1 % 2 == 1 && h % 2 == 1) ? h + 1 : h;
+}
+
+// Capacity E(i) needs: R(i) plus one candidate set per member of R(i).
+DGNET_HD int64_t expansion_capacity(int k1) { return static_cast<int64_t>(k1 + 1) * (half_k(k1) + 2); }
+
+// E(i): writes the sorted unique members to out (capacity expansion_capacity(k1)), returns the count.
+DGNET_HD int expansion_set(const int64_t* nbr, int64_t stride, int64_t i, int k1, int64_t* out) {
+  const int r = k_reciprocal(nbr, stride, i, k1, out);  // out[0, r) = R(i, k1), kept intact below
+  const int h = half_k(k1);
+  int len = r;
+  for (int c = 0; c < r; ++c) {
+    // The candidate's set goes after the accepted ones; it stays only if the rule accepts it.
+    int64_t* cand = out + len;
+    const int nc = k_reciprocal(nbr, stride, out[c], h, cand);
+    int overlap = 0;
+    for (int t = 0; t < nc; ++t) overlap += contains(out, r, cand[t]) ? 1 : 0;
+    if (expansion_accepts(overlap, nc)) len += nc;
+  }
+  // Sort (insertion: a few hundred entries at most, mostly few dozen) and drop duplicates.
+  for (int a = 1; a < len; ++a) {
+    const int64_t v = out[a];
+    int b = a;
+    while (b > 0 && out[b - 1] > v) {
+      out[b] = out[b - 1];
+      --b;
+    }
+    out[b] = v;
+  }
+  int n = 0;
+  for (int a = 0; a < len; ++a)
+    if (n == 0 || out[n - 1] != out[a]) out[n++] = out[a];
+  return n;
+}
+
+constexpr int kMaxQueryExpansion = 64;
+
+// Gaussian kernel weight of a normalised squared distance (normalised to sum 1 per row afterwards).
+DGNET_HD float gaussian_weight(float d) { return expf(-d); }
+
+// One term of the Jaccard overlap: min(V[q, j], V[g, j]).
+DGNET_HD float overlap_term(float a, float b) { return a < b ? a : b; }
+
+// Local query expansion of one row: the mean of the sparse rows V[rows[0..k2)], each sorted by
+// column, merged k2-way. With out_cols == nullptr only counts the union's size.
+// V is CSR (indptr, cols, vals); writes sorted columns and mean values, returns the count.
+DGNET_HD int64_t qe_merge_row(const int64_t* indptr, const int64_t* cols, const float* vals, const int64_t* rows,
+                              int k2, int64_t* out_cols, float* out_vals) {
+  // One cursor per source row, in fixed-size local arrays (registers or local memory on a GPU);
+  // the Python front rejects k2 > kMaxQueryExpansion.
+  int64_t pos[kMaxQueryExpansion];
+  int64_t end[kMaxQueryExpansion];
+  for (int t = 0; t < k2; ++t) {
+    pos[t] = indptr[rows[t]];
+    end[t] = indptr[rows[t] + 1];
+  }
+  int64_t n = 0;
+  while (true) {
+    int64_t col = INT64_MAX;
+    for (int t = 0; t < k2; ++t)
+      if (pos[t] < end[t] && cols[pos[t]] < col) col = cols[pos[t]];
+    if (col == INT64_MAX) break;
+    float sum = 0.0f;
+    for (int t = 0; t < k2; ++t)
+      if (pos[t] < end[t] && cols[pos[t]] == col) sum += vals[pos[t]++];
+    if (out_cols != nullptr) {
+      out_cols[n] = col;
+      out_vals[n] = sum / static_cast<float>(k2);  // a mean, as np.mean over the k2 rows
+    }
+    ++n;
+  }
+  return n;
+}
+// Final distance from the Jaccard overlap s = sum_j min(V[q, j], V[g, j]) and the original distance.
+DGNET_HD float rerank_mix(float s, float original, float lambda_value) {
+  const float jaccard = 1.0f - s / (2.0f - s);
+  return jaccard * (1.0f - lambda_value) + original * lambda_value;
+}
+
+}  // namespace dgnet

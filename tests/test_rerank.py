@@ -1,0 +1,243 @@
+"""k-reciprocal re-ranking: the compiled sparse paths against the plain dense numpy reference."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from dgnet.ops.rerank import re_ranking, re_ranking_features, re_ranking_reference
+from dgnet.ops.retrieval import METRICS
+
+ATOL = 1e-4
+
+
+def features(kind: str, n: int, dim: int = 16, seed: int = 0) -> np.ndarray:
+    """float32 features: ``random`` (isotropic Gaussian) or ``blobs`` (tight clusters of about 6,
+    which makes many k-reciprocal sets and accepted expansions)."""
+    rng = np.random.default_rng(seed)
+    if kind == "random":
+        return rng.normal(size=(n, dim)).astype(np.float32)
+    centers = rng.normal(size=(max(1, n // 6), dim)) * 3.0
+    labels = rng.integers(0, len(centers), size=n)
+    return (centers[labels] + 0.5 * rng.normal(size=(n, dim))).astype(np.float32)
+
+
+def euclidean(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Exact (float64) euclidean distances, as a user's numpy code would pass them."""
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    return np.sqrt(np.maximum(((a64[:, None, :] - b64[None, :, :]) ** 2).sum(-1), 0.0))
+
+
+def blocks(q: np.ndarray, g: np.ndarray):
+    return euclidean(q, g), euclidean(q, q), euclidean(g, g)
+
+
+def torch_blocks(q: torch.Tensor, g: torch.Tensor, metric: str):
+    code = METRICS[metric]
+    d = lambda a, b: torch.ops.dgnet.pairwise_distance(a, b, code, 0)
+    return d(q, g), d(q, q), d(g, g)
+
+
+# ---------------------------------------------------------------------------------------------
+# re_ranking == the classic algorithm
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["random", "blobs"])
+@pytest.mark.parametrize("shape", [(30, 80), (1, 50), (12, 41)])
+@pytest.mark.parametrize(
+    "k1,k2,lam", [(20, 6, 0.3), (5, 1, 0.3), (7, 3, 0.0), (4, 2, 1.0), (11, 6, 0.5), (1, 1, 0.3)]
+)
+def test_re_ranking_matches_reference(kind, shape, k1, k2, lam):
+    nq, ng = shape
+    x = features(kind, nq + ng, seed=nq * 1000 + ng)
+    args = blocks(x[:nq], x[nq:])
+    expected = re_ranking_reference(*args, k1=k1, k2=k2, lambda_value=lam)
+    got = re_ranking(*args, k1=k1, k2=k2, lambda_value=lam)
+    assert isinstance(got, np.ndarray) and got.dtype == np.float32 and got.shape == (nq, ng)
+    np.testing.assert_allclose(got, expected, rtol=0, atol=ATOL)
+
+
+def test_re_ranking_changes_the_ranking_on_clusters():
+    # Guards against a core that silently returns the original distances: on clustered data the
+    # Jaccard term must move distances, and it must pull same-cluster pairs closer.
+    x = features("blobs", 90, seed=3)
+    qg, qq, gg = blocks(x[:20], x[20:])
+    out = re_ranking(qg, qq, gg, k1=6, k2=3, lambda_value=0.0)
+    assert np.abs(out - 1.0).max() > 0.5  # Jaccard distances are not all 1
+    assert (out < 1.0).sum(1).min() >= 1  # every query overlaps some gallery sample
+
+
+def test_re_ranking_torch_inputs_float32_and_float64():
+    x = features("blobs", 70, seed=5)
+    args = blocks(x[:15], x[15:])
+    expected = re_ranking_reference(*args, k1=8, k2=4)
+    for dtype in (torch.float64, torch.float32):
+        got = re_ranking(*(torch.from_numpy(a).to(dtype) for a in args), k1=8, k2=4)
+        assert isinstance(got, torch.Tensor) and got.dtype == torch.float32 and got.device.type == "cpu"
+        np.testing.assert_allclose(got.numpy(), expected, rtol=0, atol=ATOL)
+
+
+def test_re_ranking_accepts_non_contiguous_inputs():
+    x = features("random", 40, seed=6)
+    qg, qq, gg = blocks(x[:10], x[10:])
+    expected = re_ranking(qg, qq, gg, k1=5, k2=2)
+    got = re_ranking(np.asfortranarray(qg), qq.T, gg.T, k1=5, k2=2)  # symmetric blocks, other layouts
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------
+# re_ranking_features == re_ranking of the same features' distances
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "sqeuclidean", "cosine"])
+@pytest.mark.parametrize("kind", ["random", "blobs"])
+@pytest.mark.parametrize("k1,k2,lam,block_rows", [(20, 6, 0.3, 7), (6, 1, 0.5, 32), (9, 4, 0.2, None)])
+def test_features_match_dense(metric, kind, k1, k2, lam, block_rows):
+    x = torch.from_numpy(features(kind, 100, dim=24, seed=11))
+    q, g = x[:27], x[27:]
+    expected = re_ranking(*torch_blocks(q, g, metric), k1=k1, k2=k2, lambda_value=lam)
+    got = re_ranking_features(q, g, k1=k1, k2=k2, lambda_value=lam, metric=metric, block_rows=block_rows)
+    assert got.dtype == torch.float32 and got.shape == (27, 73)
+    torch.testing.assert_close(got, expected, rtol=0, atol=ATOL)
+
+
+def test_features_numpy_in_numpy_out_matches_reference():
+    x = features("blobs", 60, seed=12)
+    got = re_ranking_features(x[:10], x[10:], k1=7, k2=3, block_rows=16)
+    assert isinstance(got, np.ndarray) and got.dtype == np.float32
+    np.testing.assert_allclose(got, re_ranking_reference(*blocks(x[:10], x[10:]), k1=7, k2=3), rtol=0, atol=ATOL)
+
+
+def test_knn_matches_brute_force():
+    x = torch.from_numpy(features("random", 53, dim=8, seed=13))
+    for code in METRICS.values():
+        for block in (5, 16, 1024):
+            nbr, rowmax = torch.ops.dgnet.rerank_knn(x, code, 9, block)
+            d = torch.ops.dgnet.pairwise_distance(x, x, code, 0).double()
+            sq = d.square()
+            torch.testing.assert_close(rowmax.double(), sq.amax(1), rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(nbr, sq.topk(9, largest=False).indices)
+            assert torch.equal(nbr[:, 0], torch.arange(53))  # each sample is its own nearest
+
+
+def test_expand_small_hand_case():
+    # Four points on a line at 0, 1, 3, 10: with k1 = 1 each row's k1 + 1 nearest are itself and
+    # its nearest neighbour; 0 and 1 are mutual, 2's nearest is 1 (not mutual), 3's nearest is 2.
+    nbr = torch.tensor([[0, 1], [1, 0], [2, 1], [3, 2]])
+    indptr, indices = torch.ops.dgnet.rerank_expand(nbr, 1)
+    sets = [indices[indptr[i] : indptr[i + 1]].tolist() for i in range(4)]
+    assert sets == [[0, 1], [0, 1], [2], [3]]
+
+
+@pytest.mark.parametrize(
+    "op,args",
+    [
+        ("rerank_knn", lambda x: (x, 0, 5, 8)),
+        ("rerank_expand", lambda x: (torch.ops.dgnet.rerank_knn(x, 0, 5, 8)[0], 4)),
+    ],
+)
+def test_opcheck(op, args):
+    x = torch.from_numpy(features("random", 20, seed=14))
+    torch.library.opcheck(getattr(torch.ops.dgnet, op), args(x), test_utils=("test_schema", "test_faketensor"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input
+# ---------------------------------------------------------------------------------------------
+
+
+def _good():
+    x = features("random", 30, seed=15)
+    return blocks(x[:10], x[10:])
+
+
+@pytest.mark.parametrize(
+    "mutate,match",
+    [
+        (lambda a: (a[0][:, :-1], a[1], a[2]), "g_g_dist"),
+        (lambda a: (a[0], a[1][:-1], a[2]), "q_q_dist"),
+        (lambda a: (a[0][None], a[1], a[2]), "q_g_dist"),
+        (lambda a: (a[0].astype(np.int64), a[1], a[2]), "q_g_dist"),
+        (lambda a: (a[0], np.where(np.eye(10) > 0, np.nan, a[1]), a[2]), "q_q_dist"),
+        (lambda a: (a[0], a[1], np.full_like(a[2], np.inf)), "g_g_dist"),
+        (lambda a: (a[0][:0], a[1][:0, :0], a[2]), "q_g_dist"),
+        (lambda a: (torch.from_numpy(a[0]), a[1], a[2]), "not a mix"),
+    ],
+)
+def test_re_ranking_bad_input(mutate, match):
+    with pytest.raises(ValueError, match=match):
+        re_ranking(*mutate(_good()))
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [({"k1": 30}, "k1=30"), ({"k1": 0}, "k1=0"), ({"k2": 31}, "k2=31"), ({"k2": 0}, "k2=0"),
+     ({"k1": 2.5}, "k1=2.5"), ({"lambda_value": 1.5}, "lambda_value")],
+)
+def test_re_ranking_bad_parameters(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        re_ranking(*_good(), **kwargs)
+
+
+def test_features_bad_input():
+    x = features("random", 30, seed=16)
+    with pytest.raises(ValueError, match="gallery"):
+        re_ranking_features(x[:10], x[10:, :5])
+    with pytest.raises(ValueError, match="query"):
+        re_ranking_features(x[:0], x[10:])
+    with pytest.raises(ValueError, match="query"):
+        re_ranking_features(x[:10].astype(np.int32), x[10:])
+    with pytest.raises(ValueError, match="gallery"):
+        re_ranking_features(x[:10], np.where(x[10:] > 1, np.nan, x[10:]))
+    with pytest.raises(ValueError, match="metric"):
+        re_ranking_features(x[:10], x[10:], metric="manhattan")
+    with pytest.raises(ValueError, match="k1=30"):
+        re_ranking_features(x[:10], x[10:], k1=30)
+    with pytest.raises(ValueError, match="query"):
+        re_ranking_features(x[0], x[10:])
+
+
+# ---------------------------------------------------------------------------------------------
+# CUDA == CPU
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("kind", ["random", "blobs"])
+def test_cuda_re_ranking_matches_cpu(kind):
+    x = features(kind, 200, dim=32, seed=21)
+    args = [torch.from_numpy(a) for a in blocks(x[:40], x[40:])]
+    expected = re_ranking(*args, k1=20, k2=6)
+    got = re_ranking(*(a.cuda() for a in args), k1=20, k2=6)
+    assert got.device.type == "cuda" and got.dtype == torch.float32
+    torch.testing.assert_close(got.cpu(), expected, rtol=0, atol=ATOL)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("metric", ["euclidean", "sqeuclidean", "cosine"])
+@pytest.mark.parametrize("k1,k2", [(20, 6), (7, 1)])
+def test_cuda_features_match_cpu(metric, k1, k2):
+    x = torch.from_numpy(features("blobs", 300, dim=32, seed=22))
+    q, g = x[:50], x[50:]
+    expected = re_ranking_features(q, g, k1=k1, k2=k2, metric=metric)
+    got = re_ranking_features(q.cuda(), g.cuda(), k1=k1, k2=k2, metric=metric, block_rows=64)
+    assert got.device.type == "cuda" and got.dtype == torch.float32
+    torch.testing.assert_close(got.cpu(), expected, rtol=0, atol=ATOL)
+
+
+@pytest.mark.gpu
+def test_cuda_ops_match_cpu():
+    x = torch.from_numpy(features("blobs", 150, dim=16, seed=23))
+    nbr, rowmax = torch.ops.dgnet.rerank_knn(x, 0, 21, 64)
+    nbr_c, rowmax_c = torch.ops.dgnet.rerank_knn(x.cuda(), 0, 21, 64)
+    assert torch.equal(nbr_c.cpu(), nbr)
+    torch.testing.assert_close(rowmax_c.cpu(), rowmax)
+    indptr, indices = torch.ops.dgnet.rerank_expand(nbr, 20)
+    indptr_c, indices_c = torch.ops.dgnet.rerank_expand(nbr.cuda(), 20)
+    assert torch.equal(indptr_c.cpu(), indptr) and torch.equal(indices_c.cpu(), indices)
+    dist = torch.ops.dgnet.rerank_pair_dist(x, indptr, indices, rowmax, 0)
+    dist_c = torch.ops.dgnet.rerank_pair_dist(x.cuda(), indptr_c, indices_c, rowmax_c, 0)
+    torch.testing.assert_close(dist_c.cpu(), dist)
