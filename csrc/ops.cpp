@@ -32,4 +32,15 @@ TORCH_LIBRARY(dgnet, m) {
         "float lambda_value) -> ()");
 
   // ---- fused AdaIN (dgnet/ops/adain.py) ----------------------------------------------
+  // y = act(scale * (x - mean_hw) * rstd + bias) [+ residual] over x (N, C, H, W), scale/bias (N, C);
+  // activation: 0 none, 1 relu, 2 leaky relu (negative_slope). Returns y in x's dtype and the
+  // (N, C) mean and rstd (float32, float64 for float64 x) that are all the backward keeps.
+  // The backward returns grad_x, grad_scale, grad_bias; grad_residual is grad_y itself.
+  // Kernels: CPU in csrc/cpu/adain.cpp. The Triton twins (dgnet::adain_triton_forward/backward,
+  // same arguments) are torch.library.triton_op ops declared in dgnet/ops/adain.py, because
+  // triton_op derives its schema from the Python function it wraps.
+  m.def("adain_forward(Tensor x, Tensor scale, Tensor bias, Tensor? residual, int activation, float eps, "
+        "float negative_slope) -> (Tensor, Tensor, Tensor)");
+  m.def("adain_backward(Tensor grad_y, Tensor x, Tensor scale, Tensor bias, Tensor mean, Tensor rstd, "
+        "int activation, float negative_slope) -> (Tensor, Tensor, Tensor)");
 }

@@ -1,0 +1,295 @@
+"""Fused AdaIN kernels (C++ CPU, Triton) against the plain PyTorch reference: outputs and all gradients.
+
+Accuracy rule (flash-attention's): a fused result passes when its error against a float64 ground
+truth is at most twice the error of the plain PyTorch reference run in the same dtype, plus atol.
+Triton runs under TRITON_INTERPRET=1 on CPU (set by conftest.py) on a few small fp32 shapes; the
+device checks of Triton, including bf16/fp16 and the decoder's shapes, are marked ``gpu``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import dgnet.ops
+from dgnet.ops import _lib, adain, adain_reference
+
+ACTS = [None, "relu", "lrelu"]
+ATOL = {torch.float32: 1e-5, torch.float64: 1e-10, torch.bfloat16: 1e-2, torch.float16: 2e-3}
+# The module, not the function dgnet.ops.adain that shadows it as an attribute of dgnet.ops.
+adain_module = importlib.import_module("dgnet.ops.adain")
+NAMES = ("y", "grad_x", "grad_scale", "grad_bias", "grad_residual")
+
+
+def make_inputs(shape, dtype=torch.float32, device="cpu", residual=True, constant_rows=False, seed=0):
+    """x, scale, bias, residual (or None) and an upstream gradient dy, all in ``dtype``."""
+    g = torch.Generator().manual_seed(seed)
+    n, c = shape[:2]
+    x = torch.randn(shape, generator=g, dtype=torch.float64) * 2 + 0.5
+    if constant_rows:  # every other (n, c) plane constant: zero variance
+        x.view(n * c, -1)[::2] = torch.randn(n * c, 1, generator=g, dtype=torch.float64)[::2]
+    scale = torch.randn(n, c, generator=g, dtype=torch.float64) + 1
+    bias = torch.randn(n, c, generator=g, dtype=torch.float64)
+    res = torch.randn(shape, generator=g, dtype=torch.float64) if residual else None
+    dy = torch.randn(shape, generator=g, dtype=torch.float64)
+    cast = lambda t: None if t is None else t.to(device=device, dtype=dtype)
+    return cast(x), cast(scale), cast(bias), cast(res), cast(dy)
+
+
+def forward_backward(fn, x, scale, bias, res, dy, **kw):
+    """Output and gradients w.r.t. x, scale, bias (and residual) of ``fn`` at fresh leaves."""
+    leaves = [t.detach().clone().requires_grad_(True) for t in (x, scale, bias, res) if t is not None]
+    y = fn(*leaves[:3], residual=leaves[3] if res is not None else None, **kw)
+    grads = torch.autograd.grad(y, leaves, dy)
+    return [y.detach(), *grads]
+
+
+def check_against_reference(backend, x, scale, bias, res, dy, activation, atol=None):
+    """The flash-attention rule on the output and every gradient."""
+    as_double = (t.double() if t is not None else None for t in (x, scale, bias, res, dy))
+    truth = forward_backward(adain_reference, *as_double, activation=activation)
+    plain = forward_backward(adain_reference, x, scale, bias, res, dy, activation=activation)
+    fused = forward_backward(adain, x, scale, bias, res, dy, activation=activation, backend=backend)
+    atol = ATOL[x.dtype] if atol is None else atol
+    for name, t, p, f in zip(NAMES, truth, plain, fused, strict=False):
+        assert f.dtype == p.dtype and f.shape == p.shape, name
+        assert torch.isfinite(f).all(), f"{name}: not finite"
+        # Scale by the magnitude so atol is relative to the values a gradient sums over.
+        mag = max(1.0, t.abs().max().item())
+        err_fused = (f.double() - t).abs().max().item()
+        err_plain = (p.double() - t).abs().max().item()
+        assert err_fused <= 2 * err_plain + atol * mag, (
+            f"{backend} {name}: error {err_fused:.3g} vs plain PyTorch's {err_plain:.3g} (atol {atol * mag:.3g})"
+        )
+
+
+# ---- C++ CPU kernel -------------------------------------------------------------------------------
+
+CPU_SHAPES = [(1, 1, 1, 1), (1, 1, 1, 7), (2, 3, 5, 7), (1, 128, 4, 4), (2, 4, 64, 32), (1, 2, 91, 91), (1, 1, 13, 1)]
+
+
+@pytest.mark.parametrize("shape", CPU_SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("activation", ACTS)
+@pytest.mark.parametrize("residual", [False, True], ids=["plain", "residual"])
+def test_cpu_kernel_matches_reference_fp32(shape, activation, residual):
+    check_against_reference("cpu", *make_inputs(shape, residual=residual), activation)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float64], ids=str)
+@pytest.mark.parametrize("activation", ACTS)
+def test_cpu_kernel_low_and_double_precision(dtype, activation):
+    for shape in [(2, 3, 5, 7), (1, 4, 64, 32)]:
+        check_against_reference("cpu", *make_inputs(shape, dtype=dtype), activation)
+
+
+@pytest.mark.parametrize("activation", ACTS)
+def test_cpu_kernel_constant_rows_stay_finite(activation):
+    x, scale, bias, res, dy = make_inputs((2, 3, 6, 5), constant_rows=True)
+    check_against_reference("cpu", x, scale, bias, res, dy, activation)
+    y = adain(x, scale, bias, activation=activation, backend="cpu")
+    # A constant plane normalises to 0 (up to the rounding of its mean, amplified by 1/sqrt(eps)),
+    # so its output is act(bias).
+    act = {None: lambda t: t, "relu": torch.relu, "lrelu": lambda t: F.leaky_relu(t, 0.2)}[activation]
+    torch.testing.assert_close(y[0, 0], act(bias[0, 0]).expand_as(y[0, 0]), rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("activation", ACTS)
+@pytest.mark.parametrize("residual", [False, True], ids=["plain", "residual"])
+def test_cpu_kernel_gradcheck_float64(activation, residual):
+    x, scale, bias, res, _ = make_inputs((2, 3, 4, 5), dtype=torch.float64, residual=residual)
+    inputs = [t.requires_grad_(True) for t in (x, scale, bias, res) if t is not None]
+
+    def fn(*args):
+        return adain(args[0], args[1], args[2], residual=args[3] if residual else None, activation=activation,
+                     backend="cpu")
+
+    assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-6)
+
+
+def test_cpu_kernel_handles_strided_inputs():
+    x, scale, bias, res, dy = make_inputs((2, 3, 8, 6))
+    params = torch.cat([scale, bias], dim=1)  # the decoder slices scale and bias out of one MLP output
+    x_t = x.transpose(2, 3).contiguous().transpose(2, 3)  # non-contiguous x with the same values
+    got = adain(x_t, params[:, :3], params[:, 3:], residual=res, activation="lrelu", backend="cpu")
+    torch.testing.assert_close(got, adain_reference(x, scale, bias, res, "lrelu"), rtol=1e-5, atol=1e-5)
+
+
+def test_cpu_ops_pass_opcheck():
+    x, scale, bias, res, dy = make_inputs((2, 3, 5, 7))
+    for r in (res, None):
+        for code in (0, 1, 2):
+            args = (x.requires_grad_(True), scale.requires_grad_(True), bias, r, code, 1e-5, 0.2)
+            torch.library.opcheck(torch.ops.dgnet.adain_forward.default, args)
+    y, mean, rstd = torch.ops.dgnet.adain_forward(x.detach(), scale.detach(), bias, res, 2, 1e-5, 0.2)
+    torch.library.opcheck(torch.ops.dgnet.adain_backward.default, (dy, x.detach(), scale.detach(), bias, mean, rstd,
+                                                                  2, 0.2))
+
+
+def test_cpu_kernel_under_torch_compile_fullgraph():
+    """A residual block's two AdaIN steps compile as one graph (fake kernels and autograd traced)."""
+    x, scale, bias, res, dy = make_inputs((2, 4, 6, 5), residual=False)
+
+    def block(x, scale, bias):
+        h = adain(x, scale, bias, activation="lrelu", backend="cpu")
+        return adain(h * 2, scale, bias, residual=x, backend="cpu")
+
+    compiled = torch.compile(block, fullgraph=True, backend="aot_eager")
+    want = forward_backward(lambda x, s, b, residual: block(x, s, b), x, scale, bias, None, dy)
+    got = forward_backward(lambda x, s, b, residual: compiled(x, s, b), x, scale, bias, None, dy)
+    for name, w, g in zip(NAMES, want, got, strict=False):
+        torch.testing.assert_close(g, w, rtol=1e-6, atol=1e-6, msg=name)
+
+
+# ---- Triton kernels under the interpreter (CPU, fp32, small) ----------------------------------------
+
+needs_interpreter = pytest.mark.skipif(
+    not adain_module.triton_available("cpu"), reason="Triton on CPU needs TRITON_INTERPRET=1 and triton"
+)
+
+
+@needs_interpreter
+@pytest.mark.parametrize(
+    "shape,activation,residual",
+    [
+        ((1, 1, 1, 1), "relu", True),
+        ((2, 3, 5, 7), None, False),
+        ((2, 3, 5, 7), "relu", True),
+        ((1, 128, 2, 3), "lrelu", True),
+        ((1, 2, 64, 32), "lrelu", False),  # the decoder's plane, one block
+        ((1, 2, 91, 91), "lrelu", True),  # 8281 > MAX_BLOCK: the looped reduction, not a power of two
+    ],
+    ids=str,
+)
+def test_triton_interpreted_matches_reference(shape, activation, residual):
+    check_against_reference("triton", *make_inputs(shape, residual=residual), activation)
+
+
+@needs_interpreter
+def test_triton_interpreted_looped_path_and_constant_rows(monkeypatch):
+    from dgnet.kernels import adain as kernels
+
+    # A small block forces the looped reduction on small rows, including a partial last block.
+    monkeypatch.setattr(kernels, "MAX_BLOCK", 16)
+    for activation in ACTS:
+        check_against_reference("triton", *make_inputs((2, 2, 7, 5), constant_rows=True), activation)
+
+
+@needs_interpreter
+def test_triton_ops_pass_opcheck():
+    x, scale, bias, res, dy = make_inputs((1, 2, 3, 5))
+    args = (x.requires_grad_(True), scale.requires_grad_(True), bias, res, 2, 1e-5, 0.2)
+    torch.library.opcheck(torch.ops.dgnet.adain_triton_forward.default, args,
+                          test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
+    y, mean, rstd = torch.ops.dgnet.adain_triton_forward(x.detach(), scale.detach(), bias, res, 1, 1e-5, 0.2)
+    torch.library.opcheck(torch.ops.dgnet.adain_triton_backward.default,
+                          (dy, x.detach(), scale.detach(), bias, mean, rstd, 1, 0.2),
+                          test_utils=("test_schema", "test_faketensor"))
+
+
+# ---- dispatch and bad input ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def fused_mode(monkeypatch):
+    monkeypatch.setattr(_lib, "_SAID", set())
+    yield lambda on: dgnet.ops.set_fused(on)
+    dgnet.ops.set_fused(False)
+
+
+def test_backend_none_follows_fused_mode_and_says_once(fused_mode, caplog):
+    x, scale, bias, res, _ = make_inputs((2, 3, 5, 7))
+    with caplog.at_level(logging.WARNING, logger="dgnet"):
+        fused_mode(False)
+        assert torch.equal(adain(x, scale, bias, res), adain_reference(x, scale, bias, res))
+        fused_mode(True)
+        want = torch.ops.dgnet.adain_forward(x, scale, bias, res, 0, 1e-5, 0.2)[0]
+        assert torch.equal(adain(x, scale, bias, res), want)
+        adain(x, scale, bias, res)
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("reference" in m for m in messages) == 1
+    assert sum("fused C++ kernel" in m for m in messages) == 1
+
+
+def test_triton_on_cpu_without_interpreter_is_an_error(monkeypatch):
+    if adain_module._triton_kernels is None:
+        pytest.skip("triton not installed")
+    monkeypatch.setattr(adain_module._triton_kernels, "INTERPRET", False)
+    x, scale, bias, _, _ = make_inputs((1, 2, 3, 3))
+    with pytest.raises(RuntimeError, match="TRITON_INTERPRET"):
+        adain(x, scale, bias, backend="triton")
+
+
+@pytest.mark.parametrize(
+    "change,match",
+    [
+        (dict(x=torch.zeros(2, 3, 4)), "x must be a"),
+        (dict(scale=torch.zeros(2, 4)), "scale must be"),
+        (dict(bias=torch.zeros(3, 3)), "bias must be"),
+        (dict(residual=torch.zeros(2, 3, 4, 5)), "residual must"),
+        (dict(activation="gelu"), "activation='gelu'"),
+        (dict(backend="cuda"), "backend='cuda'"),
+        (dict(x=torch.zeros(2, 3, 0, 4)), "H\\*W > 0"),
+        (dict(x=torch.zeros(2, 3, 4, 4, dtype=torch.int64)), "floating point"),
+    ],
+)
+def test_bad_input_is_a_clear_error(change, match):
+    kwargs = dict(x=torch.zeros(2, 3, 4, 4), scale=torch.ones(2, 3), bias=torch.zeros(2, 3), residual=None,
+                  activation=None, backend="cpu")
+    kwargs.update(change)
+    with pytest.raises(ValueError, match=match):
+        adain(**kwargs)
+
+
+# ---- GPU: Triton on the device -------------------------------------------------------------------------
+
+GPU_SHAPES = [(1, 1, 1, 1), (2, 3, 5, 7), (8, 128, 64, 32), (4, 128, 128, 64), (2, 3, 129, 67), (1, 128, 33, 17)]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("shape", GPU_SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("activation", ACTS)
+@pytest.mark.parametrize("residual", [False, True], ids=["plain", "residual"])
+def test_triton_gpu_matches_reference(shape, dtype, activation, residual):
+    inputs = make_inputs(shape, dtype=dtype, device="cuda", residual=residual, constant_rows=shape[1] == 3)
+    check_against_reference("triton", *inputs, activation)
+
+
+@pytest.mark.gpu
+def test_triton_gpu_ops_pass_opcheck():
+    x, scale, bias, res, dy = make_inputs((2, 8, 16, 12), device="cuda")
+    for r in (res, None):
+        args = (x.requires_grad_(True), scale.requires_grad_(True), bias, r, 2, 1e-5, 0.2)
+        torch.library.opcheck(torch.ops.dgnet.adain_triton_forward.default, args)
+    y, mean, rstd = torch.ops.dgnet.adain_triton_forward(x.detach(), scale.detach(), bias, res, 2, 1e-5, 0.2)
+    torch.library.opcheck(torch.ops.dgnet.adain_triton_backward.default,
+                          (dy, x.detach(), scale.detach(), bias, mean, rstd, 2, 0.2))
+
+
+@pytest.mark.gpu
+def test_triton_gpu_under_torch_compile(fused_mode):
+    fused_mode(True)  # backend=None must pick Triton for CUDA tensors
+    x, scale, bias, _, dy = make_inputs((4, 16, 64, 32), device="cuda", residual=False)
+
+    def block(x, scale, bias):
+        h = adain(x, scale, bias, activation="lrelu")
+        return adain(h * 2, scale, bias, residual=x)
+
+    compiled = torch.compile(block, fullgraph=True)
+    want = forward_backward(lambda x, s, b, residual: block(x, s, b), x, scale, bias, None, dy)
+    got = forward_backward(lambda x, s, b, residual: compiled(x, s, b), x, scale, bias, None, dy)
+    for name, w, g in zip(NAMES, want, got, strict=False):
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5, msg=name)
+
+
+@pytest.mark.gpu
+def test_triton_gpu_is_deterministic():
+    x, scale, bias, res, dy = make_inputs((8, 128, 64, 32), device="cuda")
+    first = forward_backward(adain, x, scale, bias, res, dy, activation="lrelu", backend="triton")
+    second = forward_backward(adain, x, scale, bias, res, dy, activation="lrelu", backend="triton")
+    for a, b in zip(first, second, strict=True):
+        assert torch.equal(a, b)
