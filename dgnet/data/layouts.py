@@ -1,0 +1,346 @@
+"""Dataset layouts: Market-1501, DukeMTMC-reID, MSMT17 (V1 and V2), a plain folder tree, and the synthetic set.
+
+Every loader returns a :class:`ReidDataset` of :class:`Sample` lists. Conventions shared by all layouts:
+
+- ``camid`` is zero-based (Market's ``c1`` is camera 0, MSMT17's ``01`` is camera 0); evaluation only
+  compares cameras for equality, so the offset is immaterial, but it is the same everywhere.
+- Train identities are relabelled ``0..K-1`` in order of their original id; ``pid_map`` keeps
+  original -> label. Query and gallery keep original ids, so they never collide with train labels by accident.
+- Identity ``-1`` (junk) and ``0`` (distractor) are dropped from train and kept in query/gallery as they are;
+  evaluation removes the junk from each ranking.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import NamedTuple
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+
+
+class Sample(NamedTuple):
+    """One image: its file, identity and zero-based camera."""
+
+    path: str
+    pid: int
+    camid: int
+
+
+@dataclass
+class ReidDataset:
+    """The three splits of a re-id dataset.
+
+    ``train`` pids are labels ``0..num_train_pids-1``; ``pid_map`` maps the original train id to its label.
+    ``query``/``gallery`` keep original ids (``-1`` junk, ``0`` distractor where the layout has them).
+    """
+
+    name: str
+    root: str
+    train: list[Sample]
+    query: list[Sample]
+    gallery: list[Sample]
+    pid_map: dict[int, int] = field(default_factory=dict)
+
+    @property
+    def num_train_pids(self) -> int:
+        return len(self.pid_map)
+
+    def stats(self) -> list[tuple[str, int, int, int]]:
+        """``(split, identities, images, cameras)`` for each split."""
+        rows = []
+        for split in ("train", "query", "gallery"):
+            samples = getattr(self, split)
+            rows.append((split, len({s.pid for s in samples}), len(samples), len({s.camid for s in samples})))
+        return rows
+
+    def table(self) -> str:
+        """The statistics table that :func:`load_dataset` prints."""
+        lines = [f"dataset {self.name} at {self.root}", f"  {'split':<8} {'ids':>7} {'images':>9} {'cameras':>8}"]
+        lines += [f"  {s:<8} {i:>7} {n:>9} {c:>8}" for s, i, n, c in self.stats()]
+        return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# helpers
+
+
+def _images(directory: Path) -> list[Path]:
+    """Image files directly in ``directory``, sorted (Market ships Thumbs.db files: non-images are ignored)."""
+    if not directory.is_dir():
+        raise FileNotFoundError(f"expected a directory of images at {directory}, found none")
+    return sorted(p for p in directory.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+
+
+def _require_nonempty(name: str, split: str, where: Path, samples: list[Sample], expected: str) -> None:
+    if not samples:
+        raise ValueError(f"{name}: split '{split}' at {where} is empty; expected images named like {expected}")
+
+
+def relabel(samples: Sequence[Sample]) -> tuple[list[Sample], dict[int, int]]:
+    """Relabel the identities of ``samples`` to ``0..K-1`` in order of their original ids."""
+    pid_map = {pid: label for label, pid in enumerate(sorted({s.pid for s in samples}))}
+    return [Sample(s.path, pid_map[s.pid], s.camid) for s in samples], pid_map
+
+
+def _find_root(root: Path, marker: str) -> Path:
+    """``root`` itself, or its only sub-directory holding ``marker`` (archives unpack into a named folder)."""
+    if (root / marker).exists():
+        return root
+    if root.is_dir():
+        found = [d for d in sorted(root.iterdir()) if d.is_dir() and (d / marker).exists()]
+        if len(found) == 1:
+            return found[0]
+    raise FileNotFoundError(f"expected {root}/{marker} (or one sub-directory of {root} holding {marker}); not found")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Market-1501 and DukeMTMC-reID
+
+
+MARKET_PATTERN = re.compile(r"^(-?\d+)_c(\d)s(\d+)_(\d+)_(\d+)$")
+DUKE_PATTERN = re.compile(r"^(-?\d+)_c(\d+)_f(\d+)$")
+MARKET_EXAMPLE = "0002_c1s1_000451_03.jpg"
+DUKE_EXAMPLE = "0005_c2_f0046985.jpg"
+
+
+def _parse_market_dir(name: str, directory: Path, pattern: re.Pattern, example: str) -> list[Sample]:
+    samples = []
+    for p in _images(directory):
+        m = pattern.match(p.stem)
+        if m is None:
+            raise ValueError(
+                f"{name}: file name {p} does not match the layout's pattern {pattern.pattern!r} (e.g. {example})"
+            )
+        pid, cam = int(m.group(1)), int(m.group(2))
+        if cam < 1:
+            raise ValueError(f"{name}: camera {cam} in {p}: cameras are numbered from 1")
+        samples.append(Sample(str(p), pid, cam - 1))
+    return samples
+
+
+def _load_market_like(name: str, root: Path, pattern: re.Pattern, example: str) -> ReidDataset:
+    root = _find_root(root, "bounding_box_train")
+    splits = {}
+    for split, sub in (("train", "bounding_box_train"), ("query", "query"), ("gallery", "bounding_box_test")):
+        samples = _parse_market_dir(name, root / sub, pattern, example)
+        if split == "train":  # junk and distractors carry no identity to learn
+            samples = [s for s in samples if s.pid > 0]
+        _require_nonempty(name, split, root / sub, samples, example)
+        splits[split] = samples
+    train, pid_map = relabel(splits["train"])
+    return ReidDataset(name, str(root), train, splits["query"], splits["gallery"], pid_map)
+
+
+def load_market1501(root: str | Path) -> ReidDataset:
+    """Market-1501: ``bounding_box_train/``, ``query/``, ``bounding_box_test/`` with names like
+    ``0002_c1s1_000451_03.jpg`` (identity, camera, sequence, frame, box)."""
+    return _load_market_like("market1501", Path(root), MARKET_PATTERN, MARKET_EXAMPLE)
+
+
+def load_dukemtmc(root: str | Path) -> ReidDataset:
+    """DukeMTMC-reID: Market's folders with names like ``0005_c2_f0046985.jpg`` (identity, camera, frame)."""
+    return _load_market_like("dukemtmc", Path(root), DUKE_PATTERN, DUKE_EXAMPLE)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# MSMT17
+
+
+MSMT_NAME = re.compile(r"^(\d+)_(\d+)_(\d{2})_")
+MSMT_EXAMPLE = "0000/0000_000_01_0303morning_0015_0.jpg"
+
+
+def _msmt_camid(path: str, where: str) -> int:
+    m = MSMT_NAME.match(Path(path).name)
+    if m is None:
+        raise ValueError(
+            f"msmt17: image name {path!r} ({where}) does not match {MSMT_NAME.pattern!r} "
+            f"(e.g. {MSMT_EXAMPLE}: identity, index, two-digit camera, ...)"
+        )
+    return int(m.group(3)) - 1
+
+
+def _read_msmt_list(list_path: Path, image_dir: Path) -> list[Sample]:
+    samples = []
+    for lineno, line in enumerate(list_path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        parts = line.replace(",", " ").split()
+        if len(parts) != 2 or not re.fullmatch(r"-?\d+", parts[1]):
+            raise ValueError(
+                f"msmt17: {list_path}:{lineno}: expected 'relative/path.jpg pid', got {line.strip()!r}"
+            )
+        where = f"{list_path}:{lineno}"
+        samples.append(Sample(str(image_dir / parts[0]), int(parts[1]), _msmt_camid(parts[0], where)))
+    return samples
+
+
+def load_msmt17(root: str | Path) -> ReidDataset:
+    """MSMT17, V1 (``train/``, ``test/``) or V2 (``mask_train_v2/``, ``mask_test_v2/``).
+
+    Splits come from ``list_train.txt`` + ``list_val.txt`` (together the train split: 1041 identities, as
+    the DG-Net reference trains), ``list_query.txt`` and ``list_gallery.txt``, each line ``path pid``
+    relative to the train or test folder. Without train lists, V2's ``mask_train_v2/<pid>/<image>`` folders
+    are read directly; query and gallery always need their lists (nothing else tells them apart).
+    Cameras are the two digits after the second underscore of the name (``..._01_...`` is camera 0).
+    """
+    root = Path(root)
+    for train_sub, test_sub in (("train", "test"), ("mask_train_v2", "mask_test_v2")):  # noqa: B007 (used after)
+        try:
+            base = _find_root(root, train_sub)
+            break
+        except FileNotFoundError:
+            continue
+    else:
+        raise FileNotFoundError(
+            f"msmt17: expected {root}/train + {root}/test (V1) or {root}/mask_train_v2 + {root}/mask_test_v2 (V2)"
+        )
+    train_dir, test_dir = base / train_sub, base / test_sub
+    if (base / "list_train.txt").exists():
+        train = _read_msmt_list(base / "list_train.txt", train_dir)
+        if (base / "list_val.txt").exists():
+            train += _read_msmt_list(base / "list_val.txt", train_dir)
+    else:
+        train = []
+        for pid_dir in sorted(d for d in train_dir.iterdir() if d.is_dir()):
+            if not re.fullmatch(r"\d+", pid_dir.name):
+                raise ValueError(f"msmt17: folder {pid_dir} is not an identity number (expected {MSMT_EXAMPLE})")
+            train += [Sample(str(p), int(pid_dir.name), _msmt_camid(p.name, str(p))) for p in _images(pid_dir)]
+    splits = {"train": train}
+    for split in ("query", "gallery"):
+        lst = base / f"list_{split}.txt"
+        if not lst.exists():
+            raise FileNotFoundError(f"msmt17: {lst} is missing; query and gallery are defined by their list files")
+        splits[split] = _read_msmt_list(lst, test_dir)
+    for split, samples in splits.items():
+        _require_nonempty("msmt17", split, base, samples, MSMT_EXAMPLE)
+    train, pid_map = relabel(splits["train"])
+    return ReidDataset("msmt17", str(base), train, splits["query"], splits["gallery"], pid_map)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# folder
+
+
+DEFAULT_CAMERA_PATTERN = r"c(\d+)"
+
+
+def load_folder(
+    root: str | Path,
+    camera_pattern: str = DEFAULT_CAMERA_PATTERN,
+    camera_csv: str | Path | None = None,
+    splits: tuple[str, str, str] = ("train", "query", "gallery"),
+) -> ReidDataset:
+    """A plain tree ``<root>/<split>/<pid>/<image>``.
+
+    Identity folders are integers (``-1`` junk and ``0`` distractor as in Market) or, when any is not,
+    names numbered in sorted order over all splits (so query and gallery agree). The camera is either the
+    first group of ``camera_pattern`` searched in the file name (numbered from 1, stored zero-based) or,
+    with ``camera_csv`` (default ``<root>/cameras.csv`` when it exists), a CSV with columns ``path,camid``
+    (path relative to root, camid as written: zero-based).
+    """
+    root = Path(root)
+    regex = re.compile(camera_pattern)
+    if regex.groups < 1:
+        raise ValueError(f"folder: camera_pattern {camera_pattern!r} needs one group capturing the camera number")
+    if camera_csv is None and (root / "cameras.csv").exists():
+        camera_csv = root / "cameras.csv"
+    cameras: dict[str, int] | None = None
+    if camera_csv is not None:
+        cameras = {}
+        with open(camera_csv, newline="") as f:
+            reader = csv.DictReader(f)
+            if reader.fieldnames is None or not {"path", "camid"} <= set(reader.fieldnames):
+                raise ValueError(f"folder: {camera_csv} must have a header with columns 'path' and 'camid'")
+            for row in reader:
+                cameras[Path(row["path"]).as_posix()] = int(row["camid"])
+    names: dict[str, list[tuple[str, Path]]] = {}
+    for split in splits:
+        split_dir = root / split
+        if not split_dir.is_dir():
+            raise FileNotFoundError(f"folder: expected {split_dir}/<pid>/<image>; {split_dir} does not exist")
+        names[split] = [(d.name, p) for d in sorted(split_dir.iterdir()) if d.is_dir() for p in _images(d)]
+    all_names = sorted({n for entries in names.values() for n, _ in entries})
+    numeric = all(re.fullmatch(r"-?\d+", n) for n in all_names)
+    to_pid: Callable[[str], int] = int if numeric else {n: i for i, n in enumerate(all_names)}.__getitem__
+    out = {}
+    for split, entries in names.items():
+        samples = []
+        for name, p in entries:
+            if cameras is not None:
+                rel = p.relative_to(root).as_posix()
+                if rel not in cameras:
+                    raise ValueError(f"folder: {p} has no row in camera manifest {camera_csv} (path {rel!r})")
+                camid = cameras[rel]
+            else:
+                m = regex.search(p.name)
+                if m is None:
+                    raise ValueError(
+                        f"folder: file name {p} does not match camera pattern {camera_pattern!r}; "
+                        f"name files like 0001_c1_0001.jpg or give a camera CSV (path,camid)"
+                    )
+                camid = int(m.group(1)) - 1
+            samples.append(Sample(str(p), to_pid(name), camid))
+        if split == splits[0]:
+            samples = [s for s in samples if not numeric or s.pid > 0]
+        _require_nonempty("folder", split, root / split, samples, "<pid>/0001_c1_0001.jpg")
+        out[split] = samples
+    train, pid_map = relabel(out[splits[0]])
+    return ReidDataset("folder", str(root), train, out[splits[1]], out[splits[2]], pid_map)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def load_synthetic(root: str | Path) -> ReidDataset:
+    """The synthetic pedestrians (:mod:`dgnet.data.synthetic`), stored in the Market-1501 layout."""
+    ds = _load_market_like("synthetic", Path(root), MARKET_PATTERN, MARKET_EXAMPLE)
+    return ds
+
+
+LOADERS: dict[str, Callable[..., ReidDataset]] = {
+    "market1501": load_market1501,
+    "dukemtmc": load_dukemtmc,
+    "msmt17": load_msmt17,
+    "folder": load_folder,
+    "synthetic": load_synthetic,
+}
+
+
+def singleton_identities(samples: Sequence[Sample]) -> list[int]:
+    """Identities with exactly one image in ``samples`` (they have no positive to pair with)."""
+    counts: dict[int, int] = defaultdict(int)
+    for s in samples:
+        counts[s.pid] += 1
+    return sorted(pid for pid, n in counts.items() if n == 1)
+
+
+def load_dataset(name: str, root: str | Path, verbose: bool = True, **options) -> ReidDataset:
+    """Read a dataset in one of the published layouts.
+
+    Args:
+        name: ``market1501``, ``dukemtmc``, ``msmt17``, ``folder`` or ``synthetic``.
+        root: the dataset folder (or the folder its archive unpacked into).
+        verbose: print the statistics table (identities, images and cameras per split).
+        options: layout options (``folder``: ``camera_pattern``, ``camera_csv``).
+
+    Returns:
+        a :class:`ReidDataset` whose ``train``/``query``/``gallery`` are lists of :class:`Sample`.
+    """
+    if name not in LOADERS:
+        raise ValueError(f"unknown dataset {name!r}; expected one of {', '.join(LOADERS)}")
+    ds = LOADERS[name](root, **options)
+    if verbose:
+        print(ds.table())
+        single = singleton_identities(ds.train)
+        if single:
+            print(
+                f"  note: {len(single)} train identities have a single image (no positive for DG-Net pairs), "
+                f"e.g. labels {single[:5]}"
+            )
+    return ds

@@ -1,0 +1,177 @@
+"""Dataset layouts parsed from small trees made here: Market, Duke, MSMT17 (V1 lists, V2 folders), folder."""
+
+from pathlib import Path
+
+import pytest
+
+from dgnet.data import Sample, load_dataset
+
+JPEG = bytes.fromhex("ffd8ffd9")  # the loaders read names only; real pixels are exercised elsewhere
+
+
+def touch(root: Path, *names: str) -> None:
+    for n in names:
+        p = root / n
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(JPEG)
+
+
+def market_tree(root: Path) -> Path:
+    touch(root, "bounding_box_train/0002_c1s1_000451_03.jpg", "bounding_box_train/0002_c2s1_000551_01.jpg",
+          "bounding_box_train/0007_c3s2_000101_01.jpg", "bounding_box_train/0007_c6s1_000001_02.jpg",
+          "bounding_box_train/0000_c1s1_000001_01.jpg", "bounding_box_train/-1_c1s1_000002_01.jpg",
+          "query/0003_c1s1_000001_00.jpg", "query/0004_c2s1_000001_00.jpg",
+          "bounding_box_test/0003_c4s1_000101_01.jpg", "bounding_box_test/0004_c5s1_000101_01.jpg",
+          "bounding_box_test/0000_c1s1_000201_01.jpg", "bounding_box_test/-1_c3s1_000301_01.jpg")
+    (root / "bounding_box_train" / "Thumbs.db").write_bytes(b"x")  # Market ships these; they are ignored
+    return root
+
+
+def test_market(tmp_path, capsys):
+    ds = load_dataset("market1501", market_tree(tmp_path))
+    # junk and distractors leave train; labels are 0..K-1 in order of original ids
+    assert ds.num_train_pids == 2 and ds.pid_map == {2: 0, 7: 1}
+    assert sorted((s.pid, s.camid) for s in ds.train) == [(0, 0), (0, 1), (1, 2), (1, 5)]
+    assert sorted(s.pid for s in ds.gallery) == [-1, 0, 3, 4]  # junk and distractor stay in the gallery
+    assert {(s.pid, s.camid) for s in ds.query} == {(3, 0), (4, 1)}
+    assert all(isinstance(s, Sample) and Path(s.path).exists() for s in ds.train + ds.query + ds.gallery)
+    table = capsys.readouterr().out
+    assert "train" in table and "gallery" in table
+    row = next(line for line in table.splitlines() if line.strip().startswith("gallery")).split()
+    assert row[1:] == ["4", "4", "4"]  # ids, images, cameras
+
+
+def test_market_unpacked_subfolder(tmp_path):
+    market_tree(tmp_path / "Market-1501-v15.09.15")
+    assert load_dataset("market1501", tmp_path, verbose=False).num_train_pids == 2
+
+
+def test_wrong_name_names_path_and_pattern(tmp_path):
+    market_tree(tmp_path)
+    touch(tmp_path, "query/img_0001.jpg")
+    with pytest.raises(ValueError, match=r"img_0001\.jpg.*pattern.*0002_c1s1_000451_03\.jpg"):
+        load_dataset("market1501", tmp_path, verbose=False)
+
+
+def test_duke(tmp_path):
+    touch(tmp_path, "bounding_box_train/0005_c2_f0046985.jpg", "bounding_box_train/0005_c3_f0046999.jpg",
+          "query/0010_c1_f0000001.jpg", "bounding_box_test/0010_c8_f0000002.jpg")
+    ds = load_dataset("dukemtmc", tmp_path, verbose=False)
+    assert [(s.pid, s.camid) for s in ds.train] == [(0, 1), (0, 2)]
+    assert ds.gallery[0].camid == 7
+    # a Market name is not a Duke name
+    touch(tmp_path, "query/0002_c1s1_000451_03.jpg")
+    with pytest.raises(ValueError, match="0005_c2_f0046985"):
+        load_dataset("dukemtmc", tmp_path, verbose=False)
+
+
+def test_empty_split(tmp_path):
+    touch(tmp_path, "bounding_box_train/0000_c1s1_000001_01.jpg", "query/0003_c1s1_000001_00.jpg",
+          "bounding_box_test/0003_c4s1_000101_01.jpg")
+    with pytest.raises(ValueError, match="split 'train'.*empty"):
+        load_dataset("market1501", tmp_path, verbose=False)
+
+
+def test_missing_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match="bounding_box_train"):
+        load_dataset("market1501", tmp_path, verbose=False)
+
+
+def test_unknown_name(tmp_path):
+    with pytest.raises(ValueError, match="market1501"):
+        load_dataset("cuhk03", tmp_path)
+
+
+def msmt_lists(root: Path, train_dir: str, test_dir: str) -> None:
+    train = ["0000/0000_000_01_0303morning_0015_0.jpg", "0000/0000_001_05_0303morning_0016_0.jpg",
+             "0003/0003_000_12_0303noon_0100_0.jpg"]
+    val = ["0004/0004_000_02_0303noon_0200_0.jpg", "0004/0004_003_15_0303noon_0201_1.jpg"]
+    query = ["0000/0000_000_01_0303morning_0001_0.jpg"]
+    gallery = ["0000/0000_001_10_0303morning_0002_0.jpg", "0001/0001_000_03_0303afternoon_0003_0.jpg"]
+    touch(root / train_dir, *train, *val)
+    touch(root / test_dir, *query, *gallery)
+    for name, lines in (("train", train), ("val", val), ("query", query), ("gallery", gallery)):
+        (root / f"list_{name}.txt").write_text("".join(f"{p} {int(p[:4])}\n" for p in lines))
+
+
+def test_msmt17_v1_lists(tmp_path):
+    msmt_lists(tmp_path, "train", "test")
+    ds = load_dataset("msmt17", tmp_path, verbose=False)
+    # train = list_train + list_val (the 1041-identity split the reference trains on)
+    assert ds.pid_map == {0: 0, 3: 1, 4: 2}
+    assert sorted(s.camid for s in ds.train) == [0, 1, 4, 11, 14]  # two-digit cameras, zero-based
+    assert [(s.pid, s.camid) for s in ds.query] == [(0, 0)]
+    assert sorted((s.pid, s.camid) for s in ds.gallery) == [(0, 9), (1, 2)]
+    assert all(Path(s.path).exists() for s in ds.train + ds.query + ds.gallery)
+
+
+def test_msmt17_v2_folders(tmp_path):
+    msmt_lists(tmp_path, "mask_train_v2", "mask_test_v2")
+    ds = load_dataset("msmt17", tmp_path, verbose=False)
+    assert ds.num_train_pids == 3 and all("mask_train_v2" in s.path for s in ds.train)
+    # without train lists, V2's <pid>/<image> folders are the train split
+    (tmp_path / "list_train.txt").unlink()
+    (tmp_path / "list_val.txt").unlink()
+    ds = load_dataset("msmt17", tmp_path, verbose=False)
+    assert ds.pid_map == {0: 0, 3: 1, 4: 2} and len(ds.train) == 5
+
+
+def test_msmt17_bad_line(tmp_path):
+    msmt_lists(tmp_path, "train", "test")
+    (tmp_path / "list_query.txt").write_text("0000/0000_000_01_0303morning_0001_0.jpg\n")
+    with pytest.raises(ValueError, match=r"list_query\.txt:1.*relative/path\.jpg pid"):
+        load_dataset("msmt17", tmp_path, verbose=False)
+
+
+def test_msmt17_bad_camera(tmp_path):
+    msmt_lists(tmp_path, "train", "test")
+    (tmp_path / "list_query.txt").write_text("0000/0000_x.jpg 0\n")
+    with pytest.raises(ValueError, match="two-digit camera"):
+        load_dataset("msmt17", tmp_path, verbose=False)
+
+
+def folder_tree(root: Path) -> None:
+    touch(root, "train/12/a_c1_1.jpg", "train/12/b_c2_1.jpg", "train/30/a_c3_1.jpg", "train/30/b_c3_2.jpg",
+          "query/40/q_c1.jpg", "gallery/40/g_c2.jpg", "gallery/-1/junk_c1.jpg")
+
+
+def test_folder_camera_from_name(tmp_path):
+    folder_tree(tmp_path)
+    ds = load_dataset("folder", tmp_path, verbose=False)
+    assert sorted((s.pid, s.camid) for s in ds.train) == [(0, 0), (0, 1), (1, 2), (1, 2)]
+    assert ds.pid_map == {12: 0, 30: 1}
+    assert sorted((s.pid, s.camid) for s in ds.gallery) == [(-1, 0), (40, 1)]
+    ds = load_dataset("folder", tmp_path, verbose=False, camera_pattern=r"(\d)\.jpg$")  # the last digit
+    assert sorted(s.camid for s in ds.train) == [0, 0, 0, 1]
+    with pytest.raises(ValueError, match=r"a_c1_1\.jpg does not match camera pattern"):
+        load_dataset("folder", tmp_path, verbose=False, camera_pattern=r"cam(\d+)")
+
+
+def test_folder_camera_csv(tmp_path):
+    folder_tree(tmp_path)
+    rows = ["train/12/a_c1_1.jpg,4", "train/12/b_c2_1.jpg,4", "train/30/a_c3_1.jpg,5", "train/30/b_c3_2.jpg,6",
+            "query/40/q_c1.jpg,0", "gallery/40/g_c2.jpg,1"]
+    (tmp_path / "cameras.csv").write_text("path,camid\n" + "\n".join(rows) + "\n")
+    with pytest.raises(ValueError, match=r"junk_c1\.jpg has no row"):
+        load_dataset("folder", tmp_path, verbose=False)
+    (tmp_path / "cameras.csv").write_text("path,camid\n" + "\n".join(rows + ["gallery/-1/junk_c1.jpg,2"]) + "\n")
+    ds = load_dataset("folder", tmp_path, verbose=False)
+    assert sorted(s.camid for s in ds.train) == [4, 4, 5, 6]
+    assert sorted(s.camid for s in ds.gallery) == [1, 2]
+
+
+def test_folder_named_identities(tmp_path):
+    touch(tmp_path, "train/alice/x_c1.jpg", "train/alice/y_c2.jpg", "query/bob/x_c1.jpg", "gallery/bob/y_c2.jpg",
+          "gallery/carol/z_c2.jpg")
+    ds = load_dataset("folder", tmp_path, verbose=False)
+    assert ds.num_train_pids == 1
+    assert ds.query[0].pid == [s for s in ds.gallery if "bob" in s.path][0].pid  # names agree across splits
+    assert len({s.pid for s in ds.gallery}) == 2
+
+
+def test_single_image_identity_note(tmp_path, capsys):
+    touch(tmp_path, "bounding_box_train/0002_c1s1_000451_03.jpg", "bounding_box_train/0003_c1s1_000451_03.jpg",
+          "bounding_box_train/0003_c2s1_000451_03.jpg", "query/0005_c1s1_000001_00.jpg",
+          "bounding_box_test/0005_c2s1_000001_00.jpg")
+    load_dataset("market1501", tmp_path)
+    assert "1 train identities have a single image" in capsys.readouterr().out
