@@ -1,0 +1,132 @@
+"""The synthetic pedestrian set: determinism, the factor manifest, the Market layout, the baseline metric."""
+
+import hashlib
+import io
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dgnet.data import load_dataset
+from dgnet.data import synthetic as syn
+
+TINY = dict(ids=10, cams=3, height=64, width=32)
+
+
+def digest(root: Path) -> dict[str, str]:
+    return {p.relative_to(root).as_posix(): hashlib.sha1(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*.jpg"))}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    return syn.generate(tmp_path_factory.mktemp("syn") / "set", seed=3, workers=1, **TINY)
+
+
+def test_deterministic_and_worker_independent(tiny, tmp_path):
+    again = syn.generate(tmp_path / "again", seed=3, workers=2, **TINY)
+    assert digest(again) == digest(tiny)
+    assert (again / "manifest.json").read_text() == (tiny / "manifest.json").read_text()
+    other = syn.generate(tmp_path / "other", seed=4, workers=1, **TINY)
+    assert digest(other) != digest(tiny)
+
+
+def test_layout_and_manifest(tiny):
+    ds = load_dataset("synthetic", tiny, verbose=False)
+    man = syn.load_manifest(tiny)
+    files = {Path(s.path).name: s for s in ds.train + ds.query + ds.gallery}
+    assert set(files) == set(man)  # every image has its factors, and nothing else is listed
+    inv_map = {v: k for k, v in ds.pid_map.items()}
+    for name, s in files.items():
+        rec = man[name]
+        assert rec["camid"] == s.camid
+        assert rec["pid"] == (inv_map[s.pid] if rec["split"] == "bounding_box_train" else s.pid)
+        assert Image.open(s.path).size == (TINY["width"], TINY["height"])
+    assert ds.num_train_pids == TINY["ids"] // 2
+    assert {s.pid for s in ds.gallery} >= {0, -1}  # distractors and junk, as in Market
+    # every query has a true match in the gallery from another camera
+    gallery = defaultdict(set)
+    for s in ds.gallery:
+        gallery[s.pid].add(s.camid)
+    assert all(gallery[q.pid] - {q.camid} for q in ds.query)
+
+
+def test_identity_is_appearance_structure_is_not(tiny):
+    man = syn.load_manifest(tiny)
+    by_pid = defaultdict(list)
+    for rec in man.values():
+        if rec["pid"] > 0:
+            by_pid[rec["pid"]].append(rec)
+    for recs in by_pid.values():  # one appearance per identity, shared by all its images
+        assert all(r["identity"] == recs[0]["identity"] for r in recs)
+    # structure varies within identities: views and poses are drawn per image
+    assert any(len({r["factors"]["view"] for r in recs}) > 1 for recs in by_pid.values())
+    assert all(len({r["factors"]["stride"] for r in recs}) == len(recs) for recs in by_pid.values())
+    assert man[next(iter(man))]["camera"]["jpeg_quality"] in range(55, 96)
+
+
+def pixels(ident, view, **over):
+    img = {**syn.image_factors(0, 1), "view": view, "occluder": "none", **over}
+    return np.asarray(syn.render_person(ident, img, syn.camera_factors(0, 0), 128, 64), dtype=np.int16)
+
+
+def test_logo_only_from_the_front():
+    ident = {**syn.identity_factors(0, 5), "logo": "square", "logo_colour": [255, 0, 255], "bag": "none"}
+    plain = {**ident, "logo": "none"}
+    assert np.abs(pixels(ident, "front") - pixels(plain, "front")).max() > 100
+    for view in ("back", "left", "right"):
+        assert np.array_equal(pixels(ident, view), pixels(plain, view))
+
+
+def test_occluder_covers_part_of_the_person():
+    ident = syn.identity_factors(0, 7)
+    free = pixels(ident, "front")
+    walled = pixels(ident, "front", occluder="wall", occ_size=0.3, occ_colour=[0, 255, 0])
+    changed = np.abs(free - walled).max(-1) > 0
+    rows = np.flatnonzero(changed.any(1))
+    assert rows.min() > 128 * 0.55 and rows.max() == 127  # the bottom third only
+
+
+def test_ensure_dataset_reuses_and_refuses_mismatch(tmp_path):
+    root = tmp_path / "data" / "synthetic"
+    syn.ensure_dataset(root, verbose=False, seed=1, **TINY)
+    stamp = (root / "manifest.json").stat().st_mtime_ns
+    assert syn.ensure_dataset(root, verbose=False, seed=1, **TINY) == root
+    assert (root / "manifest.json").stat().st_mtime_ns == stamp  # reused, not regenerated
+    with pytest.raises(ValueError, match="holds a set made with"):
+        syn.ensure_dataset(root, verbose=False, seed=2, **TINY)
+    assert not [p for p in root.parent.iterdir() if p.name.startswith(".")]  # no temporary folder left
+
+
+def test_cli(tmp_path, capsys):
+    syn.main(["--out", str(tmp_path / "s"), "--ids", "6", "--cams", "2", "--height", "48", "--width", "24"])
+    assert load_dataset("synthetic", tmp_path / "s", verbose=False).num_train_pids == 3
+
+
+def test_rank_metrics_hand_computed():
+    # query pid 1 cam 0. gallery order by distance: [pid 1 cam 0 (ignored: same cam), pid 2, pid 1 cam 1,
+    # junk, pid 1 cam 2] -> first true match at rank 2; AP = mean(1/2, 2/3) (junk removed from the ranking)
+    dist = np.array([[0.0, 0.1, 0.2, 0.3, 0.4]])
+    res = syn.rank_metrics(dist, [1], [1, 2, 1, -1, 1], [0], [0, 0, 1, 1, 2])
+    assert res["rank1"] == 0.0 and res["rank5"] == 1.0
+    assert res["mAP"] == pytest.approx((1 / 2 + 2 / 3) / 2)
+
+
+def test_histogram_baseline_outputs(tiny):
+    ds = load_dataset("synthetic", tiny, verbose=False)
+    res = syn.histogram_baseline(ds)
+    assert 0.0 <= res["mAP"] <= 1.0 and 0.0 <= res["rank1"] <= res["rank5"] <= res["rank10"] <= 1.0
+    h = syn.colour_histogram(ds.query[0].path)
+    assert h.shape == (64,) and np.linalg.norm(h) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_jpeg_quality_follows_camera():
+    cam = syn.camera_factors(0, 0)
+    low, high = {**cam, "jpeg_quality": 40}, {**cam, "jpeg_quality": 95}
+    img = syn.image_factors(0, 2)
+    ident = syn.identity_factors(0, 2)
+    a, b = syn.render(ident, img, low, 128, 64), syn.render(ident, img, high, 128, 64)
+    assert len(a) < len(b)
+    assert Image.open(io.BytesIO(a)).size == (64, 128)
