@@ -1,0 +1,216 @@
+"""The torch and DALI pipelines against each other and against the transform's definition; resume; test stream.
+
+DALI runs its CPU graph here (``device_id=None``); the ``gpu`` tests run the mixed (nvJPEG) graph.
+Tolerances: at the native size both decoders are libjpeg-turbo and agree to float rounding; through a
+bicubic resize the two implementations round uint8 results differently at a few pixels: at most two
+levels (2/255/std ~ 0.035 in normalised units) and a mean difference far below one level.
+"""
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+from dgnet.data import load_dataset, resolve_backend, test_stream, train_stream
+from dgnet.data import synthetic as syn
+from dgnet.data.transforms import IMAGENET_MEAN, IMAGENET_STD, apply_erasing, pad_crop
+
+ONE_LEVEL = 1 / 255 / min(IMAGENET_STD)
+RESIZED = 2 * ONE_LEVEL + 1e-5
+KEYS = {"image", "positive", "image_erased", "positive_erased", "pid", "camid", "index"}
+dali = pytest.importorskip("nvidia.dali", reason="DALI is not installed")
+
+
+@pytest.fixture(scope="module")
+def ds(tmp_path_factory):
+    root = syn.generate(tmp_path_factory.mktemp("syn") / "set", ids=12, cams=3, height=64, width=32, seed=0,
+                        workers=1)
+    return load_dataset("synthetic", root, verbose=False)
+
+
+def take(stream, n):
+    return [next(stream) for _ in range(n)]
+
+
+def assert_batches_close(a, b, atol):
+    assert set(a) == set(b) == KEYS
+    for k in KEYS:
+        assert a[k].shape == b[k].shape and a[k].dtype == b[k].dtype, k
+        assert a[k].device == b[k].device, k
+        if a[k].dtype == torch.int64:
+            assert torch.equal(a[k], b[k]), k
+        else:
+            torch.testing.assert_close(a[k], b[k], atol=atol, rtol=0, msg=k)
+
+
+@pytest.mark.parametrize("size,atol", [((64, 32), 1e-5), ((128, 64), RESIZED)])
+@pytest.mark.parametrize("augment", [False, True])
+def test_dali_cpu_matches_torch(ds, size, atol, augment):
+    kw = dict(batch_size=6, size=size, seed=3, augment=augment, pad=4)
+    a = take(train_stream(ds.train, backend="torch", workers=0, **kw), 2)
+    b = take(train_stream(ds.train, backend="dali", workers=1, **kw), 2)
+    for x, y in zip(a, b, strict=True):
+        assert_batches_close(x, y, atol)
+        assert (x["image"] - y["image"]).abs().mean() < ONE_LEVEL / 20
+        assert x["image"].dtype == torch.float32 and x["image"].shape == (6, 3, *size)
+
+
+def test_values_are_the_transform(ds):
+    # augment off and native size: the image is exactly the normalised file
+    from PIL import Image
+
+    b = next(train_stream(ds.train, backend="dali", batch_size=4, size=(64, 32), augment=False, workers=1))
+    for img, idx, pid in zip(b["image"], b["index"], b["pid"], strict=True):
+        ref = torch.from_numpy(np.array(Image.open(ds.train[int(idx)].path).convert("RGB"))).permute(2, 0, 1)
+        mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+        std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+        torch.testing.assert_close(img, (ref.float() / 255 - mean) / std, atol=1e-5, rtol=0)
+        assert ds.train[int(idx)].pid == int(pid)
+
+
+@pytest.mark.parametrize("backend", ["torch", "dali"])
+def test_flip_and_erasing_rates(ds, backend):
+    # pad 0 (no crop shift): each augmented image is the plain image or its mirror, and erasing zeroes a box
+    kw = dict(batch_size=8, size=(64, 32), seed=11, pad=0, workers=0 if backend == "torch" else 1)
+    plain = train_stream(ds.train, backend=backend, augment=False, **kw)
+    aug = train_stream(ds.train, backend=backend, erasing_p=0.5, **kw)
+    base = {}
+    while len(base) < len(ds.train):  # one plain epoch gives every sample's un-augmented image
+        p = next(plain)
+        base.update({int(i): im for i, im in zip(p["index"], p["image"], strict=True)})
+    flips = erased = n = 0
+    for _ in range(12):
+        b = next(aug)
+        for i, im, er in zip(b["index"], b["image"], b["image_erased"], strict=True):
+            ref = base[int(i)]
+            same, mirrored = torch.allclose(im, ref, atol=1e-5), torch.allclose(im, ref.flip(-1), atol=1e-5)
+            assert same or mirrored
+            flips += mirrored and not same
+            diff = (er != im).any(0)
+            if diff.any():
+                erased += 1
+                assert (er[:, diff] == 0).all()  # fill 0 in normalised space
+                assert 0.015 < diff.float().mean() < 0.42
+            n += 1
+    assert 0.3 < flips / n < 0.7  # p 0.5, 96 draws: 4 sigma
+    assert 0.3 < erased / n < 0.7
+
+
+@pytest.mark.parametrize("backend", ["torch", "dali"])
+def test_resume_is_exact(ds, backend):
+    kw = dict(backend=backend, batch_size=8, size=(64, 32), seed=5, workers=0 if backend == "torch" else 1)
+    s = train_stream(ds.train, **kw)
+    per_epoch = s.batches_per_epoch
+    take(s, per_epoch - 2)
+    state = s.state_dict()
+    rest = take(s, 4)  # crosses into the next epoch
+    assert s.state_dict()["epoch"] == 1
+    r = train_stream(ds.train, **kw)
+    r.load_state_dict(state)
+    for x, y in zip(rest, take(r, 4), strict=True):
+        assert_batches_close(x, y, 0)
+    with pytest.raises(ValueError, match="seed"):
+        train_stream(ds.train, **{**kw, "seed": 6}).load_state_dict(state)
+
+
+def test_independent_of_worker_count(ds):
+    kw = dict(backend="torch", batch_size=8, size=(64, 32), seed=9)
+    a = take(train_stream(ds.train, workers=0, **kw), 3)
+    b = take(train_stream(ds.train, workers=2, **kw), 3)
+    for x, y in zip(a, b, strict=True):
+        assert_batches_close(x, y, 0)
+
+
+def test_two_streams_differ(ds):
+    a = next(train_stream(ds.train, batch_size=8, size=(64, 32), seed=0, workers=0))
+    b = next(train_stream(ds.train, batch_size=8, size=(64, 32), seed=1, workers=0))
+    assert not torch.equal(a["index"], b["index"])
+
+
+def test_pk_stream(ds):
+    b = next(train_stream(ds.train, batch_size=8, size=(64, 32), mode="pk", num_instances=4, workers=0))
+    assert b["pid"].view(2, 4).unique(dim=1).shape[1] == 1 and b["pid"][0] != b["pid"][4]
+
+
+@pytest.mark.parametrize("backend", ["torch", "dali"])
+def test_test_stream(ds, backend):
+    s = test_stream(ds.gallery, backend=backend, batch_size=16, size=(128, 64), workers=0 if backend == "torch" else 1)
+    batches = list(s)
+    assert len(batches) == len(s) == -(-len(ds.gallery) // 16)
+    assert set(batches[0]) == {"image", "pid", "camid", "index"}
+    assert torch.equal(torch.cat([b["index"] for b in batches]), torch.arange(len(ds.gallery)))
+    assert torch.cat([b["pid"] for b in batches]).tolist() == [x.pid for x in ds.gallery]
+    assert batches[-1]["image"].shape[0] == len(ds.gallery) - 16 * (len(batches) - 1)
+    assert len(list(s)) == len(batches)  # re-iterable
+
+
+def test_test_stream_backends_agree(ds):
+    a = list(test_stream(ds.query, backend="torch", batch_size=5, size=(128, 64), workers=0))
+    b = list(test_stream(ds.query, backend="dali", batch_size=5, size=(128, 64), workers=1))
+    for x, y in zip(a, b, strict=True):
+        torch.testing.assert_close(x["image"], y["image"], atol=RESIZED, rtol=0)
+        assert torch.equal(x["pid"], y["pid"]) and torch.equal(x["camid"], y["camid"])
+
+
+def test_bad_input(ds):
+    with pytest.raises(ValueError, match="empty"):
+        train_stream([])
+    with pytest.raises(ValueError, match="empty"):
+        test_stream([])
+    with pytest.raises(ValueError, match="single image"):
+        train_stream(ds.train[:3] + [ds.train[-1]], workers=0)
+    with pytest.raises(ValueError, match="loader 'pil'"):
+        resolve_backend("pil", "cpu")
+
+
+def test_resolve_backend(monkeypatch, caplog):
+    from dgnet.data import streams
+
+    assert resolve_backend("auto", "cpu") == "dali"  # DALI's CPU graph works without a GPU
+    assert resolve_backend("torch", "cpu") == "torch"
+    monkeypatch.setattr(streams, "dali_status", lambda: (False, "ImportError: no DALI"))
+    monkeypatch.setattr(streams, "_said", set())
+    with caplog.at_level(logging.WARNING, logger="dgnet.data"):
+        assert resolve_backend("auto", "cpu") == "torch"
+        assert resolve_backend("auto", "cpu") == "torch"
+    said = [r for r in caplog.records if "DALI is unavailable" in r.getMessage()]
+    assert len(said) == 1 and "torch DataLoader" in said[0].getMessage()  # once, naming the fallback
+    with pytest.raises(RuntimeError, match="--loader torch"):
+        resolve_backend("dali", "cpu")
+
+
+def test_erasing_and_pad_crop_reference():
+    x = torch.arange(2 * 3 * 6 * 5, dtype=torch.float32).view(2, 3, 6, 5) + 1
+    out = apply_erasing(x, torch.tensor([[1, 2, 3, 2], [0, 0, 0, 0]]))
+    ref = x.clone()
+    ref[0, :, 1:4, 2:4] = 0
+    assert torch.equal(out, ref) and torch.equal(x[1], out[1])
+    img = torch.arange(4 * 5).view(1, 4, 5)
+    padded = torch.nn.functional.pad(img[None].float(), (2, 2, 2, 2), mode="replicate")[0]
+    for oy in range(5):
+        for ox in range(5):
+            assert torch.equal(pad_crop(img, (oy, ox), 2).float(), padded[:, oy : oy + 4, ox : ox + 5])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("augment", [False, True])
+def test_dali_gpu_matches_torch(ds, augment):
+    kw = dict(batch_size=8, size=(128, 64), seed=2, augment=augment, device="cuda")
+    a = take(train_stream(ds.train, backend="torch", workers=2, **kw), 2)
+    b = take(train_stream(ds.train, backend="dali", workers=2, **kw), 2)
+    for x, y in zip(a, b, strict=True):
+        assert x["image"].is_cuda and y["image"].is_cuda
+        # nvJPEG's IDCT and chroma upsampling differ from libjpeg-turbo by a few levels on some pixels
+        assert (x["image"] - y["image"]).abs().mean() < 0.02
+        assert_batches_close({**x, "image": y["image"], "positive": y["positive"], "image_erased": y["image_erased"],
+                              "positive_erased": y["positive_erased"]}, y, 0)
+
+
+@pytest.mark.gpu
+def test_dali_gpu_test_stream(ds):
+    a = list(test_stream(ds.gallery, backend="torch", batch_size=32, size=(128, 64), device="cuda"))
+    b = list(test_stream(ds.gallery, backend="dali", batch_size=32, size=(128, 64), device="cuda"))
+    for x, y in zip(a, b, strict=True):
+        assert y["image"].is_cuda and (x["image"] - y["image"]).abs().mean() < 0.02
+        assert torch.equal(x["index"], y["index"])
