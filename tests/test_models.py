@@ -1,0 +1,298 @@
+"""Shapes, wiring and initialisation of Ea, Es, G, D and the re-id baseline, per the spec."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import dgnet.models.decoder as decoder_mod
+from dgnet.config import ModelConfig
+from dgnet.models import DGNet, ReidBaseline, build_backbone, frozen, gray
+from dgnet.models.layers import LayerNorm, reflect_pad
+
+
+def _cfg(backbone: str) -> ModelConfig:
+    return ModelConfig(backbone=backbone, backbone_weights="none")
+
+
+@pytest.fixture(scope="module")
+def net50() -> DGNet:
+    torch.manual_seed(0)
+    return DGNet(_cfg("resnet50"), num_ids=7).eval()
+
+
+@pytest.fixture(scope="module")
+def net18() -> DGNet:
+    torch.manual_seed(0)
+    return DGNet(_cfg("resnet18"), num_ids=5).eval()
+
+
+@torch.no_grad()
+def test_shapes_spec_size_resnet50(net50):
+    x = torch.randn(2, 3, 256, 128)
+    fmap = net50.Ea.backbone(x)
+    assert fmap.shape == (2, 2048, 16, 8)  # layer4 at stride 1
+    f, s, p1, p2 = net50.encode(x)
+    assert f.shape == (2, 8192) and s.shape == (2, 128, 64, 32)
+    assert p1.shape == p2.shape == (2, 7)
+    # channel-major flattening of the (4, 1) max-pool: index c * 4 + stripe
+    pooled = F.adaptive_max_pool2d(fmap, (4, 1))
+    torch.testing.assert_close(f.view(2, 2048, 4), pooled[..., 0])
+    y = net50.decode(s, f)
+    assert y.shape == (2, 3, 256, 128)
+    assert [tuple(o.shape) for o in net50.D(y)] == [(2, 1, 64, 32), (2, 1, 32, 16), (2, 1, 16, 8)]
+    e1, e2 = net50.Ea.features(x)
+    assert e1.shape == e2.shape == (2, 512)
+
+
+@pytest.mark.parametrize("hw", [(128, 64), (64, 32)])
+@torch.no_grad()
+def test_shapes_demo_sizes_resnet18(net18, hw):
+    h, w = hw
+    x = torch.randn(2, 3, h, w)
+    f, s, p1, p2 = net18.encode(x)
+    assert f.shape == (2, 4 * 512)  # demo-only: 512 trunk channels
+    assert s.shape == (2, 128, h // 4, w // 4)
+    assert p1.shape == p2.shape == (2, 5)
+    y = net18.decode(s, f)
+    assert y.shape == (2, 3, h, w) and torch.isfinite(y).all()
+    assert [tuple(o.shape[2:]) for o in net18.D(y)] == [(h // 4, w // 4), (h // 8, w // 8), (h // 16, w // 16)]
+    assert net18.G.slice_dim == 512
+
+
+@torch.no_grad()
+def test_baseline_shapes():
+    torch.manual_seed(0)
+    t = ReidBaseline(_cfg("resnet18"), num_ids=9).eval()
+    x = torch.randn(3, 3, 128, 64)
+    assert t(x).shape == (3, 9)
+    feat = t.features(x)
+    assert feat.shape == (3, 512)
+    # features are the post-BN bottleneck of the average-pooled map
+    v = t.backbone(x).mean(dim=(2, 3))
+    torch.testing.assert_close(feat, t.head.bn(t.head.bottleneck(v)))
+    # eval: logits = classifier(feature) (dropout off)
+    torch.testing.assert_close(t(x), t.head.classifier(feat))
+
+
+def test_layer4_stride_one():
+    for name in ("resnet18", "resnet50"):
+        b = build_backbone(name, "none")
+        strides = [m.stride for m in b.layer4.modules() if isinstance(m, nn.Conv2d)]
+        assert all(s == (1, 1) for s in strides), (name, strides)
+
+
+def test_gray_is_rgb_mean():
+    x = torch.randn(2, 3, 8, 4)
+    torch.testing.assert_close(gray(x), (x[:, 0:1] + x[:, 1:2] + x[:, 2:3]) / 3)
+
+
+@torch.no_grad()
+def test_adain_params_slice_k_drives_block_k(net18):
+    G = net18.G
+    f = torch.randn(2, G.slice_dim * 4)
+    w0, b0 = G.adain_params(f)
+    assert w0.shape == b0.shape == (2, 8 * 128)
+    for k in range(4):
+        f2 = f.clone()
+        f2[:, k * G.slice_dim : (k + 1) * G.slice_dim] += 1.0
+        w1, b1 = G.adain_params(f2)
+        for j in range(8):  # AdaIN layer j reads columns [128 j, 128 (j + 1))
+            cols = slice(128 * j, 128 * (j + 1))
+            changed = not torch.equal(w0[:, cols], w1[:, cols]) and not torch.equal(b0[:, cols], b1[:, cols])
+            unchanged = torch.equal(w0[:, cols], w1[:, cols]) and torch.equal(b0[:, cols], b1[:, cols])
+            assert changed if j // 2 == k else unchanged, (k, j)
+
+
+@torch.no_grad()
+def test_decoder_hands_params_in_module_order(net18, monkeypatch):
+    """Each AdaIN call, in execution order, receives the next 128 columns of scales and biases."""
+    G = net18.G
+    calls = []
+    real = decoder_mod.adain
+
+    def spy(x, scale, bias, *args, **kwargs):
+        calls.append((scale, bias, kwargs.get("activation"), kwargs.get("residual") is not None))
+        return real(x, scale, bias, *args, **kwargs)
+
+    monkeypatch.setattr(decoder_mod, "adain", spy)
+    s = torch.randn(2, 128, 8, 4)
+    f = torch.randn(2, G.slice_dim * 4)
+    G(s, f)
+    w, b = G.adain_params(f)
+    assert len(calls) == 8
+    for j, (scale, bias, act, res) in enumerate(calls):
+        torch.testing.assert_close(scale, w[:, 128 * j : 128 * (j + 1)])
+        torch.testing.assert_close(bias, b[:, 128 * j : 128 * (j + 1)])
+        # first AdaIN of a block: activation; second: residual add (MUNIT)
+        assert (act, res) == (("lrelu", False) if j % 2 == 0 else (None, True))
+
+
+def test_layernorm_init_and_formula():
+    torch.manual_seed(0)
+    ln = LayerNorm(64)
+    g = ln.gamma.detach()
+    assert (g >= 0).all() and (g < 1).all() and g.std() > 0.1  # uniform(0, 1)
+    assert torch.equal(ln.beta.detach(), torch.zeros(64))
+    x = torch.randn(3, 64, 5, 4)
+    flat = x.reshape(3, -1)
+    mean = flat.mean(1).view(3, 1, 1, 1)
+    std = flat.std(1).view(3, 1, 1, 1)  # unbiased, as the reference
+    ref = (x - mean) / (std + 1e-5) * g.view(1, -1, 1, 1)
+    torch.testing.assert_close(ln(x), ref)
+    decoder_lns = [m for m in DGNet(_cfg("resnet18"), 3).G.modules() if isinstance(m, LayerNorm)]
+    assert len(decoder_lns) == 2
+
+
+def test_discriminator_init_normal_002(net18):
+    ws = torch.cat([m.weight.detach().flatten() for m in net18.D.modules() if isinstance(m, nn.Conv2d)])
+    bs = torch.cat([m.bias.detach().flatten() for m in net18.D.modules() if isinstance(m, nn.Conv2d)])
+    assert ws.numel() > 500_000
+    assert abs(ws.mean().item()) < 1e-3 and abs(ws.std().item() - 0.02) < 5e-4
+    assert torch.equal(bs, torch.zeros_like(bs))
+
+
+def test_discriminator_no_norm_three_scales(net18):
+    D = net18.D
+    assert len(D.nets) == 3
+    assert not any(isinstance(m, (nn.BatchNorm2d, nn.InstanceNorm2d, LayerNorm)) for m in D.modules())
+    # samples do not interact: per-sample outputs equal batched outputs
+    x = torch.randn(3, 3, 64, 32)
+    with torch.no_grad():
+        full = D(x)
+        one = D(x[1:2])
+    for a, b in zip(full, one, strict=True):
+        torch.testing.assert_close(a[1:2], b, rtol=1e-4, atol=1e-5)
+
+
+def test_heads_init():
+    torch.manual_seed(0)
+    Ea = DGNet(_cfg("resnet18"), num_ids=300).Ea
+    for head in (Ea.head_primary, Ea.head_fine):
+        w = head.bottleneck.weight.detach()  # (512, 512): kaiming normal, fan_out = 512
+        assert abs(w.std().item() - (2 / 512) ** 0.5) < 0.003
+        assert torch.equal(head.bottleneck.bias.detach(), torch.zeros(512))
+        c = head.classifier.weight.detach()
+        assert abs(c.std().item() - 0.001) < 5e-5 and torch.equal(head.classifier.bias.detach(), torch.zeros(300))
+        assert not any(isinstance(m, nn.ReLU) for m in head.modules())
+    assert Ea.head_primary.dropout.p == 0.5 and Ea.head_fine.dropout.p == 0.75
+
+
+def test_structure_encoder_layout(net18):
+    Es = net18.Es
+    convs = [m for m in Es.modules() if isinstance(m, nn.Conv2d)]
+    assert (convs[0].in_channels, convs[0].out_channels, convs[0].stride) == (1, 16, (2, 2))
+    assert (convs[3].in_channels, convs[3].out_channels, convs[3].stride) == (32, 64, (2, 2))
+    dil = sorted(m.dilation[0] for m in convs if m.dilation[0] > 1)
+    assert dil == [3, 6, 9]
+    norms = [m for m in Es.modules() if isinstance(m, nn.InstanceNorm2d)]
+    assert norms and not any(m.affine for m in norms)
+    # kaiming fan_in on the generator side: the 64-channel 3x3 convs have std sqrt(2 / 576)
+    w = torch.cat([m.weight.detach().flatten() for m in convs if m.weight.shape[1:] == (64, 3, 3)])
+    assert abs(w.std().item() - (2 / 576) ** 0.5) < 0.003
+
+
+def test_reflect_pad_matches_reference_and_extends():
+    x = torch.randn(2, 3, 6, 5)
+    torch.testing.assert_close(reflect_pad(x, 2), F.pad(x, (2, 2, 2, 2), mode="reflect"))
+    big = reflect_pad(x, 9)  # pad >= size: F.pad refuses, we mirror repeatedly like numpy's reflect
+    ref = np.pad(x.numpy(), ((0, 0), (0, 0), (9, 9), (9, 9)), mode="reflect")
+    np.testing.assert_array_equal(big.numpy(), ref)
+
+
+def test_frozen_equals_deepcopy_with_train_bn(net18):
+    Ea = net18.Ea
+    Ea.train()
+    x = torch.randn(4, 3, 64, 32)
+    ref = copy.deepcopy(Ea).eval()
+    for m in ref.modules():
+        if isinstance(m, nn.BatchNorm2d | nn.BatchNorm1d):
+            m.train()
+    buffers = {k: v.clone() for k, v in Ea.named_buffers()}
+    with frozen(Ea, bn_batch_stats=True):
+        f, p1, p2 = Ea(x)
+        assert not any(p.requires_grad for p in Ea.parameters())
+    with torch.no_grad():
+        rf, rp1, rp2 = ref(x)
+    torch.testing.assert_close((f, p1, p2), (rf, rp1, rp2))
+    # restored, and the running statistics were not touched
+    assert Ea.training and all(m.training for m in Ea.modules())
+    assert all(p.requires_grad for p in Ea.parameters())
+    for k, v in Ea.named_buffers():
+        assert torch.equal(v, buffers[k]), k
+    # without batch statistics: plain eval mode
+    with frozen(Ea, bn_batch_stats=False), torch.no_grad():
+        e = Ea(x)[1]
+    with torch.no_grad():
+        torch.testing.assert_close(e, copy.deepcopy(Ea).eval()(x)[1])
+    Ea.eval()
+
+
+def test_build_backbone_from_path(tmp_path):
+    torch.manual_seed(1)
+    src = build_backbone("resnet18", "none")
+    state = dict(src.state_dict())
+    state["fc.weight"] = torch.zeros(1000, 512)  # torchvision files carry the ImageNet fc: ignored
+    state["fc.bias"] = torch.zeros(1000)
+    path = tmp_path / "r18.pth"
+    torch.save(state, path)
+    torch.manual_seed(2)
+    dst = build_backbone("resnet18", str(path))
+    for k, v in src.state_dict().items():
+        assert torch.equal(dst.state_dict()[k], v), k
+    # a checkpoint wrapped as {"state_dict": ...} with a DataParallel prefix also loads
+    torch.save({"state_dict": {f"module.{k}": v for k, v in state.items()}}, tmp_path / "wrapped.pth")
+    dst2 = build_backbone("resnet18", str(tmp_path / "wrapped.pth"))
+    assert torch.equal(dst2.conv1.weight, src.conv1.weight)
+
+
+def test_build_backbone_bad_inputs(tmp_path):
+    with pytest.raises(ValueError, match="backbone='resnet34'"):
+        build_backbone("resnet34", "none")
+    with pytest.raises(FileNotFoundError, match="no_such.pth"):
+        build_backbone("resnet18", str(tmp_path / "no_such.pth"))
+    torch.save(build_backbone("resnet18", "none").state_dict(), tmp_path / "r18.pth")
+    with pytest.raises(ValueError, match="do not match resnet50"):
+        build_backbone("resnet50", str(tmp_path / "r18.pth"))
+    torch.save([1, 2], tmp_path / "list.pth")
+    with pytest.raises(ValueError, match="expected a state_dict"):
+        build_backbone("resnet18", str(tmp_path / "list.pth"))
+
+
+def test_imagenet_offline_without_cache_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("DGNET_OFFLINE", "1")  # never try the network from a test
+    old = torch.hub.get_dir()
+    torch.hub.set_dir(str(tmp_path))
+    try:
+        with pytest.raises(RuntimeError) as info:
+            build_backbone("resnet18", "imagenet")
+    finally:
+        torch.hub.set_dir(old)
+    msg = str(info.value)
+    assert "resnet18-f37072fd.pth" in msg and str(tmp_path) in msg and "--backbone-weights PATH" in msg
+
+
+def test_imagenet_from_cache(tmp_path, monkeypatch):
+    """A file in torchvision's cache is what 'imagenet' loads (no network)."""
+    monkeypatch.setenv("DGNET_OFFLINE", "1")
+    torch.manual_seed(3)
+    src = build_backbone("resnet18", "none")
+    (tmp_path / "checkpoints").mkdir()
+    torch.save(src.state_dict(), tmp_path / "checkpoints" / "resnet18-f37072fd.pth")
+    old = torch.hub.get_dir()
+    torch.hub.set_dir(str(tmp_path))
+    try:
+        dst = build_backbone("resnet18", "imagenet")
+    finally:
+        torch.hub.set_dir(old)
+    assert torch.equal(dst.layer4[1].conv2.weight, src.layer4[1].conv2.weight)
+
+
+def test_dgnet_bad_num_ids():
+    with pytest.raises(ValueError, match="num_ids=0"):
+        DGNet(_cfg("resnet18"), 0)
