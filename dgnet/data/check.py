@@ -1,0 +1,136 @@
+"""Pre-flight scan for corrupt or truncated images, cached by file size and modification time.
+
+A truncated JPEG in a dataset kills a training run hours in (or worse, a decoder silently pads it with
+grey). :func:`scan` decodes every file once with Pillow, which raises on truncation and on corrupt
+entropy-coded data, and remembers each good file by ``(size, mtime_ns)`` in ``.dgnet_check.json`` at the
+scanned root (or under ``~/.cache/dgnet`` when the root is read-only), so later runs re-check only files
+that changed. :func:`preflight` runs before training: it refuses corrupt files unless told to skip them.
+
+CLI: ``python -m dgnet.data.check ROOT [--no-cache]`` lists corrupt files and exits 1 if there are any.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import warnings
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from PIL import Image, ImageFile
+
+from dgnet.data.layouts import IMAGE_EXTENSIONS, Sample
+
+CACHE_NAME = ".dgnet_check.json"
+
+
+def is_corrupt(path: str | Path) -> str | None:
+    """Why ``path`` cannot be decoded in full, or ``None`` when it decodes."""
+    ImageFile.LOAD_TRUNCATED_IMAGES = False  # a library elsewhere may have turned it on; we want the error
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # Pillow reports some corrupt data only as a warning
+            with Image.open(path) as im:
+                im.load()
+    except Exception as e:  # any failure to decode is what we are looking for
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
+def _cache_file(root: Path) -> Path:
+    if os.access(root, os.W_OK):
+        return root / CACHE_NAME
+    digest = hashlib.sha1(str(root.resolve()).encode()).hexdigest()[:16]
+    return Path.home() / ".cache" / "dgnet" / f"check-{digest}.json"
+
+
+def _files(root_or_paths: str | Path | Iterable[str | Path]) -> tuple[Path, list[Path]]:
+    if isinstance(root_or_paths, (str, Path)):
+        root = Path(root_or_paths)
+        if not root.exists():
+            raise FileNotFoundError(f"check: {root} does not exist")
+        if root.is_file():
+            return root.parent, [root]
+        files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+        return root, files
+    files = [Path(p) for p in root_or_paths]
+    if not files:
+        return Path("."), []
+    return Path(os.path.commonpath([str(p.resolve().parent) for p in files])), files
+
+
+def scan(root_or_paths: str | Path | Iterable[str | Path], cache: bool = True, verbose: bool = False) -> list[Path]:
+    """Corrupt or truncated images under a folder (recursively) or in a list of files.
+
+    Good files are cached by ``(size, mtime_ns)``; corrupt ones are never cached, so they are re-checked
+    (and reported) every time until fixed. Returns the corrupt paths, sorted.
+    """
+    root, files = _files(root_or_paths)
+    cache_path = _cache_file(root) if cache else None
+    known: dict[str, list[int]] = {}
+    if cache_path is not None and cache_path.exists():
+        try:
+            known = json.loads(cache_path.read_text())
+        except (OSError, ValueError):
+            known = {}  # an unreadable cache is only a lost speed-up
+    bad, changed = [], False
+    for p in files:
+        st = p.stat()
+        key, stamp = str(p.resolve()), [st.st_size, st.st_mtime_ns]
+        if known.get(key) == stamp:
+            continue
+        why = is_corrupt(p)
+        if why is None:
+            known[key], changed = stamp, True
+        else:
+            bad.append(p)
+            known.pop(key, None)
+            if verbose:
+                print(f"corrupt: {p}: {why}")
+    if cache_path is not None and changed:
+        try:
+            cache_path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cache_path.with_suffix(f".tmp{os.getpid()}")
+            tmp.write_text(json.dumps(known))
+            tmp.replace(cache_path)
+        except OSError:
+            pass  # read-only everywhere: scanning still worked
+    return sorted(bad)
+
+
+def preflight(samples: Sequence[Sample], skip_corrupt: bool, cache: bool = True) -> tuple[list[Sample], int]:
+    """Scan the files of ``samples`` before training.
+
+    Raises ``ValueError`` listing the corrupt files unless ``skip_corrupt``; then returns the samples
+    without them and how many were left out.
+    """
+    bad = set(map(str, scan([s.path for s in samples], cache=cache)))
+    samples = [s._replace(path=str(Path(s.path))) for s in samples]  # compare paths in one spelling
+    if not bad:
+        return list(samples), 0
+    if not skip_corrupt:
+        shown = "\n  ".join(sorted(bad)[:20])
+        more = f"\n  ... and {len(bad) - 20} more" if len(bad) > 20 else ""
+        raise ValueError(
+            f"{len(bad)} corrupt or truncated image(s):\n  {shown}{more}\n"
+            f"fix or remove them, or pass --skip-corrupt to train without them"
+        )
+    kept = [s for s in samples if s.path not in bad]
+    return kept, len(samples) - len(kept)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m dgnet.data.check", description="find corrupt or truncated images")
+    p.add_argument("root", help="dataset folder (scanned recursively)")
+    p.add_argument("--no-cache", action="store_true", help="re-check every file, and record nothing")
+    a = p.parse_args(argv)
+    bad = scan(a.root, cache=not a.no_cache, verbose=True)
+    print(f"{len(bad)} corrupt or truncated image(s) under {a.root}")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
