@@ -4,7 +4,8 @@ DG-Net's feature (spec: Test protocol): each head's 512-d post-BN bottleneck (dr
 L2-normalised; image and horizontal flip summed; each half re-normalised; the fine-grained half
 scaled by ``alpha``; the two concatenated. The teacher's is its single 512-d feature, treated the
 same way. Every feature has norm ``sqrt(1 + alpha^2)`` (or 1), so ranking by cosine distance is
-ranking by the spec's dot-product score. Distances, k-reciprocal re-ranking and the metrics run
+ranking by the spec's dot-product score, and re-ranking's squared Euclidean distance is the
+reference's ``2 - 2 * score`` up to the constant norm. Distances, k-reciprocal re-ranking and the metrics run
 through the extension ops (``dgnet.ops``, ``dgnet.evaluation``).
 """
 
@@ -61,7 +62,8 @@ def extract(model: torch.nn.Module, kind: str, samples: list, cfg: Config, backe
     seen = torch.zeros(len(samples), dtype=torch.bool)
     try:
         for batch in test_stream(samples, backend, batch_size=cfg.eval.batch_size,
-                                 size=(cfg.data.height, cfg.data.width), device=device):
+                                 size=(cfg.data.height, cfg.data.width), device=device,
+                                 workers=cfg.data.workers):
             f = embed(model, kind, batch["image"].to(device), alpha).cpu()
             idx = torch.as_tensor(batch["index"]).long().cpu()
             if feats is None:
@@ -81,10 +83,10 @@ def extract(model: torch.nn.Module, kind: str, samples: list, cfg: Config, backe
 def _metrics(distmat: torch.Tensor, qp, gp, qc, gc) -> dict[str, float]:
     from dgnet.evaluation import evaluate
 
-    cmc, mAP, mINP = evaluate(distmat, qp, gp, qc, gc)
-    cmc = np.asarray(cmc.cpu() if isinstance(cmc, torch.Tensor) else cmc, dtype=np.float64)
+    r = evaluate(distmat, qp, gp, qc, gc)
+    cmc = np.asarray(r.cmc, dtype=np.float64)
     return {"rank1": float(cmc[0]), "rank5": float(cmc[min(4, len(cmc) - 1)]),
-            "rank10": float(cmc[min(9, len(cmc) - 1)]), "mAP": float(mAP), "mINP": float(mINP)}
+            "rank10": float(cmc[min(9, len(cmc) - 1)]), "mAP": float(r.mAP), "mINP": float(r.mINP)}
 
 
 def evaluate_features(qf: torch.Tensor, gf: torch.Tensor, qp, gp, qc, gc, cfg: Config,
@@ -97,7 +99,7 @@ def evaluate_features(qf: torch.Tensor, gf: torch.Tensor, qp, gp, qc, gc, cfg: C
     out = {"plain": _metrics(dist, qp, gp, qc, gc)}
     if rerank:
         e = cfg.eval
-        rdist = ops.re_ranking_features(qf, gf, k1=e.k1, k2=e.k2, lambda_value=e.lambda_value, metric="cosine")
+        rdist = ops.re_ranking_features(qf, gf, k1=e.k1, k2=e.k2, lambda_value=e.lambda_value, metric="euclidean")
         out["rerank"] = _metrics(rdist, qp, gp, qc, gc)
     return out
 

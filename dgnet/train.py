@@ -190,6 +190,13 @@ def prepare_dataset(cfg: Config, verbose: bool = True):
             if skipped and verbose:
                 print(f"dgnet: skipped {skipped} unreadable {split} images (--skip-corrupt)")
             setattr(ds, split, samples)
+    if verbose:
+        from dgnet.data import singleton_identities
+
+        single = singleton_identities(ds.train)
+        if single:
+            print(f"dgnet: {len(single)} train identities with one image get no DG-Net pairs (the classifier keeps "
+                  "their classes)")
     n = ds.num_train_pids
     if cfg.model.num_ids == 0:
         cfg.model.num_ids = n
@@ -358,7 +365,7 @@ def fixed_grid_batches(ds, cfg: Config, backend: str, device: torch.device) -> t
     samples = picks[:half] + picks[half : 2 * half]
     images = []
     for batch in test_stream(samples, backend, batch_size=len(samples), size=(cfg.data.height, cfg.data.width),
-                             device=device):
+                             device=device, workers=0):
         images.append(batch["image"].clone())
     x = torch.cat(images)[: len(samples)]
     return x[:half], x[half : 2 * half]
@@ -404,10 +411,13 @@ def train_dgnet(cfg: Config, ds, teacher: torch.nn.Module, device: torch.device,
     model = DGNet(arch_only(cfg.model) if resume is not None else cfg.model, num_ids).to(device)
     opts = engine.build_optimizers(model, cfg.optim)
     scheds = engine.build_schedulers(opts, cfg.optim)
+    from dgnet.data import drop_singletons
+
     kw = _stream_kwargs(cfg, device, 0, cfg.data.batch_size)
+    pairs, _ = drop_singletons(ds.train)  # an identity with one image has no positive to pair with
     streams = {
-        "a": train_stream(ds.train, backend, mode="pairs", augment=True, **{**kw, "seed": cfg.train.seed + 11}),
-        "b": train_stream(ds.train, backend, mode="pairs", augment=True, **{**kw, "seed": cfg.train.seed + 23}),
+        "a": train_stream(pairs, backend, mode="pairs", augment=True, **{**kw, "seed": cfg.train.seed + 11}),
+        "b": train_stream(pairs, backend, mode="pairs", augment=True, **{**kw, "seed": cfg.train.seed + 23}),
     }
     start = 0
     if resume is not None:
@@ -437,8 +447,8 @@ def train_dgnet(cfg: Config, ds, teacher: torch.nn.Module, device: torch.device,
             ramps = engine.ramp_weights(it, cfg.loss)
             log.step(postfix={k: o[k] for k in ("loss_gen_total", "loss_dis_total") if k in o})
             if done % cfg.train.log_every == 0 or done == total:
-                log.scalars(done, {**o, **{f"w_{k}": v for k, v in ramps.items()}, **_lrs(opts),
-                                   "it_per_s": log.its_per_second(done)})
+                # ``o`` already holds the ramped weights of this iteration (engine.dgnet_step reports them)
+                log.scalars(done, {**o, **_lrs(opts), "it_per_s": log.its_per_second(done)})
             if rank == 0 and (done % cfg.train.image_every == 0 or done == total):
                 with torch.random.fork_rng(devices=[]):  # grids never touch the training RNG streams
                     log.grid(done, generate_rows(model, grid_a, grid_b))
@@ -465,6 +475,8 @@ def run(cfg: Config, resume: bool = False, stage: str = "all", evaluate: bool = 
     device = resolve_device(cfg.train.device)
     amp = resolve_amp(cfg.train.amp, device)
     set_determinism(cfg.train.deterministic)
+    if cfg.train.threads > 0:
+        torch.set_num_threads(cfg.train.threads)
 
     from dgnet import ops
 

@@ -100,7 +100,7 @@ def load_images(samples: list, cfg, backend: str, device: torch.device) -> torch
 
     out = torch.zeros(len(samples), 3, cfg.data.height, cfg.data.width, device=device)
     for batch in test_stream(samples, backend, batch_size=max(1, min(len(samples), 64)),
-                             size=(cfg.data.height, cfg.data.width), device=device):
+                             size=(cfg.data.height, cfg.data.width), device=device, workers=0):
         out[torch.as_tensor(batch["index"]).long().to(device)] = batch["image"].to(device).float()
     return out
 
