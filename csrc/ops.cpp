@@ -21,6 +21,13 @@ TORCH_LIBRARY(dgnet, m) {
   // From features x [N, D]: the k nearest rows of every row by squared metric distance (itself
   // included, ascending) as int64 [N, k], and each row's largest squared distance, float32 [N].
   m.def("rerank_knn(Tensor x, int metric, int k, int block_rows) -> (Tensor, Tensor)");
+  // The same from the classic interface's blocks q_g [Q, G], q_q [Q, Q], g_g [G, G] (float32 or float64):
+  // rows of the block matrix squared and normalised as the classic code does (column i over its
+  // maximum, transposed); returns the table int64 [N, k] and the normalisers float32 [N].
+  m.def("rerank_dense_knn(Tensor q_g, Tensor q_q, Tensor g_g, int k) -> (Tensor, Tensor)");
+  // That normalised matrix's values at the CSR entries (i, j): float32 [nnz].
+  m.def("rerank_dense_gather(Tensor q_g, Tensor q_q, Tensor g_g, Tensor colmax, Tensor indptr, Tensor indices) "
+        "-> Tensor");
   // From the neighbour table nbr int64 [N, K >= k1 + 1]: the k-reciprocal expansion sets as CSR
   // (indptr int64 [N + 1], indices int64 [nnz], sorted within each row).
   m.def("rerank_expand(Tensor nbr, int k1) -> (Tensor, Tensor)");

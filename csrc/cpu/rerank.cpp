@@ -20,14 +20,16 @@ at::Tensor prepare_features(const at::Tensor& x, int64_t metric) {
   return xf;
 }
 
-// Scan one row of dot products against columns col0.. and fold them into that row's top-k and max.
-inline void scan_row(const float* dots, int64_t n, int64_t col0, float xi, const float* xx, long metric, int k,
-                     float* vals, int64_t* idx, float& rowmax) {
+// Fold one row of squared distances (columns col0..) into that row's top-k and maximum.
+inline void scan_row(const float* v, int64_t n, int64_t col0, int k, float* vals, int64_t* idx, float& rowmax) {
   float m = rowmax;
+  float worst = vals[k - 1];  // most values fail this test: keep it in a register
   for (int64_t t = 0; t < n; ++t) {
-    const float v = rerank_base_sq(xi, xx[col0 + t], dots[t], metric);
-    m = v > m ? v : m;
-    topk_insert(vals, idx, k, v, col0 + t);
+    m = v[t] > m ? v[t] : m;
+    if (v[t] < worst) {
+      topk_insert(vals, idx, k, v[t], col0 + t);
+      worst = vals[k - 1];
+    }
   }
   rowmax = m;
 }
@@ -71,12 +73,17 @@ std::tuple<at::Tensor, at::Tensor> rerank_knn_cpu(const at::Tensor& x, int64_t m
     const auto xi = xf.narrow(0, i0, bi);
     for (int64_t j0 = i0; j0 < n; j0 += b) {
       const int64_t bj = std::min(n, j0 + b) - j0;
-      const auto blk = at::mm(xi, xf.narrow(0, j0, bj).t()).contiguous();  // [bi, bj]
-      const float* bp = blk.data_ptr<float>();
+      auto blk = at::mm(xi, xf.narrow(0, j0, bj).t()).contiguous();  // [bi, bj] dot products
+      float* bp = blk.data_ptr<float>();
+      // Dot products -> squared distances in place (symmetric in i and j, so the transpose below
+      // holds the values of the J rows), then each I row folds its values in.
       at::parallel_for(0, bi, 16, [&](int64_t s, int64_t e) {
         for (int64_t r = s; r < e; ++r) {
           const int64_t row = i0 + r;
-          scan_row(bp + r * bj, bj, j0, xxp[row], xxp, metric, kk, vp + row * k, ip + row * k, mp[row]);
+          float* br = bp + r * bj;
+          const float xr = xxp[row];
+          for (int64_t t = 0; t < bj; ++t) br[t] = rerank_base_sq(xr, xxp[j0 + t], br[t], metric);
+          scan_row(br, bj, j0, kk, vp + row * k, ip + row * k, mp[row]);
         }
       });
       if (j0 == i0) continue;
@@ -85,12 +92,132 @@ std::tuple<at::Tensor, at::Tensor> rerank_knn_cpu(const at::Tensor& x, int64_t m
       at::parallel_for(0, bj, 16, [&](int64_t s, int64_t e) {
         for (int64_t r = s; r < e; ++r) {
           const int64_t row = j0 + r;
-          scan_row(tp + r * bi, bi, i0, xxp[row], xxp, metric, kk, vp + row * k, ip + row * k, mp[row]);
+          scan_row(tp + r * bi, bi, i0, kk, vp + row * k, ip + row * k, mp[row]);
         }
       });
     }
   }
   return {idx, rowmax};
+}
+
+namespace {
+
+constexpr int64_t kDenseTile = 128;  // columns scanned together: 512 B of each row of a block per pass
+
+// Fold the squared values of `cols` consecutive entries of one row (index j) into the states of
+// `cols` outputs (each one column of the block matrix). worst[t] mirrors vals[t * k + k - 1].
+template <typename T>
+inline void fold_tile_row(const T* row, int64_t cols, int64_t j, int k, float* vals, int64_t* idx, float* mx,
+                          float* worst) {
+  float v[kDenseTile];
+  for (int64_t t = 0; t < cols; ++t) {  // vectorises
+    v[t] = square_to_float(row[t]);
+    mx[t] = v[t] > mx[t] ? v[t] : mx[t];
+  }
+  for (int64_t t = 0; t < cols; ++t)
+    if (v[t] < worst[t]) {
+      topk_insert(vals + t * k, idx + t * k, k, v[t], j);
+      worst[t] = vals[t * k + k - 1];
+    }
+}
+
+// Fold the squared values of one contiguous row (indices j0..) into one output's state.
+template <typename T>
+inline void fold_row(const T* row, int64_t len, int64_t j0, int k, float* vals, int64_t* idx, float& mx) {
+  float m = mx;
+  float worst = vals[k - 1];
+  for (int64_t t = 0; t < len; ++t) {
+    const float v = square_to_float(row[t]);
+    m = v > m ? v : m;
+    if (v < worst) {
+      topk_insert(vals, idx, k, v, j0 + t);
+      worst = vals[k - 1];
+    }
+  }
+  mx = m;
+}
+
+template <typename T>
+void dense_knn_impl(const T* qg, const T* qq, const T* gg, int64_t q, int64_t g, int k, float* vals,
+                    int64_t* idx, float* colmax) {
+  // Row i of the normalised matrix is column i of the squared block matrix (the classic code
+  // normalises columns, then transposes), so each output scans one column: query column i is
+  // q_q[:, i] then q_g[i, :]; gallery column g is q_g[:, g] then g_g[:, g]. Columns are taken in
+  // tiles that read rows of the blocks contiguously; indices are visited in increasing order.
+  const int64_t q_tiles = (q + kDenseTile - 1) / kDenseTile, g_tiles = (g + kDenseTile - 1) / kDenseTile;
+  at::parallel_for(0, q_tiles + g_tiles, 1, [&](int64_t s, int64_t e) {
+    for (int64_t tile = s; tile < e; ++tile) {
+      const bool is_query = tile < q_tiles;
+      const int64_t c0 = is_query ? tile * kDenseTile : q + (tile - q_tiles) * kDenseTile;  // output row
+      const int64_t cols = std::min(is_query ? q : q + g, c0 + kDenseTile) - c0;
+      float* v = vals + c0 * k;
+      int64_t* ix = idx + c0 * k;
+      float* mx = colmax + c0;
+      float worst[kDenseTile];
+      for (int64_t t = 0; t < cols; ++t) worst[t] = std::numeric_limits<float>::infinity();
+      if (is_query) {
+        for (int64_t r = 0; r < q; ++r) fold_tile_row(qq + r * q + c0, cols, r, k, v, ix, mx, worst);
+        for (int64_t t = 0; t < cols; ++t) fold_row(qg + (c0 + t) * g, g, q, k, v + t * k, ix + t * k, mx[t]);
+      } else {
+        for (int64_t r = 0; r < q; ++r) fold_tile_row(qg + r * g + (c0 - q), cols, r, k, v, ix, mx, worst);
+        for (int64_t r = 0; r < g; ++r) fold_tile_row(gg + r * g + (c0 - q), cols, q + r, k, v, ix, mx, worst);
+      }
+    }
+  });
+}
+
+}  // namespace
+
+// Neighbour table of the classic dense re-ranking from its three distance blocks: for each of the
+// N = Q + G rows of the normalised squared block matrix, its k nearest (ascending) as int64 [N, k],
+// and each column's maximum of the squared block matrix (the normaliser of that row), float32 [N].
+std::tuple<at::Tensor, at::Tensor> rerank_dense_knn_cpu(const at::Tensor& q_g, const at::Tensor& q_q,
+                                                        const at::Tensor& g_g, int64_t k) {
+  TORCH_CHECK(q_g.dim() == 2 && q_q.dim() == 2 && g_g.dim() == 2, "rerank_dense_knn: expected 2-D blocks");
+  const int64_t q = q_g.size(0), g = q_g.size(1);
+  TORCH_CHECK(q_q.size(0) == q && q_q.size(1) == q && g_g.size(0) == g && g_g.size(1) == g,
+              "rerank_dense_knn: block shapes disagree");
+  TORCH_CHECK(q_g.scalar_type() == q_q.scalar_type() && q_g.scalar_type() == g_g.scalar_type() &&
+                  (q_g.scalar_type() == at::kFloat || q_g.scalar_type() == at::kDouble),
+              "rerank_dense_knn: expected three float32 or three float64 blocks");
+  const int64_t n = q + g;
+  TORCH_CHECK(k >= 1 && k <= n, "rerank_dense_knn: k=", k, " must be in [1, N=", n, "]");
+  const auto a = q_g.contiguous(), b = q_q.contiguous(), c = g_g.contiguous();
+  const auto fopt = a.options().dtype(at::kFloat);
+  auto vals = at::full({n, k}, std::numeric_limits<float>::infinity(), fopt);
+  auto idx = at::full({n, k}, -1, fopt.dtype(at::kLong));
+  auto colmax = at::zeros({n}, fopt);
+  AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "rerank_dense_knn", [&] {
+    dense_knn_impl<scalar_t>(a.data_ptr<scalar_t>(), b.data_ptr<scalar_t>(), c.data_ptr<scalar_t>(), q, g,
+                             static_cast<int>(k), vals.data_ptr<float>(), idx.data_ptr<int64_t>(),
+                             colmax.data_ptr<float>());
+  });
+  return {idx, colmax};
+}
+
+// Normalised value T[i, j] = blocks[j, i]^2 / colmax[i] of every CSR entry (i, j).
+at::Tensor rerank_dense_gather_cpu(const at::Tensor& q_g, const at::Tensor& q_q, const at::Tensor& g_g,
+                                   const at::Tensor& colmax, const at::Tensor& indptr, const at::Tensor& indices) {
+  const int64_t q = q_g.size(0), g = q_g.size(1), n = q + g;
+  TORCH_CHECK(indptr.size(0) == n + 1 && colmax.size(0) == n, "rerank_dense_gather: indptr/colmax must cover Q + G");
+  const auto a = q_g.contiguous(), b = q_q.contiguous(), c = g_g.contiguous();
+  const auto ip = indptr.contiguous(), ix = indices.contiguous();
+  const auto cm = colmax.to(at::kFloat).contiguous();
+  auto out = at::empty({ix.size(0)}, a.options().dtype(at::kFloat));
+  const int64_t* ptr = ip.data_ptr<int64_t>();
+  const int64_t* col = ix.data_ptr<int64_t>();
+  const float* cmp = cm.data_ptr<float>();
+  float* op = out.data_ptr<float>();
+  AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "rerank_dense_gather", [&] {
+    const scalar_t* ap = a.data_ptr<scalar_t>();
+    const scalar_t* bp = b.data_ptr<scalar_t>();
+    const scalar_t* cp = c.data_ptr<scalar_t>();
+    at::parallel_for(0, n, 256, [&](int64_t s, int64_t e) {
+      for (int64_t i = s; i < e; ++i)
+        for (int64_t t = ptr[i]; t < ptr[i + 1]; ++t) op[t] = block_matrix_sq(ap, bp, cp, q, g, col[t], i) / cmp[i];
+    });
+  });
+  return out;
 }
 
 // Expansion sets E(i) of every row as CSR: indptr [N + 1], indices [nnz], sorted within rows.
@@ -238,6 +365,8 @@ void rerank_jaccard_mix_cpu(const at::Tensor& out, const at::Tensor& indptr, con
 
 TORCH_LIBRARY_IMPL(dgnet, CPU, m) {
   m.impl("rerank_knn", &rerank_knn_cpu);
+  m.impl("rerank_dense_knn", &rerank_dense_knn_cpu);
+  m.impl("rerank_dense_gather", &rerank_dense_gather_cpu);
   m.impl("rerank_expand", &rerank_expand_cpu);
   m.impl("rerank_pair_dist", &rerank_pair_dist_cpu);
   m.impl("rerank_jaccard_mix_", &rerank_jaccard_mix_cpu);

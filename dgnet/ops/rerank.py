@@ -129,7 +129,9 @@ def _as_matrix(name: str, value: object) -> torch.Tensor:
         raise ValueError(f"{name}: expected a 2-D matrix, got shape {tuple(t.shape)}")
     if t.numel() == 0:
         raise ValueError(f"{name}: expected a non-empty matrix, got shape {tuple(t.shape)}")
-    if not bool(torch.isfinite(t).all()):
+    # A sum first (NaN and inf propagate into it; one cheap pass), the exact mask only when the sum is
+    # not finite, since huge finite values could overflow the sum.
+    if not bool(torch.isfinite(t.sum())) and not bool(torch.isfinite(t).all()):
         raise ValueError(f"{name}: contains NaN or inf")
     return t
 
@@ -207,7 +209,7 @@ def re_ranking(
         inputs' device. Equals ``re_ranking_reference`` (and the classic code) within 1e-4 when the
         inputs have no distance ties.
     Memory:
-        The dense (Q+G)^2 block matrix plus sparse sets; from features prefer ``re_ranking_features``.
+        The inputs, the output and sparse sets: the (Q+G)^2 block matrix is never built.
 
     Example:
         >>> q, g = torch.randn(3, 8), torch.randn(10, 8)
@@ -230,24 +232,17 @@ def re_ranking(
     _check_params(k1, k2, lambda_value, n)
     require_extension()
 
-    # Step 1 exactly as the classic code: square (in float64 for float64 inputs), float32, divide each
-    # column by its maximum, transpose.
+    # Steps 1-2 as the classic code, without building the (Q+G)^2 matrix: squares in the inputs'
+    # dtype (float64 stays float64 until stored as float32), each row of the block matrix's
+    # transpose divided by its maximum; only each row's nearest few are kept.
     wide = torch.float64 if torch.float64 in (qg.dtype, qq.dtype, gg.dtype) else torch.float32
     qg, qq, gg = qg.to(wide), qq.to(wide), gg.to(wide)
-    full = torch.cat([torch.cat([qq, qg], 1), torch.cat([qg.t(), gg], 1)], 0)
-    sq = full.square_().to(torch.float32)
-    del full
-    dist = (sq / sq.amax(0, keepdim=True)).t().contiguous()
-    del sq
-
-    # Step 2: only the nearest few of each row are ever used.
-    nbr = torch.topk(dist, _neighbours_needed(k1, k2, n), dim=1, largest=False, sorted=True).indices
+    nbr, colmax = torch.ops.dgnet.rerank_dense_knn(qg, qq, gg, _neighbours_needed(k1, k2, n))
 
     def lookup(indptr: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
-        rows = torch.repeat_interleave(torch.arange(n, device=dist.device), indptr.diff())
-        return dist[rows, indices]
+        return torch.ops.dgnet.rerank_dense_gather(qg, qq, gg, colmax, indptr, indices)
 
-    out = dist[:num_q, num_q:].contiguous()
+    out = qg.square().to(torch.float32).div_(colmax[:num_q, None])
     _sparse_core(nbr, lookup, out, k1, k2, lambda_value)
     return out.numpy() if as_numpy else out
 
@@ -339,6 +334,16 @@ if extension_available():
         torch._check(1 <= k <= x.shape[0], lambda: "rerank_knn: expected 1 <= k <= N")
         n = x.shape[0]
         return x.new_empty((n, k), dtype=torch.long), x.new_empty((n,), dtype=torch.float32)
+
+    @torch.library.register_fake("dgnet::rerank_dense_knn")
+    def _rerank_dense_knn_fake(q_g, q_q, g_g, k):
+        n = q_g.shape[0] + q_g.shape[1]
+        torch._check(1 <= k <= n, lambda: "rerank_dense_knn: expected 1 <= k <= N")
+        return q_g.new_empty((n, k), dtype=torch.long), q_g.new_empty((n,), dtype=torch.float32)
+
+    @torch.library.register_fake("dgnet::rerank_dense_gather")
+    def _rerank_dense_gather_fake(q_g, q_q, g_g, colmax, indptr, indices):
+        return q_g.new_empty(indices.shape, dtype=torch.float32)
 
     @torch.library.register_fake("dgnet::rerank_expand")
     def _rerank_expand_fake(nbr, k1):

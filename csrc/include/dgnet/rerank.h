@@ -29,6 +29,20 @@ DGNET_HD float rerank_base_sq(float xx, float yy, float xy, long metric) {
   return metric == kEuclidean ? d2 : d2 * d2;
 }
 
+// The classic code squares the given distances in their own dtype, then stores float32.
+template <typename T>
+DGNET_HD float square_to_float(T x) {
+  return static_cast<float>(x * x);
+}
+
+// Entry [r, c] of the (Q+G) x (Q+G) block matrix [[q_q, q_g], [q_g^T, g_g]], squared, read from
+// the three contiguous blocks without building the matrix.
+template <typename T>
+DGNET_HD float block_matrix_sq(const T* qg, const T* qq, const T* gg, int64_t q, int64_t g, int64_t r, int64_t c) {
+  if (r < q) return square_to_float(c < q ? qq[r * q + c] : qg[r * g + (c - q)]);
+  return square_to_float(c < q ? qg[c * g + (r - q)] : gg[(r - q) * g + (c - q)]);
+}
+
 // Insert (v, j) into vals/idx, the k smallest so far in ascending order, if it belongs there.
 // Equal values keep the earlier index first, as a stable sort would.
 DGNET_HD void topk_insert(float* vals, int64_t* idx, int k, float v, int64_t j) {
