@@ -16,6 +16,16 @@ from dgnet.models import DGNet, ReidBaseline, build_backbone, frozen, gray
 from dgnet.models.layers import LayerNorm, reflect_pad
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Small tensors gain nothing from intra-op threads; on a shared machine OpenMP spin-waiting under
+    oversubscription makes them many times slower."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def _cfg(backbone: str) -> ModelConfig:
     return ModelConfig(backbone=backbone, backbone_weights="none")
 

@@ -1,0 +1,320 @@
+"""One DG-Net iteration on CPU at a tiny size: finite losses, gradient routing per the spec, updates,
+determinism, the ramp, optimiser groups, and the stage-1 teacher step."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dgnet.config import Config
+from dgnet.engine import (
+    GEN_TERMS,
+    build_optimizers,
+    build_schedulers,
+    build_teacher_optimizer,
+    build_teacher_scheduler,
+    dgnet_step,
+    discriminator_losses,
+    generator_losses,
+    ramp_weights,
+    shared_forward,
+    teacher_step,
+)
+from dgnet.models import DGNet, ReidBaseline
+
+H, W, B, IDS = 64, 32, 2, 5
+SMALL = (32, 16)  # gradient-routing tests backpropagate once per term: smallest size every module accepts
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors gain nothing from intra-op threads, and on a shared machine OpenMP spin-waiting under
+    oversubscription makes them many times slower."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _cfg(**loss) -> Config:
+    cfg = Config()
+    cfg.model.backbone = "resnet18"
+    cfg.model.backbone_weights = "none"
+    cfg.loss.warm_iter = 0
+    cfg.loss.warm_step = 0.5  # every ramped term active from iteration 1 on
+    for k, v in loss.items():
+        setattr(cfg.loss, k, v)
+    return cfg
+
+
+def _batch(seed: int, hw: tuple[int, int] = (H, W)) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    out = {k: torch.randn(B, 3, *hw, generator=g) for k in ("image", "positive", "image_erased", "positive_erased")}
+    out["pid"] = torch.randint(0, IDS, (B,), generator=g)
+    out["camid"] = torch.zeros(B, dtype=torch.long)
+    out["index"] = torch.arange(B)
+    return out
+
+
+def _build(cfg: Config, seed: int = 0):
+    torch.manual_seed(seed)
+    model = DGNet(cfg.model, IDS)
+    teacher = ReidBaseline(cfg.model, IDS)
+    return model, teacher, build_optimizers(model, cfg.optim)
+
+
+def _groups(model: DGNet, teacher) -> dict[str, list[torch.nn.Parameter]]:
+    return {
+        "G": list(model.G.parameters()),
+        "Es": list(model.Es.parameters()),
+        "Ea_backbone": list(model.Ea.backbone.parameters()),
+        "Ea_primary": list(model.Ea.head_primary.parameters()),
+        "Ea_fine": list(model.Ea.head_fine.parameters()),
+        "D": list(model.D.parameters()),
+        "teacher": list(teacher.parameters()),
+    }
+
+
+def _reached(loss: torch.Tensor, groups) -> set[str]:
+    """Groups that receive a nonzero gradient from ``loss``."""
+    if not loss.requires_grad:
+        return set()
+    names = list(groups)
+    flat = [p for n in names for p in groups[n] if p.requires_grad]
+    grads = torch.autograd.grad(loss, flat, retain_graph=True, allow_unused=True)
+    hit, i = set(), 0
+    for n in names:
+        for p in groups[n]:
+            if not p.requires_grad:
+                continue
+            g = grads[i]
+            i += 1
+            if g is not None and g.abs().sum() > 0:
+                hit.add(n)
+    return hit
+
+
+@pytest.mark.parametrize("live", [True, False])
+def test_gradient_routing_per_term(live):
+    cfg = _cfg(structure_live_p=1.0 if live else 0.0)
+    model, teacher, _ = _build(cfg)
+    model.train()
+    teacher.requires_grad_(False)
+    w = ramp_weights(5, cfg.loss)
+    assert all(v > 0 for v in w.values())
+    fwd = shared_forward(model, _batch(1, SMALL), _batch(2, SMALL))
+    model.D.requires_grad_(False)
+    terms, images, drawn = generator_losses(model, teacher, fwd, w, cfg)
+    assert drawn is live and set(images) == {"x_aba", "x_bab"}
+    groups = _groups(model, teacher)
+    gen = {"G", "Es"}
+    expected = {
+        "loss_gen_adv": gen,
+        "loss_gen_recon_x": gen,
+        "loss_gen_recon_xp": gen,
+        # live Es on the detached fakes; else a frozen Es on the live fakes (gradient to G and to the Es that
+        # made s_a, not through the re-encoding)
+        "loss_gen_recon_s": {"Es"} if live else gen,
+        "loss_gen_recon_f": set(),  # parity: both codes detached
+        "loss_gen_cycrecon_x": gen,
+        "loss_gen_recon_id": gen,  # frozen Ea copy: nothing reaches Ea
+        "loss_id": {"Ea_backbone", "Ea_primary", "Ea_fine"},
+        "loss_pid": {"Ea_backbone", "Ea_primary"},
+        "loss_teacher": {"Ea_backbone", "Ea_primary"},
+        "loss_fine": {"Ea_backbone", "Ea_fine"},
+    }
+    assert set(expected) == set(GEN_TERMS)
+    for name, want in expected.items():
+        assert torch.isfinite(terms[name]), name
+        assert _reached(terms[name], groups) == want, name
+    assert not terms["loss_gen_recon_f"].requires_grad
+    model.D.requires_grad_(True)
+
+    # D's loss reaches D only (fakes detached), and its R1 term is trained too
+    dis = discriminator_losses(model.D, fwd, cfg.loss)
+    assert _reached(dis["loss_dis_total"], groups) == {"D"}
+    assert _reached(dis["loss_dis_r1"], groups) == {"D"}
+
+
+def test_appearance_code_gradient_when_not_detached():
+    """The deviation switch: with a live code, the reconstruction also trains Ea's backbone."""
+    cfg = _cfg()
+    cfg.model.detach_appearance_code = False
+    model, teacher, _ = _build(cfg)
+    model.train()
+    fwd = shared_forward(model, _batch(1, SMALL), _batch(2, SMALL))
+    model.D.requires_grad_(False)
+    terms, _, _ = generator_losses(model, teacher, fwd, ramp_weights(5, cfg.loss), cfg)
+    groups = _groups(model, teacher)
+    assert _reached(terms["loss_gen_recon_x"], groups) == {"G", "Es", "Ea_backbone"}
+    # the appearance-code loss now reaches the fakes through the frozen Ea copy (its own weights take
+    # nothing), hence G, Es and, through f_a inside x_ba, the live Ea that made the code
+    assert _reached(terms["loss_gen_recon_f"], groups) == {"G", "Es", "Ea_backbone"}
+
+
+def _snapshot(mod: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in mod.state_dict().items()}
+
+
+def test_one_iteration_updates_finite_and_frozen_parts():
+    cfg = _cfg()
+    model, teacher, opts = _build(cfg)
+    scheds = build_schedulers(opts, cfg.optim)
+    assert set(scheds) == {"gen", "dis", "id"}
+    before = {n: _snapshot(getattr(model, n)) for n in ("Ea", "Es", "G", "D")}
+    t_before = _snapshot(teacher)
+
+    # D's gradients are those of the D step only: snapshot them when its optimiser steps
+    seen = {}
+    real_step = opts["dis"].step
+
+    def spy_step(*a, **k):
+        seen.update({id(p): p.grad.clone() for p in model.D.parameters()})
+        return real_step(*a, **k)
+
+    opts["dis"].step = spy_step
+    out = dgnet_step(model, teacher, opts, _batch(1), _batch(2), iteration=3, cfg=cfg, return_images=True)
+    for k in [*GEN_TERMS, "loss_gen_total", "loss_dis_total", "loss_dis_r1"]:
+        assert isinstance(out[k], float) and out[k] == out[k] and abs(out[k]) < float("inf"), k
+    assert out["loss_teacher"] > 0 and out["loss_fine"] > 0 and out["loss_gen_cycrecon_x"] > 0
+    w = ramp_weights(3, cfg.loss)
+    for k, v in w.items():
+        assert out[k] == v
+    for k in ("x_ab", "x_ba", "x_a_recon", "x_b_recon", "x_a_recon_p", "x_b_recon_p", "x_aba", "x_bab"):
+        assert out["images"][k].shape == (B, 3, H, W) and not out["images"][k].requires_grad
+    for p in model.D.parameters():
+        assert torch.equal(p.grad, seen[id(p)])  # the generator step added nothing to D
+        assert p.requires_grad
+    # every trained group changed; the teacher (weights and BN statistics) did not
+    for name, snap in before.items():
+        now = getattr(model, name).state_dict()
+        changed = [k for k in snap if not torch.equal(snap[k], now[k])]
+        params = [k for k, _ in getattr(model, name).named_parameters()]
+        assert set(params) <= set(changed), (name, sorted(set(params) - set(changed))[:5])
+    for k, v in teacher.state_dict().items():
+        assert torch.equal(v, t_before[k]), k
+    assert all(p.grad is None for p in teacher.parameters())
+    assert all(p.requires_grad for p in teacher.parameters())
+
+
+def test_deterministic_given_seed():
+    cfg = _cfg(structure_live_p=0.5)
+    results = []
+    for _ in range(2):
+        model, teacher, opts = _build(cfg, seed=7)
+        torch.manual_seed(11)
+        outs = [
+            dgnet_step(model, teacher, opts, _batch(3 + i, SMALL), _batch(5 + i, SMALL), 2 + i, cfg) for i in range(2)
+        ]
+        results.append((outs, _snapshot(model)))
+    (o1, s1), (o2, s2) = results
+    assert o1 == o2
+    for k in s1:
+        assert torch.equal(s1[k], s2[k]), k
+
+
+def test_before_warmup_ramped_terms_are_off():
+    cfg = _cfg()
+    cfg.loss.warm_iter = 100
+    model, _, opts = _build(cfg)
+    out = dgnet_step(model, None, opts, _batch(1), _batch(2), iteration=0, cfg=cfg, return_images=True)
+    for k in ("recon_s_w", "recon_f_w", "recon_x_cyc_w", "teacher_w", "fine_w"):
+        assert out[k] == 0.0
+    # no teacher needed, no cycle, no teacher/fine terms; the always-on terms are there
+    assert out["loss_teacher"] == out["loss_fine"] == out["loss_gen_cycrecon_x"] == out["loss_gen_recon_s"] == 0.0
+    assert "x_aba" not in out["images"]
+    assert out["loss_gen_recon_x"] > 0 and out["loss_gen_recon_id"] > 0 and out["loss_id"] > 0
+    assert out["loss_gen_recon_f"] > 0  # reported even at weight 0 (the copy runs for the identity loss)
+    with pytest.raises(ValueError, match="no teacher"):
+        dgnet_step(model, None, opts, _batch(1), _batch(2), iteration=101, cfg=cfg)
+
+
+def test_bf16_autocast_step_is_finite():
+    cfg = _cfg()
+    model, teacher, opts = _build(cfg)
+    out = dgnet_step(model, teacher, opts, _batch(1), _batch(2), 3, cfg, amp_dtype=torch.bfloat16)
+    assert all(out[k] == out[k] for k in GEN_TERMS)
+
+
+def test_bad_batches():
+    cfg = _cfg()
+    model, teacher, opts = _build(cfg)
+    bad = _batch(1)
+    del bad["positive_erased"]
+    with pytest.raises(ValueError, match="batch_a: missing keys \\['positive_erased'\\]"):
+        dgnet_step(model, teacher, opts, bad, _batch(2), 0, cfg)
+    bad = _batch(1)
+    bad["pid"] = torch.tensor([0, IDS])
+    with pytest.raises(ValueError, match=r"batch_a\['pid'\]: labels must lie in \[0, 5\)"):
+        dgnet_step(model, teacher, opts, bad, _batch(2), 0, cfg)
+    bad = _batch(2)
+    bad["image"] = bad["image"][:, :1]
+    with pytest.raises(ValueError, match=r"batch_b\['image'\]: expected float \(B, 3, H, W\)"):
+        dgnet_step(model, teacher, opts, _batch(1), bad, 0, cfg)
+
+
+@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)` before")
+def test_optimizer_groups_follow_spec():
+    cfg = _cfg()
+    model, _, opts = _build(cfg)
+    o = cfg.optim
+    gen, dis, ident = opts["gen"], opts["dis"], opts["id"]
+    assert isinstance(gen, torch.optim.Adam) and isinstance(dis, torch.optim.Adam)
+    for opt, lr in ((gen, o.gen_lr), (dis, o.dis_lr)):
+        g = opt.param_groups[0]
+        assert (g["lr"], g["betas"], g["weight_decay"]) == (lr, (0.0, 0.999), 5e-4)
+    assert isinstance(ident, torch.optim.SGD)
+    assert [g["lr"] for g in ident.param_groups] == [0.002, 0.02]
+    assert all(g["nesterov"] and g["momentum"] == 0.9 and g["weight_decay"] == 5e-4 for g in ident.param_groups)
+    ids = lambda ps: {id(p) for p in ps}
+    assert ids(p for g in gen.param_groups for p in g["params"]) == ids([*model.Es.parameters(), *model.G.parameters()])
+    assert ids(dis.param_groups[0]["params"]) == ids(model.D.parameters())
+    assert ids(ident.param_groups[0]["params"]) == ids(model.Ea.backbone.parameters())
+    heads = [*model.Ea.head_primary.parameters(), *model.Ea.head_fine.parameters()]
+    assert ids(ident.param_groups[1]["params"]) == ids(heads)
+    # schedules: x0.1 at each milestone
+    cfg.optim.milestones = (2, 4)
+    sch = build_schedulers(opts, cfg.optim)
+    lrs = []
+    for _ in range(5):
+        lrs.append(ident.param_groups[1]["lr"])
+        for s in sch.values():
+            s.step()
+    assert lrs == pytest.approx([0.02, 0.02, 0.002, 0.002, 0.0002])
+
+
+def test_teacher_step_trains_on_erased_images():
+    cfg = _cfg()
+    torch.manual_seed(0)
+    teacher = ReidBaseline(cfg.model, IDS)
+    opt = build_teacher_optimizer(teacher, cfg.optim)
+    assert [g["lr"] for g in opt.param_groups] == [cfg.optim.teacher_lr_backbone, cfg.optim.teacher_lr_heads]
+    sched = build_teacher_scheduler(opt, cfg.optim)
+    assert sched.milestones == {m: 1 for m in cfg.optim.teacher_milestones}
+    batch = _batch(1)
+    batch["image"] = torch.full_like(batch["image"], float("nan"))  # only the erased copy may be read
+    before = teacher.backbone.conv1.weight.detach().clone()
+    out = teacher_step(teacher, opt, batch, cfg)
+    assert out["loss_id"] == pytest.approx(torch.log(torch.tensor(float(IDS))).item(), abs=0.5)
+    assert 0.0 <= out["accuracy"] <= 1.0
+    assert not torch.equal(before, teacher.backbone.conv1.weight)
+    with pytest.raises(ValueError, match="image_erased"):
+        teacher_step(teacher, opt, {"pid": batch["pid"]}, cfg)
+
+
+@pytest.mark.gpu
+def test_fp16_gradscaler_step_cuda():
+    cfg = _cfg()
+    model, teacher, _ = _build(cfg)
+    model.cuda()
+    teacher.cuda()
+    opts = build_optimizers(model, cfg.optim)
+    scaler = torch.amp.GradScaler("cuda")
+    cuda = lambda b: {k: v.cuda() for k, v in b.items()}
+    for i in range(2):
+        out = dgnet_step(
+            model, teacher, opts, cuda(_batch(1 + i)), cuda(_batch(3 + i)), 3 + i, cfg, scaler, torch.float16
+        )
+        assert all(out[k] == out[k] for k in GEN_TERMS)
+    out = dgnet_step(model, teacher, opts, cuda(_batch(9)), cuda(_batch(8)), 9, cfg, None, torch.bfloat16)
+    assert all(out[k] == out[k] for k in GEN_TERMS)
