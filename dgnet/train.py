@@ -225,6 +225,18 @@ def _check_finite(out: dict[str, Any], stage: str, iteration: int, mgr: Checkpoi
     )
 
 
+def _next_batch(batches: Any) -> dict:
+    """The next batch, leaving torch's global RNG as it was.
+
+    The training steps draw dropout and the structure-branch coin from the global RNG, and a torch
+    DataLoader draws its base seed from it whenever its iterator is (re)created, which a resumed
+    stream does at a different iteration than an uninterrupted one; fetching data must not shift the
+    steps' random numbers, or resume would not be exact.
+    """
+    with torch.random.fork_rng(devices=[]):
+        return next(batches)
+
+
 def _lrs(optimizers: dict[str, torch.optim.Optimizer]) -> dict[str, float]:
     out = {}
     for name, opt in optimizers.items():
@@ -287,7 +299,7 @@ def train_teacher(cfg: Config, ds, device: torch.device, backend: str, mgr: Chec
     try:
         for it in range(start, total):
             sched_step(sched)
-            batch = next(batches)
+            batch = _next_batch(batches)
             o = engine.teacher_step(teacher, opt, batch, cfg, scaler, amp_dtype)
             _check_finite(o, "teacher", it, mgr)
             done = it + 1
@@ -424,7 +436,10 @@ def train_dgnet(cfg: Config, ds, teacher: torch.nn.Module, device: torch.device,
         restore_state(resume, models={"dgnet": model}, optimizers=opts, schedulers=scheds, scaler=scaler,
                       streams=streams)
         start = resume["iteration"]
-    grid_a, grid_b = (fixed_grid_batches(ds, cfg, backend, device) if rank == 0 else (None, None))
+    grid_a = grid_b = None
+    if rank == 0:
+        with torch.random.fork_rng(devices=[]):  # reading the grid images must not shift the training RNG
+            grid_a, grid_b = fixed_grid_batches(ds, cfg, backend, device)
     log = RunLogger(out, "dgnet", total, start=start, enabled=rank == 0)
     if start >= total:
         log.write(f"dgnet: already trained ({start} iterations)")
@@ -440,7 +455,7 @@ def train_dgnet(cfg: Config, ds, teacher: torch.nn.Module, device: torch.device,
     try:
         for it in range(start, total):
             sched_step(*scheds.values())
-            batch_a, batch_b = next(it_a), next(it_b)
+            batch_a, batch_b = _next_batch(it_a), _next_batch(it_b)
             o = engine.dgnet_step(model, teacher, opts, batch_a, batch_b, it, cfg, scaler=scaler, amp_dtype=amp_dtype)
             _check_finite(o, "dgnet", it, mgr)
             done = it + 1
