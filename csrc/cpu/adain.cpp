@@ -11,6 +11,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <vector>
 
 #include "dgnet/adain.h"
 
@@ -82,6 +83,28 @@ void forward_rows(const scalar_t* x, const at::opmath_type<scalar_t>* scale, con
   });
 }
 
+// sum(g) and sum(g * (x - mean)) of one row, in independent lanes like row_m2.
+template <typename scalar_t, typename acc_t>
+void row_grad_sums(const acc_t* g, const scalar_t* x, int64_t n, acc_t mean, acc_t& sum_g, acc_t& sum_gd) {
+  acc_t lane_g[kLanes] = {}, lane_gd[kLanes] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes)
+    for (int64_t j = 0; j < kLanes; ++j) {
+      lane_g[j] += g[i + j];
+      lane_gd[j] += g[i + j] * (static_cast<acc_t>(x[i + j]) - mean);
+    }
+  for (; i < n; ++i) {
+    lane_g[0] += g[i];
+    lane_gd[0] += g[i] * (static_cast<acc_t>(x[i]) - mean);
+  }
+  sum_g = 0;
+  sum_gd = 0;
+  for (int64_t j = 0; j < kLanes; ++j) {
+    sum_g += lane_g[j];
+    sum_gd += lane_gd[j];
+  }
+}
+
 template <typename scalar_t, int64_t ACT>
 void backward_rows(const scalar_t* dy, const scalar_t* x, const at::opmath_type<scalar_t>* scale,
                    const at::opmath_type<scalar_t>* bias, const at::opmath_type<scalar_t>* mean_in,
@@ -90,36 +113,31 @@ void backward_rows(const scalar_t* dy, const scalar_t* x, const at::opmath_type<
   using acc_t = at::opmath_type<scalar_t>;
   const acc_t slope_a = static_cast<acc_t>(slope), count = static_cast<acc_t>(hw);
   at::parallel_for(0, rows, std::max<int64_t>(1, kGrainElements / hw), [&](int64_t begin, int64_t end) {
+    // g = dy * act'(z) of the current row, kept in L1/L2. Three plain loops (elementwise, reduction,
+    // elementwise) each vectorise; one fused loop with the activation mask did not, reliably.
+    std::vector<acc_t> g(hw);
     for (int64_t r = begin; r < end; ++r) {
-      const scalar_t* xr = x + r * hw;
-      const scalar_t* dyr = dy + r * hw;
+      // __restrict__: for float I/O, g, x, dy and dx share a type and GCC would otherwise assume overlap.
+      const scalar_t* __restrict__ xr = x + r * hw;
+      const scalar_t* __restrict__ dyr = dy + r * hw;
       const acc_t mean = mean_in[r], rstd = rstd_in[r], s = scale[r];
       // z is recomputed exactly as the forward computed it, so act'(z) sees the same sign.
       const acc_t a = s * rstd, b = bias[r];
-      acc_t lane_g[kLanes] = {}, lane_gx[kLanes] = {};
-      int64_t i = 0;
-      auto accumulate = [&](int64_t k, int64_t lane) {
-        const acc_t xv = static_cast<acc_t>(xr[k]);
-        const acc_t g = static_cast<acc_t>(dyr[k]) * adain_activation_grad<ACT, acc_t>((xv - mean) * a + b, slope_a);
-        lane_g[lane] += g;
-        lane_gx[lane] += g * (xv - mean) * rstd;
-      };
-      for (; i + kLanes <= hw; i += kLanes)
-        for (int64_t j = 0; j < kLanes; ++j) accumulate(i + j, j);
-      for (; i < hw; ++i) accumulate(i, 0);
-      acc_t sum_g = 0, sum_gx = 0;
-      for (int64_t j = 0; j < kLanes; ++j) {
-        sum_g += lane_g[j];
-        sum_gx += lane_gx[j];
+      acc_t* __restrict__ gr = g.data();
+      for (int64_t k = 0; k < hw; ++k) {
+        const acc_t d = static_cast<acc_t>(xr[k]) - mean;
+        gr[k] = adain_activation_backward<ACT, acc_t>(static_cast<acc_t>(dyr[k]), d * a + b, slope_a);
       }
+      acc_t sum_g, sum_gd;
+      row_grad_sums<scalar_t, acc_t>(gr, xr, hw, mean, sum_g, sum_gd);
+      const acc_t sum_gx = sum_gd * rstd;  // sum(g * xhat)
       dscale[r] = sum_gx;
       dbias[r] = sum_g;
       const acc_t mean_g = sum_g / count, mean_gx = sum_gx / count;
-      scalar_t* dxr = dx + r * hw;
+      scalar_t* __restrict__ dxr = dx + r * hw;
       for (int64_t k = 0; k < hw; ++k) {
-        const acc_t xv = static_cast<acc_t>(xr[k]);
-        const acc_t g = static_cast<acc_t>(dyr[k]) * adain_activation_grad<ACT, acc_t>((xv - mean) * a + b, slope_a);
-        dxr[k] = static_cast<scalar_t>(adain_input_grad<acc_t>(g, (xv - mean) * rstd, s, rstd, mean_g, mean_gx));
+        const acc_t xhat = (static_cast<acc_t>(xr[k]) - mean) * rstd;
+        dxr[k] = static_cast<scalar_t>(adain_input_grad<acc_t>(gr[k], xhat, s, rstd, mean_g, mean_gx));
       }
     }
   });

@@ -1,0 +1,172 @@
+"""Fused AdaIN against eager PyTorch and torch.compile of the reference, on the decoder's shapes.
+
+Two configurations, the two uses in a decoder residual block: ``lrelu`` (AdaIN + LeakyReLU) and
+``residual`` (AdaIN + residual add); forward alone and forward + backward (gradients of x, scale,
+bias and residual through ``torch.autograd.grad``, so no ``.grad`` accumulation is timed).
+
+Effective bandwidth counts the bytes the fused kernel must move, the same for every implementation:
+forward reads x (and the residual) and writes y; backward reads dy and x and writes dx (the residual's
+gradient is dy itself). The fused/eager and fused/compiled speed-ups are printed and stored in the
+fused row's ``extra_info``, together with the machine, versions and sizes.
+
+    .venv/bin/python -m pytest benchmarks/bench_adain.py -p no:cacheprovider -s          # CPU
+    python3 -m pytest -m gpu benchmarks/bench_adain.py -p no:cacheprovider -s            # GPU
+Targets: CPU >= 2x eager; H100 >= 2.5x eager for forward + backward and >= 70% of 3.35 TB/s.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+
+import pytest
+import torch
+
+from dgnet.ops import adain, adain_reference
+
+CONFIGS = {"lrelu": dict(activation="lrelu", residual=False), "residual": dict(activation=None, residual=True)}
+MODES = ("fwd", "fwd+bwd")
+IMPLS = ("eager", "compiled", "fused")  # fused last: its row computes the ratios
+# CPU sizes keep the file under about two minutes on a 2-core machine; torch.compile (minutes of
+# C++ compilation per shape there) is measured on the smaller shape only.
+CPU_SHAPES = [(8, 128, 64, 32), (2, 128, 128, 64)]
+CPU_COMPILED_SHAPES = [(8, 128, 64, 32)]
+GPU_SHAPES = [(8, 128, 64, 32), (32, 128, 64, 32), (8, 128, 128, 64), (32, 128, 128, 64)]
+GPU_DTYPES = (torch.float32, torch.bfloat16)
+
+_RESULTS: dict[tuple, dict[str, float]] = {}
+
+
+def machine(device: str) -> dict:
+    info = {"torch": torch.__version__, "python": platform.python_version(), "threads": torch.get_num_threads()}
+    try:
+        import triton
+
+        info["triton"] = triton.__version__
+    except ImportError:
+        pass
+    if device == "cuda":
+        info["gpu"] = torch.cuda.get_device_name()
+    else:
+        name = platform.processor()
+        if os.path.exists("/proc/cpuinfo"):
+            for line in open("/proc/cpuinfo"):
+                if line.startswith("model name"):
+                    name = line.split(":", 1)[1].strip()
+                    break
+        info["cpu"] = f"{name} ({os.cpu_count()} cores)"
+    return info
+
+
+def fused_bytes(shape, dtype, residual: bool, mode: str) -> int:
+    numel = shape[0] * shape[1] * shape[2] * shape[3]
+    passes = 2 + residual + (3 if mode == "fwd+bwd" else 0)
+    return passes * numel * torch.empty((), dtype=dtype).element_size()
+
+
+def make_step(impl: str, device: str, shape, dtype, config: str, mode: str):
+    """A no-argument callable running one forward (and backward) of ``impl``."""
+    g = torch.Generator(device=device).manual_seed(0)
+    n, c = shape[:2]
+    grad = mode == "fwd+bwd"
+    x = torch.randn(shape, device=device, dtype=dtype, generator=g).requires_grad_(grad)
+    scale = (torch.randn(n, c, device=device, generator=g) + 1).to(dtype).requires_grad_(grad)
+    bias = torch.randn(n, c, device=device, generator=g).to(dtype).requires_grad_(grad)
+    res = torch.randn(shape, device=device, dtype=dtype, generator=g).requires_grad_(grad)
+    res = res if CONFIGS[config]["residual"] else None
+    act = CONFIGS[config]["activation"]
+    dy = torch.randn(shape, device=device, dtype=dtype, generator=g)
+    inputs = [t for t in (x, scale, bias, res) if t is not None]
+
+    if impl == "fused":
+        backend = "triton" if device == "cuda" else "cpu"
+        fn = lambda: adain(x, scale, bias, res, act, backend=backend)
+    elif impl == "eager":
+        fn = lambda: adain_reference(x, scale, bias, res, act)
+    else:
+        # A fresh compiled function per case: one shared function would hit the recompile limit and
+        # silently run eager.
+        compiled = torch.compile(lambda x, s, b, r: adain_reference(x, s, b, r, act))
+        fn = lambda: compiled(x, scale, bias, res)
+
+    if grad:
+        step = lambda: torch.autograd.grad(fn(), inputs, dy)
+    else:
+        step = lambda: fn()
+    if device == "cuda":
+        def synced():
+            step()
+            torch.cuda.synchronize()
+
+        return synced
+    return step
+
+
+def record(benchmark, impl, device, shape, dtype, config, mode, seconds: float) -> None:
+    key = (device, shape, str(dtype), config, mode)
+    _RESULTS.setdefault(key, {})[impl] = seconds
+    nbytes = fused_bytes(shape, dtype, CONFIGS[config]["residual"], mode)
+    benchmark.extra_info.update(machine(device))
+    benchmark.extra_info.update(
+        shape=list(shape), dtype=str(dtype), config=config, mode=mode, impl=impl,
+        median_ms=seconds * 1e3, fused_bytes=nbytes, effective_GBps=nbytes / seconds / 1e9,
+    )
+    line = f"\n{device} {impl:8s} {config:8s} {mode:7s} {tuple(shape)} {str(dtype):14s} " \
+           f"{seconds * 1e3:8.3f} ms {nbytes / seconds / 1e9:8.1f} GB/s"
+    if impl == "fused":
+        for other in ("eager", "compiled"):
+            if other in _RESULTS[key]:
+                ratio = _RESULTS[key][other] / seconds
+                benchmark.extra_info[f"speedup_vs_{other}"] = ratio
+                line += f"  {ratio:5.2f}x vs {other}"
+        if device == "cuda" and "H100" in torch.cuda.get_device_name():
+            frac = nbytes / seconds / 3.35e12
+            benchmark.extra_info["fraction_of_hbm_3.35TBps"] = frac
+            line += f"  {frac * 100:4.1f}% of 3.35 TB/s"
+    print(line)
+
+
+def run(benchmark, impl, device, shape, dtype, config, mode, rounds: int) -> None:
+    step = make_step(impl, device, shape, dtype, config, mode)
+    for _ in range(2):  # warm-up: compilation, autotuning, allocator
+        step()
+    if device == "cuda":
+        import triton.testing
+
+        # CUDA-event timing with the L2 flushed between runs; pytest-benchmark keeps its own record.
+        seconds = triton.testing.do_bench(step, warmup=25, rep=200, return_mode="median") / 1e3
+        benchmark.pedantic(step, rounds=rounds, iterations=1)
+    else:
+        benchmark.pedantic(step, rounds=rounds, iterations=1, warmup_rounds=1)
+        if benchmark.stats is None:  # --benchmark-disable
+            return
+        seconds = benchmark.stats.stats.median
+    record(benchmark, impl, device, shape, dtype, config, mode, seconds)
+
+
+def _cpu_cases():
+    for shape in CPU_SHAPES:
+        for config in CONFIGS:
+            for mode in MODES:
+                for impl in IMPLS:
+                    if impl == "compiled" and shape not in CPU_COMPILED_SHAPES:
+                        continue
+                    name = f"{'x'.join(map(str, shape))}-{config}-{mode}-{impl}"
+                    yield pytest.param(shape, config, mode, impl, id=name)
+
+
+@pytest.mark.parametrize("shape,config,mode,impl", list(_cpu_cases()))
+def test_adain_cpu(benchmark, shape, config, mode, impl):
+    benchmark.group = f"adain-cpu-{config}-{mode}-{'x'.join(map(str, shape))}"
+    run(benchmark, impl, "cpu", shape, torch.float32, config, mode, rounds=5)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("config", list(CONFIGS))
+@pytest.mark.parametrize("dtype", GPU_DTYPES, ids=str)
+@pytest.mark.parametrize("shape", GPU_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_adain_gpu(benchmark, shape, dtype, config, mode, impl):
+    benchmark.group = f"adain-gpu-{config}-{mode}-{'x'.join(map(str, shape))}-{dtype}"
+    run(benchmark, impl, "cuda", shape, dtype, config, mode, rounds=20)
