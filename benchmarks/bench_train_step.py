@@ -1,0 +1,134 @@
+"""Training iterations per second and peak memory of one full DG-Net iteration (``dgnet.engine.dgnet_step``).
+
+- CPU: the demo preset's size (ResNet-18, 64x32, batch 4 per stream), plain vs ``--fused`` AdaIN.
+- GPU (marked ``gpu``): the spec's size (ResNet-50, 256x128, batch 8 per stream), fp32 and bf16 autocast,
+  plain vs fused.
+Every ramped term is active (warm-up at 0), so the iteration costs what a post-warm-up one costs.
+
+Run: ``.venv/bin/python -m pytest benchmarks/bench_train_step.py -p no:cacheprovider`` (CPU, ~1-2 min), and
+``... -m gpu`` on a CUDA machine. Each figure carries the machine, versions, sizes and threads in
+``extra_info``; the fused/plain ratio is printed once both columns of a configuration ran.
+"""
+
+from __future__ import annotations
+
+import platform
+import resource
+
+import pytest
+import torch
+
+import dgnet
+from dgnet.config import Config
+from dgnet.engine import build_optimizers, dgnet_step
+from dgnet.models import DGNet, ReidBaseline
+from dgnet.ops import set_fused
+
+IDS = 16
+_MEANS: dict[tuple, dict[bool, float]] = {}
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _cfg(backbone: str, h: int, w: int, b: int) -> Config:
+    cfg = Config()
+    cfg.model.backbone = backbone
+    cfg.model.backbone_weights = "none"
+    cfg.data.height, cfg.data.width, cfg.data.batch_size = h, w, b
+    cfg.loss.warm_iter = 0
+    cfg.loss.warm_step = 1.0  # every term at its cap from iteration 1
+    return cfg
+
+
+def _batch(b: int, h: int, w: int, device: str, seed: int) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    out = {k: torch.randn(b, 3, h, w, generator=g) for k in ("image", "positive", "image_erased", "positive_erased")}
+    out["pid"] = torch.randint(0, IDS, (b,), generator=g)
+    return {k: v.to(device) for k, v in out.items()}
+
+
+def _run(benchmark, backbone, h, w, b, device, fused, amp_dtype, rounds):
+    set_fused(fused)
+    try:
+        torch.manual_seed(0)
+        cfg = _cfg(backbone, h, w, b)
+        model = DGNet(cfg.model, IDS).to(device)
+        teacher = ReidBaseline(cfg.model, IDS).to(device)
+        opts = build_optimizers(model, cfg.optim)
+        batches = [(_batch(b, h, w, device, 2 * i), _batch(b, h, w, device, 2 * i + 1)) for i in range(2)]
+        it = [1]
+
+        def step():
+            a, bb = batches[it[0] % 2]
+            it[0] += 1
+            dgnet_step(model, teacher, opts, a, bb, it[0], cfg, amp_dtype=amp_dtype)  # returns floats: synced
+            if device == "cuda":
+                torch.cuda.synchronize()
+
+        step()  # warm-up: allocator, cudnn/mkldnn algorithm choice, Triton compilation
+        if device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        benchmark.pedantic(step, rounds=rounds, iterations=1, warmup_rounds=0)
+    finally:
+        set_fused(False)
+    mean = benchmark.stats.stats.mean
+    info = benchmark.extra_info
+    info.update(
+        machine=torch.cuda.get_device_name()
+        if device == "cuda"
+        else f"{_cpu_name()} ({torch.get_num_threads()} threads)",
+        torch=torch.__version__,
+        dgnet=dgnet.__version__,
+        backbone=backbone,
+        image=f"{h}x{w}",
+        batch_per_stream=b,
+        amp=str(amp_dtype).replace("torch.", "") if amp_dtype else "fp32",
+        fused=fused,
+        iterations_per_s=1.0 / mean,
+    )
+    if device == "cuda":
+        info["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
+    else:  # process-wide high-water mark (ru_maxrss is KiB on Linux): an upper bound for this configuration
+        info["process_peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    key = (backbone, h, w, b, device, str(amp_dtype))
+    _MEANS.setdefault(key, {})[fused] = mean
+    both = _MEANS[key]
+    print(f"\n{key}: {'fused' if fused else 'plain'} {mean:.3f} s/iteration ({1 / mean:.3f} it/s)")
+    if len(both) == 2:
+        print(
+            f"{key}: fused/plain time ratio {both[True] / both[False]:.3f} (speed-up {both[False] / both[True]:.2f}x)"
+        )
+
+
+@pytest.fixture
+def one_thread():
+    """On a CPU shared with other jobs, OpenMP spin-waiting makes multi-threaded small ops many times slower;
+    set DGNET_BENCH_THREADS to measure another count."""
+    import os
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(int(os.environ.get("DGNET_BENCH_THREADS", "1")))
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.mark.parametrize("fused", [False, True], ids=["plain", "fused"])
+def test_train_step_cpu_demo(benchmark, one_thread, fused):
+    _run(benchmark, "resnet18", 64, 32, 4, "cpu", fused, None, rounds=3)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("amp", ["fp32", "bf16"])
+@pytest.mark.parametrize("fused", [False, True], ids=["plain", "fused"])
+def test_train_step_gpu_spec(benchmark, fused, amp):
+    dtype = torch.bfloat16 if amp == "bf16" else None
+    _run(benchmark, "resnet50", 256, 128, 8, "cuda", fused, dtype, rounds=10)
