@@ -3,10 +3,10 @@
 DG-Net's feature (spec: Test protocol): each head's 512-d post-BN bottleneck (dropout off),
 L2-normalised; image and horizontal flip summed; each half re-normalised; the fine-grained half
 scaled by ``alpha``; the two concatenated. The teacher's is its single 512-d feature, treated the
-same way. Every feature has norm ``sqrt(1 + alpha^2)`` (or 1), so ranking by cosine distance is
-ranking by the spec's dot-product score, and re-ranking's squared Euclidean distance is the
-reference's ``2 - 2 * score`` up to the constant norm. Distances, k-reciprocal re-ranking and the metrics run
-through the extension ops (``dgnet.ops``, ``dgnet.evaluation``).
+same way. The distance is the negative dot product (the spec's score). Every feature has norm
+``sqrt(1 + alpha^2)`` (or 1), so re-ranking's squared Euclidean distance (``dgnet.ops``) is
+``2 * norm^2 - 2 * score``: the same order as the reference's ``2 - 2 * score``. k-reciprocal
+re-ranking and the metrics run through the extension ops (``dgnet.ops``, ``dgnet.evaluation``).
 """
 
 from __future__ import annotations
@@ -95,7 +95,7 @@ def evaluate_features(qf: torch.Tensor, gf: torch.Tensor, qp, gp, qc, gc, cfg: C
     from dgnet import ops
 
     qp, gp, qc, gc = (torch.as_tensor(np.asarray(a)) for a in (qp, gp, qc, gc))
-    dist = ops.pairwise_distance(qf, gf, "cosine")
+    dist = -(qf.float() @ gf.float().T)  # the spec's score is the dot product; distance = negative score
     out = {"plain": _metrics(dist, qp, gp, qc, gc)}
     if rerank:
         e = cfg.eval

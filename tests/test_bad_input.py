@@ -1,0 +1,101 @@
+"""Bad input stops with a clear message naming what is wrong (and, for a NaN, keeps the last good checkpoint)."""
+
+import math
+
+import pytest
+import torch
+from _tiny_run import make_tiny_set, tiny_flags
+
+from dgnet import engine
+from dgnet.checkpoint import CheckpointManager, build_state, load_checkpoint, save_atomic
+from dgnet.config import resolve_config
+from dgnet.train import main
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    return make_tiny_set(tmp_path_factory.mktemp("bad") / "syn")
+
+
+def _fails(capsys, argv, *needles):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "dgnet.train: error:" in err
+    for n in needles:
+        assert n in err, (n, err)
+    return err
+
+
+def test_missing_dataset(tmp_path, capsys):
+    missing = tmp_path / "nowhere"
+    _fails(capsys, ["--config", "market1501", "--data-root", str(missing), "--output", str(tmp_path / "o")],
+           str(missing), "market1501")
+
+
+def test_wrong_layout(tmp_path, capsys):
+    bad = tmp_path / "market"
+    (bad / "images").mkdir(parents=True)  # a folder, but not the Market-1501 layout
+    _fails(capsys, ["--config", "market1501", "--data-root", str(bad), "--output", str(tmp_path / "o")],
+           str(bad), "bounding_box_train")
+
+
+def test_unknown_config_key(tmp_path, capsys):
+    _fails(capsys, ["--set", "model.dropout_primari=0.1", "--output", str(tmp_path / "o")], "model.dropout_primari")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("preset: demo\nloss:\n  gan_weight: 2\n")
+    _fails(capsys, ["--config", str(cfg), "--output", str(tmp_path / "o")], "loss.gan_weight", "c.yaml")
+
+
+def test_fp16_on_cpu_refused(root, tmp_path, capsys):
+    _fails(capsys, tiny_flags(root, tmp_path / "o", "--amp", "fp16"), "fp16", "CUDA")
+
+
+def test_teacher_with_other_identity_count(root, tmp_path, capsys):
+    from dgnet.models import ReidBaseline
+
+    cfg = resolve_config("demo")
+    teacher = ReidBaseline(cfg.model, 99)
+    path = save_atomic(build_state(stage="teacher", iteration=1, cfg=cfg, num_ids=99, models={"teacher": teacher}),
+                       tmp_path / "t.pt")
+    _fails(capsys, tiny_flags(root, tmp_path / "o", "--teacher", str(path), "--iterations", "1"),
+           "t.pt", "99", "6 train identities")
+    _fails(capsys, tiny_flags(root, tmp_path / "o2", "--teacher", str(tmp_path / "none.pt")), "none.pt")
+
+
+def test_resume_rules_and_other_config(root, tmp_path, capsys):
+    out = tmp_path / "run"
+    _fails(capsys, tiny_flags(root, out, "--resume"), "no checkpoint", "--resume")
+    assert main(tiny_flags(root, out, "--stage", "teacher", "--iterations", "1", "--no-eval")) == 0
+    capsys.readouterr()
+    # a second fresh run into the same folder would mix two runs' checkpoints
+    _fails(capsys, tiny_flags(root, out, "--stage", "teacher", "--iterations", "2"), "--resume", "teacher_00000001")
+    # resuming with a config that changes what is computed names the key that differs
+    _fails(capsys, tiny_flags(root, out, "--resume", "--set", "optim.teacher_lr_heads=0.5"),
+           "another config", "optim.teacher_lr_heads")
+    # what does not change the computation may differ (here the iteration cap and the log interval)
+    assert main(tiny_flags(root, out, "--resume", "--stage", "teacher", "--iterations", "2", "--no-eval",
+                           "--set", "train.log_every=5")) == 0
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(root, tmp_path, capsys, monkeypatch):
+    real = engine.teacher_step
+    calls = {"n": 0}
+
+    def step(*a, **k):
+        out = real(*a, **k)
+        calls["n"] += 1
+        if calls["n"] == 3:
+            out["loss_id"] = math.nan
+        return out
+
+    monkeypatch.setattr(engine, "teacher_step", step)
+    out = tmp_path / "run"
+    err = _fails(capsys, tiny_flags(root, out, "--stage", "teacher", "--iterations", "5",
+                                    "--set", "train.checkpoint_every=1"),
+                 "loss_id = nan", "iteration 3", "teacher_00000002.pt")
+    assert "resume" in err
+    mgr = CheckpointManager(out / "checkpoints")
+    assert [p.name for p in mgr.list()] == ["teacher_00000001.pt", "teacher_00000002.pt"]
+    good = load_checkpoint(mgr.latest())
+    assert all(torch.isfinite(v).all() for v in good["models"]["teacher"].values() if v.is_floating_point())
+    assert not (out / "teacher.pt").exists()
