@@ -73,7 +73,8 @@ def _as_distmat(distmat: object) -> torch.Tensor:
     if distmat.shape[0] == 0 or distmat.shape[1] == 0:
         raise ValueError(f"distmat: empty query or gallery, got shape {tuple(distmat.shape)}")
     distmat = distmat.detach()
-    if not bool(torch.isfinite(distmat).all()):
+    # One read pass, no [Q, G] temporary: min and max propagate NaN, and are finite iff every entry is.
+    if not bool(torch.isfinite(torch.stack(torch.aminmax(distmat))).all()):
         bad = int((~torch.isfinite(distmat)).sum())
         raise ValueError(f"distmat: contains {bad} NaN or infinite values; expected finite distances")
     return distmat

@@ -102,11 +102,13 @@ def test_max_rank_is_capped_at_gallery_size():
     assert_same(r, evaluate_reference(dist, qp, gp, qc, gc, max_rank=100))
 
 
-def test_many_matches_per_query():
-    # One identity fills most of the gallery (R in the hundreds).
+@pytest.mark.parametrize("ties", [False, True])
+def test_many_matches_per_query(ties):
+    # One identity fills most of the gallery (R in the hundreds: the CPU kernel's binary-search path).
     rng = np.random.default_rng(5)
     gp = np.where(rng.random(2000) < 0.6, 1, rng.integers(2, 50, 2000))
-    case = (rng.random((6, 2000)), np.array([1, 1, 1, 2, 3, 1]), gp, rng.integers(0, 3, 6), rng.integers(0, 3, 2000))
+    dist = rng.integers(0, 20, (6, 2000)).astype(np.float32) if ties else rng.random((6, 2000))
+    case = (dist, np.array([1, 1, 1, 2, 3, 1]), gp, rng.integers(0, 3, 6), rng.integers(0, 3, 2000))
     assert_same(evaluate(*case), evaluate_reference(*case))
 
 

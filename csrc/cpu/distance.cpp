@@ -1,7 +1,7 @@
 // Pairwise distance on CPU: one GEMM per chunk of rows, written straight into the output, then the
-// per-element epilogue of dgnet/distance.h on that chunk while it is still in cache. Extra memory
-// beyond the [M, N] output is O((M + N) * D) at most (a float32 copy of half-precision inputs) plus the
-// two per-row term vectors.
+// per-element epilogue of dgnet/distance.h on that chunk (in place, parallel over rows). Extra memory
+// beyond the [M, N] output is O((M + N) * D) at most (a float32 copy of non-float32 inputs) plus the
+// two per-row term vectors; no normalised copies, no [M, N] temporaries.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>

@@ -36,30 +36,65 @@ void check_evaluate_inputs(const at::Tensor& distmat, const at::Tensor& q_pids, 
 
 namespace {
 
+// Queries with at most this many matches count ranks with R vectorised passes over the row instead of a
+// binary search per non-match: O(R * G / lanes) without branches beats O(G log R) with them for small R
+// (measured: about 5x on a uniform random Market-1501-sized matrix, R about 17).
+constexpr int64_t kDenseCountMaxMatches = 32;
+
 template <typename T>
 void evaluate_rows(const T* dist, int64_t nq, int64_t ng, const int64_t* qp, const int64_t* gp, const int64_t* qc,
                    const int64_t* gc, double* ap, double* inp, int64_t* first) {
   const double nan = std::numeric_limits<double>::quiet_NaN();
+  // Gallery indices grouped by identity (ascending within an identity): a query's candidates are one
+  // equal range, so collecting its matches costs O(log G + its identity's size), not a scan of the row.
+  std::vector<int64_t> by_pid(static_cast<size_t>(ng));
+  for (int64_t j = 0; j < ng; ++j) by_pid[j] = j;
+  std::stable_sort(by_pid.begin(), by_pid.end(), [gp](int64_t a, int64_t b) { return gp[a] < gp[b]; });
+  std::vector<int64_t> sorted_pids(static_cast<size_t>(ng));
+  for (int64_t k = 0; k < ng; ++k) sorted_pids[k] = gp[by_pid[k]];
   at::parallel_for(0, nq, 1, [&](int64_t b, int64_t e) {
     std::vector<int64_t> matches;
+    std::vector<T> vals;
+    std::vector<T> kept;  // the row with everything but kept non-matches replaced by NaN (never counted)
     std::vector<int64_t> hist;
     for (int64_t q = b; q < e; ++q) {
       const T* row = dist + q * ng;
       const int64_t qpid = qp[q], qcam = qc[q];
       matches.clear();
-      for (int64_t j = 0; j < ng; ++j)
+      const auto range = std::equal_range(sorted_pids.begin(), sorted_pids.end(), qpid);
+      for (auto k = range.first - sorted_pids.begin(); k < range.second - sorted_pids.begin(); ++k) {
+        const int64_t j = by_pid[k];
         if (is_match(gp[j], gc[j], qpid, qcam)) matches.push_back(j);
+      }
       std::sort(matches.begin(), matches.end(),
                 [row](int64_t ja, int64_t jb) { return ranks_before(row[ja], ja, row[jb], jb); });
       const int64_t r = static_cast<int64_t>(matches.size());
+      vals.resize(static_cast<size_t>(r));
+      for (int64_t k = 0; k < r; ++k) vals[k] = row[matches[k]];
       hist.assign(static_cast<size_t>(r), 0);
-      if (r > 0) {
+      if (r > 0 && r <= kDenseCountMaxMatches) {
+        kept.resize(static_cast<size_t>(ng));
+        const T masked = std::numeric_limits<T>::quiet_NaN();
+        for (int64_t j = 0; j < ng; ++j) kept[j] = is_kept_nonmatch(gp[j], qpid) ? row[j] : masked;
+        // before_k: kept non-matches ranked before match k = closer, or equally close at a lower index.
+        int64_t previous = 0;
+        for (int64_t k = 0; k < r; ++k) {
+          const T t = vals[k];
+          const int64_t jk = matches[k];
+          int32_t c = 0;
+          for (int64_t j = 0; j < jk; ++j) c += kept[j] <= t ? 1 : 0;
+          for (int64_t j = jk; j < ng; ++j) c += kept[j] < t ? 1 : 0;
+          hist[k] = c - previous;
+          previous = c;
+        }
+      } else if (r > 0) {
         // Only non-matches ranked before the last match change any rank; one comparison rejects the rest.
         const int64_t jl = matches.back();
-        const T dl = row[jl];
+        const T dl = vals[r - 1];
         for (int64_t j = 0; j < ng; ++j) {
-          if (ranks_before(row[j], j, dl, jl) && is_kept_nonmatch(gp[j], qpid))
-            ++hist[insertion_position(row, matches.data(), r, row[j], j)];
+          const T d = row[j];
+          if (ranks_before(d, j, dl, jl) && is_kept_nonmatch(gp[j], qpid))
+            ++hist[insertion_position(vals.data(), matches.data(), r, d, j)];
         }
       }
       const QueryResult res = finish_query(hist.data(), r, nan);
@@ -70,8 +105,9 @@ void evaluate_rows(const T* dist, int64_t nq, int64_t ng, const int64_t* qp, con
   });
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> evaluate_queries_cpu(const at::Tensor& distmat, const at::Tensor& q_pids,
-                                                                    const at::Tensor& g_pids, const at::Tensor& q_camids,
+std::tuple<at::Tensor, at::Tensor, at::Tensor> evaluate_queries_cpu(const at::Tensor& distmat,
+                                                                    const at::Tensor& q_pids, const at::Tensor& g_pids,
+                                                                    const at::Tensor& q_camids,
                                                                     const at::Tensor& g_camids) {
   check_evaluate_inputs(distmat, q_pids, g_pids, q_camids, g_camids);
   // Half precision widens to float32 exactly, so the ranking is unchanged.

@@ -131,15 +131,16 @@ __global__ void count_matches_kernel(const int64_t* __restrict__ qp, const int64
 }
 
 // One block per query, the four steps of dgnet/evaluation.h. The query's R matches live in
-// global scratch at [offsets[q], offsets[q] + R): unsorted, sorted, and the histogram.
+// global scratch at [offsets[q], offsets[q] + R): unsorted indices, sorted indices and distances, histogram.
 template <typename T>
 __global__ void evaluate_queries_kernel(const T* __restrict__ dist, const int64_t* __restrict__ qp,
                                         const int64_t* __restrict__ gp, const int64_t* __restrict__ qc,
                                         const int64_t* __restrict__ gc, int64_t ng,
                                         const int64_t* __restrict__ counts, const int64_t* __restrict__ offsets,
                                         int32_t* __restrict__ unsorted, int32_t* __restrict__ sorted,
-                                        int32_t* __restrict__ hist, double* __restrict__ ap,
-                                        double* __restrict__ inp, int64_t* __restrict__ first) {
+                                        T* __restrict__ sorted_vals, int32_t* __restrict__ hist,
+                                        double* __restrict__ ap, double* __restrict__ inp,
+                                        int64_t* __restrict__ first) {
   __shared__ int fill;
   const int64_t q = blockIdx.x;
   const T* row = dist + q * ng;
@@ -147,6 +148,7 @@ __global__ void evaluate_queries_kernel(const T* __restrict__ dist, const int64_
   const int64_t r = counts[q], off = offsets[q];
   int32_t* mine = unsorted + off;
   int32_t* order = sorted + off;
+  T* vals = sorted_vals + off;
   int32_t* h = hist + off;
   if (threadIdx.x == 0) fill = 0;
   __syncthreads();
@@ -165,16 +167,17 @@ __global__ void evaluate_queries_kernel(const T* __restrict__ dist, const int64_
       pos += ranks_before(row[jk], jk, da, ja) ? 1 : 0;
     }
     order[pos] = static_cast<int32_t>(ja);
+    vals[pos] = da;
   }
   __syncthreads();
   // 3. Histogram of insertion positions of the non-matches ranked before the last match.
   if (r > 0) {
     const int64_t jl = order[r - 1];
-    const T dl = row[jl];
+    const T dl = vals[r - 1];
     for (int64_t j = threadIdx.x; j < ng; j += blockDim.x) {
       const T d = row[j];
       if (ranks_before(d, j, dl, jl) && is_kept_nonmatch(gp[j], qpid))
-        atomicAdd(&h[insertion_position(row, order, r, d, j)], 1);
+        atomicAdd(&h[insertion_position(vals, order, r, d, j)], 1);
     }
   }
   __syncthreads();
@@ -214,14 +217,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> evaluate_queries_cuda(const at::T
   auto idx_opts = d.options().dtype(at::kInt);
   auto unsorted = at::empty({total}, idx_opts);
   auto sorted = at::empty({total}, idx_opts);
+  auto sorted_vals = at::empty({total}, d.options());
   auto hist = at::zeros({total}, idx_opts);
   AT_DISPATCH_FLOATING_TYPES(d.scalar_type(), "evaluate_queries_cuda", [&] {
     evaluate_queries_kernel<scalar_t><<<static_cast<unsigned>(nq), kThreads, 0, stream>>>(
         d.const_data_ptr<scalar_t>(), qp.const_data_ptr<int64_t>(), gp.const_data_ptr<int64_t>(),
         qc.const_data_ptr<int64_t>(), gc.const_data_ptr<int64_t>(), ng, counts.const_data_ptr<int64_t>(),
         offsets.const_data_ptr<int64_t>(), unsorted.mutable_data_ptr<int32_t>(), sorted.mutable_data_ptr<int32_t>(),
-        hist.mutable_data_ptr<int32_t>(), ap.mutable_data_ptr<double>(), inp.mutable_data_ptr<double>(),
-        first.mutable_data_ptr<int64_t>());
+        sorted_vals.mutable_data_ptr<scalar_t>(), hist.mutable_data_ptr<int32_t>(), ap.mutable_data_ptr<double>(),
+        inp.mutable_data_ptr<double>(), first.mutable_data_ptr<int64_t>());
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return {ap, inp, first};

@@ -1,36 +1,161 @@
-// C++ (LibTorch) tests of the dgnet operators, called through the dispatcher as a C++ user would.
+// C++ (LibTorch) tests of the dgnet operators, called through the dispatcher as a C++ user would,
+// each against a reference computed with plain ATen.
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <string>
+#include <tuple>
+#include <vector>
 
 namespace {
 
 int failures = 0;
 int passes = 0;
 
-void expect(bool ok, const char* what) {
-  std::printf("%s %s\n", ok ? "PASS" : "FAIL", what);
+void expect(bool ok, const std::string& what) {
+  std::printf("%s %s\n", ok ? "PASS" : "FAIL", what.c_str());
   ++(ok ? passes : failures);
 }
 
+// ---- pairwise distance ------------------------------------------------------------------------
+
+auto distance_op() {
+  return c10::Dispatcher::singleton()
+      .findSchemaOrThrow("dgnet::pairwise_distance", "")
+      .typed<at::Tensor(const at::Tensor&, const at::Tensor&, int64_t, int64_t)>();
+}
+
+// Float64 reference from the definitions (difference form, not the GEMM expansion).
+at::Tensor distance_reference(const at::Tensor& x, const at::Tensor& y, int64_t metric) {
+  auto xd = x.to(at::kDouble), yd = y.to(at::kDouble);
+  if (metric == 2) {
+    auto xn = xd / xd.norm(2, {1}, true).clamp_min(1e-12);
+    auto yn = yd / yd.norm(2, {1}, true).clamp_min(1e-12);
+    return (1.0 - at::mm(xn, yn.t())).to(at::kFloat);
+  }
+  auto d = at::cdist(xd, yd, 2.0, /*compute_mode=*/2);  // 2: never use the mm expansion
+  return (metric == 1 ? d.square() : d).to(at::kFloat);
+}
+
 void test_pairwise_distance() {
-  auto op = c10::Dispatcher::singleton()
-                .findSchemaOrThrow("dgnet::pairwise_distance", "")
-                .typed<at::Tensor(const at::Tensor&, const at::Tensor&, int64_t, int64_t)>();
+  auto op = distance_op();
   at::manual_seed(0);
   auto x = at::randn({37, 19});
   auto y = at::randn({53, 19});
-  auto ref = at::cdist(x, y);
-  expect(at::allclose(op.call(x, y, 0, 8), ref, 1e-4, 1e-4), "pairwise_distance euclidean, chunked, vs at::cdist");
-  expect(at::allclose(op.call(x, y, 1, 0), ref.pow(2), 1e-3, 1e-3), "pairwise_distance sqeuclidean vs cdist^2");
+  const char* names[] = {"euclidean", "sqeuclidean", "cosine"};
+  for (int64_t metric = 0; metric < 3; ++metric) {
+    auto ref = distance_reference(x, y, metric);
+    for (int64_t chunk : {0, 1, 8, 36, 100}) {
+      auto out = op.call(x, y, metric, chunk);
+      expect(out.scalar_type() == at::kFloat && out.sizes() == ref.sizes() && at::allclose(out, ref, 1e-5, 4e-4),
+             std::string("pairwise_distance ") + names[metric] + " chunk_rows=" + std::to_string(chunk) +
+                 " vs ATen float64 reference");
+    }
+    // Half-precision inputs are computed in float32: compare with the reference of the rounded values.
+    auto xh = x.to(at::kHalf), yh = y.to(at::kHalf);
+    auto out = op.call(xh, yh, metric, 0);
+    expect(out.scalar_type() == at::kFloat && at::allclose(out, distance_reference(xh, yh, metric), 1e-4, 2e-3),
+           std::string("pairwise_distance ") + names[metric] + " float16 inputs -> float32");
+  }
+  expect(at::allclose(op.call(x, y, 0, 0), at::cdist(x, y), 1e-4, 1e-4), "pairwise_distance euclidean vs at::cdist");
+  auto empty = op.call(x.narrow(0, 0, 0), y, 0, 0);
+  expect(empty.size(0) == 0 && empty.size(1) == 53, "pairwise_distance with no query rows gives [0, N]");
+  bool threw = false;
+  try {
+    op.call(x, y, 7, 0);
+  } catch (const c10::Error&) {
+    threw = true;
+  }
+  expect(threw, "pairwise_distance rejects metric 7");
+}
+
+// ---- evaluation --------------------------------------------------------------------------------
+
+using EvalOp = std::tuple<at::Tensor, at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
+                                                              const at::Tensor&, const at::Tensor&,
+                                                              const at::Tensor&);
+
+// The classic per-query loop with ATen: stable sort of the row, drop same-id-same-camera and junk,
+// AP from the cumulative hit count, first-match rank, INP.
+struct RefQuery {
+  double ap, inp;
+  int64_t first;
+};
+
+std::vector<RefQuery> evaluation_reference(const at::Tensor& dist, const at::Tensor& qp, const at::Tensor& gp,
+                                           const at::Tensor& qc, const at::Tensor& gc) {
+  std::vector<RefQuery> out;
+  for (int64_t q = 0; q < dist.size(0); ++q) {
+    auto order = std::get<1>(at::sort(dist[q], /*stable=*/true, /*dim=*/0, /*descending=*/false));
+    auto pids = gp.index_select(0, order), cams = gc.index_select(0, order);
+    auto keep = ((pids == qp[q]) & (cams == qc[q])).logical_not() & (pids != -1);
+    auto hits = (pids.masked_select(keep) == qp[q]).to(at::kDouble);
+    const double r = hits.sum().item<double>();
+    if (r == 0) {
+      out.push_back({NAN, NAN, 0});
+      continue;
+    }
+    auto ranks = at::arange(1, hits.size(0) + 1, hits.options());
+    const double ap = (hits.cumsum(0) / ranks * hits).sum().item<double>() / r;
+    auto hit_pos = hits.nonzero().flatten();
+    const int64_t first = hit_pos[0].item<int64_t>() + 1;
+    const int64_t last = hit_pos[-1].item<int64_t>() + 1;
+    out.push_back({ap, r / static_cast<double>(last), first});
+  }
+  return out;
+}
+
+bool same(double a, double b) { return (std::isnan(a) && std::isnan(b)) || std::fabs(a - b) <= 1e-12; }
+
+void check_evaluation(const at::Tensor& dist, const at::Tensor& qp, const at::Tensor& gp, const at::Tensor& qc,
+                      const at::Tensor& gc, const std::string& what) {
+  auto op = c10::Dispatcher::singleton().findSchemaOrThrow("dgnet::evaluate_queries", "").typed<EvalOp>();
+  auto [ap, inp, first] = op.call(dist, qp, gp, qc, gc);
+  auto ref = evaluation_reference(dist, qp, gp, qc, gc);
+  bool ok = ap.scalar_type() == at::kDouble && first.scalar_type() == at::kLong;
+  int valid = 0;
+  for (int64_t q = 0; q < dist.size(0); ++q) {
+    ok = ok && same(ap[q].item<double>(), ref[q].ap) && same(inp[q].item<double>(), ref[q].inp) &&
+         first[q].item<int64_t>() == ref[q].first;
+    valid += ref[q].first > 0;
+  }
+  expect(ok && valid > 0 && valid < dist.size(0), "evaluate_queries " + what + " vs ATen stable-sort loop (" +
+                                                      std::to_string(valid) + " valid queries)");
+}
+
+void test_evaluation() {
+  at::manual_seed(1);
+  const int64_t nq = 30, ng = 400;
+  auto gp = at::randint(0, 20, {ng}, at::kLong);
+  gp.masked_fill_(at::rand({ng}) < 0.08, -1);  // junk
+  auto qp = at::randint(1, 25, {nq}, at::kLong);  // ids 20..24 have no gallery images
+  auto qc = at::randint(0, 4, {nq}, at::kLong), gc = at::randint(0, 4, {ng}, at::kLong);
+  check_evaluation(at::rand({nq, ng}), qp, gp, qc, gc, "float32");
+  check_evaluation(at::rand({nq, ng}, at::kDouble), qp, gp, qc, gc, "float64");
+  check_evaluation(at::randint(0, 5, {nq, ng}).to(at::kFloat), qp, gp, qc, gc, "with many ties");
+  // One identity with hundreds of images: the binary-search path (more matches than the dense path takes).
+  auto gp_big = gp.clone(), qp_big = qp.clone();
+  gp_big.narrow(0, 0, 300).fill_(3);
+  qp_big.narrow(0, 0, 4).fill_(3);
+  check_evaluation(at::rand({nq, ng}), qp_big, gp_big, qc, gc, "with hundreds of matches per query");
+  bool threw = false;
+  try {
+    auto op = c10::Dispatcher::singleton().findSchemaOrThrow("dgnet::evaluate_queries", "").typed<EvalOp>();
+    op.call(at::rand({nq, ng}), qp.narrow(0, 0, 3), gp, qc, gc);
+  } catch (const c10::Error&) {
+    threw = true;
+  }
+  expect(threw, "evaluate_queries rejects q_pids of the wrong length");
 }
 
 }  // namespace
 
 int main() {
   test_pairwise_distance();
+  test_evaluation();
   std::printf("%d passed, %d failed\n", passes, failures);
   return failures == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
 }

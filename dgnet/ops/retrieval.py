@@ -66,8 +66,9 @@ def pairwise_distance(
         y: ``[N, D]`` gallery features, same device as ``x``.
         metric: ``"euclidean"`` (``||x - y||``), ``"sqeuclidean"`` (``||x - y||^2``) or ``"cosine"``
             (``1 - <x, y> / (||x|| ||y||)``; a zero vector has distance 1 to everything).
-        chunk_rows: rows of ``x`` per GEMM call; ``None`` picks it from a memory budget (a few MiB of
-            output per chunk on CPU, so the epilogue runs in cache).
+        chunk_rows: rows of ``x`` per GEMM call; ``None`` picks it from a budget of output bytes per call
+            (128 MiB on CPU, 1 GiB on CUDA, at least 256 rows; see csrc/include/dgnet/distance.h). The GEMM
+            writes straight into the output, so the chunk bounds one call's size, not the extra memory.
 
     Returns:
         float32 ``[M, N]`` on the inputs' device.

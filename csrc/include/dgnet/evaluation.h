@@ -9,7 +9,7 @@
 // i-th match (0-based) is 1 + i + (number of non-matches ordered before it), and each non-match
 // contributes to a suffix of the sorted matches, found by binary search. A kernel therefore
 //   1. collects the matches of the query (R of them, usually a few dozen),
-//   2. sorts them by (distance, index),
+//   2. sorts them by (distance, index), keeping their distances and indices side by side,
 //   3. counts, for each non-match ordered before the last match, its insertion position p into a
 //      histogram hist[p] (p in [0, R)),
 //   4. turns the histogram into ranks and the ranks into AP, first-match rank and INP (finish_query).
@@ -34,19 +34,17 @@ DGNET_HD bool ranks_before(T da, int64_t ja, T db, int64_t jb) {
   return da < db || (da == db && ja < jb);
 }
 
-// Number of sorted matches that gallery entry (d, j) is ranked after, i.e. its insertion position
-// into `sorted_idx[0:r]` (indices of the matches sorted by (row[idx], idx)).
+// Number of sorted matches that gallery entry (d, j) is ranked after, i.e. its insertion position into
+// the matches sorted by (distance, index), given as their distances `vals[0:r]` and indices `idx[0:r]`.
+// Written without data-dependent branches (select instead of if) so that consecutive searches overlap.
 template <typename T, typename I>
-DGNET_HD int64_t insertion_position(const T* row, const I* sorted_idx, int64_t r, T d, int64_t j) {
-  int64_t lo = 0, hi = r;
-  while (lo < hi) {
-    const int64_t mid = (lo + hi) / 2;
-    const int64_t jm = static_cast<int64_t>(sorted_idx[mid]);
-    if (ranks_before(row[jm], jm, d, j)) {
-      lo = mid + 1;
-    } else {
-      hi = mid;
-    }
+DGNET_HD int64_t insertion_position(const T* vals, const I* idx, int64_t r, T d, int64_t j) {
+  int64_t lo = 0, n = r;
+  while (n > 0) {
+    const int64_t half = n / 2;
+    const bool after = ranks_before(vals[lo + half], static_cast<int64_t>(idx[lo + half]), d, j);
+    lo = after ? lo + half + 1 : lo;
+    n = after ? n - half - 1 : half;
   }
   return lo;
 }
