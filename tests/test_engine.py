@@ -236,6 +236,22 @@ def test_bf16_autocast_step_is_finite():
     assert all(out[k] == out[k] for k in GEN_TERMS)
 
 
+@pytest.mark.slow  # fp16 convolutions have no fast CPU kernels: ~30 s even at 32x16
+def test_fp16_gradscaler_step_cpu():
+    """fp16 autocast with one GradScaler shared by the three optimisers: finite losses, parameters move
+    when no overflow was found, and the scale is updated once per iteration."""
+    cfg = _cfg()
+    model, teacher, opts = _build(cfg)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**6, growth_interval=1)
+    before = model.Es.model[0].conv.weight.detach().clone()
+    out = dgnet_step(model, teacher, opts, _batch(1, SMALL), _batch(2, SMALL), 3, cfg, scaler, torch.float16)
+    assert all(out[k] == out[k] for k in GEN_TERMS)
+    # growth_interval=1: a clean iteration doubles the scale, an overflow halves it; either way one update
+    assert scaler.get_scale() in (2.0**5, 2.0**7)
+    if scaler.get_scale() == 2.0**7:
+        assert not torch.equal(before, model.Es.model[0].conv.weight)
+
+
 def test_bad_batches():
     cfg = _cfg()
     model, teacher, opts = _build(cfg)
