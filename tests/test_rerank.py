@@ -87,6 +87,18 @@ def test_re_ranking_accepts_non_contiguous_inputs():
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)
 
 
+def test_re_ranking_asymmetric_blocks_follow_classic_normalisation():
+    # The classic code divides each column of the block matrix by its maximum and transposes; with
+    # asymmetric q_q / g_g (e.g. a learned, non-symmetric distance) that is not a row normalisation.
+    rng = np.random.default_rng(7)
+    qg, qq, gg = (rng.uniform(0.1, 2.0, size=s) for s in ((9, 31), (9, 9), (31, 31)))
+    np.fill_diagonal(qq, 0.0)
+    np.fill_diagonal(gg, 0.0)
+    for k1, k2 in ((6, 3), (12, 1)):
+        np.testing.assert_allclose(re_ranking(qg, qq, gg, k1=k1, k2=k2),
+                                   re_ranking_reference(qg, qq, gg, k1=k1, k2=k2), rtol=0, atol=ATOL)
+
+
 # ---------------------------------------------------------------------------------------------
 # re_ranking_features == re_ranking of the same features' distances
 # ---------------------------------------------------------------------------------------------
@@ -137,6 +149,8 @@ def test_expand_small_hand_case():
     [
         ("rerank_knn", lambda x: (x, 0, 5, 8)),
         ("rerank_expand", lambda x: (torch.ops.dgnet.rerank_knn(x, 0, 5, 8)[0], 4)),
+        ("rerank_dense_knn", lambda x: (torch.cdist(x[:5], x[5:]), torch.cdist(x[:5], x[:5]),
+                                        torch.cdist(x[5:], x[5:]), 6)),
     ],
 )
 def test_opcheck(op, args):
