@@ -190,7 +190,7 @@ def _adain_bwd_kernel(
 
 
 def _warp_configs() -> list[triton.Config]:
-    return [triton.Config({}, num_warps=w) for w in (2, 4, 8, 16)]
+    return [triton.Config({}, num_warps=w) for w in (4, 8, 16)]
 
 
 # Autotuned twins for the GPU. BLOCK follows from the row length, so only the warp count is tuned,
@@ -204,11 +204,14 @@ def _block(hw: int) -> tuple[int, bool]:
     return block, hw <= block
 
 
-def _launch(kernel, tuned, grid, *args, **meta) -> None:
+def _launch(kernel, tuned, grid, traced, *args, **meta) -> None:
+    # traced: called from the triton_op body, where wrap_triton lets torch.compile capture the launch;
+    # eager callers launch directly and skip that layer's per-call cost.
     if INTERPRET:
-        torch.library.wrap_triton(kernel)[grid](*args, **meta, num_warps=4)
+        kernel, meta = kernel, {**meta, "num_warps": 4}
     else:
-        torch.library.wrap_triton(tuned)[grid](*args, **meta)
+        kernel = tuned
+    (torch.library.wrap_triton(kernel) if traced else kernel)[grid](*args, **meta)
 
 
 def adain_forward(
@@ -219,11 +222,13 @@ def adain_forward(
     activation: int,
     eps: float,
     negative_slope: float,
+    traced: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Launch the forward. ``x`` ``(N, C, H, W)``; ``scale``, ``bias`` ``(N, C)``; ``residual`` like x or None.
 
     Returns ``y`` (contiguous, x's dtype) and the float32 ``(N, C)`` ``mean`` and ``rstd``.
-    Tensors are on one CUDA device, or on the CPU under ``TRITON_INTERPRET=1``.
+    Tensors are on one CUDA device, or on the CPU under ``TRITON_INTERPRET=1``. ``traced=True`` (inside
+    a ``triton_op``) launches through ``torch.library.wrap_triton``; eager callers pass False.
     """
     n, c, h, w = x.shape
     hw = h * w
@@ -234,7 +239,7 @@ def adain_forward(
     res = residual.to(x.dtype).contiguous() if residual is not None else xc
     block, one_block = _block(hw)
     _launch(
-        _adain_fwd_kernel, _adain_fwd_tuned, (n * c,),
+        _adain_fwd_kernel, _adain_fwd_tuned, (n * c,), traced,
         xc, scale.contiguous(), bias.contiguous(), res, y, mean, rstd, hw, eps, negative_slope,
         ACT=activation, HAS_RES=residual is not None, BLOCK=block, ONE_BLOCK=one_block,
     )
@@ -250,6 +255,7 @@ def adain_backward(
     rstd: torch.Tensor,
     activation: int,
     negative_slope: float,
+    traced: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Launch the backward. Returns ``grad_x`` (contiguous, x's dtype), ``grad_scale`` and ``grad_bias``
     (``(N, C)`` in scale's and bias's dtypes). ``mean`` and ``rstd`` are the forward's float32 outputs."""
@@ -261,7 +267,7 @@ def adain_backward(
     dbias = torch.empty_like(dscale)
     block, one_block = _block(hw)
     _launch(
-        _adain_bwd_kernel, _adain_bwd_tuned, (n * c,),
+        _adain_bwd_kernel, _adain_bwd_tuned, (n * c,), traced,
         grad_y.to(x.dtype).contiguous(), xc, scale.contiguous(), bias.contiguous(),
         mean.contiguous(), rstd.contiguous(), dx, dscale, dbias, hw, negative_slope,
         ACT=activation, BLOCK=block, ONE_BLOCK=one_block,

@@ -169,6 +169,13 @@ def test_triton_interpreted_matches_reference(shape, activation, residual):
 
 
 @needs_interpreter
+def test_triton_interpreted_through_the_op(monkeypatch):
+    """Eager calls use an autograd.Function; this checks the triton_op path torch.compile takes."""
+    monkeypatch.setattr(adain_module, "_EAGER_AUTOGRAD_FUNCTION", False)
+    check_against_reference("triton", *make_inputs((2, 3, 5, 7)), "lrelu")
+
+
+@needs_interpreter
 def test_triton_interpreted_looped_path_and_constant_rows(monkeypatch):
     from dgnet.kernels import adain as kernels
 
@@ -252,11 +259,17 @@ GPU_SHAPES = [(1, 1, 1, 1), (2, 3, 5, 7), (8, 128, 64, 32), (4, 128, 128, 64), (
 @pytest.mark.gpu
 @pytest.mark.parametrize("shape", GPU_SHAPES, ids=lambda s: "x".join(map(str, s)))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
-@pytest.mark.parametrize("activation", ACTS)
-@pytest.mark.parametrize("residual", [False, True], ids=["plain", "residual"])
+@pytest.mark.parametrize("activation,residual", [("lrelu", False), (None, True), ("relu", True)], ids=str)
 def test_triton_gpu_matches_reference(shape, dtype, activation, residual):
     inputs = make_inputs(shape, dtype=dtype, device="cuda", residual=residual, constant_rows=shape[1] == 3)
     check_against_reference("triton", *inputs, activation)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_triton_gpu_through_the_op(monkeypatch, dtype):
+    monkeypatch.setattr(adain_module, "_EAGER_AUTOGRAD_FUNCTION", False)
+    check_against_reference("triton", *make_inputs((2, 128, 64, 32), dtype=dtype, device="cuda"), "relu")
 
 
 @pytest.mark.gpu
@@ -283,7 +296,8 @@ def test_triton_gpu_under_torch_compile(fused_mode):
     want = forward_backward(lambda x, s, b, residual: block(x, s, b), x, scale, bias, None, dy)
     got = forward_backward(lambda x, s, b, residual: compiled(x, s, b), x, scale, bias, None, dy)
     for name, w, g in zip(NAMES, want, got, strict=False):
-        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5, msg=name)
+        # Inductor autotunes the kernels itself: another warp count sums rows in another order.
+        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-4 * max(1.0, w.abs().max().item()), msg=name)
 
 
 @pytest.mark.gpu
