@@ -13,7 +13,8 @@ import torch.nn.functional as F
 import dgnet.models.decoder as decoder_mod
 from dgnet.config import ModelConfig
 from dgnet.models import DGNet, ReidBaseline, build_backbone, frozen, gray
-from dgnet.models.layers import LayerNorm, reflect_pad
+from dgnet.models.layers import LayerNorm, reflect_pad, upsample_conv5, upsample_conv5_reference
+from dgnet.ops import set_fused
 
 
 @pytest.fixture(autouse=True)
@@ -306,3 +307,33 @@ def test_imagenet_from_cache(tmp_path, monkeypatch):
 def test_dgnet_bad_num_ids():
     with pytest.raises(ValueError, match="num_ids=0"):
         DGNet(_cfg("resnet18"), 0)
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 2, 2), (1, 4, 3, 2), (2, 5, 7, 5), (1, 2, 1, 4)])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_upsample_conv5_matches_reference(shape, with_bias):
+    torch.manual_seed(0)
+    x = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(3, shape[1], 5, 5, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(3, dtype=torch.float64, requires_grad=True) if with_bias else None
+    ref = upsample_conv5_reference(x, w, b)
+    out = upsample_conv5(x, w, b)
+    assert out.shape == (shape[0], 3, 2 * shape[2], 2 * shape[3])
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+    g = torch.randn_like(ref)
+    inputs = (x, w) + ((b,) if with_bias else ())
+    for a, e in zip(torch.autograd.grad(out, inputs, g), torch.autograd.grad(ref, inputs, g), strict=True):
+        torch.testing.assert_close(a, e, rtol=1e-12, atol=1e-12)
+
+
+@torch.no_grad()
+def test_decoder_fused_matches_plain(net18):
+    s = torch.randn(2, 128, 16, 8)
+    f = torch.randn(2, net18.G.slice_dim * 4)
+    plain = net18.G(s, f)
+    set_fused(True)
+    try:
+        fast = net18.G(s, f)
+    finally:
+        set_fused(False)
+    torch.testing.assert_close(fast, plain, rtol=1e-4, atol=1e-4)

@@ -7,8 +7,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from dgnet.config import ModelConfig
-from dgnet.models.layers import LRELU_SLOPE, ConvBlock, init_kaiming_fan_in, reflect_pad
-from dgnet.ops import adain
+from dgnet.models.layers import LRELU_SLOPE, ConvBlock, init_kaiming_fan_in, reflect_pad, upsample_conv5
+from dgnet.ops import adain, fused_enabled
 
 
 class MLP(nn.Module):
@@ -54,7 +54,9 @@ class Decoder(nn.Module):
       ``slice -> 512 -> 512 -> 2 * 128``; the concatenated outputs are handed out 128 per AdaIN layer in module
       order, so slice k drives residual block k (its two AdaIN layers). Used directly as scale and bias.
     - 4 AdaIN residual blocks at 128; twice [nearest x2 upsample, conv5x5 halving channels, LayerNorm, lrelu];
-      conv3x3 32->32 lrelu, conv3x3 32->32 lrelu, conv1x1 32->3.
+      conv3x3 32->32 lrelu, conv3x3 32->32 lrelu, conv1x1 32->3. Under ``--fused`` (``dgnet.ops.set_fused``)
+      each upsample + conv5x5 runs as ``layers.upsample_conv5`` (folded 3x3 phase kernels at the input
+      resolution; the plain twin ``upsample_conv5_reference``), with the same parameters.
     Init: the reference's kaiming (fan_in) on convs and linears, zero biases; LayerNorm gamma U(0,1), beta 0.
     """
 
@@ -94,4 +96,17 @@ class Decoder(nn.Module):
         x = s
         for k, block in enumerate(self.blocks):
             x = block(x, w[2 * k], b[2 * k], w[2 * k + 1], b[2 * k + 1])
-        return self.up(x)
+        if not fused_enabled():
+            return self.up(x)
+        # --fused: each [upsample, conv5x5 block] pair runs as the folded upsample_conv5 (same parameters).
+        mods = list(self.up)
+        i = 0
+        while i < len(mods):
+            if isinstance(mods[i], nn.Upsample):
+                blk = mods[i + 1]
+                x = blk.finish(upsample_conv5(x, blk.conv.weight, blk.conv.bias))
+                i += 2
+            else:
+                x = mods[i](x)
+                i += 1
+        return x
