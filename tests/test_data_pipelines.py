@@ -12,14 +12,15 @@ import numpy as np
 import pytest
 import torch
 
-from dgnet.data import load_dataset, resolve_backend, test_stream, train_stream
+from dgnet.data import dali_status, load_dataset, resolve_backend, test_stream, train_stream
 from dgnet.data import synthetic as syn
 from dgnet.data.transforms import IMAGENET_MEAN, IMAGENET_STD, apply_erasing, pad_crop
 
 ONE_LEVEL = 1 / 255 / min(IMAGENET_STD)
 RESIZED = 2 * ONE_LEVEL + 1e-5
 KEYS = {"image", "positive", "image_erased", "positive_erased", "pid", "camid", "index"}
-dali = pytest.importorskip("nvidia.dali", reason="DALI is not installed")
+needs_dali = pytest.mark.skipif(not dali_status()[0], reason=f"DALI unavailable: {dali_status()[1]}")
+BACKENDS = ["torch", pytest.param("dali", marks=needs_dali)]
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +45,7 @@ def assert_batches_close(a, b, atol):
             torch.testing.assert_close(a[k], b[k], atol=atol, rtol=0, msg=k)
 
 
+@needs_dali
 @pytest.mark.parametrize("size,atol", [((64, 32), 1e-5), ((128, 64), RESIZED)])
 @pytest.mark.parametrize("augment", [False, True])
 def test_dali_cpu_matches_torch(ds, size, atol, augment):
@@ -56,6 +58,7 @@ def test_dali_cpu_matches_torch(ds, size, atol, augment):
         assert x["image"].dtype == torch.float32 and x["image"].shape == (6, 3, *size)
 
 
+@needs_dali
 def test_values_are_the_transform(ds):
     # augment off and native size: the image is exactly the normalised file
     from PIL import Image
@@ -69,7 +72,7 @@ def test_values_are_the_transform(ds):
         assert ds.train[int(idx)].pid == int(pid)
 
 
-@pytest.mark.parametrize("backend", ["torch", "dali"])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_flip_and_erasing_rates(ds, backend):
     # pad 0 (no crop shift): each augmented image is the plain image or its mirror, and erasing zeroes a box
     kw = dict(batch_size=8, size=(64, 32), seed=11, pad=0, workers=0 if backend == "torch" else 1)
@@ -97,7 +100,7 @@ def test_flip_and_erasing_rates(ds, backend):
     assert 0.3 < erased / n < 0.7
 
 
-@pytest.mark.parametrize("backend", ["torch", "dali"])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_resume_is_exact(ds, backend):
     kw = dict(backend=backend, batch_size=8, size=(64, 32), seed=5, workers=0 if backend == "torch" else 1)
     s = train_stream(ds.train, **kw)
@@ -133,7 +136,7 @@ def test_pk_stream(ds):
     assert b["pid"].view(2, 4).unique(dim=1).shape[1] == 1 and b["pid"][0] != b["pid"][4]
 
 
-@pytest.mark.parametrize("backend", ["torch", "dali"])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_test_stream(ds, backend):
     s = test_stream(ds.gallery, backend=backend, batch_size=16, size=(128, 64), workers=0 if backend == "torch" else 1)
     batches = list(s)
@@ -145,6 +148,7 @@ def test_test_stream(ds, backend):
     assert len(list(s)) == len(batches)  # re-iterable
 
 
+@needs_dali
 def test_test_stream_backends_agree(ds):
     a = list(test_stream(ds.query, backend="torch", batch_size=5, size=(128, 64), workers=0))
     b = list(test_stream(ds.query, backend="dali", batch_size=5, size=(128, 64), workers=1))
@@ -164,11 +168,15 @@ def test_bad_input(ds):
         resolve_backend("pil", "cpu")
 
 
-def test_resolve_backend(monkeypatch, caplog):
-    from dgnet.data import streams
-
+@needs_dali
+def test_auto_picks_dali_on_cpu():
     assert resolve_backend("auto", "cpu") == "dali"  # DALI's CPU graph works without a GPU
     assert resolve_backend("torch", "cpu") == "torch"
+
+
+def test_unavailable_dali_is_said_once(monkeypatch, caplog):
+    from dgnet.data import streams
+
     monkeypatch.setattr(streams, "dali_status", lambda: (False, "ImportError: no DALI"))
     monkeypatch.setattr(streams, "_said", set())
     with caplog.at_level(logging.WARNING, logger="dgnet.data"):
@@ -193,6 +201,7 @@ def test_erasing_and_pad_crop_reference():
             assert torch.equal(pad_crop(img, (oy, ox), 2).float(), padded[:, oy : oy + 4, ox : ox + 5])
 
 
+@needs_dali
 @pytest.mark.gpu
 @pytest.mark.parametrize("augment", [False, True])
 def test_dali_gpu_matches_torch(ds, augment):
@@ -207,6 +216,7 @@ def test_dali_gpu_matches_torch(ds, augment):
                               "positive_erased": y["positive_erased"]}, y, 0)
 
 
+@needs_dali
 @pytest.mark.gpu
 def test_dali_gpu_test_stream(ds):
     a = list(test_stream(ds.gallery, backend="torch", batch_size=32, size=(128, 64), device="cuda"))

@@ -9,6 +9,7 @@ on how many workers there are or when they finish.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -75,6 +76,16 @@ def _worker_init(_: int) -> None:
     torch.set_num_threads(1)  # one decode per worker at a time; threads would fight over the cores
 
 
+def _start_method() -> str:
+    """``fork`` (fast: workers inherit the imported modules) unless DALI is loaded in this process.
+
+    DALI pipelines run native thread pools; forking a process that has them can leave a worker holding
+    a lock nobody will release (seen as a hang in the worker's tensor hand-over). ``forkserver`` forks
+    workers from a clean helper process instead, at the price of importing torch in each worker.
+    """
+    return "forkserver" if "nvidia.dali" in sys.modules else "fork"
+
+
 def make_loader(samples: Sequence[Sample], plans: Iterator[dict], size, pad: int, workers: int, pin: bool):
     """A DataLoader over ``plans`` (an iterator of batch plans, possibly infinite) yielding uint8 batches."""
     return DataLoader(
@@ -85,5 +96,6 @@ def make_loader(samples: Sequence[Sample], plans: Iterator[dict], size, pad: int
         pin_memory=pin,
         worker_init_fn=_worker_init if workers else None,
         prefetch_factor=2 if workers else None,
+        multiprocessing_context=_start_method() if workers else None,
         persistent_workers=False,
     )
