@@ -132,3 +132,42 @@ def test_train_step_cpu_demo(benchmark, one_thread, fused):
 def test_train_step_gpu_spec(benchmark, fused, amp):
     dtype = torch.bfloat16 if amp == "bf16" else None
     _run(benchmark, "resnet50", 256, 128, 8, "cuda", fused, dtype, rounds=10)
+
+
+# The decoder's folded upsample + conv5x5 (its --fused path) against its plain twin, forward + backward.
+UPCONV_SHAPES = {  # (N, C_in, H, W) of the conv input, C_out; N = 6 decodes x batch
+    "demo_up1": ((24, 128, 16, 8), 64),
+    "demo_up2": ((24, 64, 32, 16), 32),
+    "spec_up2": ((8, 64, 128, 64), 32),
+}
+
+
+@pytest.mark.parametrize("shape", list(UPCONV_SHAPES))
+@pytest.mark.parametrize("fast", [False, True], ids=["plain", "folded"])
+def test_upsample_conv5_cpu(benchmark, one_thread, shape, fast):
+    from dgnet.models.layers import upsample_conv5, upsample_conv5_reference
+
+    (n, c, h, w), co = UPCONV_SHAPES[shape]
+    torch.manual_seed(0)
+    x = torch.randn(n, c, h, w, requires_grad=True)
+    wt = torch.randn(co, c, 5, 5, requires_grad=True)
+    b = torch.randn(co, requires_grad=True)
+    fn = upsample_conv5 if fast else upsample_conv5_reference
+
+    def run():
+        fn(x, wt, b).sum().backward()
+
+    run()
+    benchmark.pedantic(run, rounds=5, iterations=1)
+    mean = benchmark.stats.stats.mean
+    benchmark.extra_info.update(
+        machine=f"{_cpu_name()} ({torch.get_num_threads()} threads)",
+        torch=torch.__version__,
+        input=f"{n}x{c}x{h}x{w}",
+        out_channels=co,
+    )
+    key = ("upsample_conv5", shape)
+    _MEANS.setdefault(key, {})[fast] = mean
+    if len(_MEANS[key]) == 2:
+        m = _MEANS[key]
+        print(f"\n{shape}: folded/plain time ratio {m[True] / m[False]:.3f} (speed-up {m[False] / m[True]:.2f}x)")
