@@ -1,4 +1,18 @@
-"""DGNet: Ea, Es, G and D composed, plus the frozen-copy context the training step needs."""
+"""DGNet: Ea, Es, G and D composed, plus the frozen-copy context the training step needs.
+
+Readings of the spec where it is silent or ambiguous (each follows the reference implementation):
+- Structure code: 128 x H/4 x W/4 (the spec's 128x64x32 at 256x128: two stride-2 convs in Es, two x2
+  upsamples in G).
+- ASPP branches: every conv of the four branches has IN + LeakyReLU like the rest of Es; only the fusing 1x1
+  conv has IN and no activation.
+- Convs carry biases; Es, G and the AdaIN MLPs use the reference's ``kaiming`` init (normal, fan_in, zero
+  biases); D uses N(0, 0.02) with zero biases.
+- LayerNorm: ``(x - mean) / (std + eps)`` with the unbiased std, eps 1e-5 (MUNIT's LayerNorm).
+- Re-id heads: BatchNorm1d weight N(1, 0.02), bias 0.
+- ResNet-18 (demo only): 512 trunk channels, appearance code 2048, AdaIN MLP slices 512 wide.
+- Reflect padding wider than a map (only at sizes below the spec's, e.g. the ASPP's dilation 9 on a 16x8
+  code) mirrors repeatedly instead of failing.
+"""
 
 from __future__ import annotations
 
