@@ -137,6 +137,24 @@ def test_gradient_routing_per_term(live):
     assert _reached(dis["loss_dis_r1"], groups) == {"D"}
 
 
+def test_gradient_routing_under_bf16_autocast():
+    """Autocast caches low-precision weight casts; the frozen copies must not pick up cached casts that
+    carry gradient to the live weights."""
+    cfg = _cfg(structure_live_p=0.0)
+    model, teacher, _ = _build(cfg)
+    model.train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fwd = shared_forward(model, _batch(1, SMALL), _batch(2, SMALL))
+        model.D.requires_grad_(False)
+        terms, _, _ = generator_losses(model, teacher, fwd, ramp_weights(5, cfg.loss), cfg)
+    groups = _groups(model, teacher)
+    assert _reached(terms["loss_gen_recon_id"], groups) == {"G", "Es"}
+    assert _reached(terms["loss_gen_recon_s"], groups) == {"G", "Es"}
+    assert _reached(terms["loss_teacher"], groups) == {"Ea_backbone", "Ea_primary"}
+    assert _reached(terms["loss_gen_adv"], groups) == {"G", "Es"}
+    model.D.requires_grad_(True)
+
+
 def test_appearance_code_gradient_when_not_detached():
     """The deviation switch: with a live code, the reconstruction also trains Ea's backbone."""
     cfg = _cfg()

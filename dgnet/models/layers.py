@@ -151,6 +151,17 @@ _FOLD = (
 )
 
 
+_FOLD_CACHE: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}
+
+
+def _fold(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    # cached per device: building it from a Python list each call would be a host-to-device copy per forward
+    key = (dtype, device)
+    if key not in _FOLD_CACHE:
+        _FOLD_CACHE[key] = torch.tensor(_FOLD, dtype=dtype, device=device)
+    return _FOLD_CACHE[key]
+
+
 def upsample_conv5_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """Plain twin: ``conv2d(reflect_pad(upsample_nearest_x2(x), 2), weight, bias)``.
 
@@ -177,7 +188,7 @@ def upsample_conv5(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
     if h < 2 or w < 2:
         return upsample_conv5_reference(x, weight, bias)
     co = weight.shape[0]
-    fold = torch.tensor(_FOLD, dtype=weight.dtype, device=weight.device)
+    fold = _fold(weight.dtype, weight.device)
     # k[o, py, px, c, i, j] = sum_{d, e} fold[py, i, d] * weight[o, c, d, e] * fold[px, j, e]
     k = torch.einsum("pid,ocde,qje->opqcij", fold, weight, fold).reshape(co * 4, c, 3, 3)
     z = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), k, None if bias is None else bias.repeat_interleave(4))
