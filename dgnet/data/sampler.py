@@ -115,7 +115,7 @@ class TrainSampler:
         uniq, starts = np.unique(self.pids[order], return_index=True)
         bounds = np.append(starts, len(order))
         self._members = {int(p): order[bounds[i] : bounds[i + 1]] for i, p in enumerate(uniq)}
-        self._epoch_cache: tuple[int, np.ndarray] | None = None
+        self._epoch_cache: dict[int, np.ndarray] = {}
         if self.batches_per_epoch(0) == 0:
             raise ValueError(
                 f"train sampler: {len(self.pids)} images over {len(uniq)} identities make no {mode} batch of "
@@ -126,8 +126,8 @@ class TrainSampler:
 
     def _global_epoch(self, epoch: int) -> np.ndarray:
         """``[num_batches * world_size, batch_size]`` sample indices of an epoch, all ranks (rank-major per step)."""
-        if self._epoch_cache is not None and self._epoch_cache[0] == epoch:
-            return self._epoch_cache[1]
+        if epoch in self._epoch_cache:
+            return self._epoch_cache[epoch]
         rng = np.random.default_rng([self.seed, epoch, 0x0DE7])
         B, W = self.batch_size, self.world_size
         if self.mode == "pairs":
@@ -161,7 +161,9 @@ class TrainSampler:
                         current, used = [], set()
             n = (len(batches) // W) * W
             out = np.stack(batches[:n]) if n else np.zeros((0, B), np.int64)
-        self._epoch_cache = (epoch, out)
+        # two epochs: the prefetching plan iterator runs ahead of the consumer across an epoch boundary
+        self._epoch_cache = {e: v for e, v in self._epoch_cache.items() if e >= epoch - 1}
+        self._epoch_cache[epoch] = out
         return out
 
     def batches_per_epoch(self, epoch: int = 0) -> int:
