@@ -9,8 +9,10 @@ forward reads x (and the residual) and writes y; backward reads dy and x and wri
 gradient is dy itself). The fused/eager and fused/compiled speed-ups are printed and stored in the
 fused row's ``extra_info``, together with the machine, versions and sizes.
 
-    .venv/bin/python -m pytest benchmarks/bench_adain.py -p no:cacheprovider -s          # CPU
+    OMP_NUM_THREADS=1 .venv/bin/python -m pytest benchmarks/bench_adain.py -p no:cacheprovider -s   # CPU
     python3 -m pytest -m gpu benchmarks/bench_adain.py -p no:cacheprovider -s            # GPU
+On a shared, oversubscribed CPU, OpenMP threads stall each other (even a copy ran 50x slower with
+2 threads than with 1 at load 7 on 2 cores): pin OMP_NUM_THREADS there; ``extra_info`` records it.
 Targets: CPU >= 2x eager; H100 >= 2.5x eager for forward + backward and >= 70% of 3.35 TB/s.
 """
 
@@ -24,7 +26,14 @@ import torch
 
 from dgnet.ops import adain, adain_reference
 
-CONFIGS = {"lrelu": dict(activation="lrelu", residual=False), "residual": dict(activation=None, residual=True)}
+CONFIGS = {
+    "lrelu": dict(activation="lrelu", residual=False),
+    "residual": dict(activation=None, residual=True),
+    # The decoder's four residual blocks without their convolutions: 8 AdaIN steps, lrelu then
+    # residual, one backward. A backward through the autograd engine has a fixed host cost (on the
+    # H100 machine about 0.6 ms, with eager as with fused) that this amortises as training does.
+    "blocks4": dict(activation="lrelu", residual=True),
+}
 MODES = ("fwd", "fwd+bwd")
 IMPLS = ("eager", "compiled", "fused")  # fused last: its row computes the ratios
 # CPU sizes keep the file under about two minutes on a 2-core machine; torch.compile (minutes of
@@ -58,9 +67,12 @@ def machine(device: str) -> dict:
     return info
 
 
-def fused_bytes(shape, dtype, residual: bool, mode: str) -> int:
+def fused_bytes(shape, dtype, config: str, mode: str) -> int:
     numel = shape[0] * shape[1] * shape[2] * shape[3]
-    passes = 2 + residual + (3 if mode == "fwd+bwd" else 0)
+    if config == "blocks4":  # per block: forward 2 + 3 passes, backward 3 + 3
+        passes = 4 * (5 + (6 if mode == "fwd+bwd" else 0))
+    else:
+        passes = 2 + CONFIGS[config]["residual"] + (3 if mode == "fwd+bwd" else 0)
     return passes * numel * torch.empty((), dtype=dtype).element_size()
 
 
@@ -80,14 +92,25 @@ def make_step(impl: str, device: str, shape, dtype, config: str, mode: str):
 
     if impl == "fused":
         backend = "triton" if device == "cuda" else "cpu"
-        fn = lambda: adain(x, scale, bias, res, act, backend=backend)
-    elif impl == "eager":
-        fn = lambda: adain_reference(x, scale, bias, res, act)
+        op = lambda x, s, b, r, a: adain(x, s, b, r, a, backend=backend)
     else:
-        # A fresh compiled function per case: one shared function would hit the recompile limit and
-        # silently run eager.
-        compiled = torch.compile(lambda x, s, b, r: adain_reference(x, s, b, r, act))
-        fn = lambda: compiled(x, scale, bias, res)
+        op = adain_reference
+
+    if config == "blocks4":
+        inputs = [x, scale, bias]
+
+        def body(x, s, b, r):
+            for _ in range(4):
+                x = op(op(x, s, b, None, "lrelu"), s, b, x, None)
+            return x
+    else:
+        body = lambda x, s, b, r: op(x, s, b, r, act)
+    if impl == "compiled":
+        # Every case compiles the same code object: without a reset, dynamo's recompile limit (8)
+        # is reached after a few cases and the rest silently run eager.
+        torch._dynamo.reset()
+        body = torch.compile(body)
+    fn = lambda: body(x, scale, bias, res)
 
     if grad:
         step = lambda: torch.autograd.grad(fn(), inputs, dy)
@@ -106,7 +129,7 @@ def make_step(impl: str, device: str, shape, dtype, config: str, mode: str):
 def record(benchmark, impl, device, shape, dtype, config, mode, seconds: float) -> None:
     key = (device, shape, str(dtype), config, mode)
     _RESULTS.setdefault(key, {})[impl] = seconds
-    nbytes = fused_bytes(shape, dtype, CONFIGS[config]["residual"], mode)
+    nbytes = fused_bytes(shape, dtype, config, mode)
     benchmark.extra_info.update(machine(device))
     benchmark.extra_info.update(
         shape=list(shape), dtype=str(dtype), config=config, mode=mode, impl=impl,
@@ -172,6 +195,36 @@ def test_adain_cpu(benchmark, shape, config, mode, impl):
 def test_adain_gpu(benchmark, shape, dtype, config, mode, impl):
     benchmark.group = f"adain-gpu-{config}-{mode}-{'x'.join(map(str, shape))}-{dtype}"
     run(benchmark, impl, "cuda", shape, dtype, config, mode, rounds=20)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("config", ["lrelu", "residual"])
+@pytest.mark.parametrize("dtype", GPU_DTYPES, ids=str)
+@pytest.mark.parametrize("shape", GPU_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_adain_gpu_kernels_bandwidth(benchmark, shape, dtype, config):
+    """The forward and backward kernels alone (no autograd, no Python op layers): achieved bandwidth."""
+    import triton.testing
+    from dgnet.kernels import adain as kernels
+
+    g = torch.Generator(device="cuda").manual_seed(0)
+    x, dy = (torch.randn(shape, device="cuda", dtype=dtype, generator=g) for _ in range(2))
+    res = torch.randn(shape, device="cuda", dtype=dtype, generator=g) if CONFIGS[config]["residual"] else None
+    scale, bias = (torch.randn(shape[:2], device="cuda", dtype=dtype, generator=g) for _ in range(2))
+    code = {None: 0, "relu": 1, "lrelu": 2}[CONFIGS[config]["activation"]]
+    _, mean, rstd = kernels.adain_forward(x, scale, bias, res, code, 1e-5, 0.2, traced=False)
+    fwd = lambda: kernels.adain_forward(x, scale, bias, res, code, 1e-5, 0.2, traced=False)
+    bwd = lambda: kernels.adain_backward(dy, x, scale, bias, mean, rstd, code, 0.2, traced=False)
+    t_fwd = triton.testing.do_bench(fwd, warmup=25, rep=200, return_mode="median") / 1e3
+    t_bwd = triton.testing.do_bench(bwd, warmup=25, rep=200, return_mode="median") / 1e3
+    benchmark.pedantic(lambda: (fwd(), bwd(), torch.cuda.synchronize()), rounds=10, iterations=1)
+    b_fwd = fused_bytes(shape, dtype, config, "fwd")
+    b_bwd = fused_bytes(shape, dtype, config, "fwd+bwd") - b_fwd
+    benchmark.extra_info.update(machine("cuda"))
+    benchmark.extra_info.update(shape=list(shape), dtype=str(dtype), config=config, fwd_us=t_fwd * 1e6,
+                                bwd_us=t_bwd * 1e6, fwd_GBps=b_fwd / t_fwd / 1e9, bwd_GBps=b_bwd / t_bwd / 1e9)
+    print(f"\ncuda kernels {config:8s} {tuple(shape)} {str(dtype):14s} forward {t_fwd * 1e6:7.1f} us "
+          f"{b_fwd / t_fwd / 1e9:7.1f} GB/s ({b_fwd / t_fwd / 3.35e10:4.1f}% of 3.35 TB/s), backward "
+          f"{t_bwd * 1e6:7.1f} us {b_bwd / t_bwd / 1e9:7.1f} GB/s ({b_bwd / t_bwd / 3.35e10:4.1f}%)")
 
 
 def profile_gpu() -> None:
