@@ -19,8 +19,9 @@ TORCH_LIBRARY(dgnet, m) {
   // k-reciprocal re-ranking over N = Q + G samples, rows 0..Q-1 the queries. Kernels: csrc/cpu/rerank.cpp,
   // csrc/cuda/rerank.cu; per-row logic in csrc/include/dgnet/rerank.h.
   // From features x [N, D]: the k nearest rows of every row by squared metric distance (itself
-  // included, ascending) as int64 [N, k], and each row's largest squared distance, float32 [N].
-  m.def("rerank_knn(Tensor x, int metric, int k, int block_rows) -> (Tensor, Tensor)");
+  // included, ascending) as int64 [N, k], each row's largest squared distance, float32 [N], and the
+  // squared distances of the first num_query rows to the others, float32 [num_query, N - num_query].
+  m.def("rerank_knn(Tensor x, int metric, int k, int block_rows, int num_query) -> (Tensor, Tensor, Tensor)");
   // The same from the classic interface's blocks q_g [Q, G], q_q [Q, Q], g_g [G, G] (float32 or float64):
   // rows of the block matrix squared and normalised as the classic code does (column i over its
   // maximum, transposed); returns the table int64 [N, k] and the normalisers float32 [N].

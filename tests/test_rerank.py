@@ -127,11 +127,12 @@ def test_knn_matches_brute_force():
     x = torch.from_numpy(features("random", 53, dim=8, seed=13))
     for code in METRICS.values():
         for block in (5, 16, 1024):
-            nbr, rowmax = torch.ops.dgnet.rerank_knn(x, code, 9, block)
+            nbr, rowmax, qg = torch.ops.dgnet.rerank_knn(x, code, 9, block, 20)
             d = torch.ops.dgnet.pairwise_distance(x, x, code, 0).double()
             sq = d.square()
             torch.testing.assert_close(rowmax.double(), sq.amax(1), rtol=1e-4, atol=1e-5)
             torch.testing.assert_close(nbr, sq.topk(9, largest=False).indices)
+            torch.testing.assert_close(qg.double(), sq[:20, 20:], rtol=1e-4, atol=1e-5)
             assert torch.equal(nbr[:, 0], torch.arange(53))  # each sample is its own nearest
 
 
@@ -147,8 +148,8 @@ def test_expand_small_hand_case():
 @pytest.mark.parametrize(
     "op,args",
     [
-        ("rerank_knn", lambda x: (x, 0, 5, 8)),
-        ("rerank_expand", lambda x: (torch.ops.dgnet.rerank_knn(x, 0, 5, 8)[0], 4)),
+        ("rerank_knn", lambda x: (x, 0, 5, 8, 6)),
+        ("rerank_expand", lambda x: (torch.ops.dgnet.rerank_knn(x, 0, 5, 8, 0)[0], 4)),
         ("rerank_dense_knn", lambda x: (torch.cdist(x[:5], x[5:]), torch.cdist(x[:5], x[:5]),
                                         torch.cdist(x[5:], x[5:]), 6)),
     ],
@@ -245,10 +246,11 @@ def test_cuda_features_match_cpu(metric, k1, k2):
 @pytest.mark.gpu
 def test_cuda_ops_match_cpu():
     x = torch.from_numpy(features("blobs", 150, dim=16, seed=23))
-    nbr, rowmax = torch.ops.dgnet.rerank_knn(x, 0, 21, 64)
-    nbr_c, rowmax_c = torch.ops.dgnet.rerank_knn(x.cuda(), 0, 21, 64)
+    nbr, rowmax, qg = torch.ops.dgnet.rerank_knn(x, 0, 21, 64, 40)
+    nbr_c, rowmax_c, qg_c = torch.ops.dgnet.rerank_knn(x.cuda(), 0, 21, 64, 40)
     assert torch.equal(nbr_c.cpu(), nbr)
     torch.testing.assert_close(rowmax_c.cpu(), rowmax)
+    torch.testing.assert_close(qg_c.cpu(), qg)
     indptr, indices = torch.ops.dgnet.rerank_expand(nbr, 20)
     indptr_c, indices_c = torch.ops.dgnet.rerank_expand(nbr.cuda(), 20)
     assert torch.equal(indptr_c.cpu(), indptr) and torch.equal(indices_c.cpu(), indices)

@@ -21,10 +21,26 @@ at::Tensor prepare_features(const at::Tensor& x, int64_t metric) {
 }
 
 // Fold one row of squared distances (columns col0..) into that row's top-k and maximum.
+// Values are tested 8 at a time with a branch-free test the compiler vectorises: after the first
+// few hundred columns almost no block of 8 holds a value that enters the top-k.
 inline void scan_row(const float* v, int64_t n, int64_t col0, int k, float* vals, int64_t* idx, float& rowmax) {
   float m = rowmax;
-  float worst = vals[k - 1];  // most values fail this test: keep it in a register
-  for (int64_t t = 0; t < n; ++t) {
+  float worst = vals[k - 1];
+  int64_t t = 0;
+  for (; t + 8 <= n; t += 8) {
+    int hit = 0;
+    for (int l = 0; l < 8; ++l) {
+      m = v[t + l] > m ? v[t + l] : m;
+      hit |= v[t + l] < worst;
+    }
+    if (hit)
+      for (int l = 0; l < 8; ++l)
+        if (v[t + l] < worst) {
+          topk_insert(vals, idx, k, v[t + l], col0 + t + l);
+          worst = vals[k - 1];
+        }
+  }
+  for (; t < n; ++t) {
     m = v[t] > m ? v[t] : m;
     if (v[t] < worst) {
       topk_insert(vals, idx, k, v[t], col0 + t);
@@ -51,8 +67,8 @@ inline float dot(const float* a, const float* b, int64_t d) {
 // by the squared metric distance, and each row's largest squared distance.
 // Blocks of rows are multiplied only once per unordered pair (I <= J): the product serves the
 // rows of I directly and the rows of J through its transpose, halving the GEMM work.
-std::tuple<at::Tensor, at::Tensor> rerank_knn_cpu(const at::Tensor& x, int64_t metric, int64_t k,
-                                                  int64_t block_rows) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor> rerank_knn_cpu(const at::Tensor& x, int64_t metric, int64_t k,
+                                                              int64_t block_rows, int64_t num_query) {
   TORCH_CHECK(x.dim() == 2, "rerank_knn: expected x [N, D]");
   TORCH_CHECK(metric >= 0 && metric <= 2, "rerank_knn: metric must be 0, 1 or 2, got ", metric);
   const int64_t n = x.size(0);
@@ -62,6 +78,10 @@ std::tuple<at::Tensor, at::Tensor> rerank_knn_cpu(const at::Tensor& x, int64_t m
   auto vals = at::full({n, k}, std::numeric_limits<float>::infinity(), xf.options());
   auto idx = at::full({n, k}, -1, xf.options().dtype(at::kLong));
   auto rowmax = at::zeros({n}, xf.options());
+  TORCH_CHECK(num_query >= 0 && num_query <= n, "rerank_knn: num_query=", num_query, " must be in [0, N=", n, "]");
+  const int64_t nq = num_query, ng = n - num_query;
+  auto qg = at::empty({nq, nq > 0 ? ng : 0}, xf.options());
+  float* qgp = qg.data_ptr<float>();
   const int64_t b = block_rows > 0 ? block_rows : 1024;
   const float* xxp = xx.data_ptr<float>();
   float* vp = vals.data_ptr<float>();
@@ -83,6 +103,12 @@ std::tuple<at::Tensor, at::Tensor> rerank_knn_cpu(const at::Tensor& x, int64_t m
           float* br = bp + r * bj;
           const float xr = xxp[row];
           for (int64_t t = 0; t < bj; ++t) br[t] = rerank_base_sq(xr, xxp[j0 + t], br[t], metric);
+          // Query rows keep their gallery columns: the [Q, G] block of the result needs them.
+          // (i < Q <= j puts i's block at or before j's, so the I side sees every such pair.)
+          if (row < nq && j0 + bj > nq) {
+            const int64_t c0 = std::max(j0, nq);
+            std::copy(br + (c0 - j0), br + bj, qgp + row * ng + (c0 - nq));
+          }
           scan_row(br, bj, j0, kk, vp + row * k, ip + row * k, mp[row]);
         }
       });
@@ -97,7 +123,7 @@ std::tuple<at::Tensor, at::Tensor> rerank_knn_cpu(const at::Tensor& x, int64_t m
       });
     }
   }
-  return {idx, rowmax};
+  return {idx, rowmax, qg};
 }
 
 namespace {
@@ -110,10 +136,13 @@ template <typename T>
 inline void fold_tile_row(const T* row, int64_t cols, int64_t j, int k, float* vals, int64_t* idx, float* mx,
                           float* worst) {
   float v[kDenseTile];
-  for (int64_t t = 0; t < cols; ++t) {  // vectorises
+  int hit = 0;
+  for (int64_t t = 0; t < cols; ++t) {  // vectorises; inserts are rare, so test them all at once first
     v[t] = square_to_float(row[t]);
     mx[t] = v[t] > mx[t] ? v[t] : mx[t];
+    hit |= v[t] < worst[t];
   }
+  if (!hit) return;
   for (int64_t t = 0; t < cols; ++t)
     if (v[t] < worst[t]) {
       topk_insert(vals + t * k, idx + t * k, k, v[t], j);
@@ -124,17 +153,12 @@ inline void fold_tile_row(const T* row, int64_t cols, int64_t j, int k, float* v
 // Fold the squared values of one contiguous row (indices j0..) into one output's state.
 template <typename T>
 inline void fold_row(const T* row, int64_t len, int64_t j0, int k, float* vals, int64_t* idx, float& mx) {
-  float m = mx;
-  float worst = vals[k - 1];
-  for (int64_t t = 0; t < len; ++t) {
-    const float v = square_to_float(row[t]);
-    m = v > m ? v : m;
-    if (v < worst) {
-      topk_insert(vals, idx, k, v, j0 + t);
-      worst = vals[k - 1];
-    }
+  float buf[kDenseTile];
+  for (int64_t s = 0; s < len; s += kDenseTile) {
+    const int64_t n = std::min<int64_t>(kDenseTile, len - s);
+    for (int64_t t = 0; t < n; ++t) buf[t] = square_to_float(row[s + t]);  // vectorises
+    scan_row(buf, n, j0 + s, k, vals, idx, mx);
   }
-  mx = m;
 }
 
 template <typename T>

@@ -162,8 +162,8 @@ at::Tensor exclusive_indptr(const at::Tensor& counts) {
 
 }  // namespace
 
-std::tuple<at::Tensor, at::Tensor> rerank_knn_cuda(const at::Tensor& x, int64_t metric, int64_t k,
-                                                   int64_t block_rows) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor> rerank_knn_cuda(const at::Tensor& x, int64_t metric, int64_t k,
+                                                               int64_t block_rows, int64_t num_query) {
   TORCH_CHECK(x.dim() == 2, "rerank_knn: expected x [N, D]");
   TORCH_CHECK(metric >= 0 && metric <= 2, "rerank_knn: metric must be 0, 1 or 2, got ", metric);
   const int64_t n = x.size(0);
@@ -173,6 +173,9 @@ std::tuple<at::Tensor, at::Tensor> rerank_knn_cuda(const at::Tensor& x, int64_t 
   const auto xx = xf.pow(2).sum(1).contiguous();
   auto idx = at::empty({n, k}, xf.options().dtype(at::kLong));
   auto rowmax = at::empty({n}, xf.options());
+  TORCH_CHECK(num_query >= 0 && num_query <= n, "rerank_knn: num_query=", num_query, " must be in [0, N=", n, "]");
+  const int64_t nq = num_query, ng = n - num_query;
+  auto qg = at::empty({nq, nq > 0 ? ng : 0}, xf.options());
   const int64_t b = block_rows > 0 ? block_rows : 1024;
   for (int64_t r0 = 0; r0 < n; r0 += b) {
     const int64_t rows = std::min(n, r0 + b) - r0;
@@ -181,8 +184,12 @@ std::tuple<at::Tensor, at::Tensor> rerank_knn_cuda(const at::Tensor& x, int64_t 
                                                                     rows, n, metric);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     fold_chunk(d, r0, k, idx, rowmax);
+    if (r0 < nq) {  // query rows keep their gallery columns for the [Q, G] block of the result
+      const int64_t rq = std::min(nq, r0 + rows) - r0;
+      qg.narrow(0, r0, rq).copy_(d.narrow(0, 0, rq).narrow(1, nq, ng));
+    }
   }
-  return {idx, rowmax};
+  return {idx, rowmax, qg};
 }
 
 std::tuple<at::Tensor, at::Tensor> rerank_dense_knn_cuda(const at::Tensor& q_g, const at::Tensor& q_q,

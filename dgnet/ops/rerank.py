@@ -123,6 +123,7 @@ def _as_matrix(name: str, value: object) -> torch.Tensor:
         t = value
     else:
         raise ValueError(f"{name}: expected a numpy array or a torch tensor, got {type(value).__name__}")
+    t = t.detach()  # re-ranking is not differentiable: results carry no autograd history
     if not t.is_floating_point():
         raise ValueError(f"{name}: expected a floating dtype, got {t.dtype}")
     if t.dim() != 2:
@@ -299,24 +300,15 @@ def re_ranking_features(
     code = METRICS[metric]
 
     x = torch.cat([q, g], 0).to(torch.float32)
-    nbr, rowmax = torch.ops.dgnet.rerank_knn(
-        x, code, _neighbours_needed(k1, k2, n), block_rows or _default_block_rows(n, device)
+    # One pass over all pairs (each GEMM block once per unordered pair on CPU): the neighbour table,
+    # the row maxima, and the squared query-gallery distances, normalised in place into the output.
+    nbr, rowmax, out = torch.ops.dgnet.rerank_knn(
+        x, code, _neighbours_needed(k1, k2, n), block_rows or _default_block_rows(n, device), num_q
     )
+    out.div_(rowmax[:num_q, None])
 
     def from_features(indptr: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
         return torch.ops.dgnet.rerank_pair_dist(x, indptr, indices, rowmax, code)
-
-    # Original distances of the [Q, G] block, normalised, written in chunks into the output.
-    out = torch.empty((num_q, num_g), dtype=torch.float32, device=device)
-    chunk = max(1, min(num_q, (1 << 26) // num_g))  # about 256 MB of distances at a time
-    base = METRICS["sqeuclidean"] if metric == "euclidean" else code  # squaring a sqrt is a no-op
-    for r0 in range(0, num_q, chunk):
-        r1 = min(num_q, r0 + chunk)
-        d = torch.ops.dgnet.pairwise_distance(x[r0:r1], x[num_q:], base, 0)
-        if metric != "euclidean":
-            d.square_()
-        out[r0:r1] = d.div_(rowmax[r0:r1, None])
-        del d
 
     _sparse_core(nbr, from_features, out, k1, k2, lambda_value)
     return out.numpy() if as_numpy else out
@@ -329,11 +321,13 @@ def re_ranking_features(
 if extension_available():
 
     @torch.library.register_fake("dgnet::rerank_knn")
-    def _rerank_knn_fake(x, metric, k, block_rows):
+    def _rerank_knn_fake(x, metric, k, block_rows, num_query):
         torch._check(x.dim() == 2, lambda: "rerank_knn: expected x [N, D]")
         torch._check(1 <= k <= x.shape[0], lambda: "rerank_knn: expected 1 <= k <= N")
+        torch._check(0 <= num_query <= x.shape[0], lambda: "rerank_knn: expected 0 <= num_query <= N")
         n = x.shape[0]
-        return x.new_empty((n, k), dtype=torch.long), x.new_empty((n,), dtype=torch.float32)
+        qg = x.new_empty((num_query, n - num_query if num_query > 0 else 0), dtype=torch.float32)
+        return x.new_empty((n, k), dtype=torch.long), x.new_empty((n,), dtype=torch.float32), qg
 
     @torch.library.register_fake("dgnet::rerank_dense_knn")
     def _rerank_dense_knn_fake(q_g, q_q, g_g, k):
