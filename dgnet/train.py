@@ -495,9 +495,8 @@ def run(cfg: Config, resume: bool = False, stage: str = "all", evaluate: bool = 
 
     from dgnet import ops
 
+    # dgnet.ops says once, on the first AdaIN call, which path (fused kernel or reference) runs.
     ops.set_fused(cfg.train.fused)
-    if rank == 0 and verbose:
-        _say_fused_path(cfg.train.fused, device)
 
     from dgnet.data import resolve_backend
 
@@ -562,19 +561,6 @@ def run(cfg: Config, resume: bool = False, stage: str = "all", evaluate: bool = 
     if rank == 0 and verbose:
         print(f"dgnet: finished in {seconds / 60:.1f} min; outputs in {out}")
     return {"results": results, "output": str(out), "seconds": seconds}
-
-
-def _say_fused_path(fused: bool, device: torch.device) -> None:
-    """Say once which AdaIN path runs (the fast path is chosen by flag, never by silent fallback)."""
-    from dgnet import ops
-
-    describe = getattr(ops, "describe_fused", None)
-    if describe is not None:
-        print(f"dgnet: AdaIN path: {describe(device)}")
-    elif fused:
-        print("dgnet: --fused: no fused AdaIN kernel is available here; using the PyTorch reference path")
-    else:
-        print("dgnet: AdaIN path: PyTorch reference (pass --fused for the fused kernels)")
 
 
 def main(argv: list[str] | None = None) -> int:
