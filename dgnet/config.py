@@ -246,6 +246,9 @@ def preset_demo() -> Config:
     cfg.train.log_every = 10
     cfg.train.image_every = 60
     cfg.train.checkpoint_every = 60
+    # One compute thread, the other core for image loading: on a 2-core CPU that anything else also uses,
+    # two OpenMP threads made a DG-Net iteration 10x slower (spinning at barriers), one thread did not.
+    cfg.train.threads = 1
     cfg.eval.k1 = 10  # the synthetic gallery holds few images per identity
     cfg.eval.k2 = 3
     return cfg
