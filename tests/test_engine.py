@@ -375,3 +375,9 @@ def test_fp16_gradscaler_step_cuda():
         assert all(out[k] == out[k] for k in GEN_TERMS)
     out = dgnet_step(model, teacher, opts, cuda(_batch(9)), cuda(_batch(8)), 9, cfg, None, torch.bfloat16)
     assert all(out[k] == out[k] for k in GEN_TERMS)
+    set_fused(True)  # Triton AdaIN + folded upsample conv
+    try:
+        out = dgnet_step(model, teacher, opts, cuda(_batch(7)), cuda(_batch(6)), 10, cfg, None, torch.bfloat16)
+    finally:
+        set_fused(False)
+    assert all(out[k] == out[k] for k in GEN_TERMS)

@@ -337,3 +337,36 @@ def test_decoder_fused_matches_plain(net18):
     finally:
         set_fused(False)
     torch.testing.assert_close(fast, plain, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.gpu
+def test_upsample_conv5_cuda_matches_reference():
+    torch.manual_seed(0)
+    x = torch.randn(4, 64, 32, 16, device="cuda", requires_grad=True)
+    w = torch.randn(32, 64, 5, 5, device="cuda", requires_grad=True)
+    b = torch.randn(32, device="cuda", requires_grad=True)
+    torch.backends.cudnn.allow_tf32 = False  # compare fp32 with fp32
+    try:
+        ref = upsample_conv5_reference(x, w, b)
+        out = upsample_conv5(x, w, b)
+        torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-3)
+        g = torch.randn_like(ref)
+        for a, e in zip(torch.autograd.grad(out, (x, w, b), g), torch.autograd.grad(ref, (x, w, b), g), strict=True):
+            torch.testing.assert_close(a, e, rtol=1e-4, atol=1e-2)
+    finally:
+        torch.backends.cudnn.allow_tf32 = True
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        err = (upsample_conv5(x, w, b).float() - ref).abs().max()
+        err_plain = (upsample_conv5_reference(x, w, b).float() - ref).abs().max()
+    assert err <= 2 * err_plain + 1e-2  # the style guide's rule: within twice plain PyTorch's bf16 error
+
+
+@pytest.mark.gpu
+def test_dgnet_cuda_shapes_spec_size():
+    torch.manual_seed(0)
+    net = DGNet(_cfg("resnet50"), num_ids=7).cuda().eval()
+    x = torch.randn(2, 3, 256, 128, device="cuda")
+    with torch.no_grad():
+        f, s, p1, p2 = net.encode(x)
+        y = net.decode(s, f)
+    assert f.shape == (2, 8192) and s.shape == (2, 128, 64, 32) and y.shape == (2, 3, 256, 128)
