@@ -24,7 +24,12 @@ processes. Output: ``bounding_box_train/``, ``query/``, ``bounding_box_test/`` (
 Default size (``ids=400, cams=6, 128x64``): about 4,000 images, generated in well under a minute on
 two cores. 128x64 is Market-1501's own image size (the pipeline upsamples to 256x128 as for Market);
 400 identities (200 train / 200 test) give about 10 images per identity over 2-6 cameras: enough
-identities for a ranking task with a few thousand gallery images, small enough for CI.
+identities for a ranking task with a few thousand gallery images, small enough for CI. Measured on a
+shared 2-core CPU: 10.6 s with 2 processes, 18 s with one (the same bytes either way); 19 MB.
+
+Colour-histogram nearest neighbour on the default set (:func:`histogram_baseline`, 376 queries, 1,838
+gallery images): rank-1 20.5 %, rank-5 35.4 %, rank-10 44.1 %, mAP 9.7 %. Over the whole box with
+8 bins per channel it sits at chance (rank-1 0.0 %, mAP 0.6 %): the camera's scene dominates.
 """
 
 from __future__ import annotations
