@@ -89,6 +89,15 @@ def test_rank_reference_signature_and_torch_inputs():
     assert math.isclose(mAP, map_ref, abs_tol=1e-12)
 
 
+def test_strided_and_reversed_inputs():
+    dist, qp, gp, qc, gc = random_case(4)
+    # numpy views with negative strides (which torch.from_numpy refuses) and a column-major tensor
+    expected = evaluate_reference(dist[:, ::-1].copy(), qp, gp[::-1].copy(), qc, gc[::-1].copy())
+    assert_same(evaluate(dist[:, ::-1], qp, gp[::-1], qc, gc[::-1]), expected)
+    column_major = torch.from_numpy(dist).T.contiguous().T
+    assert_same(evaluate(column_major, qp, gp, qc, gc), evaluate_reference(dist, qp, gp, qc, gc))
+
+
 def test_half_precision_distmat_ranks_as_float32():
     dist, qp, gp, qc, gc = random_case(3)
     d16 = torch.from_numpy(dist).half()
