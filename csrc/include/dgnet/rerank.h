@@ -57,10 +57,12 @@ DGNET_HD void topk_insert(float* vals, int64_t* idx, int k, float v, int64_t j) 
   idx[p] = j;
 }
 
+// Membership in a short list, without an early exit: the lists are a few dozen entries, and a
+// data-dependent branch per entry costs more than the comparisons it saves.
 DGNET_HD bool contains(const int64_t* list, int n, int64_t x) {
-  for (int t = 0; t < n; ++t)
-    if (list[t] == x) return true;
-  return false;
+  bool found = false;
+  for (int t = 0; t < n; ++t) found |= list[t] == x;
+  return found;
 }
 
 // R(i, k): writes the members in neighbour order to out (capacity k + 1), returns their count.
@@ -99,9 +101,14 @@ DGNET_HD int expansion_set(const int64_t* nbr, int64_t stride, int64_t i, int k1
     const int nc = k_reciprocal(nbr, stride, out[c], h, cand);
     int overlap = 0;
     for (int t = 0; t < nc; ++t) overlap += contains(out, r, cand[t]) ? 1 : 0;
-    if (expansion_accepts(overlap, nc)) len += nc;
+    if (!expansion_accepts(overlap, nc)) continue;
+    // Keep only members not yet in the set: accepted sets overlap heavily, and a short list keeps
+    // the sort below cheap. (Writes never pass the reads: the kept count is at most t.)
+    const int start = len;
+    for (int t = 0; t < nc; ++t)
+      if (!contains(out, len, out[start + t])) out[len++] = out[start + t];
   }
-  // Sort (insertion: a few hundred entries at most, mostly few dozen) and drop duplicates.
+  // Sort (insertion: a few dozen entries, all distinct) and drop duplicates (none left; kept as a guard).
   for (int a = 1; a < len; ++a) {
     const int64_t v = out[a];
     int b = a;
