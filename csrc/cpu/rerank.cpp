@@ -136,14 +136,24 @@ template <typename T>
 inline void fold_tile_row(const T* row, int64_t cols, int64_t j, int k, float* vals, int64_t* idx, float* mx,
                           float* worst) {
   float v[kDenseTile];
-  int hit = 0;
-  for (int64_t t = 0; t < cols; ++t) {  // vectorises; inserts are rare, so test them all at once first
+  for (int64_t t = 0; t < cols; ++t) {  // vectorises
     v[t] = square_to_float(row[t]);
     mx[t] = v[t] > mx[t] ? v[t] : mx[t];
-    hit |= v[t] < worst[t];
   }
-  if (!hit) return;
-  for (int64_t t = 0; t < cols; ++t)
+  // Inserts are rare after the first few hundred rows: test 8 columns at once (one vector compare),
+  // and only a group with a hit takes the scalar path.
+  int64_t t0 = 0;
+  for (; t0 + 8 <= cols; t0 += 8) {
+    int hit = 0;
+    for (int l = 0; l < 8; ++l) hit |= v[t0 + l] < worst[t0 + l];
+    if (!hit) continue;
+    for (int64_t t = t0; t < t0 + 8; ++t)
+      if (v[t] < worst[t]) {
+        topk_insert(vals + t * k, idx + t * k, k, v[t], j);
+        worst[t] = vals[t * k + k - 1];
+      }
+  }
+  for (int64_t t = t0; t < cols; ++t)
     if (v[t] < worst[t]) {
       topk_insert(vals + t * k, idx + t * k, k, v[t], j);
       worst[t] = vals[t * k + k - 1];
