@@ -128,13 +128,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rerank_knn_cpu(const at::Tensor& 
 
 namespace {
 
-constexpr int64_t kDenseTile = 128;  // columns scanned together: 512 B of each row of a block per pass
+constexpr int64_t kDenseTile = 512;  // columns scanned together: 2 KB of each row of a block per pass
 
 // Fold the squared values of `cols` consecutive entries of one row (index j) into the states of
 // `cols` outputs (each one column of the block matrix). worst[t] mirrors vals[t * k + k - 1].
 template <typename T>
-inline void fold_tile_row(const T* row, int64_t cols, int64_t j, int k, float* vals, int64_t* idx, float* mx,
-                          float* worst) {
+inline void fold_tile_row(const T* __restrict__ row, int64_t cols, int64_t j, int k, float* vals, int64_t* idx,
+                          float* __restrict__ mx, float* __restrict__ worst) {
   float v[kDenseTile];
   for (int64_t t = 0; t < cols; ++t) {  // vectorises
     v[t] = square_to_float(row[t]);
