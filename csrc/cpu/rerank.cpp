@@ -9,6 +9,10 @@
 #include <limits>
 #include <vector>
 
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
+
 #include "dgnet/rerank.h"
 
 namespace dgnet {
@@ -27,6 +31,23 @@ inline void scan_row(const float* v, int64_t n, int64_t col0, int k, float* vals
   float m = rowmax;
   float worst = vals[k - 1];
   int64_t t = 0;
+#if defined(__AVX2__)
+  // GCC does not vectorise the max and the test below (the test feeds a branch): spell them out.
+  __m256 vm = _mm256_set1_ps(m);
+  for (; t + 8 <= n; t += 8) {
+    const __m256 x = _mm256_loadu_ps(v + t);
+    vm = _mm256_max_ps(vm, x);
+    if (_mm256_movemask_ps(_mm256_cmp_ps(x, _mm256_set1_ps(worst), _CMP_LT_OQ)) == 0) continue;
+    for (int l = 0; l < 8; ++l)
+      if (v[t + l] < worst) {
+        topk_insert(vals, idx, k, v[t + l], col0 + t + l);
+        worst = vals[k - 1];
+      }
+  }
+  float lanes[8];
+  _mm256_storeu_ps(lanes, vm);
+  for (int l = 0; l < 8; ++l) m = lanes[l] > m ? lanes[l] : m;
+#else
   for (; t + 8 <= n; t += 8) {
     int hit = 0;
     for (int l = 0; l < 8; ++l) {
@@ -40,6 +61,7 @@ inline void scan_row(const float* v, int64_t n, int64_t col0, int k, float* vals
           worst = vals[k - 1];
         }
   }
+#endif
   for (; t < n; ++t) {
     m = v[t] > m ? v[t] : m;
     if (v[t] < worst) {
@@ -144,9 +166,14 @@ inline void fold_tile_row(const T* __restrict__ row, int64_t cols, int64_t j, in
   // and only a group with a hit takes the scalar path.
   int64_t t0 = 0;
   for (; t0 + 8 <= cols; t0 += 8) {
+#if defined(__AVX2__)
+    if (_mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(v + t0), _mm256_loadu_ps(worst + t0), _CMP_LT_OQ)) == 0)
+      continue;
+#else
     int hit = 0;
     for (int l = 0; l < 8; ++l) hit |= v[t0 + l] < worst[t0 + l];
     if (!hit) continue;
+#endif
     for (int64_t t = t0; t < t0 + 8; ++t)
       if (v[t] < worst[t]) {
         topk_insert(vals + t * k, idx + t * k, k, v[t], j);
