@@ -45,6 +45,11 @@ from dgnet.checkpoint import (
 from dgnet.config import Config, config_from_dict, resolve_config, save_config
 from dgnet.logging_utils import RunLogger
 
+# ``model.backbone_weights: teacher`` starts Ea's trunk from the trained teacher's (stage 1) instead of ImageNet.
+# The synthetic presets use it: without ImageNet weights, the teacher is the only pre-trained trunk there is,
+# and Ea trained from scratch at the spec's trunk rate (0.002) stayed at chance level through the demo.
+TEACHER_WEIGHTS = "teacher"
+
 
 class NonFiniteLoss(RuntimeError):
     """A loss became NaN or inf: training stops, the last good checkpoint is kept and named."""
@@ -72,7 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--iterations", type=int, help="cap both stages at N iterations (a smoke run)")
     p.add_argument("--teacher", help="a trained teacher (teacher.pt or any dgnet checkpoint): skips stage 1")
     p.add_argument("--resume", action="store_true", help="continue exactly from the newest checkpoint in --output")
-    p.add_argument("--backbone-weights", help="imagenet | none | PATH (model.backbone_weights)")
+    p.add_argument("--backbone-weights", help="imagenet | none | teacher | PATH (model.backbone_weights; teacher: "
+                   "Ea's trunk starts from the stage-1 teacher's)")
     p.add_argument("--skip-corrupt", action="store_true", default=None, help="skip unreadable images instead of "
                    "stopping")
     p.add_argument("--stage", choices=("all", "teacher", "dgnet"), default="all",
@@ -274,7 +280,8 @@ def train_teacher(cfg: Config, ds, device: torch.device, backend: str, mgr: Chec
         total = min(total, cfg.train.max_iterations)
     seed_everything(cfg.train.seed)
     num_ids = cfg.model.num_ids
-    teacher = ReidBaseline(arch_only(cfg.model) if resume is not None else cfg.model, num_ids).to(device)
+    scratch = resume is not None or cfg.model.backbone_weights == TEACHER_WEIGHTS  # the teacher itself starts anew
+    teacher = ReidBaseline(arch_only(cfg.model) if scratch else cfg.model, num_ids).to(device)
     opt = engine.build_teacher_optimizer(teacher, cfg.optim)
     sched = engine.build_teacher_scheduler(opt, cfg.optim)
     stream = train_stream(ds.train, backend, mode="pk", augment=True,
@@ -420,7 +427,14 @@ def train_dgnet(cfg: Config, ds, teacher: torch.nn.Module, device: torch.device,
     # Stage 2 seeds itself, so it is the same whether stage 1 ran in this process or was loaded.
     seed_everything(cfg.train.seed + 1)
     num_ids = cfg.model.num_ids
-    model = DGNet(arch_only(cfg.model) if resume is not None else cfg.model, num_ids).to(device)
+    from_teacher = cfg.model.backbone_weights == TEACHER_WEIGHTS
+    model = DGNet(arch_only(cfg.model) if resume is not None or from_teacher else cfg.model, num_ids).to(device)
+    if from_teacher and resume is None:
+        try:
+            model.Ea.backbone.load_state_dict(teacher.backbone.state_dict())
+        except RuntimeError as exc:
+            raise ValueError(f"model.backbone_weights=teacher: the teacher's trunk does not fit Ea's "
+                             f"({cfg.model.backbone}): {exc}") from None
     opts = engine.build_optimizers(model, cfg.optim)
     scheds = engine.build_schedulers(opts, cfg.optim)
     from dgnet.data import drop_singletons

@@ -9,7 +9,7 @@ from _tiny_run import make_tiny_set, tiny_flags
 from dgnet import engine
 from dgnet.checkpoint import CheckpointManager, build_state, load_checkpoint, save_atomic
 from dgnet.config import resolve_config
-from dgnet.train import main
+from dgnet.train import arch_only, main
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +54,7 @@ def test_teacher_with_other_identity_count(root, tmp_path, capsys):
     from dgnet.models import ReidBaseline
 
     cfg = resolve_config("demo")
-    teacher = ReidBaseline(cfg.model, 99)
+    teacher = ReidBaseline(arch_only(cfg.model), 99)
     path = save_atomic(build_state(stage="teacher", iteration=1, cfg=cfg, num_ids=99, models={"teacher": teacher}),
                        tmp_path / "t.pt")
     _fails(capsys, tiny_flags(root, tmp_path / "o", "--teacher", str(path), "--iterations", "1"),

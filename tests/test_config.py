@@ -36,7 +36,7 @@ def test_presets_spec_numbers():
 def test_demo_preset_scales_schedule():
     cfg = resolve_config()  # no argument: the demo
     assert cfg.name == "demo"
-    assert cfg.data.dataset == "synthetic" and cfg.model.backbone_weights == "none"
+    assert cfg.data.dataset == "synthetic" and cfg.model.backbone_weights == "teacher"
     n = cfg.optim.iterations
     f = n / 100_000
     # the ramps and the decay points sit at the spec's fractions of the run

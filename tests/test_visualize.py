@@ -12,10 +12,11 @@ from dgnet.visualize import framed, interpolate_rows, rainbow_rows, ranklist, sw
 @pytest.fixture(scope="module")
 def model():
     from dgnet.models import DGNet
+    from dgnet.train import arch_only
 
     cfg = resolve_config("demo")
     torch.manual_seed(0)
-    return DGNet(cfg.model, 5).eval()
+    return DGNet(arch_only(cfg.model), 5).eval()
 
 
 @pytest.fixture(scope="module")
