@@ -12,7 +12,8 @@ fast-reid ship:
 The algorithm over N = Q + G samples (queries first):
 
 1. Original distance: the square of the given distances, each row divided by its maximum.
-   (The classic code divides each column by its maximum and transposes; the matrix is symmetric.)
+   (The classic code divides each column by its maximum and transposes: the same for symmetric
+   blocks; ``re_ranking`` follows the classic form exactly, also for asymmetric ones.)
 2. Neighbour table: each row's nearest samples in ascending order (itself first).
 3. Expansion set E(i): the k-reciprocal set R(i, k1) (the j among i's k1+1 nearest that have i
    among their k1+1 nearest), plus R(c, round(k1/2)) of every c in R(i, k1) sharing more than
@@ -26,6 +27,10 @@ The algorithm over N = Q + G samples (queries first):
 step 4 comes from (a dense lookup or a dot product of features); steps 3-7 are the compiled ops
 ``dgnet::rerank_expand`` and ``dgnet::rerank_jaccard_mix_`` (per-row logic in
 csrc/include/dgnet/rerank.h), the same code on CPU and CUDA.
+
+Exactness: results equal the classic algorithm within 1e-4 when no two distances of a row tie
+near its k1+1, round(k1/2)+1 or k2 boundary; with ties the classic result itself depends on
+numpy's unstable argsort. Local query expansion supports k2 <= 64.
 """
 
 from __future__ import annotations
