@@ -252,14 +252,16 @@ def test_cuda_ops_match_cpu():
     nbr_c, rowmax_c, qg_c = torch.ops.dgnet.rerank_knn(x.cuda(), 0, 21, 64, 40)
     sq = torch.ops.dgnet.pairwise_distance(x, x, 1, 0)
     torch.testing.assert_close(sq.gather(1, nbr_c.cpu()), sq.gather(1, nbr), rtol=0, atol=1e-5)
-    torch.testing.assert_close(rowmax_c.cpu(), rowmax)
-    torch.testing.assert_close(qg_c.cpu(), qg)
+    # GEMM accumulation order differs between devices: on an H100 the query-gallery block differed by
+    # up to 1.7e-5 relative, so compare the GEMM-derived values at a GEMM-rounding tolerance.
+    torch.testing.assert_close(rowmax_c.cpu(), rowmax, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(qg_c.cpu(), qg, rtol=1e-4, atol=1e-5)
     indptr, indices = torch.ops.dgnet.rerank_expand(nbr, 20)
     indptr_c, indices_c = torch.ops.dgnet.rerank_expand(nbr.cuda(), 20)
     assert torch.equal(indptr_c.cpu(), indptr) and torch.equal(indices_c.cpu(), indices)
     dist = torch.ops.dgnet.rerank_pair_dist(x, indptr, indices, rowmax, 0)
     dist_c = torch.ops.dgnet.rerank_pair_dist(x.cuda(), indptr.cuda(), indices.cuda(), rowmax.cuda(), 0)
-    torch.testing.assert_close(dist_c.cpu(), dist)
+    torch.testing.assert_close(dist_c.cpu(), dist, rtol=1e-4, atol=1e-5)
     for k2 in (1, 6):
         out = qg / rowmax[:40, None]
         out_c = out.cuda()
