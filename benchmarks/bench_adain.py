@@ -31,11 +31,9 @@ Measured 2026-11-25 (medians; fp32 unless said):
 
 from __future__ import annotations
 
-import os
-import platform
-
 import pytest
 import torch
+from machine import machine
 
 from dgnet.ops import adain, adain_reference
 
@@ -57,27 +55,6 @@ GPU_SHAPES = [(8, 128, 64, 32), (32, 128, 64, 32), (32, 128, 128, 64)]
 GPU_DTYPES = (torch.float32, torch.bfloat16)
 
 _RESULTS: dict[tuple, dict[str, float]] = {}
-
-
-def machine(device: str) -> dict:
-    info = {"torch": torch.__version__, "python": platform.python_version(), "threads": torch.get_num_threads()}
-    try:
-        import triton
-
-        info["triton"] = triton.__version__
-    except ImportError:
-        pass
-    if device == "cuda":
-        info["gpu"] = torch.cuda.get_device_name()
-    else:
-        name = platform.processor()
-        if os.path.exists("/proc/cpuinfo"):
-            for line in open("/proc/cpuinfo"):
-                if line.startswith("model name"):
-                    name = line.split(":", 1)[1].strip()
-                    break
-        info["cpu"] = f"{name} ({os.cpu_count()} cores)"
-    return info
 
 
 def fused_bytes(shape, dtype, config: str, mode: str) -> int:

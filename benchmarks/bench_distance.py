@@ -10,7 +10,6 @@ Timings interleave dgnet and the baseline round by round (the CPU machine is sha
 from __future__ import annotations
 
 import json
-import platform
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ import time
 import pytest
 import torch
 import torch.nn.functional as F
+from machine import machine
 
 from dgnet.ops import pairwise_distance
 
@@ -68,17 +68,6 @@ def cuda_extra_memory(fn, x, y) -> int:
     out = fn(x, y)
     torch.cuda.synchronize()
     return torch.cuda.max_memory_allocated() - base - out.numel() * out.element_size()
-
-
-def machine() -> dict:
-    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
-    return {
-        "cpu": cpu,
-        "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-    }
 
 
 def _once(fn, x, y, device: str) -> float:

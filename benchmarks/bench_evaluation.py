@@ -7,12 +7,12 @@ per query to the full query set (the full run takes minutes); this is recorded i
 
 from __future__ import annotations
 
-import platform
 import time
 
 import numpy as np
 import pytest
 import torch
+from machine import machine
 
 from dgnet.evaluation import evaluate_rank, evaluate_rank_reference
 
@@ -58,18 +58,6 @@ def classic_python_loop(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=50
         cmc_sum[first - 1 :] += 1 if first <= max_rank else 0
         ap_sum += precision_sum / found
     return (cmc_sum / valid).astype(np.float32), ap_sum / valid
-
-
-def machine() -> dict:
-    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
-    return {
-        "cpu": cpu,
-        "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "python": platform.python_version(),
-        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-    }
 
 
 def _timed(fn, *args) -> tuple[float, float]:

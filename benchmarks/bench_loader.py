@@ -15,10 +15,10 @@ reference decodes with PIL in a DataLoader, as the torch backend here does).
 from __future__ import annotations
 
 import os
-import platform
 
 import pytest
 import torch
+from machine import machine
 
 from dgnet.data import load_dataset, train_stream
 from dgnet.data import synthetic as syn
@@ -28,26 +28,6 @@ CPU_BATCHES = (16,)
 GPU_BATCHES = (8, 32, 64)
 STEPS = {"cpu": 8, "cuda": 40}
 _RESULTS: dict[tuple, float] = {}
-
-
-def machine(device: str) -> dict:
-    info = {"torch": torch.__version__, "python": platform.python_version(), "cores": os.cpu_count()}
-    try:
-        import nvidia.dali as dali
-
-        info["dali"] = dali.__version__
-    except ImportError:
-        info["dali"] = None
-    if device == "cuda":
-        info["gpu"] = torch.cuda.get_device_name()
-    name = platform.processor()
-    if os.path.exists("/proc/cpuinfo"):
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    info["cpu"] = name
-    return info
 
 
 @pytest.fixture(scope="session")

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -28,28 +27,13 @@ import time
 import numpy as np
 import pytest
 import torch
+from machine import machine
 
 from dgnet.ops import pairwise_distance, re_ranking, re_ranking_features, re_ranking_reference
 
 MARKET = (3368, 19732, 1024)
 MSMT = (11659, 82161, 1024)
 DENSE = (1000, 5000, 256)
-
-
-def machine(device: str) -> dict:
-    info = {"torch": torch.__version__, "numpy": np.__version__, "python": platform.python_version(),
-            "threads": torch.get_num_threads()}
-    if device == "cuda":
-        info["gpu"] = torch.cuda.get_device_name()
-    else:
-        name = platform.processor()
-        if os.path.exists("/proc/cpuinfo"):
-            for line in open("/proc/cpuinfo"):
-                if line.startswith("model name"):
-                    name = line.split(":", 1)[1].strip()
-                    break
-        info["cpu"] = f"{name} ({os.cpu_count()} cores)"
-    return info
 
 
 def reid_features(num: int, dim: int, seed: int = 0, per_id: int = 14) -> torch.Tensor:

@@ -12,11 +12,11 @@ Run: ``.venv/bin/python -m pytest benchmarks/bench_train_step.py -p no:cacheprov
 
 from __future__ import annotations
 
-import platform
 import resource
 
 import pytest
 import torch
+from machine import cpu_name
 
 import dgnet
 from dgnet.config import Config
@@ -26,17 +26,6 @@ from dgnet.ops import set_fused
 
 IDS = 16
 _MEANS: dict[tuple, dict[bool, float]] = {}
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _cfg(backbone: str, h: int, w: int, b: int) -> Config:
@@ -85,7 +74,7 @@ def _run(benchmark, backbone, h, w, b, device, fused, amp_dtype, rounds):
     info.update(
         machine=torch.cuda.get_device_name()
         if device == "cuda"
-        else f"{_cpu_name()} ({torch.get_num_threads()} threads)",
+        else f"{cpu_name()} ({torch.get_num_threads()} threads)",
         torch=torch.__version__,
         dgnet=dgnet.__version__,
         backbone=backbone,
@@ -161,7 +150,7 @@ def test_upsample_conv5_cpu(benchmark, one_thread, shape, fast):
     benchmark.pedantic(run, rounds=5, iterations=1)
     mean = benchmark.stats.stats.mean
     benchmark.extra_info.update(
-        machine=f"{_cpu_name()} ({torch.get_num_threads()} threads)",
+        machine=f"{cpu_name()} ({torch.get_num_threads()} threads)",
         torch=torch.__version__,
         input=f"{n}x{c}x{h}x{w}",
         out_channels=co,
