@@ -147,6 +147,24 @@ def load_models(ckpt: dict, cfg: Config, device: torch.device, which: str = "all
     return models
 
 
+def open_run(
+    checkpoint: str, data_root: str | None, loader: str | None, device: str
+) -> tuple[dict, Config, torch.device]:
+    """Load a checkpoint and the config it was trained with, with the data root, loader and device a
+    command line overrides: what ``dgnet.test`` and ``dgnet.visualize`` start from."""
+    from dgnet.checkpoint import load_checkpoint
+    from dgnet.config import config_from_dict
+    from dgnet.train import resolve_device
+
+    ckpt = load_checkpoint(checkpoint)
+    cfg = config_from_dict(ckpt["config"])
+    if data_root:
+        cfg.data.root = data_root
+    if loader:
+        cfg.data.loader = loader
+    return ckpt, cfg, resolve_device(device)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m dgnet.test", description="Evaluate a dgnet checkpoint.")
     p.add_argument("--checkpoint", required=True, help="teacher.pt, dgnet.pt or any checkpoint of a run")
@@ -159,18 +177,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--output", help="JSON file for the results (default: next to the checkpoint)")
     args = p.parse_args(argv)
     try:
-        from dgnet.checkpoint import load_checkpoint
-        from dgnet.config import config_from_dict
         from dgnet.data import resolve_backend
-        from dgnet.train import prepare_dataset, resolve_device
+        from dgnet.train import prepare_dataset
 
-        ckpt = load_checkpoint(args.checkpoint)
-        cfg = config_from_dict(ckpt["config"])
-        if args.data_root:
-            cfg.data.root = args.data_root
-        if args.loader:
-            cfg.data.loader = args.loader
-        device = resolve_device(args.device)
+        ckpt, cfg, device = open_run(args.checkpoint, args.data_root, args.loader, args.device)
         ds = prepare_dataset(cfg, verbose=True)
         models = load_models(ckpt, cfg, device, args.model)
         results = evaluate_models(models, ds, cfg, device, resolve_backend(cfg.data.loader, device),

@@ -139,19 +139,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace) -> Path:
-    from dgnet.checkpoint import load_checkpoint
-    from dgnet.config import config_from_dict
     from dgnet.data import Sample, load_dataset, resolve_backend
-    from dgnet.test import extract, load_models
-    from dgnet.train import resolve_device
+    from dgnet.test import extract, load_models, open_run
 
-    ckpt = load_checkpoint(args.checkpoint)
-    cfg = config_from_dict(ckpt["config"])
-    if args.data_root:
-        cfg.data.root = args.data_root
-    if args.loader:
-        cfg.data.loader = args.loader
-    device = resolve_device(args.device)
+    ckpt, cfg, device = open_run(args.checkpoint, args.data_root, args.loader, args.device)
     backend = resolve_backend(cfg.data.loader, device)
     which = args.model if args.mode == "ranklist" else "dgnet"
     model = load_models(ckpt, cfg, device, which)[which]
