@@ -32,6 +32,11 @@ the task's naming, i.e. the spec's ``x_ab`` with the roles written out):
    silhouette: limbs, stride, lean, view and position all change it. The structure code of the model's own
    Es is deliberately not used: Es is trained to reproduce exactly that, so it would grade itself.
 
+Reference rows printed with DG-Net's: the real ``x_b`` and ``x_a`` (above), and the **ideal swap** rendered by
+the synthetic generator itself (:func:`render_ideal`: b's identity drawn with a's pose, view, scene, occluder
+and camera). The ideal swap is what a perfect DG-Net would produce, so its scores are the honest target:
+its appearance share is the teacher's ability to recognise b under a's camera and pose, not 100 %.
+
 A "generator" here is any callable ``(x_a, x_b) -> x_ab`` on normalised batches, so the measures apply to
 DG-Net (:func:`swap_generator`), to its reconstruction, and to stubs in the tests (``lambda a, b: b`` follows
 appearance perfectly and keeps no structure; ``lambda a, b: a`` the reverse).
@@ -248,21 +253,45 @@ def structure_kept(fakes: torch.Tensor, masks_a: torch.Tensor, backgrounds_a: to
     return {"silhouette_auc": float(np.mean(aucs)) if aucs else float("nan"), "silhouette_iou": float(iou.mean())}
 
 
-def measure(generator: Generator, teacher: torch.nn.Module, probe: Probe, means: torch.Tensor, ids: torch.Tensor,
-            ia: torch.Tensor, ib: torch.Tensor, device: torch.device | str = "cpu",
-            batch_size: int = 32) -> dict[str, float]:
-    """Both measures for one generator over the pairs ``(ia, ib)`` of ``probe`` (which needs masks and
-    backgrounds): the union of :func:`appearance_following` and :func:`structure_kept`."""
+def render_ideal(samples: Sequence, manifest: dict, ia: torch.Tensor, ib: torch.Tensor,
+                 size: tuple[int, int]) -> torch.Tensor:
+    """The ideal ``x_ab`` by the synthetic generator itself: identity (appearance) of ``samples[ib]`` drawn with
+    the pose, view, position, scene, occluder and camera of ``samples[ia]``, at the set's size, resized to
+    ``size`` like real images. ``(n, 3, H, W)`` normalised float32. With ``ia == ib`` it is the real image."""
+    from dgnet.data.synthetic import render
+
+    out = []
+    for a, b in zip(ia.tolist(), ib.tolist(), strict=True):
+        ra, rb = manifest[Path(samples[a].path).name], manifest[Path(samples[b].path).name]
+        with Image.open(samples[a].path) as im:
+            w, h = im.size
+        out.append(resize_uint8(_decode(render(rb["identity"], ra["factors"], ra["camera"], h, w)), size))
+    return normalize(torch.stack(out))
+
+
+def measure_fakes(fakes: torch.Tensor, teacher: torch.nn.Module, probe: Probe, means: torch.Tensor,
+                  ids: torch.Tensor, ia: torch.Tensor, ib: torch.Tensor, device: torch.device | str = "cpu",
+                  batch_size: int = 32) -> dict[str, float]:
+    """Both measures for given ``x_ab`` images ``fakes`` ``(n, 3, H, W)`` (normalised) of the pairs ``(ia, ib)``
+    of ``probe`` (which needs masks and backgrounds): :func:`appearance_following` and :func:`structure_kept`."""
     if probe.masks is None or probe.backgrounds is None:
         raise ValueError("measure: the probe has no silhouettes/backgrounds; load it with the synthetic manifest")
-    fakes = generate(generator, probe.images, ia, ib, batch_size, device)
     feats = teacher_features(teacher, fakes, batch_size, device)
     out = appearance_following(feats, probe.pids[ia], probe.pids[ib], means, ids)
     out.update(structure_kept(fakes, probe.masks[ia], probe.backgrounds[ia]))
     return out
 
 
+def measure(generator: Generator, teacher: torch.nn.Module, probe: Probe, means: torch.Tensor, ids: torch.Tensor,
+            ia: torch.Tensor, ib: torch.Tensor, device: torch.device | str = "cpu",
+            batch_size: int = 32) -> dict[str, float]:
+    """:func:`measure_fakes` of ``generator(x_a, x_b)`` over the pairs ``(ia, ib)`` of ``probe``."""
+    fakes = generate(generator, probe.images, ia, ib, batch_size, device)
+    return measure_fakes(fakes, teacher, probe, means, ids, ia, ib, device, batch_size)
+
+
 ROWS = (("real x_b", "appearance ceiling / structure floor"), ("real x_a", "structure ceiling"),
+        ("ideal x_ab (rendered)", "what a perfect swap scores: b's identity drawn in a's pose, scene and camera"),
         ("recon G(s_a,f_a)", "the generator's own structure ceiling"), ("swap G(s_a,f_b)", "cross-identity images"))
 
 
@@ -295,6 +324,10 @@ def run(model: torch.nn.Module, teacher: torch.nn.Module, query: Sequence, galle
                                   "recon G(s_a,f_a)": reconstruction_generator(model),
                                   "swap G(s_a,f_b)": swap_generator(model)}
     rows = {name: measure(g, teacher, probe, means, ids, ia, ib, device, batch_size) for name, g in gens.items()}
+    ideal = render_ideal(query, manifest, ia, ib, size)
+    rows = {**{k: rows[k] for k in ("real x_b", "real x_a")},
+            "ideal x_ab (rendered)": measure_fakes(ideal, teacher, probe, means, ids, ia, ib, device, batch_size),
+            **{k: rows[k] for k in ("recon G(s_a,f_a)", "swap G(s_a,f_b)")}}
     return {"rows": rows, "pairs": len(ia), "seed": seed, "query_images": len(query),
             "identities": len(ids), "size": list(size), "iou_tau": IOU_TAU,
             "nearest_identity": "nearest class mean (cosine) of the teacher's features of the test gallery"}

@@ -104,6 +104,19 @@ def test_structure_kept_hand_case_and_stubs(tiny):
         Q.structure_kept(probe.images[:2], probe.masks[:3], probe.backgrounds[:2])
 
 
+def test_ideal_swap_with_itself_is_the_real_image_and_keeps_structure(tiny):
+    root, _, query, probe = tiny
+    from dgnet.data.synthetic import load_manifest
+
+    manifest = load_manifest(root)
+    same = torch.arange(len(query))
+    # the generator re-draws the very file (same factors, noise seed and JPEG quality): identical pixels
+    assert torch.equal(Q.render_ideal(query, manifest, same, same, (64, 32)), probe.images)
+    ia, ib = Q.draw_pairs(probe.pids, 30, seed=4)
+    ideal = Q.structure_kept(Q.render_ideal(query, manifest, ia, ib, (64, 32)), probe.masks[ia], probe.backgrounds[ia])
+    assert ideal["silhouette_auc"] > 0.95 and ideal["silhouette_iou"] > 0.7
+
+
 class OracleTeacher(nn.Module):
     """A 'teacher' that knows every image of the probe: features = one-hot of the identity of the stored image
     equal to the input (or to its mirror), zero for anything else."""
@@ -177,6 +190,7 @@ def test_cli_on_tiny_checkpoint(tiny, tmp_path, capsys):
         assert row["followed_b"] + row["leaked_a"] + row["other"] == pytest.approx(1.0)
     real_a, real_b = res["rows"]["real x_a"], res["rows"]["real x_b"]
     assert real_a["silhouette_auc"] > 0.97 and real_b["silhouette_auc"] < 0.8
+    assert res["rows"]["ideal x_ab (rendered)"]["silhouette_auc"] > 0.95
 
 
 def test_cli_bad_input(tiny, tmp_path, capsys):
