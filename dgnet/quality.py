@@ -361,7 +361,8 @@ def main(argv: list[str] | None = None) -> int:
         teacher = load_models(tckpt, cfg, device, "teacher")["teacher"]
         ds = load_dataset("synthetic", cfg.data.root)
         manifest = load_manifest(cfg.data.root)
-        torch.set_num_threads(max(1, cfg.train.threads))
+        if cfg.train.threads > 0:  # the run's thread setting (0: torch's default), as dgnet.train uses it
+            torch.set_num_threads(cfg.train.threads)
         res = run(model, teacher, ds.query, ds.gallery, manifest, (cfg.data.height, cfg.data.width),
                   args.pairs, args.seed, device, cfg.eval.batch_size)
     except (ValueError, FileNotFoundError) as exc:
