@@ -122,6 +122,14 @@ class TrainConfig:
     teacher: str = ""  # --teacher PATH: a trained teacher checkpoint; skips stage 1
     grid_samples: int = 4  # fixed images in the training-time PNG grids
     threads: int = 0  # torch CPU threads (0: torch's default); 1 is far faster on a CPU shared with other jobs
+    # Multi-process training (torchrun; dgnet.distributed). World size W = number of processes. Rule: the
+    # per-process batch stays data.batch_size (data.teacher_batch_size in stage 1), so the global batch is
+    # W x batch; gradients are averaged over processes. With scale_lr every learning rate is multiplied by
+    # W (the linear scaling rule; keep it off to train with the spec's rates at a W-times larger batch).
+    # sync_bn: Ea's and its heads' BatchNorm normalise with the statistics of the global batch
+    # (SyncBatchNorm), which a single process on the combined batch would compute. Both only act when W > 1.
+    sync_bn: bool = False
+    scale_lr: bool = False
 
 
 @dataclass
@@ -156,7 +164,9 @@ SECTIONS = ("data", "model", "loss", "optim", "train", "eval")
 _UNFINGERPRINTED = {
     "data": {"root", "loader", "workers", "skip_corrupt"},  # the synthetic_* keys do count: they define the data
     "train": {"device", "amp", "fused", "log_every", "image_every", "checkpoint_every", "keep_checkpoints",
-              "output", "max_iterations", "teacher", "grid_samples", "threads"},
+              "output", "max_iterations", "teacher", "grid_samples", "threads",
+              # act only when W > 1; a resume on another world size says what cannot be exact instead
+              "sync_bn", "scale_lr"},
     "eval": None,  # evaluation settings never affect training
 }
 

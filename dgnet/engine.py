@@ -371,6 +371,78 @@ def generator_total(terms: dict[str, torch.Tensor], weights: dict[str, float], l
     )
 
 
+# ------------------------------------------------------------------------------- one call per backward (DDP)
+class _Aux:
+    """What the generator step returns besides its loss. A plain object on purpose: DDP searches a forward's
+    outputs (tensors, lists, tuples, dicts, dataclasses) for the graph of used parameters, and must find only
+    the loss (the fine-grained logits, say, are computed but unused before their ramp starts)."""
+
+    def __init__(self, fwd: Forward, dis: dict, terms: dict, images: dict, live: bool) -> None:
+        self.fwd, self.dis, self.terms, self.images, self.live = fwd, dis, terms, images, live
+
+
+class GenerationStep(nn.Module):
+    """The shared forward, the D step and the G + Es + Ea losses of one iteration as one module call.
+
+    DG-Net calls Ea up to ten times and Es twice before the one backward of the G + Es + Ea step.
+    DistributedDataParallel prepares its gradient reduction per wrapper call, so this module is what DDP
+    wraps (``wrap_ddp``): one forward, one backward, every Ea/Es/G parameter reduced exactly once. D is
+    excluded from this wrapper (it has its own, used once per iteration by the D step, which runs inside
+    this forward on detached fakes, between the shared forward and the generator losses, as the spec
+    orders). ``forward`` leaves ``model.D.requires_grad`` off; the caller turns it back on after backward.
+    Returns ``(total loss, _Aux)``.
+    """
+
+    def __init__(self, model: DGNet) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, teacher, batch_a, batch_b, weights, cfg, amp_dtype, dis_step):  # noqa: D102
+        device = batch_a["image"].device
+        with _autocast(device, amp_dtype):
+            fwd = shared_forward(self.model, batch_a, batch_b)
+        dis = dis_step(fwd)
+        self.model.D.requires_grad_(False)
+        with _autocast(device, amp_dtype):
+            terms, images, live = generator_losses(self.model, teacher, fwd, weights, cfg)
+        total = generator_total(terms, weights, cfg.loss)
+        return total, _Aux(fwd, dis, terms, images, live)
+
+
+@dataclass
+class DDPModels:
+    """The DDP wrappers of one DG-Net: ``gen`` around ``GenerationStep`` (Ea with its heads, Es, G), ``dis``
+    around D. The teacher and the frozen Ea copy (``frozen``, the live Ea with gradients off) are not
+    wrapped: they take no gradient, so there is nothing to reduce."""
+
+    gen: nn.Module
+    dis: nn.Module
+
+
+def wrap_ddp(model: DGNet, device: torch.device) -> DDPModels:
+    """Wrap ``model`` for ``dgnet_step(..., ddp=...)`` in an initialised process group.
+
+    - ``find_unused_parameters=True`` on ``gen``: terms whose ramped weight is 0 are not computed, so the
+      fine-grained head (and Es's re-encoding path) take no gradient before the ramps start; DDP then
+      marks them ready instead of waiting for them forever. Skipping depends only on the iteration, so a
+      parameter is unused on every rank or on none, and DDP leaves its gradient ``None`` like a
+      single-process run.
+    - ``broadcast_buffers=False``: with ``train.sync_bn`` the BatchNorm statistics are already equal on every
+      rank; without it each rank keeps its own running statistics (rank 0's are saved), as the batch
+      statistics differ by construction.
+    - D is used once per D step with every parameter, so its wrapper needs no unused-parameter search.
+    """
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    ids = [device] if device.type == "cuda" else None
+    step = GenerationStep(model)
+    DDP._set_params_and_buffers_to_ignore_for_model(step, [f"model.D.{n}" for n, _ in model.D.named_parameters()]
+                                                    + [f"model.D.{n}" for n, _ in model.D.named_buffers()])
+    gen = DDP(step, device_ids=ids, find_unused_parameters=True, broadcast_buffers=False)
+    dis = DDP(model.D, device_ids=ids, broadcast_buffers=False)
+    return DDPModels(gen, dis)
+
+
 # ------------------------------------------------------------------------------------------- iterations
 _IMAGE_KEYS = ("image", "positive", "image_erased", "positive_erased")
 
@@ -386,6 +458,7 @@ def dgnet_step(
     scaler: torch.amp.GradScaler | None = None,
     amp_dtype: torch.dtype | None = None,
     return_images: bool = False,
+    ddp: DDPModels | None = None,
 ) -> dict:
     """One DG-Net iteration: shared forward, D step on detached fakes, then G + Es + Ea with one backward.
 
@@ -399,6 +472,7 @@ def dgnet_step(
         iteration: 0-based index of this iteration (drives ``ramp_weights``).
         scaler: a GradScaler for fp16 (shared by the three optimisers, updated once at the end).
         amp_dtype: ``torch.bfloat16`` / ``torch.float16`` to run forwards under autocast, ``None`` for fp32.
+        ddp: the DistributedDataParallel wrappers of ``wrap_ddp`` when training with several processes.
         return_images: also return detached ``x_ab``, ``x_ba``, ``x_a_recon``, ``x_b_recon``,
             ``x_a_recon_p``, ``x_b_recon_p``, ``x_aba``, ``x_bab`` (cycle ones once the cycle weight is > 0).
     Returns:
@@ -413,28 +487,27 @@ def dgnet_step(
     grad_scale = float(scaler.get_scale()) if _scaling(scaler) else None
     model.train()
     gen_opt, dis_opt, id_opt = optimizers["gen"], optimizers["dis"], optimizers["id"]
+    gen_call = ddp.gen if ddp is not None else GenerationStep(model)
+    dis_call = ddp.dis if ddp is not None else model.D
 
-    with _autocast(device, amp_dtype):
-        fwd = shared_forward(model, batch_a, batch_b)
-
-    # D step on detached fakes.
-    dis_opt.zero_grad(set_to_none=True)
-    with _autocast(device, amp_dtype):
-        dis = discriminator_losses(model.D, fwd, cfg.loss, grad_scale)
-    _backward(dis["loss_dis_total"], scaler)
-    _step(dis_opt, scaler)
+    def dis_step(fwd: Forward) -> dict[str, torch.Tensor]:
+        # D step on detached fakes (one D forward and backward: one all-reduce of D's gradients under DDP).
+        dis_opt.zero_grad(set_to_none=True)
+        with _autocast(device, amp_dtype):
+            dis = discriminator_losses(dis_call, fwd, cfg.loss, grad_scale)
+        _backward(dis["loss_dis_total"], scaler)
+        _step(dis_opt, scaler)
+        return dis
 
     # G + Es + Ea step: D is a fixed critic here, so its parameters take no gradient (and cost none).
-    gen_opt.zero_grad(set_to_none=True)
-    id_opt.zero_grad(set_to_none=True)
-    model.D.requires_grad_(False)
     try:
-        with _autocast(device, amp_dtype):
-            terms, cyc_images, live = generator_losses(model, teacher, fwd, weights, cfg)
-        total = generator_total(terms, weights, cfg.loss)
+        total, aux = gen_call(teacher, batch_a, batch_b, weights, cfg, amp_dtype, dis_step)
+        gen_opt.zero_grad(set_to_none=True)
+        id_opt.zero_grad(set_to_none=True)
         _backward(total, scaler)
     finally:
         model.D.requires_grad_(True)
+    fwd, dis, terms, cyc_images, live = aux.fwd, aux.dis, aux.terms, aux.images, aux.live
     _step(gen_opt, scaler)
     _step(id_opt, scaler)
     if _scaling(scaler):
@@ -462,19 +535,21 @@ def teacher_step(
     cfg: Config,
     scaler: torch.amp.GradScaler | None = None,
     amp_dtype: torch.dtype | None = None,
+    ddp: nn.Module | None = None,
 ) -> dict[str, float]:
     """One stage-1 iteration of the re-id baseline / teacher: cross-entropy on the randomly erased image.
 
     ``batch``: ``image_erased`` float32 ``(B, 3, H, W)`` and ``pid`` int64 ``(B,)`` on the model's device.
-    The caller steps the scheduler (``build_teacher_scheduler``). Returns ``loss_id`` and ``accuracy``
-    (training accuracy of this batch).
+    The caller steps the scheduler (``build_teacher_scheduler``). ``ddp``: the teacher's
+    DistributedDataParallel wrapper under torchrun (one forward, every parameter used). Returns ``loss_id``
+    and ``accuracy`` (training accuracy of this batch).
     """
     _check_batch(batch, "batch", ("image_erased",), teacher.num_ids)
     x, y = batch["image_erased"], batch["pid"]
     teacher.train()
     optimizer.zero_grad(set_to_none=True)
     with _autocast(x.device, amp_dtype):
-        logits = teacher(x)
+        logits = (ddp if ddp is not None else teacher)(x)
     loss = id_ce(logits, y)
     _backward(loss, scaler)
     _step(optimizer, scaler)

@@ -15,8 +15,13 @@ and writes everything under ``outputs/demo/``::
 ``--iterations N`` caps both stages of this invocation at N. ``--resume`` continues from the newest
 checkpoint in the output folder exactly where it stopped (models, optimisers, schedulers, grad
 scaler, all RNG states, the data streams' positions; the ramps are a function of the iteration),
-in the stage it stopped in. Multi-process (torchrun) support is prepared, not done: the streams take
-``rank``/``world_size`` and only rank 0 logs and writes checkpoints.
+in the stage it stopped in.
+
+Several processes (one per GPU, ``torchrun --nproc_per_node N -m dgnet.train ...``; see
+``dgnet.distributed``): DistributedDataParallel, each rank reads a disjoint shard of every epoch, only
+rank 0 logs, draws grids, writes checkpoints and evaluates; checkpoints hold every rank's RNG state, so a
+resume on the same world size is exact; on another world size it works and says what is not exact.
+The batch and learning-rate rule is documented at ``TrainConfig.sync_bn`` / ``scale_lr``.
 """
 
 from __future__ import annotations
@@ -118,9 +123,70 @@ def args_to_overrides(args: argparse.Namespace) -> dict:
 
 def dist_info() -> tuple[int, int]:
     """``(rank, world_size)``; ``(0, 1)`` unless torch.distributed is initialised."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
+    from dgnet.distributed import world
+
+    return world()
+
+
+# A rank's own RNG seed offset: ranks draw different dropout masks and structure-branch coins, as they see
+# different images (rank 0 keeps the single-process seed).
+RANK_SEED_STRIDE = 1_000_003
+
+
+def _seed_rank(seed: int) -> None:
+    rank, size = dist_info()
+    if size > 1:
+        seed_everything(seed + rank * RANK_SEED_STRIDE)
+
+
+def _scale_lrs(optimizers: dict[str, torch.optim.Optimizer], cfg: Config) -> None:
+    """``train.scale_lr``: every learning rate x world size (before the schedulers capture them)."""
+    _, size = dist_info()
+    if cfg.train.scale_lr and size > 1:
+        for opt in optimizers.values():
+            for g in opt.param_groups:
+                g["lr"] *= size
+
+
+def _gather_rng() -> list[dict]:
+    """Every rank's RNG state in rank order (a collective: every rank calls it)."""
+    from dgnet.checkpoint import get_rng_state
+    from dgnet.distributed import all_gather_objects
+
+    return all_gather_objects(get_rng_state())
+
+
+def _with_ranks(state: dict, rng_ranks: list[dict]) -> dict:
+    state["world_size"] = len(rng_ranks)
+    state["rng_ranks"] = rng_ranks
+    return state
+
+
+def _restore_dist(ckpt: dict, what: str, streams: dict | None, scale_lr: bool = False, **parts: Any) -> None:
+    """``restore_state`` for this rank: exact on the saved world size (this rank's RNG state, the streams'
+    positions); on another world size models, optimisers and schedulers are restored, the streams start
+    the saved epoch afresh on the new shards and every rank reseeds, and rank 0 says so."""
+    from dgnet.checkpoint import set_rng_state
+
+    rank, size = dist_info()
+    saved = int(ckpt.get("world_size", 1))
+    if saved == size:
+        restore_state(ckpt, streams=streams, **parts)
+        if size > 1 and "rng_ranks" in ckpt:
+            set_rng_state(ckpt["rng_ranks"][rank])
+        return
+    restore_state(ckpt, streams=None, rng=False, **parts)
+    from dgnet.checkpoint import from_safe
+
+    for name, st in (streams or {}).items():
+        epoch = int(from_safe(ckpt.get("streams", {}).get(name, {"epoch": 0}))["epoch"])
+        st.load_state_dict({"epoch": epoch, "position": 0})
+    seed_everything(int(ckpt["iteration"]) * 7919 + rank * RANK_SEED_STRIDE + 1)
+    if rank == 0:
+        print(f"dgnet: {what}: the checkpoint was written by {saved} process(es), this run has {size}: models, "
+              "optimisers, schedulers and the ramps are restored, but the resume is not exact: the data shards, "
+              "the position within the epoch (the saved epoch restarts) and the RNG streams differ"
+              + ("; train.scale_lr: the learning rates stay those of the saved world size" if scale_lr else ""))
 
 
 def resolve_device(name: str) -> torch.device:
@@ -283,13 +349,16 @@ def train_teacher(cfg: Config, ds, device: torch.device, backend: str, mgr: Chec
     scratch = resume is not None or cfg.model.backbone_weights == TEACHER_WEIGHTS  # the teacher itself starts anew
     teacher = ReidBaseline(arch_only(cfg.model) if scratch else cfg.model, num_ids).to(device)
     opt = engine.build_teacher_optimizer(teacher, cfg.optim)
+    _scale_lrs({"teacher": opt}, cfg)
     sched = engine.build_teacher_scheduler(opt, cfg.optim)
+    ddp = _ddp(teacher, device)
     stream = train_stream(ds.train, backend, mode="pk", augment=True,
                           **_stream_kwargs(cfg, device, cfg.train.seed, cfg.data.teacher_batch_size))
     start = 0
+    _seed_rank(cfg.train.seed)
     if resume is not None:
-        restore_state(resume, models={"teacher": teacher}, optimizers={"teacher": opt},
-                      schedulers={"teacher": sched}, scaler=scaler, streams={"train": stream})
+        _restore_dist(resume, "teacher", {"train": stream}, models={"teacher": teacher}, optimizers={"teacher": opt},
+                      schedulers={"teacher": sched}, scaler=scaler, scale_lr=cfg.train.scale_lr)
         start = resume["iteration"]
     log = RunLogger(out, "teacher", total, start=start, enabled=rank == 0)
     if start >= total:
@@ -297,17 +366,19 @@ def train_teacher(cfg: Config, ds, device: torch.device, backend: str, mgr: Chec
     batches = iter(stream)
 
     def save(it: int) -> None:
+        rngs = _gather_rng()
         if rank == 0:
-            mgr.save(build_state(stage="teacher", iteration=it, cfg=cfg, num_ids=num_ids, models={"teacher": teacher},
-                                 optimizers={"teacher": opt}, schedulers={"teacher": sched}, scaler=scaler,
-                                 streams={"train": stream}), "teacher", it)
+            mgr.save(_with_ranks(build_state(stage="teacher", iteration=it, cfg=cfg, num_ids=num_ids,
+                                             models={"teacher": teacher}, optimizers={"teacher": opt},
+                                             schedulers={"teacher": sched}, scaler=scaler,
+                                             streams={"train": stream}), rngs), "teacher", it)
 
     teacher.train()
     try:
         for it in range(start, total):
             sched_step(sched)
             batch = _next_batch(batches)
-            o = engine.teacher_step(teacher, opt, batch, cfg, scaler, amp_dtype)
+            o = engine.teacher_step(teacher, opt, batch, cfg, scaler, amp_dtype, ddp=ddp)
             _check_finite(o, "teacher", it, mgr)
             done = it + 1
             log.step(postfix={k: v for k, v in o.items() if k.startswith("loss")})
@@ -321,6 +392,16 @@ def train_teacher(cfg: Config, ds, device: torch.device, backend: str, mgr: Chec
         _final_weights(out / "teacher.pt", "teacher", max(start, total), cfg, num_ids, {"teacher": teacher})
     teacher.eval()
     return teacher
+
+
+def _ddp(module: torch.nn.Module, device: torch.device) -> torch.nn.Module | None:
+    """The stage-1 teacher's DDP wrapper under torchrun (``None`` in a single process)."""
+    _, size = dist_info()
+    if size == 1:
+        return None
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    return DDP(module, device_ids=[device] if device.type == "cuda" else None, broadcast_buffers=False)
 
 
 def sched_step(*schedulers: Any) -> None:
@@ -435,8 +516,15 @@ def train_dgnet(cfg: Config, ds, teacher: torch.nn.Module, device: torch.device,
         except RuntimeError as exc:
             raise ValueError(f"model.backbone_weights=teacher: the teacher's trunk does not fit Ea's "
                              f"({cfg.model.backbone}): {exc}") from None
+    _, size = dist_info()
+    if size > 1 and cfg.train.sync_bn:
+        from dgnet.distributed import convert_sync_batchnorm
+
+        model.Ea = convert_sync_batchnorm(model.Ea, device).to(device)
     opts = engine.build_optimizers(model, cfg.optim)
+    _scale_lrs(opts, cfg)
     scheds = engine.build_schedulers(opts, cfg.optim)
+    ddp = engine.wrap_ddp(model, device) if size > 1 else None
     from dgnet.data import drop_singletons
 
     kw = _stream_kwargs(cfg, device, 0, cfg.data.batch_size)
@@ -446,9 +534,10 @@ def train_dgnet(cfg: Config, ds, teacher: torch.nn.Module, device: torch.device,
         "b": train_stream(pairs, backend, mode="pairs", augment=True, **{**kw, "seed": cfg.train.seed + 23}),
     }
     start = 0
+    _seed_rank(cfg.train.seed + 1)
     if resume is not None:
-        restore_state(resume, models={"dgnet": model}, optimizers=opts, schedulers=scheds, scaler=scaler,
-                      streams=streams)
+        _restore_dist(resume, "dgnet", streams, models={"dgnet": model}, optimizers=opts, schedulers=scheds,
+                      scaler=scaler, scale_lr=cfg.train.scale_lr)
         start = resume["iteration"]
     grid_a = grid_b = None
     if rank == 0:
@@ -460,17 +549,20 @@ def train_dgnet(cfg: Config, ds, teacher: torch.nn.Module, device: torch.device,
     it_a, it_b = iter(streams["a"]), iter(streams["b"])
 
     def save(it: int, ramps: dict) -> None:
+        rngs = _gather_rng()
         if rank == 0:
-            mgr.save(build_state(stage="dgnet", iteration=it, cfg=cfg, num_ids=num_ids,
-                                 models={"dgnet": model, "teacher": teacher}, optimizers=opts, schedulers=scheds,
-                                 scaler=scaler, streams=streams, ramps=ramps), "dgnet", it)
+            mgr.save(_with_ranks(build_state(stage="dgnet", iteration=it, cfg=cfg, num_ids=num_ids,
+                                             models={"dgnet": model, "teacher": teacher}, optimizers=opts,
+                                             schedulers=scheds, scaler=scaler, streams=streams, ramps=ramps),
+                                 rngs), "dgnet", it)
 
     model.train()
     try:
         for it in range(start, total):
             sched_step(*scheds.values())
             batch_a, batch_b = _next_batch(it_a), _next_batch(it_b)
-            o = engine.dgnet_step(model, teacher, opts, batch_a, batch_b, it, cfg, scaler=scaler, amp_dtype=amp_dtype)
+            o = engine.dgnet_step(model, teacher, opts, batch_a, batch_b, it, cfg, scaler=scaler, amp_dtype=amp_dtype,
+                                  ddp=ddp)
             _check_finite(o, "dgnet", it, mgr)
             done = it + 1
             ramps = engine.ramp_weights(it, cfg.loss)
@@ -497,11 +589,26 @@ def train_dgnet(cfg: Config, ds, teacher: torch.nn.Module, device: torch.device,
 
 
 def run(cfg: Config, resume: bool = False, stage: str = "all", evaluate: bool = True, verbose: bool = True) -> dict:
-    """Train (and evaluate) per ``cfg``; returns ``{"results": {...}, "output": str, "seconds": float}``."""
+    """Train (and evaluate) per ``cfg``; returns ``{"results": {...}, "output": str, "seconds": float}``.
+
+    Under torchrun (``WORLD_SIZE`` set) joins the process group first (``dgnet.distributed.init_from_env``)
+    and leaves it at the end.
+    """
+    from dgnet.distributed import destroy, init_from_env
+
+    joined = not torch.distributed.is_initialized()
+    ctx = init_from_env(resolve_device(cfg.train.device))
+    try:
+        return _run(cfg, ctx.device, resume, stage, evaluate, verbose)
+    finally:
+        if joined:
+            destroy()
+
+
+def _run(cfg: Config, device: torch.device, resume: bool, stage: str, evaluate: bool, verbose: bool) -> dict:
     t0 = time.perf_counter()
-    rank, _ = dist_info()
+    rank, size = dist_info()
     out = Path(cfg.train.output)
-    device = resolve_device(cfg.train.device)
     amp = resolve_amp(cfg.train.amp, device)
     set_determinism(cfg.train.deterministic)
     if cfg.train.threads > 0:
@@ -515,7 +622,11 @@ def run(cfg: Config, resume: bool = False, stage: str = "all", evaluate: bool = 
     from dgnet.data import resolve_backend
 
     backend = resolve_backend(cfg.data.loader, device)
+    if size > 1 and rank != 0:
+        torch.distributed.barrier()  # rank 0 generates the synthetic set (if absent) before anyone reads it
     ds = prepare_dataset(cfg, verbose=verbose and rank == 0)
+    if size > 1 and rank == 0:
+        torch.distributed.barrier()
     mgr = CheckpointManager(out / "checkpoints", keep=cfg.train.keep_checkpoints)
 
     latest = mgr.latest()

@@ -81,6 +81,7 @@ def frozen(module: nn.Module, bn_batch_stats: bool = False) -> Iterator[nn.Modul
     modes = [(m, m.training) for m in module.modules()]
     bns = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     tracking = [(m, m.track_running_stats) for m in bns]
+    stats: list = []
     try:
         for p in params:
             p.requires_grad_(False)
@@ -90,8 +91,18 @@ def frozen(module: nn.Module, bn_batch_stats: bool = False) -> Iterator[nn.Modul
                 # training=True + track_running_stats=False: batch statistics, running buffers untouched.
                 m.train()
                 m.track_running_stats = False
+        else:
+            for m in bns:
+                # Normalise with a snapshot of the running statistics: the backward of this call reads them,
+                # and a later train-mode call of the live module in the same iteration (the teacher terms'
+                # Ea on detached fakes) updates the buffers in place, which autograd does not detect.
+                stats.append((m, m.running_mean, m.running_var))
+                if m.running_mean is not None:
+                    m.running_mean, m.running_var = m.running_mean.clone(), m.running_var.clone()
         yield module
     finally:
+        for m, mean, var in stats:
+            m.running_mean, m.running_var = mean, var
         for p in params:
             p.requires_grad_(True)
         for m, mode in modes:

@@ -1,0 +1,184 @@
+"""Process bodies for tests/test_distributed.py: each runs in its own spawned process on 127.0.0.1 with gloo.
+
+Kept out of the test module so spawned children import only this file (and dgnet), not pytest's test module.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+import traceback
+from pathlib import Path
+
+import torch
+
+from dgnet.config import Config
+
+SMALL = (32, 16)  # the smallest image size every DG-Net module accepts
+IDS = 5
+PER_RANK = 2  # per-rank batch of each stream; the 1-process reference gets world x this
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def join_env(rank: int, world: int, port: int, timeout_s: float | None = None) -> None:
+    """What torchrun would export for this process."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    if timeout_s is not None:
+        os.environ["DGNET_DIST_TIMEOUT"] = str(timeout_s)
+    torch.set_num_threads(1)
+
+
+def _guard(fn, rank: int, out: Path, *args) -> None:
+    """Run ``fn``; on an exception write its traceback to ``out/error_<rank>.txt`` (the parent reports it)."""
+    try:
+        fn(rank, *args)
+    except BaseException:
+        (out / f"error_{rank}.txt").write_text(traceback.format_exc())
+        raise
+
+
+# ------------------------------------------------------------------------------------------- parity
+def parity_config() -> Config:
+    """A tiny DG-Net whose only differences between 1 and 2 processes are the gradient sum and the BN statistics:
+    dropout 0 and the live structure branch always (no per-rank random draws), and the frozen teacher on running
+    statistics (the teacher is never synchronised, so batch statistics would differ per rank by construction)."""
+    cfg = Config()
+    cfg.model.backbone = "resnet18"
+    cfg.model.backbone_weights = "none"
+    cfg.model.dropout_primary = 0.0
+    cfg.model.dropout_fine = 0.0
+    cfg.model.bn_train_on_generated = False
+    cfg.loss.structure_live_p = 1.0
+    cfg.loss.warm_iter = 0  # iteration 0: every ramped term off (unused parameters); from 1 on: all on
+    cfg.loss.warm_step = 0.5
+    cfg.train.sync_bn = True
+    return cfg
+
+
+def global_batch(step: int, stream: int, world: int) -> dict:
+    """The combined batch of every rank at ``step``: rank r holds rows ``[r * PER_RANK, (r + 1) * PER_RANK)``."""
+    g = torch.Generator().manual_seed(1000 * step + stream)
+    n = PER_RANK * world
+    out = {k: torch.randn(n, 3, *SMALL, generator=g) for k in ("image", "positive", "image_erased", "positive_erased")}
+    out["pid"] = torch.randint(0, IDS, (n,), generator=g)
+    return out
+
+
+def parity_run(rank: int, world: int, steps: int, ref_world: int) -> tuple[dict[str, torch.Tensor], list[dict]]:
+    """``steps`` DG-Net iterations on this rank's rows of the combined batches of ``ref_world`` ranks (all of
+    them when ``world`` is 1); returns the model's state dict (parameters and BatchNorm buffers) and each
+    iteration's losses."""
+    from dgnet.engine import build_optimizers, dgnet_step, wrap_ddp
+    from dgnet.models import DGNet, ReidBaseline
+
+    cfg = parity_config()
+    torch.manual_seed(0)
+    model = DGNet(cfg.model, IDS)
+    torch.manual_seed(1)
+    teacher = ReidBaseline(cfg.model, IDS).requires_grad_(False)
+    teacher.eval()
+    ddp = None
+    if world > 1:
+        from dgnet.distributed import convert_sync_batchnorm
+
+        model.Ea = convert_sync_batchnorm(model.Ea, torch.device("cpu"))
+    opts = build_optimizers(model, cfg.optim)
+    # SGD for G, Es and D instead of Adam: an update linear in the gradient. Adam's first steps move every
+    # element by about lr whatever its gradient's size, so the float32 noise of exactly-zero gradients (conv
+    # biases before InstanceNorm) would become updates as large as the real ones and hide the comparison.
+    for name in ("gen", "dis"):
+        params = [p for g in opts[name].param_groups for p in g["params"]]
+        opts[name] = torch.optim.SGD(params, lr=1e-3)
+    if world > 1:
+        ddp = wrap_ddp(model, torch.device("cpu"))
+    rows = slice(0, PER_RANK * ref_world) if world == 1 else slice(rank * PER_RANK, (rank + 1) * PER_RANK)
+    losses = []
+    for it in range(steps):
+        a, b = (global_batch(it, s, ref_world) for s in (0, 1))
+        a, b = ({k: v[rows] for k, v in x.items()} for x in (a, b))
+        o = dgnet_step(model, teacher, opts, a, b, it, cfg, ddp=ddp)
+        losses.append({k: v for k, v in o.items() if k.startswith("loss")})
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}, losses
+
+
+def parity_worker(rank: int, world: int, port: int, out: Path, steps: int) -> None:
+    def body(rank: int) -> None:
+        from dgnet.distributed import destroy, init_from_env
+
+        join_env(rank, world, port, timeout_s=120)
+        init_from_env("cpu")
+        try:
+            state, losses = parity_run(rank, world, steps, world)
+            torch.save({"state": state, "losses": losses}, out / f"state_{rank}.pt")
+        finally:
+            destroy()
+
+    _guard(body, rank, out)
+
+
+# ------------------------------------------------------------------------------------ shards, gather
+def shards_worker(rank: int, world: int, port: int, out: Path, n_samples: int) -> None:
+    """This rank's sample indices for two epochs of the pairs sampler and of the P x K sampler, plus an uneven
+    all-gather; written to ``out/shards_<rank>.pt``."""
+
+    def body(rank: int) -> None:
+        from dgnet.data.sampler import TrainSampler
+        from dgnet.distributed import all_gather_varlen, destroy, init_from_env
+
+        join_env(rank, world, port, timeout_s=60)
+        init_from_env("cpu")
+        try:
+            pids = [i // 4 for i in range(n_samples)]  # 4 images per identity
+            result: dict = {}
+            for mode in ("pairs", "pk"):
+                s = TrainSampler(pids, 2 if mode == "pairs" else 8, mode, 4, 7, rank, world)
+                result[mode] = [s.epoch_indices(e) for e in range(2)]
+            mine = torch.arange(3 + 2 * rank, dtype=torch.float32).unsqueeze(1).repeat(1, 3) + 100 * rank
+            result["gathered"] = all_gather_varlen(mine)
+            torch.save(result, out / f"shards_{rank}.pt")
+        finally:
+            destroy()
+
+    _guard(body, rank, out)
+
+
+# --------------------------------------------------------------------------------------------- failure
+def dying_worker(rank: int, world: int, port: int, out: Path) -> None:
+    """Rank 1 dies after joining; rank 0 runs a collective and records the error it gets and when."""
+    from dgnet.distributed import init_from_env
+
+    join_env(rank, world, port, timeout_s=10)
+    init_from_env("cpu")
+    if rank == 1:
+        os._exit(3)  # a crash: no cleanup, no goodbye to the group
+    t0 = time.perf_counter()
+    try:
+        x = torch.ones(4)
+        for _ in range(5):
+            torch.distributed.all_reduce(x)
+            time.sleep(0.2)
+        (out / "rank0.txt").write_text(f"no error after {time.perf_counter() - t0:.1f} s")
+    except Exception as exc:  # noqa: BLE001 - the test reads what the surviving rank saw
+        (out / "rank0.txt").write_text(f"{type(exc).__name__} after {time.perf_counter() - t0:.1f} s: {exc}")
+
+
+# ---------------------------------------------------------------------------------------- train / test CLI
+def cli_worker(rank: int, world: int, port: int, out: Path, module: str, argv: list[str]) -> None:
+    """``python -m dgnet.<module> argv`` as rank ``rank`` of ``world`` (torchrun's environment); exit status to
+    ``out/rc_<rank>.txt``."""
+
+    def body(rank: int) -> None:
+        import importlib
+
+        join_env(rank, world, port, timeout_s=120)
+        rc = importlib.import_module(f"dgnet.{module}").main(argv)
+        (out / f"rc_{rank}.txt").write_text(str(rc))
+
+    _guard(body, rank, out)
