@@ -52,9 +52,19 @@ def embed(model: torch.nn.Module, kind: str, x: torch.Tensor, alpha: float = 0.5
 @torch.no_grad()
 def extract(model: torch.nn.Module, kind: str, samples: list, cfg: Config, backend: str, device: torch.device,
             alpha: float | None = None) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
-    """Features of every sample, in sample order: ``(features (N, D) float32 CPU, pids (N,), camids (N,))``."""
-    from dgnet.data import test_stream
+    """Features of every sample, in sample order: ``(features (N, D) float32 CPU, pids (N,), camids (N,))``.
 
+    Under torchrun (``dgnet.distributed``) rank r embeds samples ``r, r + W, ...`` and every rank receives all
+    features, in sample order (the same values as one process: the model is in eval mode, so a sample's
+    feature does not depend on the rest of its batch).
+    """
+    from dgnet.data import test_stream
+    from dgnet.distributed import all_gather_varlen, world
+
+    rank, size = world()
+    split = size > 1 and len(samples) >= size
+    mine = list(range(rank, len(samples), size)) if split else list(range(len(samples)))
+    every, samples = samples, [samples[i] for i in mine]
     alpha = cfg.eval.alpha if alpha is None else alpha
     was = model.training
     model.eval()
@@ -75,6 +85,14 @@ def extract(model: torch.nn.Module, kind: str, samples: list, cfg: Config, backe
     if feats is None or not bool(seen.all()):
         missing = int((~seen).sum())
         raise RuntimeError(f"test pipeline returned no features for {missing} of {len(samples)} images")
+    if split:
+        # NCCL gathers device tensors; gloo CPU ones
+        comm = device if torch.distributed.get_backend() == "nccl" else torch.device("cpu")
+        gathered = all_gather_varlen(feats.to(comm)).cpu()
+        order = all_gather_varlen(torch.tensor(mine, dtype=torch.int64, device=comm)).cpu()
+        feats = torch.zeros(len(every), feats.shape[1])
+        feats[order] = gathered
+    samples = every
     pids = np.array([s.pid for s in samples], dtype=np.int64)
     camids = np.array([s.camid for s in samples], dtype=np.int64)
     return feats, pids, camids
@@ -109,13 +127,18 @@ def evaluate_models(models: dict[str, torch.nn.Module], ds, cfg: Config, device:
     """Evaluate each of ``{"teacher": ..., "dgnet": ...}`` on ``ds``'s query/gallery.
 
     Returns ``{name: {"plain": {rank1, rank5, rank10, mAP, mINP}, "rerank": {...}}}``.
+    Under torchrun every rank extracts its share of the features and rank 0 alone evaluates (the other
+    ranks return ``{}``).
     """
+    from dgnet.distributed import world
+
     rerank = cfg.eval.rerank if rerank is None else rerank
     results = {}
     for name, model in models.items():
         qf, qp, qc = extract(model, name, ds.query, cfg, backend, device, alpha)
         gf, gp, gc = extract(model, name, ds.gallery, cfg, backend, device, alpha)
-        results[name] = evaluate_features(qf, gf, qp, gp, qc, gc, cfg, rerank=rerank)
+        if world()[0] == 0:
+            results[name] = evaluate_features(qf, gf, qp, gp, qc, gc, cfg, rerank=rerank)
     return results
 
 
@@ -176,18 +199,28 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", choices=("all", "teacher", "dgnet"), default="all")
     p.add_argument("--output", help="JSON file for the results (default: next to the checkpoint)")
     args = p.parse_args(argv)
+    from dgnet.distributed import destroy, init_from_env
+
+    joined = not torch.distributed.is_initialized()
     try:
         from dgnet.data import resolve_backend
         from dgnet.train import prepare_dataset
 
         ckpt, cfg, device = open_run(args.checkpoint, args.data_root, args.loader, args.device)
-        ds = prepare_dataset(cfg, verbose=True)
+        ctx = init_from_env(device)  # torchrun: features split across ranks, rank 0 evaluates
+        rank, device = ctx.rank, ctx.device
+        ds = prepare_dataset(cfg, verbose=rank == 0)
         models = load_models(ckpt, cfg, device, args.model)
         results = evaluate_models(models, ds, cfg, device, resolve_backend(cfg.data.loader, device),
                                   rerank=args.rerank, alpha=args.alpha)
     except (ValueError, FileNotFoundError) as exc:
         print(f"dgnet.test: error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        if joined:
+            destroy()
+    if rank != 0:
+        return 0
     print(format_table(results))
     out = Path(args.output) if args.output else Path(args.checkpoint).with_suffix(".results.json")
     out.write_text(json.dumps(results, indent=2))

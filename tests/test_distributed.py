@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import json
 import multiprocessing as mp
 import time
 from pathlib import Path
@@ -130,6 +131,7 @@ def test_train_two_ranks_then_resume_on_one(tmp_path: Path, capsys) -> None:
     from _tiny_run import make_tiny_set, tiny_flags
 
     from dgnet.checkpoint import load_checkpoint
+    from dgnet.test import main as test_main
     from dgnet.train import main
 
     root = make_tiny_set(tmp_path / "data")
@@ -142,6 +144,18 @@ def test_train_two_ranks_then_resume_on_one(tmp_path: Path, capsys) -> None:
     ckpt = load_checkpoint(sorted((out / "checkpoints").glob("dgnet_*.pt"))[-1])
     assert ckpt["world_size"] == WORLD and len(ckpt["rng_ranks"]) == WORLD
     assert not torch.equal(ckpt["rng_ranks"][0]["torch"], ckpt["rng_ranks"][1]["torch"])  # ranks draw their own
+
+    # dgnet.test on 2 ranks (features split, gathered, rank 0 evaluates) == 1 process
+    test_flags = ["--checkpoint", str(out / "dgnet.pt"), "--device", "cpu", "--loader", "torch", "--rerank"]
+    for f in tmp_path.glob("rc_*.txt"):
+        f.unlink()
+    _ok(_spawn(cli_worker, tmp_path, "test", [*test_flags, "--output", str(tmp_path / "two.json")]), tmp_path)
+    assert test_main([*test_flags, "--output", str(tmp_path / "one.json")]) == 0
+    two, one = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("two", "one"))
+    assert set(one) == {"teacher", "dgnet"} and set(one["dgnet"]) == {"plain", "rerank"}
+    for model, by_mode in one.items():
+        for mode, metrics in by_mode.items():
+            assert two[model][mode] == pytest.approx(metrics, abs=1e-6), (model, mode)
 
     assert main([*flags, "--iterations", "3", "--resume"]) == 0
     said = capsys.readouterr().out
