@@ -82,6 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--iterations", type=int, help="cap both stages at N iterations (a smoke run)")
     p.add_argument("--teacher", help="a trained teacher (teacher.pt or any dgnet checkpoint): skips stage 1")
     p.add_argument("--resume", action="store_true", help="continue exactly from the newest checkpoint in --output")
+    p.add_argument("--auto-resume", action="store_true", help="--resume when --output holds a checkpoint, else start "
+                   "afresh: one command line for the first start and torchrun's restarts (--max-restarts)")
     p.add_argument("--backbone-weights", help="imagenet | none | teacher | PATH (model.backbone_weights; teacher: "
                    "Ea's trunk starts from the stage-1 teacher's)")
     p.add_argument("--skip-corrupt", action="store_true", default=None, help="skip unreadable images instead of "
@@ -166,18 +168,23 @@ def _restore_dist(ckpt: dict, what: str, streams: dict | None, scale_lr: bool = 
     """``restore_state`` for this rank: exact on the saved world size (this rank's RNG state, the streams'
     positions); on another world size models, optimisers and schedulers are restored, the streams start
     the saved epoch afresh on the new shards and every rank reseeds, and rank 0 says so."""
-    from dgnet.checkpoint import set_rng_state
+    from dgnet.checkpoint import from_safe, set_rng_state
 
     rank, size = dist_info()
     saved = int(ckpt.get("world_size", 1))
     if saved == size:
-        restore_state(ckpt, streams=streams, **parts)
+        restore_state(ckpt, streams=None, **parts)
+        for name, st in (streams or {}).items():
+            # Rank 0 saved its streams; every rank has consumed as many batches of its own shard (the sampler
+            # gives every rank the same number per epoch), so each continues at that position of its shard.
+            state = from_safe(ckpt["streams"][name]) if name in ckpt.get("streams", {}) else None
+            if state is None:
+                raise ValueError(f"checkpoint has no streams[{name!r}] (holds {sorted(ckpt.get('streams', {}))})")
+            st.load_state_dict({**state, "rank": rank})
         if size > 1 and "rng_ranks" in ckpt:
             set_rng_state(ckpt["rng_ranks"][rank])
         return
     restore_state(ckpt, streams=None, rng=False, **parts)
-    from dgnet.checkpoint import from_safe
-
     for name, st in (streams or {}).items():
         epoch = int(from_safe(ckpt.get("streams", {}).get(name, {"epoch": 0}))["epoch"])
         st.load_state_dict({"epoch": epoch, "position": 0})
@@ -588,9 +595,11 @@ def train_dgnet(cfg: Config, ds, teacher: torch.nn.Module, device: torch.device,
 # the whole run
 
 
-def run(cfg: Config, resume: bool = False, stage: str = "all", evaluate: bool = True, verbose: bool = True) -> dict:
+def run(cfg: Config, resume: bool | str = False, stage: str = "all", evaluate: bool = True,
+        verbose: bool = True) -> dict:
     """Train (and evaluate) per ``cfg``; returns ``{"results": {...}, "output": str, "seconds": float}``.
 
+    ``resume="auto"``: resume when the output folder holds a checkpoint, else start afresh.
     Under torchrun (``WORLD_SIZE`` set) joins the process group first (``dgnet.distributed.init_from_env``)
     and leaves it at the end.
     """
@@ -605,7 +614,7 @@ def run(cfg: Config, resume: bool = False, stage: str = "all", evaluate: bool = 
             destroy()
 
 
-def _run(cfg: Config, device: torch.device, resume: bool, stage: str, evaluate: bool, verbose: bool) -> dict:
+def _run(cfg: Config, device: torch.device, resume: bool | str, stage: str, evaluate: bool, verbose: bool) -> dict:
     t0 = time.perf_counter()
     rank, size = dist_info()
     out = Path(cfg.train.output)
@@ -630,6 +639,8 @@ def _run(cfg: Config, device: torch.device, resume: bool, stage: str, evaluate: 
     mgr = CheckpointManager(out / "checkpoints", keep=cfg.train.keep_checkpoints)
 
     latest = mgr.latest()
+    if resume == "auto":
+        resume = latest is not None
     ckpt = None
     if resume:
         if latest is None:
@@ -692,7 +703,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         cfg = resolve_config(args.config, args_to_overrides(args))
-        run(cfg, resume=args.resume, stage=args.stage, evaluate=not args.no_eval)
+        run(cfg, resume="auto" if args.auto_resume else args.resume, stage=args.stage, evaluate=not args.no_eval)
     except (ValueError, FileNotFoundError, FileExistsError, NonFiniteLoss) as exc:
         print(f"dgnet.train: error: {exc}", file=sys.stderr)
         return 2

@@ -182,3 +182,28 @@ def cli_worker(rank: int, world: int, port: int, out: Path, module: str, argv: l
         (out / f"rc_{rank}.txt").write_text(str(rc))
 
     _guard(body, rank, out)
+
+
+def dying_train_worker(rank: int, world: int, port: int, out: Path, argv: list[str], die_at: int) -> None:
+    """``dgnet.train argv`` where rank 1 crashes at the start of DG-Net iteration ``die_at`` (0-based)."""
+
+    def body(rank: int) -> None:
+        from dgnet import engine, train
+
+        join_env(rank, world, port, timeout_s=120)
+        step = engine.dgnet_step
+
+        def dying_step(*args, **kwargs):
+            if rank == 1 and args[5] == die_at:
+                os._exit(5)
+            return step(*args, **kwargs)
+
+        engine.dgnet_step = dying_step
+        t0 = time.perf_counter()
+        try:
+            rc = train.main(argv)
+        finally:
+            (out / f"seconds_{rank}.txt").write_text(f"{time.perf_counter() - t0:.1f}")
+        (out / f"rc_{rank}.txt").write_text(str(rc))
+
+    _guard(body, rank, out)
