@@ -71,24 +71,27 @@ def global_batch(step: int, stream: int, world: int) -> dict:
     return out
 
 
-def parity_run(rank: int, world: int, steps: int, ref_world: int) -> tuple[dict[str, torch.Tensor], list[dict]]:
+def parity_run(rank: int, world: int, steps: int, ref_world: int,
+               device: torch.device | None = None) -> tuple[dict[str, torch.Tensor], list[dict]]:
     """``steps`` DG-Net iterations on this rank's rows of the combined batches of ``ref_world`` ranks (all of
     them when ``world`` is 1); returns the model's state dict (parameters and BatchNorm buffers) and each
     iteration's losses."""
     from dgnet.engine import build_optimizers, dgnet_step, wrap_ddp
     from dgnet.models import DGNet, ReidBaseline
 
+    device = device or torch.device("cpu")
     cfg = parity_config()
     torch.manual_seed(0)
     model = DGNet(cfg.model, IDS)
     torch.manual_seed(1)
-    teacher = ReidBaseline(cfg.model, IDS).requires_grad_(False)
+    teacher = ReidBaseline(cfg.model, IDS).requires_grad_(False).to(device)
+    model = model.to(device)
     teacher.eval()
     ddp = None
     if world > 1:
         from dgnet.distributed import convert_sync_batchnorm
 
-        model.Ea = convert_sync_batchnorm(model.Ea, torch.device("cpu"))
+        model.Ea = convert_sync_batchnorm(model.Ea, device)
     opts = build_optimizers(model, cfg.optim)
     # SGD for G, Es and D instead of Adam: an update linear in the gradient. Adam's first steps move every
     # element by about lr whatever its gradient's size, so the float32 noise of exactly-zero gradients (conv
@@ -97,25 +100,25 @@ def parity_run(rank: int, world: int, steps: int, ref_world: int) -> tuple[dict[
         params = [p for g in opts[name].param_groups for p in g["params"]]
         opts[name] = torch.optim.SGD(params, lr=1e-3)
     if world > 1:
-        ddp = wrap_ddp(model, torch.device("cpu"))
+        ddp = wrap_ddp(model, device)
     rows = slice(0, PER_RANK * ref_world) if world == 1 else slice(rank * PER_RANK, (rank + 1) * PER_RANK)
     losses = []
     for it in range(steps):
         a, b = (global_batch(it, s, ref_world) for s in (0, 1))
-        a, b = ({k: v[rows] for k, v in x.items()} for x in (a, b))
+        a, b = ({k: v[rows].to(device) for k, v in x.items()} for x in (a, b))
         o = dgnet_step(model, teacher, opts, a, b, it, cfg, ddp=ddp)
         losses.append({k: v for k, v in o.items() if k.startswith("loss")})
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}, losses
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}, losses
 
 
-def parity_worker(rank: int, world: int, port: int, out: Path, steps: int) -> None:
+def parity_worker(rank: int, world: int, port: int, out: Path, steps: int, device: str = "cpu") -> None:
     def body(rank: int) -> None:
         from dgnet.distributed import destroy, init_from_env
 
         join_env(rank, world, port, timeout_s=120)
-        init_from_env("cpu")
+        ctx = init_from_env(device)  # cuda -> cuda:LOCAL_RANK with NCCL
         try:
-            state, losses = parity_run(rank, world, steps, world)
+            state, losses = parity_run(rank, world, steps, world, ctx.device)
             torch.save({"state": state, "losses": losses}, out / f"state_{rank}.pt")
         finally:
             destroy()

@@ -62,7 +62,8 @@ def _one_thread():
     torch.set_num_threads(n)
 
 
-def test_parameter_parity_two_processes_vs_combined_batch(tmp_path: Path) -> None:
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_parameter_parity_two_processes_vs_combined_batch(tmp_path: Path, device: str) -> None:
     """Iteration 0 with every ramped term off (the fine head and the structure re-encoding unused, so DDP must
     handle unused parameters), iteration 1 with all on (teacher, cycle, fine-grained, frozen Ea copy).
 
@@ -71,11 +72,13 @@ def test_parameter_parity_two_processes_vs_combined_batch(tmp_path: Path) -> Non
     float32 differences quickly in these untrained nets (a third iteration reaches tens of percent in the
     teacher-KL term, with or without DDP-specific code in the path), so the test stops at two.
     """
+    if device == "cuda" and torch.cuda.device_count() < WORLD:
+        pytest.skip(f"needs {WORLD} CUDA devices (NCCL, torch.nn.SyncBatchNorm)")
     steps = 2
-    _ok(_spawn(parity_worker, tmp_path, steps), tmp_path)
+    _ok(_spawn(parity_worker, tmp_path, steps, device), tmp_path)
     two = [torch.load(tmp_path / f"state_{r}.pt") for r in range(WORLD)]
-    one, one_losses = parity_run(0, 1, steps, WORLD)
-    init, _ = parity_run(0, 1, 0, WORLD)
+    one, one_losses = parity_run(0, 1, steps, WORLD, torch.device(device))
+    init, _ = parity_run(0, 1, 0, WORLD, torch.device(device))
     for k in one:  # DDP keeps every rank's parameters equal; SyncBatchNorm keeps the BN statistics equal
         torch.testing.assert_close(two[1]["state"][k], two[0]["state"][k], rtol=0, atol=1e-6,
                                    msg=f"ranks differ in {k}")
