@@ -153,13 +153,15 @@ def shards_worker(rank: int, world: int, port: int, out: Path, n_samples: int) -
 
 
 # --------------------------------------------------------------------------------------------- failure
-def dying_worker(rank: int, world: int, port: int, out: Path) -> None:
-    """Rank 1 dies after joining; rank 0 runs a collective and records the error it gets and when."""
+def dying_worker(rank: int, world: int, port: int, out: Path, stall_s: float = 0.0) -> None:
+    """Rank 1 dies after joining (or, with ``stall_s``, stalls that long first: alive but silent, the case only a
+    timeout catches); rank 0 runs a collective and records the error it gets and when."""
     from dgnet.distributed import init_from_env
 
-    join_env(rank, world, port, timeout_s=10)
+    join_env(rank, world, port, timeout_s=10 if stall_s == 0 else 3)
     init_from_env("cpu")
     if rank == 1:
+        time.sleep(stall_s)
         os._exit(3)  # a crash: no cleanup, no goodbye to the group
     t0 = time.perf_counter()
     try:
