@@ -14,15 +14,10 @@
 #endif
 
 #include "dgnet/rerank.h"
+#include "dgnet/rerank_checks.h"
 
 namespace dgnet {
 namespace {
-
-at::Tensor prepare_features(const at::Tensor& x, int64_t metric) {
-  auto xf = x.to(at::kFloat).contiguous();
-  if (metric == kCosine) xf = (xf / xf.norm(2, 1, true).clamp_min(1e-12)).contiguous();
-  return xf;
-}
 
 // Fold one row of squared distances (columns col0..) into that row's top-k and maximum.
 // Values are tested 8 at a time with a branch-free test the compiler vectorises: after the first
@@ -91,16 +86,13 @@ inline float dot(const float* a, const float* b, int64_t d) {
 // rows of I directly and the rows of J through its transpose, halving the GEMM work.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> rerank_knn_cpu(const at::Tensor& x, int64_t metric, int64_t k,
                                                               int64_t block_rows, int64_t num_query) {
-  TORCH_CHECK(x.dim() == 2, "rerank_knn: expected x [N, D]");
-  TORCH_CHECK(metric >= 0 && metric <= 2, "rerank_knn: metric must be 0, 1 or 2, got ", metric);
+  check_knn(x, metric, k, num_query);
   const int64_t n = x.size(0);
-  TORCH_CHECK(k >= 1 && k <= n, "rerank_knn: k=", k, " must be in [1, N=", n, "]");
   const auto xf = prepare_features(x, metric);
   const auto xx = xf.pow(2).sum(1).contiguous();
   auto vals = at::full({n, k}, std::numeric_limits<float>::infinity(), xf.options());
   auto idx = at::full({n, k}, -1, xf.options().dtype(at::kLong));
   auto rowmax = at::zeros({n}, xf.options());
-  TORCH_CHECK(num_query >= 0 && num_query <= n, "rerank_knn: num_query=", num_query, " must be in [0, N=", n, "]");
   const int64_t nq = num_query, ng = n - num_query;
   auto qg = at::empty({nq, nq > 0 ? ng : 0}, xf.options());
   float* qgp = qg.data_ptr<float>();
@@ -234,15 +226,8 @@ void dense_knn_impl(const T* qg, const T* qq, const T* gg, int64_t q, int64_t g,
 // and each column's maximum of the squared block matrix (the normaliser of that row), float32 [N].
 std::tuple<at::Tensor, at::Tensor> rerank_dense_knn_cpu(const at::Tensor& q_g, const at::Tensor& q_q,
                                                         const at::Tensor& g_g, int64_t k) {
-  TORCH_CHECK(q_g.dim() == 2 && q_q.dim() == 2 && g_g.dim() == 2, "rerank_dense_knn: expected 2-D blocks");
-  const int64_t q = q_g.size(0), g = q_g.size(1);
-  TORCH_CHECK(q_q.size(0) == q && q_q.size(1) == q && g_g.size(0) == g && g_g.size(1) == g,
-              "rerank_dense_knn: block shapes disagree");
-  TORCH_CHECK(q_g.scalar_type() == q_q.scalar_type() && q_g.scalar_type() == g_g.scalar_type() &&
-                  (q_g.scalar_type() == at::kFloat || q_g.scalar_type() == at::kDouble),
-              "rerank_dense_knn: expected three float32 or three float64 blocks");
-  const int64_t n = q + g;
-  TORCH_CHECK(k >= 1 && k <= n, "rerank_dense_knn: k=", k, " must be in [1, N=", n, "]");
+  check_dense_knn(q_g, q_q, g_g, k);
+  const int64_t q = q_g.size(0), g = q_g.size(1), n = q + g;
   const auto a = q_g.contiguous(), b = q_q.contiguous(), c = g_g.contiguous();
   const auto fopt = a.options().dtype(at::kFloat);
   auto vals = at::full({n, k}, std::numeric_limits<float>::infinity(), fopt);
@@ -259,8 +244,8 @@ std::tuple<at::Tensor, at::Tensor> rerank_dense_knn_cpu(const at::Tensor& q_g, c
 // Normalised value T[i, j] = blocks[j, i]^2 / colmax[i] of every CSR entry (i, j).
 at::Tensor rerank_dense_gather_cpu(const at::Tensor& q_g, const at::Tensor& q_q, const at::Tensor& g_g,
                                    const at::Tensor& colmax, const at::Tensor& indptr, const at::Tensor& indices) {
+  check_dense_gather(q_g, colmax, indptr);
   const int64_t q = q_g.size(0), g = q_g.size(1), n = q + g;
-  TORCH_CHECK(indptr.size(0) == n + 1 && colmax.size(0) == n, "rerank_dense_gather: indptr/colmax must cover Q + G");
   const auto a = q_g.contiguous(), b = q_q.contiguous(), c = g_g.contiguous();
   const auto ip = indptr.contiguous(), ix = indices.contiguous();
   const auto cm = colmax.to(at::kFloat).contiguous();
@@ -283,8 +268,7 @@ at::Tensor rerank_dense_gather_cpu(const at::Tensor& q_g, const at::Tensor& q_q,
 
 // Expansion sets E(i) of every row as CSR: indptr [N + 1], indices [nnz], sorted within rows.
 std::tuple<at::Tensor, at::Tensor> rerank_expand_cpu(const at::Tensor& nbr, int64_t k1) {
-  TORCH_CHECK(nbr.dim() == 2 && nbr.scalar_type() == at::kLong, "rerank_expand: expected nbr [N, K] int64");
-  TORCH_CHECK(k1 >= 1 && k1 + 1 <= nbr.size(1), "rerank_expand: k1=", k1, " needs K >= k1 + 1, K=", nbr.size(1));
+  check_expand(nbr, k1);
   const auto nb = nbr.contiguous();
   const int64_t n = nb.size(0), stride = nb.size(1);
   const int kk1 = static_cast<int>(k1);
@@ -311,7 +295,7 @@ std::tuple<at::Tensor, at::Tensor> rerank_expand_cpu(const at::Tensor& nbr, int6
 // Normalised squared distance d(i, j)^2 / rowmax[i] of every CSR entry (i, j), from features.
 at::Tensor rerank_pair_dist_cpu(const at::Tensor& x, const at::Tensor& indptr, const at::Tensor& indices,
                                 const at::Tensor& rowmax, int64_t metric) {
-  TORCH_CHECK(x.dim() == 2 && indptr.size(0) == x.size(0) + 1, "rerank_pair_dist: expected x [N, D], indptr [N+1]");
+  check_pair_dist(x, indptr);
   const auto xf = prepare_features(x, metric);
   const auto xx = xf.pow(2).sum(1).contiguous();
   const auto ip = indptr.contiguous(), ix = indices.contiguous();
@@ -340,11 +324,8 @@ at::Tensor rerank_pair_dist_cpu(const at::Tensor& x, const at::Tensor& indptr, c
 // entry and the re-ranked distances on return; rows Q.. of the CSR are the gallery.
 void rerank_jaccard_mix_cpu(const at::Tensor& out, const at::Tensor& indptr, const at::Tensor& indices,
                             const at::Tensor& dist, const at::Tensor& nbr, int64_t k2, double lambda_value) {
-  TORCH_CHECK(out.dim() == 2 && out.scalar_type() == at::kFloat && out.is_contiguous(),
-              "rerank_jaccard_mix_: expected out [Q, G] contiguous float32");
+  check_jaccard_mix(out, indptr, nbr, k2);
   const int64_t q = out.size(0), g = out.size(1), n = q + g;
-  TORCH_CHECK(indptr.size(0) == n + 1 && nbr.size(0) == n, "rerank_jaccard_mix_: indptr/nbr must cover Q + G rows");
-  TORCH_CHECK(k2 >= 1 && k2 <= nbr.size(1) && k2 <= kMaxQueryExpansion, "rerank_jaccard_mix_: bad k2=", k2);
   const auto ip = indptr.contiguous(), ix = indices.contiguous(), nb = nbr.contiguous();
   const auto dv = dist.to(at::kFloat).contiguous();
   const int64_t* ptr = ip.data_ptr<int64_t>();

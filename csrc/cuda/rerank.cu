@@ -11,6 +11,7 @@
 #include <limits>
 
 #include "dgnet/rerank.h"
+#include "dgnet/rerank_checks.h"
 
 namespace dgnet {
 namespace {
@@ -148,12 +149,6 @@ __global__ void mix_kernel(float* __restrict__ out, const float* __restrict__ ac
   out[e] = rerank_mix(acc[e], out[e], lambda_value);
 }
 
-at::Tensor prepare_features(const at::Tensor& x, int64_t metric) {
-  auto xf = x.to(at::kFloat).contiguous();
-  if (metric == kCosine) xf = (xf / xf.norm(2, 1, true).clamp_min(1e-12)).contiguous();
-  return xf;
-}
-
 at::Tensor exclusive_indptr(const at::Tensor& counts) {
   auto indptr = at::zeros({counts.size(0) + 1}, counts.options());
   indptr.narrow(0, 1, counts.size(0)).copy_(counts.cumsum(0));
@@ -164,16 +159,13 @@ at::Tensor exclusive_indptr(const at::Tensor& counts) {
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> rerank_knn_cuda(const at::Tensor& x, int64_t metric, int64_t k,
                                                                int64_t block_rows, int64_t num_query) {
-  TORCH_CHECK(x.dim() == 2, "rerank_knn: expected x [N, D]");
-  TORCH_CHECK(metric >= 0 && metric <= 2, "rerank_knn: metric must be 0, 1 or 2, got ", metric);
+  check_knn(x, metric, k, num_query);
   const int64_t n = x.size(0);
-  TORCH_CHECK(k >= 1 && k <= n, "rerank_knn: k=", k, " must be in [1, N=", n, "]");
   c10::cuda::CUDAGuard guard(x.device());
   const auto xf = prepare_features(x, metric);
   const auto xx = xf.pow(2).sum(1).contiguous();
   auto idx = at::empty({n, k}, xf.options().dtype(at::kLong));
   auto rowmax = at::empty({n}, xf.options());
-  TORCH_CHECK(num_query >= 0 && num_query <= n, "rerank_knn: num_query=", num_query, " must be in [0, N=", n, "]");
   const int64_t nq = num_query, ng = n - num_query;
   auto qg = at::empty({nq, nq > 0 ? ng : 0}, xf.options());
   const int64_t b = block_rows > 0 ? block_rows : 1024;
@@ -194,13 +186,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rerank_knn_cuda(const at::Tensor&
 
 std::tuple<at::Tensor, at::Tensor> rerank_dense_knn_cuda(const at::Tensor& q_g, const at::Tensor& q_q,
                                                          const at::Tensor& g_g, int64_t k) {
-  TORCH_CHECK(q_g.dim() == 2 && q_q.dim() == 2 && g_g.dim() == 2, "rerank_dense_knn: expected 2-D blocks");
+  check_dense_knn(q_g, q_q, g_g, k);
   const int64_t q = q_g.size(0), g = q_g.size(1), n = q + g;
-  TORCH_CHECK(q_q.size(0) == q && q_q.size(1) == q && g_g.size(0) == g && g_g.size(1) == g,
-              "rerank_dense_knn: block shapes disagree");
-  TORCH_CHECK(q_g.scalar_type() == q_q.scalar_type() && q_g.scalar_type() == g_g.scalar_type(),
-              "rerank_dense_knn: expected three blocks of one dtype");
-  TORCH_CHECK(k >= 1 && k <= n, "rerank_dense_knn: k=", k, " must be in [1, N=", n, "]");
   c10::cuda::CUDAGuard guard(q_g.device());
   const auto a = q_g.contiguous(), bq = q_q.contiguous(), c = g_g.contiguous();
   const auto fopt = a.options().dtype(at::kFloat);
@@ -223,8 +210,8 @@ std::tuple<at::Tensor, at::Tensor> rerank_dense_knn_cuda(const at::Tensor& q_g, 
 
 at::Tensor rerank_dense_gather_cuda(const at::Tensor& q_g, const at::Tensor& q_q, const at::Tensor& g_g,
                                     const at::Tensor& colmax, const at::Tensor& indptr, const at::Tensor& indices) {
+  check_dense_gather(q_g, colmax, indptr);
   const int64_t q = q_g.size(0), g = q_g.size(1), n = q + g;
-  TORCH_CHECK(indptr.size(0) == n + 1 && colmax.size(0) == n, "rerank_dense_gather: indptr/colmax must cover Q + G");
   c10::cuda::CUDAGuard guard(q_g.device());
   const auto a = q_g.contiguous(), bq = q_q.contiguous(), c = g_g.contiguous();
   const auto ip = indptr.contiguous(), ix = indices.contiguous();
@@ -240,8 +227,7 @@ at::Tensor rerank_dense_gather_cuda(const at::Tensor& q_g, const at::Tensor& q_q
 }
 
 std::tuple<at::Tensor, at::Tensor> rerank_expand_cuda(const at::Tensor& nbr, int64_t k1) {
-  TORCH_CHECK(nbr.dim() == 2 && nbr.scalar_type() == at::kLong, "rerank_expand: expected nbr [N, K] int64");
-  TORCH_CHECK(k1 >= 1 && k1 + 1 <= nbr.size(1), "rerank_expand: k1=", k1, " needs K >= k1 + 1, K=", nbr.size(1));
+  check_expand(nbr, k1);
   c10::cuda::CUDAGuard guard(nbr.device());
   const auto nb = nbr.contiguous();
   const int64_t n = nb.size(0), stride = nb.size(1);
@@ -263,7 +249,7 @@ std::tuple<at::Tensor, at::Tensor> rerank_expand_cuda(const at::Tensor& nbr, int
 
 at::Tensor rerank_pair_dist_cuda(const at::Tensor& x, const at::Tensor& indptr, const at::Tensor& indices,
                                  const at::Tensor& rowmax, int64_t metric) {
-  TORCH_CHECK(x.dim() == 2 && indptr.size(0) == x.size(0) + 1, "rerank_pair_dist: expected x [N, D], indptr [N+1]");
+  check_pair_dist(x, indptr);
   c10::cuda::CUDAGuard guard(x.device());
   const auto xf = prepare_features(x, metric);
   const auto xx = xf.pow(2).sum(1).contiguous();
@@ -282,11 +268,8 @@ at::Tensor rerank_pair_dist_cuda(const at::Tensor& x, const at::Tensor& indptr, 
 
 void rerank_jaccard_mix_cuda(const at::Tensor& out, const at::Tensor& indptr, const at::Tensor& indices,
                              const at::Tensor& dist, const at::Tensor& nbr, int64_t k2, double lambda_value) {
-  TORCH_CHECK(out.dim() == 2 && out.scalar_type() == at::kFloat && out.is_contiguous(),
-              "rerank_jaccard_mix_: expected out [Q, G] contiguous float32");
+  check_jaccard_mix(out, indptr, nbr, k2);
   const int64_t q = out.size(0), g = out.size(1), n = q + g;
-  TORCH_CHECK(indptr.size(0) == n + 1 && nbr.size(0) == n, "rerank_jaccard_mix_: indptr/nbr must cover Q + G rows");
-  TORCH_CHECK(k2 >= 1 && k2 <= nbr.size(1) && k2 <= kMaxQueryExpansion, "rerank_jaccard_mix_: bad k2=", k2);
   c10::cuda::CUDAGuard guard(out.device());
   const auto ip = indptr.contiguous(), ix = indices.contiguous(), nb = nbr.contiguous();
   const auto dv = dist.to(at::kFloat).contiguous();
