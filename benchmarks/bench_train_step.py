@@ -1,13 +1,14 @@
 """Training iterations per second and peak memory of one full DG-Net iteration (``dgnet.engine.dgnet_step``).
 
-- CPU: the demo preset's size (ResNet-18, 64x32, batch 4 per stream), plain vs ``--fused`` AdaIN.
+- CPU: the demo preset's size (ResNet-18, 64x32, batch 4 per stream), plain vs ``--fused``.
 - GPU (marked ``gpu``): the spec's size (ResNet-50, 256x128, batch 8 per stream), fp32 and bf16 autocast,
-  plain vs fused.
+  plain vs fused (the upsample fold off, as ``train.fold_upsample=auto`` runs it on CUDA) vs fused-fold.
+- The folded upsample + conv5x5 against its plain twin, on CPU and (``gpu``) at the spec's shapes.
 Every ramped term is active (warm-up at 0), so the iteration costs what a post-warm-up one costs.
 
 Run: ``.venv/bin/python -m pytest benchmarks/bench_train_step.py -p no:cacheprovider`` (CPU, ~1-2 min), and
 ``... -m gpu`` on a CUDA machine. Each figure carries the machine, versions, sizes and threads in
-``extra_info``; the fused/plain ratio is printed once both columns of a configuration ran.
+``extra_info``; each variant's ratio to plain is printed once plain of that configuration ran.
 """
 
 from __future__ import annotations
@@ -22,10 +23,13 @@ import dgnet
 from dgnet.config import Config
 from dgnet.engine import build_optimizers, dgnet_step
 from dgnet.models import DGNet, ReidBaseline
-from dgnet.ops import set_fused
+from dgnet.ops import set_fold_upsample, set_fused
 
 IDS = 16
-_MEANS: dict[tuple, dict[bool, float]] = {}
+_MEANS: dict[tuple, dict[str, float]] = {}
+# plain: the reference path; fused: --fused as training runs it (the upsample fold on CPU only, train.fold_upsample
+# auto); fused-fold: --fused with the fold forced on, to measure the fold on a GPU.
+VARIANTS = {"plain": (False, "auto"), "fused": (True, "auto"), "fused-fold": (True, "on")}
 
 
 def _cfg(backbone: str, h: int, w: int, b: int) -> Config:
@@ -45,8 +49,10 @@ def _batch(b: int, h: int, w: int, device: str, seed: int) -> dict:
     return {k: v.to(device) for k, v in out.items()}
 
 
-def _run(benchmark, backbone, h, w, b, device, fused, amp_dtype, rounds):
+def _run(benchmark, backbone, h, w, b, device, variant, amp_dtype, rounds):
+    fused, fold = VARIANTS[variant]
     set_fused(fused)
+    set_fold_upsample(fold)
     try:
         torch.manual_seed(0)
         cfg = _cfg(backbone, h, w, b)
@@ -69,6 +75,7 @@ def _run(benchmark, backbone, h, w, b, device, fused, amp_dtype, rounds):
         benchmark.pedantic(step, rounds=rounds, iterations=1, warmup_rounds=0)
     finally:
         set_fused(False)
+        set_fold_upsample("auto")
     mean = benchmark.stats.stats.mean
     info = benchmark.extra_info
     info.update(
@@ -81,7 +88,7 @@ def _run(benchmark, backbone, h, w, b, device, fused, amp_dtype, rounds):
         image=f"{h}x{w}",
         batch_per_stream=b,
         amp=str(amp_dtype).replace("torch.", "") if amp_dtype else "fp32",
-        fused=fused,
+        variant=variant,
         iterations_per_s=1.0 / mean,
     )
     if device == "cuda":
@@ -89,13 +96,11 @@ def _run(benchmark, backbone, h, w, b, device, fused, amp_dtype, rounds):
     else:  # process-wide high-water mark (ru_maxrss is KiB on Linux): an upper bound for this configuration
         info["process_peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     key = (backbone, h, w, b, device, str(amp_dtype))
-    _MEANS.setdefault(key, {})[fused] = mean
-    both = _MEANS[key]
-    print(f"\n{key}: {'fused' if fused else 'plain'} {mean:.3f} s/iteration ({1 / mean:.3f} it/s)")
-    if len(both) == 2:
-        print(
-            f"{key}: fused/plain time ratio {both[True] / both[False]:.3f} (speed-up {both[False] / both[True]:.2f}x)"
-        )
+    _MEANS.setdefault(key, {})[variant] = mean
+    got = _MEANS[key]
+    print(f"\n{key}: {variant} {mean:.3f} s/iteration ({1 / mean:.3f} it/s)")
+    if variant != "plain" and "plain" in got:
+        print(f"{key}: {variant}/plain time ratio {mean / got['plain']:.3f} (speed-up {got['plain'] / mean:.2f}x)")
 
 
 @pytest.fixture
@@ -110,17 +115,17 @@ def one_thread():
     torch.set_num_threads(n)
 
 
-@pytest.mark.parametrize("fused", [False, True], ids=["plain", "fused"])
-def test_train_step_cpu_demo(benchmark, one_thread, fused):
-    _run(benchmark, "resnet18", 64, 32, 4, "cpu", fused, None, rounds=3)
+@pytest.mark.parametrize("variant", ["plain", "fused"])
+def test_train_step_cpu_demo(benchmark, one_thread, variant):
+    _run(benchmark, "resnet18", 64, 32, 4, "cpu", variant, None, rounds=3)
 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("amp", ["fp32", "bf16"])
-@pytest.mark.parametrize("fused", [False, True], ids=["plain", "fused"])
-def test_train_step_gpu_spec(benchmark, fused, amp):
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_train_step_gpu_spec(benchmark, variant, amp):
     dtype = torch.bfloat16 if amp == "bf16" else None
-    _run(benchmark, "resnet50", 256, 128, 8, "cuda", fused, dtype, rounds=10)
+    _run(benchmark, "resnet50", 256, 128, 8, "cuda", variant, dtype, rounds=10)
 
 
 # The decoder's folded upsample + conv5x5 (its --fused path) against its plain twin, forward + backward.
@@ -134,29 +139,54 @@ UPCONV_SHAPES = {  # (N, C_in, H, W) of the conv input, C_out; N = 6 decodes x b
 @pytest.mark.parametrize("shape", list(UPCONV_SHAPES))
 @pytest.mark.parametrize("fast", [False, True], ids=["plain", "folded"])
 def test_upsample_conv5_cpu(benchmark, one_thread, shape, fast):
+    _upconv(benchmark, UPCONV_SHAPES[shape], shape, fast, "cpu", torch.float32)
+
+
+# The spec's decoder (256x128, batch 8, six decodes): the two upsampling convs. On a GPU the fold trades
+# 64% of the multiply-adds for more, smaller launches, so whether it pays is a measurement (train.fold_upsample).
+GPU_UPCONV_SHAPES = {
+    "spec_up1": ((48, 128, 64, 32), 64),
+    "spec_up2": ((48, 64, 128, 64), 32),
+}
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("shape", list(GPU_UPCONV_SHAPES))
+@pytest.mark.parametrize("fast", [False, True], ids=["plain", "folded"])
+def test_upsample_conv5_gpu(benchmark, shape, fast, dtype):
+    _upconv(benchmark, GPU_UPCONV_SHAPES[shape], shape, fast, "cuda", dtype)
+
+
+def _upconv(benchmark, spec, name, fast, device, dtype):
     from dgnet.models.layers import upsample_conv5, upsample_conv5_reference
 
-    (n, c, h, w), co = UPCONV_SHAPES[shape]
+    (n, c, h, w), co = spec
     torch.manual_seed(0)
-    x = torch.randn(n, c, h, w, requires_grad=True)
-    wt = torch.randn(co, c, 5, 5, requires_grad=True)
-    b = torch.randn(co, requires_grad=True)
+    x = torch.randn(n, c, h, w, device=device, dtype=dtype, requires_grad=True)
+    wt = torch.randn(co, c, 5, 5, device=device, dtype=dtype, requires_grad=True)
+    b = torch.randn(co, device=device, dtype=dtype, requires_grad=True)
     fn = upsample_conv5 if fast else upsample_conv5_reference
 
     def run():
         fn(x, wt, b).sum().backward()
+        if device == "cuda":
+            torch.cuda.synchronize()
 
     run()
-    benchmark.pedantic(run, rounds=5, iterations=1)
+    benchmark.pedantic(run, rounds=10 if device == "cuda" else 5, iterations=1)
     mean = benchmark.stats.stats.mean
     benchmark.extra_info.update(
-        machine=f"{cpu_name()} ({torch.get_num_threads()} threads)",
+        machine=torch.cuda.get_device_name() if device == "cuda"
+        else f"{cpu_name()} ({torch.get_num_threads()} threads)",
         torch=torch.__version__,
+        dtype=str(dtype).replace("torch.", ""),
         input=f"{n}x{c}x{h}x{w}",
         out_channels=co,
     )
-    key = ("upsample_conv5", shape)
-    _MEANS.setdefault(key, {})[fast] = mean
-    if len(_MEANS[key]) == 2:
-        m = _MEANS[key]
-        print(f"\n{shape}: folded/plain time ratio {m[True] / m[False]:.3f} (speed-up {m[False] / m[True]:.2f}x)")
+    key = ("upsample_conv5", name, device, str(dtype))
+    _MEANS.setdefault(key, {})["folded" if fast else "plain"] = mean
+    m = _MEANS[key]
+    if len(m) == 2:
+        print(f"\n{key}: folded/plain time ratio {m['folded'] / m['plain']:.3f} "
+              f"(speed-up {m['plain'] / m['folded']:.2f}x)")

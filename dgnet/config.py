@@ -111,6 +111,8 @@ class TrainConfig:
     device: str = "auto"  # cpu | cuda | auto
     amp: str = "auto"  # bf16 | fp16 | off | auto (bf16 where supported on GPU, off on CPU)
     fused: bool = False
+    # --fused also folds the decoder's upsample + conv5x5: auto (CPU only), on, off (dgnet.ops.set_fold_upsample)
+    fold_upsample: str = "auto"
     seed: int = 0
     deterministic: bool = False
     log_every: int = 20
@@ -163,8 +165,8 @@ SECTIONS = ("data", "model", "loss", "optim", "train", "eval")
 # fingerprint, so a run can be resumed with a different cap, output folder or loader.
 _UNFINGERPRINTED = {
     "data": {"root", "loader", "workers", "skip_corrupt"},  # the synthetic_* keys do count: they define the data
-    "train": {"device", "amp", "fused", "log_every", "image_every", "checkpoint_every", "keep_checkpoints",
-              "output", "max_iterations", "teacher", "grid_samples", "threads",
+    "train": {"device", "amp", "fused", "fold_upsample", "log_every", "image_every", "checkpoint_every",
+              "keep_checkpoints", "output", "max_iterations", "teacher", "grid_samples", "threads",
               # act only when W > 1; a resume on another world size says what cannot be exact instead
               "sync_bn", "scale_lr"},
     "eval": None,  # evaluation settings never affect training
@@ -418,6 +420,7 @@ def validate(cfg: Config) -> None:
     choices = {
         ("train", "amp"): ("auto", "bf16", "fp16", "off"),
         ("train", "device"): ("auto", "cpu", "cuda"),
+        ("train", "fold_upsample"): ("auto", "on", "off"),
         ("data", "loader"): ("auto", "dali", "torch"),
     }
     for (section, key), allowed in choices.items():

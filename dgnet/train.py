@@ -627,6 +627,7 @@ def _run(cfg: Config, device: torch.device, resume: bool | str, stage: str, eval
 
     # dgnet.ops says once, on the first AdaIN call, which path (fused kernel or reference) runs.
     ops.set_fused(cfg.train.fused)
+    ops.set_fold_upsample(cfg.train.fold_upsample)
 
     from dgnet.data import resolve_backend
 

@@ -339,6 +339,48 @@ def test_decoder_fused_matches_plain(net18):
     torch.testing.assert_close(fast, plain, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize(
+    ("fused", "mode", "device", "folds"),
+    [(False, "on", "cpu", False), (True, "auto", "cpu", True), (True, "auto", "cuda", False),
+     (True, "on", "cuda", True), (True, "off", "cpu", False)],
+)
+def test_fold_upsample_switch(fused, mode, device, folds):
+    from dgnet.ops import fold_upsample_enabled, set_fold_upsample
+
+    set_fused(fused)
+    set_fold_upsample(mode)
+    try:
+        assert fold_upsample_enabled(torch.device(device)) is folds
+    finally:
+        set_fused(False)
+        set_fold_upsample("auto")
+    with pytest.raises(ValueError, match="fold_upsample='always'"):
+        set_fold_upsample("always")
+
+
+@torch.no_grad()
+def test_decoder_fold_off_is_the_plain_upsample(net18, monkeypatch):
+    # With the fold off, fused mode changes only the AdaIN steps: the upsampling convs are plain PyTorch's.
+    from dgnet.models import decoder
+    from dgnet.ops import set_fold_upsample
+
+    def forbidden(*args):
+        raise AssertionError("upsample_conv5 called with fold_upsample='off'")
+
+    monkeypatch.setattr(decoder, "upsample_conv5", forbidden)
+    s = torch.randn(2, 128, 16, 8)
+    f = torch.randn(2, net18.G.slice_dim * 4)
+    plain = net18.G(s, f)
+    set_fused(True)
+    set_fold_upsample("off")
+    try:
+        fast = net18.G(s, f)
+    finally:
+        set_fused(False)
+        set_fold_upsample("auto")
+    torch.testing.assert_close(fast, plain, rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.gpu
 def test_upsample_conv5_cuda_matches_reference():
     # Exactness on the device is checked in float64 (no TF32, no reduced-precision algorithms); fp32 and bf16

@@ -8,7 +8,8 @@ import torch.nn.functional as F
 
 from dgnet.config import ModelConfig
 from dgnet.models.layers import LRELU_SLOPE, ConvBlock, init_kaiming_fan_in, reflect_pad, upsample_conv5
-from dgnet.ops import adain, fused_enabled
+from dgnet.ops import adain, fold_upsample_enabled, fused_enabled
+from dgnet.ops._lib import say_once
 
 
 class MLP(nn.Module):
@@ -54,9 +55,10 @@ class Decoder(nn.Module):
       ``slice -> 512 -> 512 -> 2 * 128``; the concatenated outputs are handed out 128 per AdaIN layer in module
       order, so slice k drives residual block k (its two AdaIN layers). Used directly as scale and bias.
     - 4 AdaIN residual blocks at 128; twice [nearest x2 upsample, conv5x5 halving channels, LayerNorm, lrelu];
-      conv3x3 32->32 lrelu, conv3x3 32->32 lrelu, conv1x1 32->3. Under ``--fused`` (``dgnet.ops.set_fused``)
-      each upsample + conv5x5 runs as ``layers.upsample_conv5`` (folded 3x3 phase kernels at the input
-      resolution; the plain twin ``upsample_conv5_reference``), with the same parameters.
+      conv3x3 32->32 lrelu, conv3x3 32->32 lrelu, conv1x1 32->3. Under ``--fused`` (``dgnet.ops.set_fused``),
+      where ``dgnet.ops.fold_upsample_enabled`` (by default on CPU), each upsample + conv5x5 runs as
+      ``layers.upsample_conv5`` (folded 3x3 phase kernels at the input resolution; the plain twin
+      ``upsample_conv5_reference``), with the same parameters.
     Init: the reference's kaiming (fan_in) on convs and linears, zero biases; LayerNorm gamma U(0,1), beta 0.
     """
 
@@ -96,9 +98,15 @@ class Decoder(nn.Module):
         x = s
         for k, block in enumerate(self.blocks):
             x = block(x, w[2 * k], b[2 * k], w[2 * k + 1], b[2 * k + 1])
-        if not fused_enabled():
+        if not fold_upsample_enabled(x.device):
+            if fused_enabled():
+                say_once(f"fold-{x.device.type}", f"dgnet: decoder upsampling runs plain nearest x2 + conv5x5 on "
+                         f"{x.device.type} (train.fold_upsample; the fold is on for CPU by default)")
             return self.up(x)
-        # --fused: each [upsample, conv5x5 block] pair runs as the folded upsample_conv5 (same parameters).
+        say_once(f"fold-{x.device.type}", f"dgnet: decoder upsampling runs the folded 3x3 phase kernels on "
+                 f"{x.device.type} (--fused, train.fold_upsample)")
+        # --fused (on CPU unless dgnet.ops.set_fold_upsample says otherwise): each [upsample, conv5x5 block]
+        # pair runs as the folded upsample_conv5 (same parameters).
         mods = list(self.up)
         i = 0
         while i < len(mods):

@@ -1,6 +1,6 @@
 """The Python front of every dgnet fast op: reference, dispatch, fake and autograd registration."""
 
-from dgnet.ops._lib import extension_available, fused_enabled, set_fused
+from dgnet.ops._lib import extension_available, fold_upsample_enabled, fused_enabled, set_fold_upsample, set_fused
 from dgnet.ops.adain import adain, adain_reference
 from dgnet.ops.rerank import re_ranking, re_ranking_features, re_ranking_reference
 from dgnet.ops.retrieval import METRICS, pairwise_distance, pairwise_distance_reference
@@ -15,6 +15,8 @@ __all__ = [
     "adain",
     "adain_reference",
     "extension_available",
+    "fold_upsample_enabled",
     "fused_enabled",
+    "set_fold_upsample",
     "set_fused",
 ]

@@ -55,6 +55,32 @@ def fused_enabled() -> bool:
     return _FUSED
 
 
+FOLD_MODES = ("auto", "on", "off")
+_FOLD = "auto"
+
+
+def set_fold_upsample(mode: str) -> None:
+    """Where ``--fused`` also folds the decoder's upsample + conv5x5 (``dgnet.models.layers.upsample_conv5``).
+
+    ``"auto"`` (default): on CPU tensors only. On CUDA the fold trades 64% of the convolution's
+    multiply-adds for about 20 more small ops forward and 40 backward per call, and the one whole-iteration
+    GPU measurement (H100, spec size, batch 8) was host-bound with ``--fused`` slower than plain; until the
+    fold is measured on its own there (``benchmarks/bench_train_step.py -m gpu``), CUDA keeps the plain
+    upsample + conv. ``"on"``/``"off"``: every device / none.
+    """
+    global _FOLD
+    if mode not in FOLD_MODES:
+        raise ValueError(f"fold_upsample={mode!r}: expected one of {FOLD_MODES}")
+    _FOLD = mode
+
+
+def fold_upsample_enabled(device: torch.device) -> bool:
+    """True when fused mode is on and the fold applies to tensors on ``device`` (see ``set_fold_upsample``)."""
+    if not _FUSED or _FOLD == "off":
+        return False
+    return _FOLD == "on" or device.type == "cpu"
+
+
 def say_once(key: str, message: str) -> None:
     """Log ``message`` the first time ``key`` is seen in this process."""
     if key not in _SAID:

@@ -1,0 +1,105 @@
+"""Where one DG-Net training iteration spends its time: host (Python, dispatcher, autograd, launches) or device.
+
+    .venv/bin/python benchmarks/profile_step.py --device cuda --variant plain fused fused-fold [--amp bf16]
+    .venv/bin/python benchmarks/profile_step.py --device cpu --size demo
+
+For each variant (``bench_train_step.VARIANTS``) it times a few iterations of ``dgnet.engine.dgnet_step`` at
+the spec's size (ResNet-50, 256x128, batch 8 per stream) or the demo's, then profiles one more with
+``torch.profiler`` and prints:
+- wall seconds per iteration, the number of operator calls and kernel launches;
+- on CUDA, the device's busy time (sum of kernel times): far below the wall time means the iteration is
+  host-bound, and fewer, larger launches (not faster kernels) are what would speed it up;
+- the operators with the most host (self CPU) time and, on CUDA, the kernels with the most device time.
+With ``--trace DIR`` it also writes a Chrome trace per variant. Not a pytest file: a diagnosis tool whose
+output goes into the notes next to ``bench_train_step``'s ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_train_step import IDS, VARIANTS, _batch, _cfg  # noqa: E402
+
+from dgnet.engine import build_optimizers, dgnet_step  # noqa: E402
+from dgnet.models import DGNet, ReidBaseline  # noqa: E402
+from dgnet.ops import set_fold_upsample, set_fused  # noqa: E402
+
+SIZES = {"spec": ("resnet50", 256, 128, 8), "demo": ("resnet18", 64, 32, 4)}
+
+
+def profile_variant(variant: str, size: str, device: str, amp: str, iters: int, top: int, trace: Path | None) -> None:
+    from torch.profiler import ProfilerActivity, profile
+
+    backbone, h, w, b = SIZES[size]
+    fused, fold = VARIANTS[variant]
+    set_fused(fused)
+    set_fold_upsample(fold)
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[amp]
+    try:
+        torch.manual_seed(0)
+        cfg = _cfg(backbone, h, w, b)
+        model = DGNet(cfg.model, IDS).to(device)
+        teacher = ReidBaseline(cfg.model, IDS).to(device)
+        opts = build_optimizers(model, cfg.optim)
+        batches = [(_batch(b, h, w, device, 2 * i), _batch(b, h, w, device, 2 * i + 1)) for i in range(2)]
+
+        def step(i: int) -> None:
+            a, bb = batches[i % 2]
+            dgnet_step(model, teacher, opts, a, bb, i + 1, cfg, amp_dtype=amp_dtype)
+            if device == "cuda":
+                torch.cuda.synchronize()
+
+        for i in range(2):  # warm-up: allocator, algorithm choice, Triton compilation and autotuning
+            step(i)
+        t0 = time.perf_counter()
+        for i in range(iters):
+            step(i)
+        wall = (time.perf_counter() - t0) / iters
+        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
+        with profile(activities=acts) as prof:
+            step(0)
+    finally:
+        set_fused(False)
+        set_fold_upsample("auto")
+    events = prof.key_averages()
+    op_calls = sum(e.count for e in events if e.device_type == torch.autograd.DeviceType.CPU)
+    print(f"\n=== {variant} ({size}, {device}, amp {amp}) ===")
+    print(f"wall {wall * 1e3:.1f} ms/iteration ({1 / wall:.2f} it/s), {op_calls} host events in the profiled one")
+    if device == "cuda":
+        kernels = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA]
+        busy = sum(e.self_device_time_total for e in kernels) / 1e3
+        launches = sum(e.count for e in kernels)
+        print(f"device busy {busy:.1f} ms ({100 * busy / (wall * 1e3):.0f}% of wall), {launches} kernels")
+        print(events.table(sort_by="self_cuda_time_total", row_limit=top))
+    print(events.table(sort_by="self_cpu_time_total", row_limit=top))
+    if trace is not None:
+        trace.mkdir(parents=True, exist_ok=True)
+        prof.export_chrome_trace(str(trace / f"{variant}_{size}_{device}_{amp}.json"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--size", choices=tuple(SIZES), default=None, help="default: spec on CUDA, demo on CPU")
+    p.add_argument("--variant", nargs="+", choices=tuple(VARIANTS), default=list(VARIANTS))
+    p.add_argument("--amp", choices=("off", "bf16", "fp16"), default="off")
+    p.add_argument("--iters", type=int, default=5)
+    p.add_argument("--top", type=int, default=15)
+    p.add_argument("--threads", type=int, default=1, help="CPU threads (1: steady on a shared CPU)")
+    p.add_argument("--trace", type=Path, help="write Chrome traces here")
+    a = p.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    size = a.size or ("spec" if a.device.startswith("cuda") else "demo")
+    for v in a.variant:
+        profile_variant(v, size, a.device, a.amp, a.iters, a.top, a.trace)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
