@@ -236,6 +236,15 @@ def _synthetic_base(name: str) -> Config:
     # Rank-1 1.9%, 0.02/0.02 gave 39.6% (the colour-histogram baseline: 20.5%). Ea keeps the spec's rates: a
     # 0.02 trunk rate made Ea's activations overflow within two DG-Net iterations at batch 2.
     cfg.optim.teacher_lr_backbone = cfg.optim.teacher_lr_heads = 0.02
+    # Ea's heads at the trunk's rate (spec: heads 0.02). The from-scratch trunk's max-pooled features are large
+    # (mean squared norm about 5,400 over 512 dims on the demo, ten times the teacher's average-pooled ones),
+    # and the bottleneck Linear feeds a BatchNorm, so its step relative to its weights grows with that norm:
+    # at 0.02 the heads never learned (loss_id stayed above chance for all 240 demo iterations) and their
+    # gradients wrecked the trunk the teacher handed over (trunk-feature Rank-1 45.5% -> 23.9%; DG-Net
+    # Rank-1/mAP 18.1/13.9 against the teacher's 39.9/26.8). Same demo, same teacher: heads 0.002 gave
+    # 52.9/39.0; the linear batch rule (0.001/0.01 at batch 4) 43.1/31.6; turning off the generated-data
+    # terms left the damage at 0.02 (19.9/12.7). ImageNet-initialised trunks (the real presets) keep the spec.
+    cfg.optim.id_lr_heads = cfg.optim.id_lr_backbone
     cfg.train.output = f"outputs/{name}"
     cfg.eval.batch_size = 32
     return cfg
