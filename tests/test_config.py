@@ -49,6 +49,21 @@ def test_demo_preset_scales_schedule():
     assert reach < n
 
 
+def test_shipped_yaml_configs_resolve_with_scaled_schedules():
+    # Every file under configs/ names a preset, resolves, and carries the spec's schedule scaled to its own length
+    # (a hand-edited milestone or ramp that drifted from scale_schedule would fail here).
+    from pathlib import Path
+
+    files = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+    assert files
+    for f in files:
+        cfg = resolve_config(str(f))
+        want = scale_schedule(resolve_config(str(f)), cfg.optim.iterations, cfg.optim.teacher_iterations)
+        assert (cfg.optim.milestones, cfg.optim.teacher_milestones) == (want.optim.milestones,
+                                                                        want.optim.teacher_milestones), f.name
+        assert cfg.loss.warm_iter == want.loss.warm_iter and cfg.loss.warm_step == pytest.approx(want.loss.warm_step)
+
+
 def test_scale_schedule_identity_at_full_length():
     cfg = scale_schedule(Config(), 100_000, 20_000)
     assert cfg == Config()
