@@ -75,6 +75,31 @@ def timeout_seconds() -> float:
     return value
 
 
+class CollectiveFailure(RuntimeError):
+    """A collective with the other ranks failed: a peer crashed, was killed or stalled past the timeout."""
+
+
+# What gloo and NCCL say when a peer is gone or silent (they raise plain RuntimeErrors or DistBackendError).
+_PEER_FAILURE_SIGNS = ("Connection closed by peer", "Connection reset by peer", "Timed out", "timed out",
+                       "NCCL", "gloo", "ProcessGroup", "Broken pipe")
+
+
+def as_collective_failure(exc: BaseException, rank: int, checkpoints: str) -> CollectiveFailure | None:
+    """``exc`` reworded for the user when it is a failed collective (else None): which rank saw it, the likely
+    causes, the timeout in force, and that the last checkpoint is intact and ``--auto-resume`` continues."""
+    is_dist = isinstance(exc, getattr(dist, "DistError", ())) or (
+        isinstance(exc, RuntimeError) and any(s in str(exc) for s in _PEER_FAILURE_SIGNS))
+    if not is_dist:
+        return None
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return CollectiveFailure(
+        f"rank {rank}: a collective with the other ranks failed: another rank most likely crashed or was killed "
+        f"(see its log), or stalled longer than the {timeout_seconds():g} s collective timeout ({TIMEOUT_ENV}). "
+        f"The last checkpoint under {checkpoints} is intact: relaunch with --auto-resume (torchrun "
+        f"--max-restarts does it) to continue from it. The backend said: {first}"
+    )
+
+
 def init_from_env(device: torch.device | str = "cpu", timeout_s: float | None = None) -> DistContext:
     """Join the process group torchrun describes in the environment; single-process when it describes none.
 
@@ -238,5 +263,7 @@ __all__ = [
     "destroy",
     "init_from_env",
     "timeout_seconds",
+    "CollectiveFailure",
+    "as_collective_failure",
     "world",
 ]

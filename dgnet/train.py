@@ -48,6 +48,7 @@ from dgnet.checkpoint import (
     save_atomic,
 )
 from dgnet.config import Config, config_from_dict, resolve_config, save_config
+from dgnet.distributed import CollectiveFailure
 from dgnet.logging_utils import RunLogger
 
 # ``model.backbone_weights: teacher`` starts Ea's trunk from the trained teacher's (stage 1) instead of ImageNet.
@@ -603,12 +604,17 @@ def run(cfg: Config, resume: bool | str = False, stage: str = "all", evaluate: b
     Under torchrun (``WORLD_SIZE`` set) joins the process group first (``dgnet.distributed.init_from_env``)
     and leaves it at the end.
     """
-    from dgnet.distributed import destroy, init_from_env
+    from dgnet.distributed import as_collective_failure, destroy, init_from_env
 
     joined = not torch.distributed.is_initialized()
     ctx = init_from_env(resolve_device(cfg.train.device))
     try:
         return _run(cfg, ctx.device, resume, stage, evaluate, verbose)
+    except RuntimeError as exc:
+        failure = as_collective_failure(exc, ctx.rank, str(Path(cfg.train.output) / "checkpoints"))
+        if failure is None or ctx.world_size < 2:
+            raise
+        raise failure from exc
     finally:
         if joined:
             destroy()
@@ -708,6 +714,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, FileExistsError, NonFiniteLoss) as exc:
         print(f"dgnet.train: error: {exc}", file=sys.stderr)
         return 2
+    except CollectiveFailure as exc:
+        print(f"dgnet.train: error: {exc}", file=sys.stderr)
+        return 3
     return 0
 
 

@@ -5,6 +5,7 @@ Kept out of the test module so spawned children import only this file (and dgnet
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import time
@@ -206,7 +207,8 @@ def dying_train_worker(rank: int, world: int, port: int, out: Path, argv: list[s
         engine.dgnet_step = dying_step
         t0 = time.perf_counter()
         try:
-            rc = train.main(argv)
+            with (out / f"stderr_{rank}.txt").open("w") as err, contextlib.redirect_stderr(err):
+                rc = train.main(argv)
         finally:
             (out / f"seconds_{rank}.txt").write_text(f"{time.perf_counter() - t0:.1f}")
         (out / f"rc_{rank}.txt").write_text(str(rc))
