@@ -24,6 +24,7 @@ Measured 2026-11-25:
 
 from __future__ import annotations
 
+import contextlib
 import resource
 
 import pytest
@@ -60,33 +61,45 @@ def _batch(b: int, h: int, w: int, device: str, seed: int) -> dict:
     return {k: v.to(device) for k, v in out.items()}
 
 
-def _run(benchmark, backbone, h, w, b, device, variant, amp_dtype, rounds):
+@contextlib.contextmanager
+def variant_mode(variant: str):
+    """Fused mode and the upsample fold as ``VARIANTS[variant]`` says, restored to the defaults afterwards."""
     fused, fold = VARIANTS[variant]
     set_fused(fused)
     set_fold_upsample(fold)
     try:
-        torch.manual_seed(0)
-        cfg = _cfg(backbone, h, w, b)
-        model = DGNet(cfg.model, IDS).to(device)
-        teacher = ReidBaseline(cfg.model, IDS).to(device)
-        opts = build_optimizers(model, cfg.optim)
-        batches = [(_batch(b, h, w, device, 2 * i), _batch(b, h, w, device, 2 * i + 1)) for i in range(2)]
-        it = [1]
-
-        def step():
-            a, bb = batches[it[0] % 2]
-            it[0] += 1
-            dgnet_step(model, teacher, opts, a, bb, it[0], cfg, amp_dtype=amp_dtype)  # returns floats: synced
-            if device == "cuda":
-                torch.cuda.synchronize()
-
-        step()  # warm-up: allocator, cudnn/mkldnn algorithm choice, Triton compilation
-        if device == "cuda":
-            torch.cuda.reset_peak_memory_stats()
-        benchmark.pedantic(step, rounds=rounds, iterations=1, warmup_rounds=0)
+        yield
     finally:
         set_fused(False)
         set_fold_upsample("auto")
+
+
+def make_step(backbone: str, h: int, w: int, b: int, device: str, amp_dtype):
+    """Seeded models, optimisers and two batches at this size; returns ``step(i)``, one synchronised iteration."""
+    torch.manual_seed(0)
+    cfg = _cfg(backbone, h, w, b)
+    model = DGNet(cfg.model, IDS).to(device)
+    teacher = ReidBaseline(cfg.model, IDS).to(device)
+    opts = build_optimizers(model, cfg.optim)
+    batches = [(_batch(b, h, w, device, 2 * i), _batch(b, h, w, device, 2 * i + 1)) for i in range(2)]
+
+    def step(i: int) -> None:
+        a, bb = batches[i % 2]
+        dgnet_step(model, teacher, opts, a, bb, i + 1, cfg, amp_dtype=amp_dtype)  # returns floats: synced
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    return step
+
+
+def _run(benchmark, backbone, h, w, b, device, variant, amp_dtype, rounds):
+    with variant_mode(variant):
+        step = make_step(backbone, h, w, b, device, amp_dtype)
+        it = iter(range(1, 1_000_000))
+        step(0)  # warm-up: allocator, cudnn/mkldnn algorithm choice, Triton compilation
+        if device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        benchmark.pedantic(lambda: step(next(it)), rounds=rounds, iterations=1, warmup_rounds=0)
     mean = benchmark.stats.stats.mean
     info = benchmark.extra_info
     info.update(

@@ -24,11 +24,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_train_step import IDS, VARIANTS, _batch, _cfg  # noqa: E402
-
-from dgnet.engine import build_optimizers, dgnet_step  # noqa: E402
-from dgnet.models import DGNet, ReidBaseline  # noqa: E402
-from dgnet.ops import set_fold_upsample, set_fused  # noqa: E402
+from bench_train_step import VARIANTS, make_step, variant_mode  # noqa: E402
 
 SIZES = {"spec": ("resnet50", 256, 128, 8), "demo": ("resnet18", 64, 32, 4)}
 
@@ -36,25 +32,9 @@ SIZES = {"spec": ("resnet50", 256, 128, 8), "demo": ("resnet18", 64, 32, 4)}
 def profile_variant(variant: str, size: str, device: str, amp: str, iters: int, top: int, trace: Path | None) -> None:
     from torch.profiler import ProfilerActivity, profile
 
-    backbone, h, w, b = SIZES[size]
-    fused, fold = VARIANTS[variant]
-    set_fused(fused)
-    set_fold_upsample(fold)
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[amp]
-    try:
-        torch.manual_seed(0)
-        cfg = _cfg(backbone, h, w, b)
-        model = DGNet(cfg.model, IDS).to(device)
-        teacher = ReidBaseline(cfg.model, IDS).to(device)
-        opts = build_optimizers(model, cfg.optim)
-        batches = [(_batch(b, h, w, device, 2 * i), _batch(b, h, w, device, 2 * i + 1)) for i in range(2)]
-
-        def step(i: int) -> None:
-            a, bb = batches[i % 2]
-            dgnet_step(model, teacher, opts, a, bb, i + 1, cfg, amp_dtype=amp_dtype)
-            if device == "cuda":
-                torch.cuda.synchronize()
-
+    with variant_mode(variant):
+        step = make_step(*SIZES[size], device, amp_dtype)
         for i in range(2):  # warm-up: allocator, algorithm choice, Triton compilation and autotuning
             step(i)
         t0 = time.perf_counter()
@@ -64,9 +44,6 @@ def profile_variant(variant: str, size: str, device: str, amp: str, iters: int, 
         acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
         with profile(activities=acts) as prof:
             step(0)
-    finally:
-        set_fused(False)
-        set_fold_upsample("auto")
     events = prof.key_averages()
     op_calls = sum(e.count for e in events if e.device_type == torch.autograd.DeviceType.CPU)
     print(f"\n=== {variant} ({size}, {device}, amp {amp}) ===")
