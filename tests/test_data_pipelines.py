@@ -224,3 +224,54 @@ def test_dali_gpu_test_stream(ds):
     for x, y in zip(a, b, strict=True):
         assert y["image"].is_cuda and (x["image"] - y["image"]).abs().mean() < 0.02
         assert torch.equal(x["index"], y["index"])
+
+
+def _graph_ops(outputs) -> list:
+    """Every operator instance the DALI output nodes ``outputs`` depend on (each once)."""
+    seen, ops, todo = set(), [], list(outputs)
+    while todo:
+        src = todo.pop().source
+        if src is None or src.id in seen:
+            continue
+        seen.add(src.id)
+        ops.append(src)
+        todo.extend(src.inputs)
+    return ops
+
+
+@needs_dali
+@pytest.mark.parametrize("device_id", [None, 0])
+def test_dali_graph_placement(device_id):
+    """The GPU training graph, checked where no GPU can build it: nvJPEG (``mixed``) decodes the CPU bytes, every
+    operator after it runs on the GPU and exists there, and its only CPU inputs are per-sample arguments
+    (flip, crop matrix), which DALI requires on the CPU. The CPU graph (``device_id=None``) is all CPU."""
+    import nvidia.dali.backend as dali_backend
+
+    from dgnet.data.pipeline_dali import define_train_graph
+
+    _, outputs = define_train_graph(lambda: None, batch_size=2, size=(64, 32), device_id=device_id)
+    gpu = device_id is not None
+    assert [o.device for o in outputs] == ["gpu" if gpu else "cpu"] * 2
+    registered = {"cpu": set(dali_backend.RegisteredCPUOps()), "gpu": set(dali_backend.RegisteredGPUOps()),
+                  "mixed": set(dali_backend.RegisteredMixedOps())}
+    ops = _graph_ops(outputs)
+    by_device: dict[str, list[str]] = {}
+    for src in ops:
+        op = src._op  # ExternalSource is a Python-side operator without schema_name; its C++ twin has that name
+        name, device = getattr(op, "schema_name", type(op).__name__), op.device
+        by_device.setdefault(device, []).append(name)
+        assert name in registered[device], f"{name} has no {device} implementation"
+        regular = src.spec.NumRegularInput()
+        for k, node in enumerate(src.inputs):
+            if k >= regular:
+                assert node.device == "cpu", f"{name}: argument input {k} on {node.device}"
+            elif device == "gpu":
+                assert node.device == "gpu", f"{name}: data input {k} on {node.device}"
+            else:  # cpu and mixed operators read CPU data
+                assert node.device == "cpu", f"{name} ({device}): data input {k} on {node.device}"
+    if gpu:
+        assert sorted(by_device["mixed"]) == ["decoders__Image"] * 2  # image and positive
+        assert sorted(by_device["gpu"]) == sorted(["CropMirrorNormalize", "Flip", "Resize", "WarpAffine"] * 2)
+        assert by_device["cpu"] == ["ExternalSource"] * 6  # one instance per external_source output
+    else:
+        assert set(by_device) == {"cpu"} and len(by_device["cpu"]) == 6 + 2 * 5

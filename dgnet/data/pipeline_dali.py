@@ -84,6 +84,17 @@ def train_pipeline(paths: Sequence[str], plans: Iterator[dict], batch_size: int,
     ``mixed`` (nvJPEG) and every operator after it runs on that GPU.
     """
     source = _TrainSource(paths, plans, pad)
+    pipe, _ = define_train_graph(source, batch_size, size, device_id, threads)
+    pipe.build()
+    return pipe, source
+
+
+def define_train_graph(source, batch_size: int, size: tuple[int, int], device_id: int | None,
+                       threads: int = 1) -> tuple[Pipeline, tuple]:
+    """The training graph of ``train_pipeline``, defined but not built (defining needs no GPU, building does).
+
+    Returns the pipeline and its two output nodes ``(image, positive)``, which lead back through the graph.
+    """
     pipe = Pipeline(batch_size=batch_size, num_threads=max(1, threads), device_id=device_id, prefetch_queue_depth=2)
     decoder = "cpu" if device_id is None else "mixed"
     with pipe:
@@ -93,8 +104,7 @@ def train_pipeline(paths: Sequence[str], plans: Iterator[dict], batch_size: int,
         image = normalize(pad_crop(decode_resize(jpg, decoder, size, flip), mtx, size))
         positive = normalize(pad_crop(decode_resize(pjpg, decoder, size, pflip), pmtx, size))
         pipe.set_outputs(image, positive)
-    pipe.build()
-    return pipe, source
+    return pipe, (image, positive)
 
 
 class _EvalSource:
