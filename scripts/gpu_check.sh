@@ -5,6 +5,7 @@
 #   bash scripts/gpu_check.sh build         # compile the extension for the local GPU's arch
 #   bash scripts/gpu_check.sh tests         # pytest -m gpu tests
 #   bash scripts/gpu_check.sh bench [FILES] # GPU benchmarks (pytest -m gpu benchmarks)
+#   bash scripts/gpu_check.sh profile [ARGS] # host vs device time of a training iteration, per --fused variant
 #   bash scripts/gpu_check.sh dali WHEELDIR # install DALI (+ deps) from local wheels
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -31,10 +32,14 @@ case "${1:-}" in
     $py -m pytest -m gpu $files -p no:cacheprovider -q -s --benchmark-columns=min,median,mean,rounds \
       --benchmark-json="$out/bench.json" 2>&1 | tee "$out/gpu-bench.log" | tail -80
     ;;
+  profile)
+    shift
+    $py benchmarks/profile_step.py --device cuda --trace "$out/traces" "$@" 2>&1 | tee "$out/profile.log" | tail -150
+    ;;
   dali)
     $py -m pip install -q --no-index --no-deps --no-compile "$2"/*.whl 2>&1 | tail -5
     $py -c "import nvidia.dali as d; print('DALI', d.__version__)"
     ;;
   *)
-    echo "usage: $0 build|tests|bench [FILES]|dali WHEELDIR" >&2; exit 2 ;;
+    echo "usage: $0 build|tests|bench [FILES]|profile [ARGS]|dali WHEELDIR" >&2; exit 2 ;;
 esac
