@@ -186,8 +186,9 @@ def all_gather_objects(obj: object) -> list:
 class SyncBatchNormCPU(nn.modules.batchnorm._BatchNorm):
     """BatchNorm whose training statistics span every rank's batch: ``torch.nn.SyncBatchNorm`` for gloo/CPU.
 
-    Input ``(N, C, *)`` float. In training mode (and whenever batch statistics are used) the per-channel
-    mean and biased variance come from all ranks via differentiable all-reduces (two passes: mean, then
+    Input ``(N, C, *)`` float (statistics in float32 for 16-bit inputs, else in the input's dtype). In
+    training mode (and whenever batch statistics are used) the per-channel mean and biased variance come from
+    all ranks via differentiable all-reduces (two passes: mean, then
     centred squares, for the same accuracy as a single-process BatchNorm); gradients flow back across
     ranks like ``SyncBatchNorm``'s. Outside a process group, or in eval mode, it is plain BatchNorm.
     """
@@ -211,8 +212,8 @@ class SyncBatchNormCPU(nn.modules.batchnorm._BatchNorm):
                 factor = 1.0 / float(self.num_batches_tracked)
         dims = [0, *range(2, x.dim())]
         shape = [1, -1] + [1] * (x.dim() - 2)
-        xf = x.float()
-        count = all_reduce(torch.tensor([float(x.numel() // x.shape[1])], dtype=torch.float32))
+        xf = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x  # float64 keeps its precision
+        count = all_reduce(torch.tensor([float(x.numel() // x.shape[1])], dtype=xf.dtype))
         mean = all_reduce(xf.sum(dims)) / count
         centred = xf - mean.view(shape)
         var = all_reduce(centred.pow(2).sum(dims)) / count
@@ -240,8 +241,10 @@ def convert_sync_batchnorm(module: nn.Module, device: torch.device) -> nn.Module
 
 def _to_cpu_sync(module: nn.Module) -> nn.Module:
     if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(module, SyncBatchNormCPU):
+        like = next(iter(module.parameters()), module.running_mean)  # keep the module's dtype (float64 too)
+        factory = {} if like is None else {"device": like.device, "dtype": like.dtype}
         new = SyncBatchNormCPU(module.num_features, module.eps, module.momentum, module.affine,
-                               module.track_running_stats)
+                               module.track_running_stats, **factory)
         new.load_state_dict(module.state_dict())
         new.train(module.training)
         if module.affine:

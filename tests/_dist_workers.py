@@ -72,11 +72,11 @@ def global_batch(step: int, stream: int, world: int) -> dict:
     return out
 
 
-def parity_run(rank: int, world: int, steps: int, ref_world: int,
-               device: torch.device | None = None) -> tuple[dict[str, torch.Tensor], list[dict]]:
+def parity_run(rank: int, world: int, steps: int, ref_world: int, device: torch.device | None = None,
+               dtype: torch.dtype = torch.float32) -> tuple[dict[str, torch.Tensor], list[dict]]:
     """``steps`` DG-Net iterations on this rank's rows of the combined batches of ``ref_world`` ranks (all of
-    them when ``world`` is 1); returns the model's state dict (parameters and BatchNorm buffers) and each
-    iteration's losses."""
+    them when ``world`` is 1), models and data in ``dtype``; returns the model's state dict (parameters and
+    BatchNorm buffers) and each iteration's losses."""
     from dgnet.engine import build_optimizers, dgnet_step, wrap_ddp
     from dgnet.models import DGNet, ReidBaseline
 
@@ -85,8 +85,8 @@ def parity_run(rank: int, world: int, steps: int, ref_world: int,
     torch.manual_seed(0)
     model = DGNet(cfg.model, IDS)
     torch.manual_seed(1)
-    teacher = ReidBaseline(cfg.model, IDS).requires_grad_(False).to(device)
-    model = model.to(device)
+    teacher = ReidBaseline(cfg.model, IDS).requires_grad_(False).to(device, dtype)
+    model = model.to(device, dtype)
     teacher.eval()
     ddp = None
     if world > 1:
@@ -106,20 +106,22 @@ def parity_run(rank: int, world: int, steps: int, ref_world: int,
     losses = []
     for it in range(steps):
         a, b = (global_batch(it, s, ref_world) for s in (0, 1))
-        a, b = ({k: v[rows].to(device) for k, v in x.items()} for x in (a, b))
+        a, b = ({k: v[rows].to(device, dtype if v.is_floating_point() else None) for k, v in x.items()}
+                for x in (a, b))
         o = dgnet_step(model, teacher, opts, a, b, it, cfg, ddp=ddp)
         losses.append({k: v for k, v in o.items() if k.startswith("loss")})
     return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}, losses
 
 
-def parity_worker(rank: int, world: int, port: int, out: Path, steps: int, device: str = "cpu") -> None:
+def parity_worker(rank: int, world: int, port: int, out: Path, steps: int, device: str = "cpu",
+                  dtype: torch.dtype = torch.float32) -> None:
     def body(rank: int) -> None:
         from dgnet.distributed import destroy, init_from_env
 
         join_env(rank, world, port, timeout_s=120)
         ctx = init_from_env(device)  # cuda -> cuda:LOCAL_RANK with NCCL
         try:
-            state, losses = parity_run(rank, world, steps, world, ctx.device)
+            state, losses = parity_run(rank, world, steps, world, ctx.device, dtype)
             torch.save({"state": state, "losses": losses}, out / f"state_{rank}.pt")
         finally:
             destroy()

@@ -9,6 +9,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from dgnet.losses import f32
+
 LRELU_SLOPE = 0.2  # the reference's LeakyReLU slope, used throughout Es, G and D
 
 
@@ -46,7 +48,7 @@ class LayerNorm(nn.Module):
     """MUNIT/DG-Net LayerNorm: per-sample mean and std over (C, H, W), per-channel affine.
 
     ``y = (x - mean) / (std + eps) * gamma + beta`` with the unbiased std (the reference's ``Tensor.std``),
-    ``gamma`` initialised uniform(0, 1) and ``beta`` 0 per the spec. Statistics in float32.
+    ``gamma`` initialised uniform(0, 1) and ``beta`` 0 per the spec. Statistics in at least float32.
     """
 
     def __init__(self, channels: int, eps: float = 1e-5) -> None:
@@ -56,11 +58,11 @@ class LayerNorm(nn.Module):
         self.beta = nn.Parameter(torch.zeros(channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xf = x.float()
+        xf = f32(x)
         flat = xf.flatten(1)
         std, mean = torch.std_mean(flat, dim=1)
         y = (xf - mean[:, None, None, None]) / (std[:, None, None, None] + self.eps)
-        y = y * self.gamma.float()[None, :, None, None] + self.beta.float()[None, :, None, None]
+        y = y * self.gamma.to(xf.dtype)[None, :, None, None] + self.beta.to(xf.dtype)[None, :, None, None]
         return y.to(x.dtype)
 
 
