@@ -20,6 +20,14 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+def write_results(data: dict, checkpoint: str | Path, output: str | Path | None, suffix: str) -> Path:
+    """Write a CLI's results as JSON to ``output``, or next to ``checkpoint`` with ``suffix``; say where."""
+    out = Path(output) if output else Path(checkpoint).with_suffix(suffix)
+    out.write_text(json.dumps(data, indent=2))
+    print(f"results written to {out}")
+    return out
+
+
 def denormalize(x: torch.Tensor) -> torch.Tensor:
     """``(N, 3|1, H, W)`` normalised images -> float32 in [0, 1] on the CPU (grayscale is repeated to RGB)."""
     x = x.detach().float().cpu()

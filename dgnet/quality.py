@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -58,6 +57,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from dgnet.data.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize, resize_uint8
+from dgnet.logging_utils import write_results
 
 Generator = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 IOU_TAU = 0.1  # RGB distance in [0, 1] units (sqrt(3) is the maximum); camera noise std is <= 0.04 per channel
@@ -372,9 +372,7 @@ def main(argv: list[str] | None = None) -> int:
     print(format_table(res["rows"]))
     print(f"{res['pairs']} pairs over {res['query_images']} query images; chance of any one identity "
           f"{100 / res['identities']:.2f} %")
-    out = Path(args.output) if args.output else Path(args.checkpoint).with_suffix(".quality.json")
-    out.write_text(json.dumps(res, indent=2))
-    print(f"results written to {out}")
+    write_results(res, args.checkpoint, args.output, ".quality.json")
     return 0
 
 

@@ -12,9 +12,7 @@ re-ranking and the metrics run through the extension ops (``dgnet.ops``, ``dgnet
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from dgnet.config import Config
+from dgnet.logging_utils import write_results
 
 METRIC_KEYS = ("rank1", "rank5", "rank10", "mAP", "mINP")
 
@@ -222,9 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     if rank != 0:
         return 0
     print(format_table(results))
-    out = Path(args.output) if args.output else Path(args.checkpoint).with_suffix(".results.json")
-    out.write_text(json.dumps(results, indent=2))
-    print(f"results written to {out}")
+    write_results(results, args.checkpoint, args.output, ".results.json")
     return 0
 
 
