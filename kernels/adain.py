@@ -58,13 +58,15 @@ def _activation_grad(z, slope, ACT: tl.constexpr):
 @triton.jit
 def _adain_fwd_kernel(
     X,  # *(rows, HW) input, contiguous; fp32, bf16 or fp16
-    SCALE,  # *(rows,) per-row scale, contiguous, any float dtype
-    BIAS,  # *(rows,) per-row bias, contiguous, any float dtype
+    SCALE,  # *(N, C) per-row scale, any strides, any float dtype
+    BIAS,  # *(N, C) per-row bias, any strides, any float dtype
     RES,  # *(rows, HW) residual in X's dtype; X itself (never read) when HAS_RES is False
     Y,  # *(rows, HW) output in X's dtype
     MEAN,  # *(rows,) float32 output: row mean
     RSTD,  # *(rows,) float32 output: 1 / sqrt(biased var + eps)
     HW,  # elements per row (H * W)
+    C,  # channels: row = n * C + c
+    stride_sn, stride_sc, stride_bn, stride_bc,  # strides of SCALE and BIAS (column slices need no copy)
     eps,  # variance epsilon
     slope,  # negative slope of the leaky relu
     ACT: tl.constexpr,  # 0 none, 1 relu, 2 leaky relu
@@ -74,8 +76,8 @@ def _adain_fwd_kernel(
 ):
     row = tl.program_id(0)
     base = row.to(tl.int64) * HW
-    s = tl.load(SCALE + row).to(tl.float32)
-    b = tl.load(BIAS + row).to(tl.float32)
+    s = tl.load(SCALE + (row // C) * stride_sn + (row % C) * stride_sc).to(tl.float32)
+    b = tl.load(BIAS + (row // C) * stride_bn + (row % C) * stride_bc).to(tl.float32)
     cols = tl.arange(0, BLOCK)
     # Sums are shifted by the row's first element: a constant row gets exactly its value as mean (so
     # x - mean is exactly 0 where 1/sqrt(eps) would amplify rounding), and precision improves when
@@ -129,14 +131,16 @@ def _adain_fwd_kernel(
 def _adain_bwd_kernel(
     DY,  # *(rows, HW) gradient of the output, contiguous, X's dtype
     X,  # *(rows, HW) forward input
-    SCALE,  # *(rows,) per-row scale
-    BIAS,  # *(rows,) per-row bias
+    SCALE,  # *(N, C) per-row scale, any strides
+    BIAS,  # *(N, C) per-row bias, any strides
     MEAN,  # *(rows,) float32 saved mean
     RSTD,  # *(rows,) float32 saved rstd
     DX,  # *(rows, HW) output: gradient of x in X's dtype
     DSCALE,  # *(rows,) output in scale's dtype: sum(g * xhat)
     DBIAS,  # *(rows,) output in bias's dtype: sum(g)
     HW,  # elements per row
+    C,  # channels: row = n * C + c
+    stride_sn, stride_sc, stride_bn, stride_bc,  # strides of SCALE and BIAS
     slope,  # negative slope of the leaky relu
     ACT: tl.constexpr,  # 0 none, 1 relu, 2 leaky relu
     BLOCK: tl.constexpr,  # elements per block, a power of two
@@ -147,8 +151,8 @@ def _adain_bwd_kernel(
     #   dbias = sum(g), dscale = sum(g * xhat), dx = rstd * scale * (g - mean(g) - xhat * mean(g * xhat)).
     row = tl.program_id(0)
     base = row.to(tl.int64) * HW
-    s = tl.load(SCALE + row).to(tl.float32)
-    b = tl.load(BIAS + row).to(tl.float32)
+    s = tl.load(SCALE + (row // C) * stride_sn + (row % C) * stride_sc).to(tl.float32)
+    b = tl.load(BIAS + (row // C) * stride_bn + (row % C) * stride_bc).to(tl.float32)
     mean = tl.load(MEAN + row)
     rstd = tl.load(RSTD + row)
     a = s * rstd
@@ -240,7 +244,7 @@ def adain_forward(
     block, one_block = _block(hw)
     _launch(
         _adain_fwd_kernel, _adain_fwd_tuned, (n * c,), traced,
-        xc, scale.contiguous(), bias.contiguous(), res, y, mean, rstd, hw, eps, negative_slope,
+        xc, scale, bias, res, y, mean, rstd, hw, c, *scale.stride(), *bias.stride(), eps, negative_slope,
         ACT=activation, HAS_RES=residual is not None, BLOCK=block, ONE_BLOCK=one_block,
     )
     return y, mean, rstd
@@ -269,8 +273,8 @@ def adain_backward(
     block, one_block = _block(hw)
     _launch(
         _adain_bwd_kernel, _adain_bwd_tuned, (n * c,), traced,
-        grad_y.to(x.dtype).contiguous(), xc, scale.contiguous(), bias.contiguous(),
-        mean.contiguous(), rstd.contiguous(), dx, dscale, dbias, hw, negative_slope,
+        grad_y.to(x.dtype).contiguous(), xc, scale, bias, mean.contiguous(), rstd.contiguous(), dx, dscale, dbias,
+        hw, c, *scale.stride(), *bias.stride(), negative_slope,
         ACT=activation, BLOCK=block, ONE_BLOCK=one_block,
     )
     return dx, dscale, dbias
