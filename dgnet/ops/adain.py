@@ -105,6 +105,9 @@ def _fake_backward(grad_y, x, scale, bias, mean, rstd, activation, negative_slop
 def _setup_context(ctx, inputs, output):
     x, scale, bias, residual, activation, _eps, negative_slope = inputs
     _y, mean, rstd = output
+    # mean and rstd never receive gradients: without this, autograd would launch two zero fills per call
+    # to stand in for them (grads that are not computed arrive as None instead).
+    ctx.set_materialize_grads(False)
     ctx.save_for_backward(x, scale, bias, mean, rstd)
     ctx.activation = activation
     ctx.negative_slope = negative_slope
@@ -114,6 +117,8 @@ def _setup_context(ctx, inputs, output):
 def _make_backward(backward_op):
     def backward(ctx, grad_y, _grad_mean, _grad_rstd):
         # mean and rstd are saved statistics, not differentiable outputs: their gradients are ignored.
+        if grad_y is None:  # y itself unused by the loss
+            return None, None, None, None, None, None, None
         x, scale, bias, mean, rstd = ctx.saved_tensors
         grad_x, grad_scale, grad_bias = backward_op(
             grad_y, x, scale, bias, mean, rstd, ctx.activation, ctx.negative_slope
@@ -197,6 +202,8 @@ class _TritonAdain(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_y):
+        if grad_y is None:  # y unused by the loss (gradients are not materialised, see _setup_context)
+            return None, None, None, None, None, None, None
         x, scale, bias, mean, rstd = ctx.saved_tensors
         grad_x, grad_scale, grad_bias = _triton_kernels.adain_backward(
             grad_y, x, scale, bias, mean, rstd, ctx.activation, ctx.negative_slope, traced=False
