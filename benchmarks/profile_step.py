@@ -6,7 +6,8 @@
 For each variant (``bench_train_step.VARIANTS``) it times a few iterations of ``dgnet.engine.dgnet_step`` at
 the spec's size (ResNet-50, 256x128, batch 8 per stream) or the demo's, then profiles one more with
 ``torch.profiler`` and prints:
-- wall seconds per iteration, the number of operator calls and kernel launches;
+- wall seconds per iteration, the number of operator calls (``host_op_count``: about one launch each on a
+  GPU) and, on CUDA, of kernel launches;
 - on CUDA, the device's busy time (sum of kernel times): far below the wall time means the iteration is
   host-bound, and fewer, larger launches (not faster kernels) are what would speed it up;
 - the operators with the most host (self CPU) time and, on CUDA, the kernels with the most device time.
@@ -26,6 +27,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_train_step import VARIANTS, make_step, variant_mode  # noqa: E402
 
+from dgnet.ops._lib import host_op_count  # noqa: E402
+
 SIZES = {"spec": ("resnet50", 256, 128, 8), "demo": ("resnet18", 64, 32, 4)}
 
 
@@ -41,6 +44,7 @@ def profile_variant(variant: str, size: str, device: str, amp: str, iters: int, 
         for i in range(iters):
             step(i)
         wall = (time.perf_counter() - t0) / iters
+        ops = host_op_count(lambda: step(0))
         acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
         with profile(activities=acts) as prof:
             step(0)
@@ -48,6 +52,7 @@ def profile_variant(variant: str, size: str, device: str, amp: str, iters: int, 
     op_calls = sum(e.count for e in events if e.device_type == torch.autograd.DeviceType.CPU)
     print(f"\n=== {variant} ({size}, {device}, amp {amp}) ===")
     print(f"wall {wall * 1e3:.1f} ms/iteration ({1 / wall:.2f} it/s), {op_calls} host events in the profiled one")
+    print(f"{ops} operator calls per iteration, views and allocations left out (dgnet.ops._lib.host_op_count)")
     if device == "cuda":
         kernels = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA]
         busy = sum(e.self_device_time_total for e in kernels) / 1e3

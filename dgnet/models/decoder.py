@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -25,6 +27,30 @@ class MLP(nn.Module):
         x = F.leaky_relu(self.fc1(x), LRELU_SLOPE)
         x = F.leaky_relu(self.fc2(x), LRELU_SLOPE)
         return self.fc3(x)
+
+
+def grouped_mlp(mlps: Sequence[MLP], x: torch.Tensor, out_chunks: int = 1) -> torch.Tensor:
+    """``mlps[g](x[g])`` for every ``g`` at once: ``x`` ``(G, N, in)`` -> ``(G * out_chunks, N, out / out_chunks)``,
+    where row ``g * out_chunks + h`` is chunk ``h`` of ``mlps[g]``'s output.
+
+    The fused twin of calling each MLP in turn. Each layer's weights and biases are stacked and applied with
+    one ``baddbmm``; the last layer runs each output chunk as its own group, so that the chunks (the decoder's
+    per-layer AdaIN parameters) come out as contiguous rows whose gradients are gathered by one ``stack``. The
+    parameters stay the MLPs' own (state dicts and optimizer state are unchanged); stacking them copies the
+    weights once per call, and its backward hands each MLP a view of the stacked gradient.
+    """
+    for name in ("fc1", "fc2", "fc3"):
+        w = torch.stack([getattr(m, name).weight for m in mlps])  # (G, out, in)
+        b = torch.stack([getattr(m, name).bias for m in mlps])  # (G, out)
+        if name == "fc3" and out_chunks > 1:
+            groups, out, width = w.shape
+            w = w.reshape(groups * out_chunks, out // out_chunks, width)
+            b = b.reshape(groups * out_chunks, out // out_chunks)
+            x = x.repeat_interleave(out_chunks, dim=0)
+        x = torch.baddbmm(b.unsqueeze(1), x, w.transpose(1, 2))
+        if name != "fc3":
+            x = F.leaky_relu(x, LRELU_SLOPE)
+    return x
 
 
 class AdaINResBlock(nn.Module):
@@ -54,6 +80,7 @@ class Decoder(nn.Module):
       512 for the demo's ResNet-18); slice k feeds ``mlp_w[k]`` (scales) and ``mlp_b[k]`` (biases), each
       ``slice -> 512 -> 512 -> 2 * 128``; the concatenated outputs are handed out 128 per AdaIN layer in module
       order, so slice k drives residual block k (its two AdaIN layers). Used directly as scale and bias.
+      Under ``--fused`` the eight MLPs run batched (:func:`grouped_mlp`, same parameters).
     - 4 AdaIN residual blocks at 128; twice [nearest x2 upsample, conv5x5 halving channels, LayerNorm, lrelu];
       conv3x3 32->32 lrelu, conv3x3 32->32 lrelu, conv1x1 32->3. Under ``--fused`` (``dgnet.ops.set_fused``),
       where ``dgnet.ops.fold_upsample_enabled`` (by default on CPU), each upsample + conv5x5 runs as
@@ -91,13 +118,25 @@ class Decoder(nn.Module):
         biases = torch.cat([m(z) for m, z in zip(self.mlp_b, slices, strict=True)], dim=1)
         return scales, biases
 
+    def layer_params(self, f: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """``(scale, bias)``, each ``(N, 128)``, of every AdaIN layer in module order: the columns ``[128 j,
+        128 (j + 1))`` of :meth:`adain_params`. Under ``--fused`` the eight MLPs run as one
+        :func:`grouped_mlp`; otherwise each MLP runs on its own, as :meth:`adain_params` does."""
+        if not fused_enabled():
+            scales, biases = self.adain_params(f)
+            return list(zip(scales.split(self.dim, dim=1), biases.split(self.dim, dim=1), strict=True))
+        n = f.shape[0]
+        z = f.reshape(n, self.n_res, self.slice_dim).transpose(0, 1)  # (n_res, N, slice): slice k feeds MLP k
+        # Rows 2k, 2k + 1: the scales of block k's two AdaIN layers; rows 2 n_res + 2k, + 1: their biases.
+        out = grouped_mlp([*self.mlp_w, *self.mlp_b], z.repeat(2, 1, 1), out_chunks=2).unbind(0)
+        layers = 2 * self.n_res
+        return [(out[j], out[layers + j]) for j in range(layers)]
+
     def forward(self, s: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
-        scales, biases = self.adain_params(f)
-        w = scales.split(self.dim, dim=1)
-        b = biases.split(self.dim, dim=1)
+        params = self.layer_params(f)
         x = s
         for k, block in enumerate(self.blocks):
-            x = block(x, w[2 * k], b[2 * k], w[2 * k + 1], b[2 * k + 1])
+            x = block(x, *params[2 * k], *params[2 * k + 1])
         if not fold_upsample_enabled(x.device):
             if fused_enabled():
                 say_once(f"fold-{x.device.type}", f"dgnet: decoder upsampling runs plain nearest x2 + conv5x5 on "
