@@ -239,6 +239,29 @@ def build_state(
     }
 
 
+_IMPL_KEYS = ("foreach", "fused", "capturable")
+
+
+def load_optimizer_state(opt: torch.optim.Optimizer, state: dict) -> None:
+    """``opt.load_state_dict(state)``, keeping ``opt``'s own implementation (fused, foreach or the loop).
+
+    PyTorch restores those flags from the saved groups, so a run saved without ``--fused`` and resumed with
+    it would silently keep the old implementation (and the reverse). The flags are put back after loading,
+    and the per-parameter ``step`` counts moved to where that implementation keeps them: on the parameter's
+    device for fused/capturable, a CPU scalar otherwise.
+    """
+    impl = [{k: g[k] for k in _IMPL_KEYS if k in g} for g in opt.param_groups]
+    opt.load_state_dict(state)
+    for group, keep in zip(opt.param_groups, impl, strict=True):
+        group.update(keep)
+        on_device = bool(group.get("fused") or group.get("capturable"))
+        for p in group["params"]:
+            st = opt.state.get(p, {})
+            step = st.get("step")
+            if torch.is_tensor(step):
+                st["step"] = step.to(device=p.device, dtype=torch.float32) if on_device else step.cpu()
+
+
 def restore_state(
     ckpt: dict,
     *,
@@ -260,7 +283,7 @@ def restore_state(
     for k, m in models.items():
         m.load_state_dict(need("models", k))
     for k, o in (optimizers or {}).items():
-        o.load_state_dict(need("optimizers", k))
+        load_optimizer_state(o, need("optimizers", k))
     for k, s in (schedulers or {}).items():
         s.load_state_dict(need("schedulers", k))
     if scaler is not None and ckpt.get("scaler") is not None:

@@ -72,37 +72,74 @@ def ramp_weights(iteration: int, loss_cfg: LossConfig) -> dict[str, float]:
     return w
 
 
-def build_optimizers(model: DGNet, cfg: OptimConfig) -> dict[str, torch.optim.Optimizer]:
-    """The three optimisers of the spec.
+def optimizer_impl(fused: bool | None = None) -> dict[str, bool]:
+    """Keyword arguments choosing how an optimiser runs its update: ``{"fused": True}`` (one fused kernel
+    per step over all parameters, CPU and CUDA) under ``--fused``, else ``{}`` (PyTorch's default: a loop
+    over parameters on CPU, ``foreach`` on CUDA), which is the plain twin. Same update either way, up to
+    float rounding. ``fused=None`` follows :func:`dgnet.ops.fused_enabled`."""
+    from dgnet.ops import fused_enabled
+    from dgnet.ops._lib import say_once
+
+    if fused_enabled() if fused is None else fused:
+        say_once("optim:fused", "dgnet: optimisers run PyTorch's fused update kernels (--fused)")
+        return {"fused": True}
+    return {}
+
+
+def build_optimizers(model: DGNet, cfg: OptimConfig, fused: bool | None = None) -> dict[str, torch.optim.Optimizer]:
+    """The three optimisers of the spec (implementation per :func:`optimizer_impl`).
 
     - ``gen``: Es + G (decoder and AdaIN MLPs), Adam lr ``gen_lr``, betas ``adam_betas``, ``weight_decay``;
     - ``dis``: D, Adam lr ``dis_lr``, same betas and decay;
     - ``id``: Ea, SGD momentum ``momentum`` Nesterov, ``weight_decay``; param group 0 = backbone
       (``id_lr_backbone``), group 1 = both heads (``id_lr_heads``).
     """
+    impl = optimizer_impl(fused)
     gen_params = list(model.Es.parameters()) + list(model.G.parameters())
-    gen = torch.optim.Adam(gen_params, lr=cfg.gen_lr, betas=tuple(cfg.adam_betas), weight_decay=cfg.weight_decay)
-    dis = torch.optim.Adam(
-        model.D.parameters(), lr=cfg.dis_lr, betas=tuple(cfg.adam_betas), weight_decay=cfg.weight_decay
-    )
+    betas = tuple(cfg.adam_betas)
+    gen = torch.optim.Adam(gen_params, lr=cfg.gen_lr, betas=betas, weight_decay=cfg.weight_decay, **impl)
+    dis = torch.optim.Adam(model.D.parameters(), lr=cfg.dis_lr, betas=betas, weight_decay=cfg.weight_decay, **impl)
     ident = _sgd_two_groups(
         model.Ea.backbone,
         [*model.Ea.head_primary.parameters(), *model.Ea.head_fine.parameters()],
         cfg.id_lr_backbone,
         cfg.id_lr_heads,
         cfg,
+        impl,
     )
     return {"gen": gen, "dis": dis, "id": ident}
 
 
-def _sgd_two_groups(backbone: nn.Module, heads: list, lr_backbone: float, lr_heads: float, cfg: OptimConfig):
-    return torch.optim.SGD(
+def _sgd_two_groups(
+    backbone: nn.Module, heads: list, lr_backbone: float, lr_heads: float, cfg: OptimConfig, impl: dict[str, bool]
+):
+    opt = torch.optim.SGD(
         [{"params": list(backbone.parameters()), "lr": lr_backbone}, {"params": heads, "lr": lr_heads}],
         lr=lr_backbone,
         momentum=cfg.momentum,
         nesterov=True,
         weight_decay=cfg.weight_decay,
+        **impl,
     )
+    if impl.get("fused"):
+        opt.register_step_pre_hook(_seed_momentum_buffers)
+    return opt
+
+
+def _seed_momentum_buffers(opt: torch.optim.Optimizer, _args, _kwargs) -> None:
+    """Give every parameter about to take its first SGD step a zero momentum buffer.
+
+    PyTorch's fused SGD takes a "first step" only for a whole group at once and fails when a parameter's
+    first gradient comes later than the others' (Ea's fine-grained head before its ramp, for one). With
+    dampening 0 a zero buffer gives exactly the loop's first step: ``buf = momentum * 0 + grad = grad``.
+    """
+    for group in opt.param_groups:
+        if group["dampening"] != 0:
+            raise ValueError(f"fused SGD with dampening={group['dampening']}: a zero momentum buffer would not "
+                             "reproduce the first step")
+        for p in group["params"]:
+            if p.grad is not None and opt.state[p].get("momentum_buffer") is None:
+                opt.state[p]["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
 
 
 def build_schedulers(
@@ -119,10 +156,18 @@ def build_schedulers(
     }
 
 
-def build_teacher_optimizer(teacher: ReidBaseline, cfg: OptimConfig) -> torch.optim.Optimizer:
-    """Stage 1: SGD Nesterov, backbone ``teacher_lr_backbone``, head ``teacher_lr_heads``."""
+def build_teacher_optimizer(
+    teacher: ReidBaseline, cfg: OptimConfig, fused: bool | None = None
+) -> torch.optim.Optimizer:
+    """Stage 1: SGD Nesterov, backbone ``teacher_lr_backbone``, head ``teacher_lr_heads`` (see
+    :func:`optimizer_impl`)."""
     return _sgd_two_groups(
-        teacher.backbone, list(teacher.head.parameters()), cfg.teacher_lr_backbone, cfg.teacher_lr_heads, cfg
+        teacher.backbone,
+        list(teacher.head.parameters()),
+        cfg.teacher_lr_backbone,
+        cfg.teacher_lr_heads,
+        cfg,
+        optimizer_impl(fused),
     )
 
 

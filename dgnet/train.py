@@ -75,7 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "or a YAML file (default: demo)")
     p.add_argument("--data-root", help="dataset folder (data.root)")
     p.add_argument("--output", help="output folder (train.output; default outputs/<preset>)")
-    p.add_argument("--fused", action="store_true", default=None, help="use the fused AdaIN kernels")
+    p.add_argument(
+        "--fused", action="store_true", default=None,
+        help="fast paths: fused AdaIN kernels, batched AdaIN MLPs, fused optimisers",
+    )
     p.add_argument("--amp", choices=("auto", "bf16", "fp16", "off"), help="mixed precision (default auto: bf16 on "
                    "GPUs that support it, fp16 with gradient scaling on others, off on CPU)")
     p.add_argument("--loader", choices=("auto", "dali", "torch"), help="input pipeline (auto: DALI where it imports)")

@@ -14,6 +14,7 @@ from dgnet.checkpoint import (
     from_safe,
     get_rng_state,
     load_checkpoint,
+    load_optimizer_state,
     restore_state,
     save_atomic,
     set_rng_state,
@@ -95,6 +96,51 @@ def test_full_state_round_trip(tmp_path):
         oo.step()
     for p, q in zip(m.parameters(), m2.parameters(), strict=True):
         assert torch.equal(p, q)
+
+
+@pytest.mark.parametrize("kind", ["adam", "sgd"])
+@pytest.mark.parametrize(("saved", "resumed"), [(False, True), (True, False)], ids=["plain-to-fused", "fused-to-plain"])
+def test_resume_switches_optimizer_implementation(tmp_path, kind, saved, resumed):
+    """A run saved with (or without) --fused and resumed the other way runs the resumed mode's optimiser
+    (PyTorch's load_state_dict alone would restore the saved one), with its state intact: three more steps
+    land where an uninterrupted run does, up to float rounding."""
+
+    def make(fused):
+        torch.manual_seed(0)
+        m = torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.Linear(4, 2))
+        impl = {"fused": True} if fused else {}
+        if kind == "adam":
+            opt = torch.optim.Adam(m.parameters(), lr=0.05, betas=(0.0, 0.999), weight_decay=1e-3, **impl)
+        else:
+            opt = torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-3, **impl)
+        return m, opt
+
+    def steps(m, opt, seeds):
+        for seed in seeds:
+            x = torch.randn(6, 5, generator=torch.Generator().manual_seed(seed))
+            opt.zero_grad()
+            m(x).square().mean().backward()
+            opt.step()
+
+    m_ref, opt_ref = make(saved)
+    steps(m_ref, opt_ref, range(5))
+    m, opt = make(saved)
+    steps(m, opt, range(2))
+    path = save_atomic({"o": opt.state_dict(), "m": m.state_dict()}, tmp_path / "c.pt")
+    ckpt = torch.load(path, weights_only=True)
+    m2, opt2 = make(resumed)
+    m2.load_state_dict(ckpt["m"])
+    load_optimizer_state(opt2, ckpt["o"])
+    assert bool(opt2.param_groups[0].get("fused")) is resumed
+    used = []
+    name = "_fused_adam_" if kind == "adam" else "_fused_sgd_"
+    real = getattr(torch, name)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(torch, name, lambda *a, **k: used.append(1) or real(*a, **k))
+        steps(m2, opt2, range(2, 5))
+    assert bool(used) is resumed
+    for p, q in zip(m_ref.parameters(), m2.parameters(), strict=True):
+        torch.testing.assert_close(q, p, rtol=1e-5, atol=1e-6)
 
 
 def test_to_safe_round_trip():

@@ -233,13 +233,15 @@ def test_deterministic_given_seed():
 
 
 def test_fused_step_matches_plain():
-    """--fused (AdaIN kernels, folded upsample+conv5x5) gives the plain path's losses and updates."""
+    """--fused (AdaIN kernels, grouped AdaIN MLPs, folded upsample+conv5x5, fused optimisers) gives the plain
+    path's losses and updates."""
     cfg = _cfg(structure_live_p=0.5)
     results = []
     for fused in (False, True):
         set_fused(fused)
         try:
             model, teacher, opts = _build(cfg, seed=3)
+            assert all(bool(g.get("fused")) is fused for o in opts.values() for g in o.param_groups)
             torch.manual_seed(5)
             out = dgnet_step(model, teacher, opts, _batch(1, SMALL), _batch(2, SMALL), 4, cfg)
         finally:
@@ -252,6 +254,41 @@ def test_fused_step_matches_plain():
     # is ~0 float rounding may flip the sign: bounded by 2 lr, and rare.
     diff = (w2 - w1).abs()
     assert diff.max() <= 2 * cfg.optim.gen_lr * 1.01 and (diff > 1e-6).float().mean() < 0.01
+
+
+def test_fused_sgd_matches_the_loop_when_a_head_starts_late():
+    """Ea's SGD under --fused: a parameter whose first gradient arrives after the others' took steps (a head
+    before its loss ramps in) gets the loop's first step (momentum buffer = gradient), over a resume too."""
+    from dgnet.checkpoint import load_optimizer_state
+    from dgnet.engine import _sgd_two_groups
+
+    cfg = Config().optim
+
+    def run(fused, resume_fused=None):
+        torch.manual_seed(0)
+        trunk, head, late = torch.nn.Linear(4, 3), torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
+        heads = [*head.parameters(), *late.parameters()]  # one group, like Ea's primary and fine-grained heads
+        build = lambda f: _sgd_two_groups(trunk, heads, 0.1, 0.5, cfg, {"fused": True} if f else {})
+        opt = build(fused)
+        for step in range(5):
+            if step == 3 and resume_fused is not None:  # checkpoint and resume in the other mode
+                state = opt.state_dict()
+                opt = build(resume_fused)
+                load_optimizer_state(opt, state)
+            x = torch.randn(5, 4, generator=torch.Generator().manual_seed(step))
+            opt.zero_grad()
+            h = trunk(x)
+            loss = h.square().mean() + head(h).square().mean()
+            if step >= 2:  # the second head's loss ramps in
+                loss = loss + late(h).square().mean()
+            loss.backward()
+            opt.step()
+        return [p.detach() for p in (*trunk.parameters(), *heads)]
+
+    want = run(False)
+    for got in (run(True), run(True, resume_fused=False), run(False, resume_fused=True)):
+        for g, w in zip(got, want, strict=True):
+            torch.testing.assert_close(g, w, rtol=1e-6, atol=1e-7)
 
 
 def test_before_warmup_ramped_terms_are_off():
@@ -375,9 +412,16 @@ def test_fp16_gradscaler_step_cuda():
         assert all(out[k] == out[k] for k in GEN_TERMS)
     out = dgnet_step(model, teacher, opts, cuda(_batch(9)), cuda(_batch(8)), 9, cfg, None, torch.bfloat16)
     assert all(out[k] == out[k] for k in GEN_TERMS)
-    set_fused(True)  # Triton AdaIN + folded upsample conv
+    set_fused(True)  # Triton AdaIN, grouped MLPs, fused optimisers (also under the fp16 GradScaler)
     try:
+        opts = build_optimizers(model, cfg.optim)
         out = dgnet_step(model, teacher, opts, cuda(_batch(7)), cuda(_batch(6)), 10, cfg, None, torch.bfloat16)
+        assert all(out[k] == out[k] for k in GEN_TERMS)
+        scaler = torch.amp.GradScaler("cuda")
+        for i in range(2):
+            out = dgnet_step(
+                model, teacher, opts, cuda(_batch(11 + i)), cuda(_batch(13 + i)), 11 + i, cfg, scaler, torch.float16
+            )
+            assert all(out[k] == out[k] for k in GEN_TERMS)
     finally:
         set_fused(False)
-    assert all(out[k] == out[k] for k in GEN_TERMS)

@@ -51,8 +51,11 @@ def root(tmp_path_factory):
     return make_tiny_set(tmp_path_factory.mktemp("resume") / "syn")
 
 
-def test_resume_is_exact_in_both_stages(root, tmp_path, monkeypatch):
-    n = ["--iterations", "4", "--no-eval", "--set", "train.checkpoint_every=2", "--set", "train.image_every=100"]
+@pytest.mark.parametrize("mode", [[], ["--fused"]], ids=["plain", "fused"])
+def test_resume_is_exact_in_both_stages(root, tmp_path, monkeypatch, mode):
+    # --fused: the fused AdaIN kernels, grouped MLPs and fused optimisers resume exactly too.
+    n = ["--iterations", "4", "--no-eval", "--set", "train.checkpoint_every=2", "--set", "train.image_every=100",
+         *mode]
     # The schedule is squeezed so the ramps and an LR decay happen inside the 4 iterations, and the
     # teacher/fine-grained terms are live when the run is killed.
     sched = ["--set", "loss.warm_iter=1", "--set", "loss.warm_step=0.5", "--set", "optim.milestones=[3]",
