@@ -35,6 +35,7 @@ from dgnet.losses import (
     teacher_soft_labels,
 )
 from dgnet.models import DGNet, ReidBaseline, frozen, gray
+from dgnet.ops import fused_enabled
 
 RAMPED = ("recon_s_w", "recon_f_w", "recon_x_cyc_w", "teacher_w")
 
@@ -77,7 +78,6 @@ def optimizer_impl(fused: bool | None = None) -> dict[str, bool]:
     per step over all parameters, CPU and CUDA) under ``--fused``, else ``{}`` (PyTorch's default: a loop
     over parameters on CPU, ``foreach`` on CUDA), which is the plain twin. Same update either way, up to
     float rounding. ``fused=None`` follows :func:`dgnet.ops.fused_enabled`."""
-    from dgnet.ops import fused_enabled
     from dgnet.ops._lib import say_once
 
     if fused_enabled() if fused is None else fused:
@@ -189,6 +189,47 @@ def _scaling(scaler) -> bool:
 
 def _backward(loss: torch.Tensor, scaler) -> None:
     (scaler.scale(loss) if _scaling(scaler) else loss).backward()
+
+
+@contextlib.contextmanager
+def deferred_bn_counts(module: nn.Module, enabled: bool = True):
+    """Inside, train-mode BatchNorm forwards in ``module`` skip their ``num_batches_tracked.add_(1)``; on exit,
+    one multi-tensor add applies every count.
+
+    Each of those adds is a kernel launch on a GPU: Ea's 55 BatchNorms times its 12 train-mode calls make
+    660 per DG-Net iteration at the spec's size, a step that is host-bound there. With a ``momentum`` set
+    (dgnet's and PyTorch's default) the counter is only bookkeeping, so deferring it changes nothing else,
+    and the counts after the block equal the plain path's (also when the block raises). A BatchNorm with
+    ``momentum=None`` reads its counter in every forward, so then nothing is deferred.
+    """
+    from torch.nn.modules.batchnorm import _BatchNorm
+
+    bns = [m for m in module.modules() if isinstance(m, _BatchNorm) and m.num_batches_tracked is not None]
+    if not enabled or not bns or any(m.momentum is None for m in bns):
+        yield
+        return
+    counters = [m.num_batches_tracked for m in bns]
+    counts = [0] * len(bns)
+
+    def counter(i: int):
+        def hook(m: nn.Module, _inputs) -> None:
+            counts[i] += m.training and m.track_running_stats
+
+        return hook
+
+    handles = [m.register_forward_pre_hook(counter(i)) for i, m in enumerate(bns)]
+    for m in bns:
+        m.num_batches_tracked = None
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+        for m, c in zip(bns, counters, strict=True):
+            m.num_batches_tracked = c
+        moved = [(c, n) for c, n in zip(counters, counts, strict=True) if n]
+        if moved:
+            torch._foreach_add_([c for c, _ in moved], [n for _, n in moved])
 
 
 def _step(opt: torch.optim.Optimizer, scaler) -> None:
@@ -546,7 +587,8 @@ def dgnet_step(
 
     # G + Es + Ea step: D is a fixed critic here, so its parameters take no gradient (and cost none).
     try:
-        total, aux = gen_call(teacher, batch_a, batch_b, weights, cfg, amp_dtype, dis_step)
+        with deferred_bn_counts(model, fused_enabled()):
+            total, aux = gen_call(teacher, batch_a, batch_b, weights, cfg, amp_dtype, dis_step)
         gen_opt.zero_grad(set_to_none=True)
         id_opt.zero_grad(set_to_none=True)
         _backward(total, scaler)
@@ -593,7 +635,7 @@ def teacher_step(
     x, y = batch["image_erased"], batch["pid"]
     teacher.train()
     optimizer.zero_grad(set_to_none=True)
-    with _autocast(x.device, amp_dtype):
+    with _autocast(x.device, amp_dtype), deferred_bn_counts(teacher, fused_enabled()):
         logits = (ddp if ddp is not None else teacher)(x)
     loss = id_ce(logits, y)
     _backward(loss, scaler)

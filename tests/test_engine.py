@@ -246,8 +246,10 @@ def test_fused_step_matches_plain():
             out = dgnet_step(model, teacher, opts, _batch(1, SMALL), _batch(2, SMALL), 4, cfg)
         finally:
             set_fused(False)
-        results.append((out, model.G.up[1].conv.weight.detach().clone()))
-    (o1, w1), (o2, w2) = results
+        counters = {n: b.item() for n, b in model.named_buffers() if n.endswith("num_batches_tracked")}
+        results.append((out, model.G.up[1].conv.weight.detach().clone(), counters))
+    (o1, w1, c1), (o2, w2, c2) = results
+    assert c1 == c2 and set(c1.values()) != {0}  # BatchNorm counters: deferred under --fused, same counts
     for k in [*GEN_TERMS, "loss_dis_total"]:
         assert o2[k] == pytest.approx(o1[k], rel=1e-3, abs=1e-4), k
     # Adam with beta1 = 0 moves each weight by about lr * sign(grad) on its first step, so where a gradient
@@ -289,6 +291,63 @@ def test_fused_sgd_matches_the_loop_when_a_head_starts_late():
     for got in (run(True), run(True, resume_fused=False), run(False, resume_fused=True)):
         for g, w in zip(got, want, strict=True):
             torch.testing.assert_close(g, w, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("momentum", [0.1, None], ids=["momentum", "cumulative"])
+def test_deferred_bn_counts_is_exact(momentum):
+    """Train-mode BatchNorm calls inside deferred_bn_counts: the same outputs and running statistics, bit for
+    bit, and the same num_batches_tracked on exit (also when the block raises), with none of the per-call
+    counter adds; eval-mode and frozen batch-statistics calls count nothing, as in PyTorch."""
+    from dgnet.engine import deferred_bn_counts
+    from dgnet.models import frozen
+    from dgnet.ops._lib import host_op_count
+
+    def make():
+        torch.manual_seed(0)
+        return torch.nn.Sequential(
+            torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4, momentum=momentum), torch.nn.ReLU(),
+            torch.nn.Conv2d(4, 4, 3), torch.nn.BatchNorm2d(4, momentum=momentum),
+        )
+
+    x = torch.randn(2, 3, 9, 9)
+
+    def calls(net):
+        net.train()
+        outs = [net(x), net(x * 2)]
+        with frozen(net, bn_batch_stats=True):
+            outs.append(net(x))
+        net.eval()
+        outs.append(net(x))
+        net.train()
+        outs.append(net(x - 1))
+        return outs
+
+    plain, deferred = make(), make()
+    want = calls(plain)
+    net = make()
+    ops_plain = host_op_count(lambda: calls(net))
+    with deferred_bn_counts(deferred):
+        got = calls(deferred)
+    net = make()
+    ops_after = host_op_count(lambda: calls(net))  # outside the block: the plain count again
+    for g, w in zip(got, want, strict=True):
+        assert torch.equal(g, w)
+    for (name, a), b in zip(plain.named_buffers(), deferred.buffers(), strict=True):
+        assert torch.equal(a, b), name
+    assert [b.item() for n, b in deferred.named_buffers() if n.endswith("num_batches_tracked")] == [3, 3]
+    assert ops_after == ops_plain
+
+    net = make()
+    with deferred_bn_counts(net):
+        ops_inside = host_op_count(lambda: calls(net))
+    # 3 train-mode calls x 2 BatchNorms: 6 adds saved when deferring is possible (momentum set)
+    assert ops_plain - ops_inside == (6 if momentum is not None else 0)
+
+    net = make()
+    with pytest.raises(RuntimeError, match="boom"), deferred_bn_counts(net):
+        net(x)
+        raise RuntimeError("boom")
+    assert [m.num_batches_tracked.item() for m in (net[1], net[4])] == [1, 1]
 
 
 def test_before_warmup_ramped_terms_are_off():
