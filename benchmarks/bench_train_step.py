@@ -36,6 +36,7 @@ from dgnet.config import Config
 from dgnet.engine import build_optimizers, dgnet_step
 from dgnet.models import DGNet, ReidBaseline
 from dgnet.ops import set_fold_upsample, set_fused
+from dgnet.ops._lib import host_op_count
 
 IDS = 16
 _MEANS: dict[tuple, dict[str, float]] = {}
@@ -106,6 +107,7 @@ def _run(benchmark, backbone, h, w, b, device, variant, amp_dtype, rounds):
         if device == "cuda":
             torch.cuda.reset_peak_memory_stats()
         benchmark.pedantic(lambda: step(next(it)), rounds=rounds, iterations=1, warmup_rounds=0)
+        calls = host_op_count(lambda: step(next(it)))  # ~ kernel launches on a GPU, where the step is host-bound
     mean = benchmark.stats.stats.mean
     info = benchmark.extra_info
     info.update(
@@ -120,6 +122,7 @@ def _run(benchmark, backbone, h, w, b, device, variant, amp_dtype, rounds):
         amp=str(amp_dtype).replace("torch.", "") if amp_dtype else "fp32",
         variant=variant,
         iterations_per_s=1.0 / mean,
+        operator_calls=calls,
     )
     if device == "cuda":
         info["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
@@ -128,7 +131,7 @@ def _run(benchmark, backbone, h, w, b, device, variant, amp_dtype, rounds):
     key = (backbone, h, w, b, device, str(amp_dtype))
     _MEANS.setdefault(key, {})[variant] = mean
     got = _MEANS[key]
-    print(f"\n{key}: {variant} {mean:.3f} s/iteration ({1 / mean:.3f} it/s)")
+    print(f"\n{key}: {variant} {mean:.3f} s/iteration ({1 / mean:.3f} it/s), {calls} operator calls")
     if variant != "plain" and "plain" in got:
         print(f"{key}: {variant}/plain time ratio {mean / got['plain']:.3f} (speed-up {got['plain'] / mean:.2f}x)")
 

@@ -110,7 +110,8 @@ class OptimConfig:
 class TrainConfig:
     device: str = "auto"  # cpu | cuda | auto
     amp: str = "auto"  # bf16 | fp16 | off | auto (bf16 where supported on GPU, off on CPU)
-    # the fast paths: fused AdaIN kernels (Triton on CUDA, C++ on CPU), the AdaIN MLPs batched, fused optimisers
+    # the fast paths: fused AdaIN kernels (Triton on CUDA, C++ on CPU), the AdaIN MLPs batched, fused optimisers,
+    # BatchNorm counters added once per step (dgnet.engine.deferred_bn_counts)
     fused: bool = False
     # --fused also folds the decoder's upsample + conv5x5: auto (CPU only), on, off (dgnet.ops.set_fold_upsample)
     fold_upsample: str = "auto"
