@@ -200,11 +200,17 @@ def deferred_bn_counts(module: nn.Module, enabled: bool = True):
     660 per DG-Net iteration at the spec's size, a step that is host-bound there. With a ``momentum`` set
     (dgnet's and PyTorch's default) the counter is only bookkeeping, so deferring it changes nothing else,
     and the counts after the block equal the plain path's (also when the block raises). A BatchNorm with
-    ``momentum=None`` reads its counter in every forward, so then nothing is deferred.
+    ``momentum=None`` reads its counter in every forward, so then nothing is deferred; ``nn.SyncBatchNorm``
+    requires its counter and is left to count as usual.
     """
     from torch.nn.modules.batchnorm import _BatchNorm
 
-    bns = [m for m in module.modules() if isinstance(m, _BatchNorm) and m.num_batches_tracked is not None]
+    # torch's SyncBatchNorm (multi-GPU sync_bn) insists on its counter, so it keeps counting for itself.
+    bns = [
+        m
+        for m in module.modules()
+        if isinstance(m, _BatchNorm) and not isinstance(m, nn.SyncBatchNorm) and m.num_batches_tracked is not None
+    ]
     if not enabled or not bns or any(m.momentum is None for m in bns):
         yield
         return

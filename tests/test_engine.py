@@ -343,6 +343,14 @@ def test_deferred_bn_counts_is_exact(momentum):
     # 3 train-mode calls x 2 BatchNorms: 6 adds saved when deferring is possible (momentum set)
     assert ops_plain - ops_inside == (6 if momentum is not None else 0)
 
+    # torch's SyncBatchNorm (sync_bn on GPUs) requires its counter: it keeps counting for itself.
+    torch.manual_seed(0)
+    mixed = torch.nn.Sequential(torch.nn.BatchNorm2d(3), torch.nn.SyncBatchNorm(3)).train()
+    with deferred_bn_counts(mixed):
+        mixed(x)
+        mixed(x)
+    assert [m.num_batches_tracked.item() for m in mixed] == [2, 2]
+
     net = make()
     with pytest.raises(RuntimeError, match="boom"), deferred_bn_counts(net):
         net(x)
