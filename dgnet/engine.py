@@ -36,6 +36,7 @@ from dgnet.losses import (
 )
 from dgnet.models import DGNet, ReidBaseline, frozen, gray
 from dgnet.ops import fused_enabled
+from dgnet.ops._lib import say_once
 
 RAMPED = ("recon_s_w", "recon_f_w", "recon_x_cyc_w", "teacher_w")
 
@@ -78,8 +79,6 @@ def optimizer_impl(fused: bool | None = None) -> dict[str, bool]:
     per step over all parameters, CPU and CUDA) under ``--fused``, else ``{}`` (PyTorch's default: a loop
     over parameters on CPU, ``foreach`` on CUDA), which is the plain twin. Same update either way, up to
     float rounding. ``fused=None`` follows :func:`dgnet.ops.fused_enabled`."""
-    from dgnet.ops._lib import say_once
-
     if fused_enabled() if fused is None else fused:
         say_once("optim:fused", "dgnet: optimisers run PyTorch's fused update kernels (--fused)")
         return {"fused": True}
@@ -131,12 +130,10 @@ def _seed_momentum_buffers(opt: torch.optim.Optimizer, _args, _kwargs) -> None:
 
     PyTorch's fused SGD takes a "first step" only for a whole group at once and fails when a parameter's
     first gradient comes later than the others' (Ea's fine-grained head before its ramp, for one). With
-    dampening 0 a zero buffer gives exactly the loop's first step: ``buf = momentum * 0 + grad = grad``.
+    dampening 0 (SGD's default, which ``_sgd_two_groups`` keeps) a zero buffer gives exactly the loop's first
+    step: ``buf = momentum * 0 + grad = grad``.
     """
     for group in opt.param_groups:
-        if group["dampening"] != 0:
-            raise ValueError(f"fused SGD with dampening={group['dampening']}: a zero momentum buffer would not "
-                             "reproduce the first step")
         for p in group["params"]:
             if p.grad is not None and opt.state[p].get("momentum_buffer") is None:
                 opt.state[p]["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)

@@ -77,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", help="output folder (train.output; default outputs/<preset>)")
     p.add_argument(
         "--fused", action="store_true", default=None,
-        help="fast paths: fused AdaIN kernels, batched AdaIN MLPs, fused optimisers",
+        help="fast paths: fused AdaIN kernels, batched AdaIN MLPs, fused optimisers, deferred BatchNorm counters",
     )
     p.add_argument("--amp", choices=("auto", "bf16", "fp16", "off"), help="mixed precision (default auto: bf16 on "
                    "GPUs that support it, fp16 with gradient scaling on others, off on CPU)")
