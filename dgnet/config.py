@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -138,7 +139,7 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    alpha: float = 0.5  # weight of the fine-grained half of the feature
+    alpha: float = 0.5  # weight of the fine-grained head in the score p.p' + alpha * f.f' (dgnet.test)
     rerank: bool = True
     k1: int = 20
     k2: int = 6
@@ -257,7 +258,7 @@ def preset_demo() -> Config:
 
     The whole of ``python -m dgnet.train`` (data, teacher, DG-Net, four evaluations) takes about a
     quarter of an hour on a 2-core CPU. Why so small: one DG-Net iteration (eight generator passes,
-    three discriminator scales with R1, five Ea passes) costs about 35 s at 128x64 with batch 8 on one
+    three discriminator scales with R1, twelve Ea passes) costs about 35 s at 128x64 with batch 8 on one
     core of that CPU, and about 2.5 s at 64x32 with batch 4. The schedule is the spec's scaled down by
     ``scale_schedule`` (ramps and decay points at the same fractions of the run), so every loss term,
     the teacher and fine-grained ones included, is active before the end. It shows the whole pipeline
@@ -427,6 +428,12 @@ def resolve_config(spec: str | None = None, overrides: dict | None = None) -> Co
     return cfg
 
 
+def check_alpha(alpha: float) -> None:
+    """``alpha`` weights the fine-grained head's score term; a negative weight would reward dissimilarity."""
+    if not (isinstance(alpha, (int, float)) and math.isfinite(alpha) and alpha >= 0):
+        raise ValueError(f"eval.alpha={alpha!r}: expected a finite weight >= 0 (0.5 in the spec; 0: primary only)")
+
+
 def validate(cfg: Config) -> None:
     """Check values that would otherwise fail deep inside training; raises ValueError naming the key."""
     choices = {
@@ -444,6 +451,7 @@ def validate(cfg: Config) -> None:
             raise ValueError(f"{section}.{key}={getattr(getattr(cfg, section), key)!r}: expected a positive integer")
     if cfg.train.max_iterations < 0:
         raise ValueError(f"train.max_iterations={cfg.train.max_iterations}: expected >= 0 (0: no cap)")
+    check_alpha(cfg.eval.alpha)
 
 
 def config_from_dict(d: dict) -> Config:

@@ -1,17 +1,21 @@
 """``python -m dgnet.test``: features per the spec's test protocol, then Rank-1/5/10, mAP and mINP.
 
 DG-Net's feature (spec: Test protocol): each head's 512-d post-BN bottleneck (dropout off),
-L2-normalised; image and horizontal flip summed; each half re-normalised; the fine-grained half
-scaled by ``alpha``; the two concatenated. The teacher's is its single 512-d feature, treated the
-same way. The distance is the negative dot product (the spec's score). Every feature has norm
-``sqrt(1 + alpha^2)`` (or 1), so re-ranking's squared Euclidean distance (``dgnet.ops``) is
-``2 * norm^2 - 2 * score``: the same order as the reference's ``2 - 2 * score``. k-reciprocal
+L2-normalised; image and horizontal flip summed; each half re-normalised; the two concatenated. The
+score of a query-gallery pair is ``primary . primary' + alpha * fine . fine'``: the reference weights
+the fine-grained term by ``alpha`` by scaling the *query's* fine half alone. Here both sides' fine
+halves are scaled by ``sqrt(alpha)``, which gives the same score and keeps queries and gallery in one
+feature space, so re-ranking's gallery-gallery distances weight the two heads the same way. The
+teacher's feature is its single 512-d feature, treated the same way. The distance is the negative
+score. Every feature has norm ``sqrt(1 + alpha)`` (or 1), so re-ranking's squared Euclidean distance
+(``dgnet.ops``) is ``2 * norm^2 - 2 * score``: the same order as ``2 - 2 * score``. k-reciprocal
 re-ranking and the metrics run through the extension ops (``dgnet.ops``, ``dgnet.evaluation``).
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from typing import Any
 
@@ -19,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dgnet.config import Config
+from dgnet.config import Config, check_alpha
 from dgnet.logging_utils import write_results
 
 METRIC_KEYS = ("rank1", "rank5", "rank10", "mAP", "mINP")
@@ -37,14 +41,16 @@ def _head_features(model: torch.nn.Module, kind: str, x: torch.Tensor) -> list[t
 def embed(model: torch.nn.Module, kind: str, x: torch.Tensor, alpha: float = 0.5) -> torch.Tensor:
     """Test-protocol features of a batch ``x`` ``(N, 3, H, W)`` (normalised images, model's device).
 
-    Returns ``(N, 1024)`` for ``kind="dgnet"`` (primary, then alpha * fine) or ``(N, 512)`` for
-    ``kind="teacher"``; float32, on ``x``'s device.
+    Returns ``(N, 1024)`` for ``kind="dgnet"`` (primary, then ``sqrt(alpha)`` * fine: the dot product of
+    two such features is ``p . p' + alpha * f . f'``) or ``(N, 512)`` for ``kind="teacher"``; float32, on
+    ``x``'s device.
     """
+    check_alpha(alpha)
     heads = [F.normalize(f, dim=1) for f in _head_features(model, kind, x)]
     flipped = [F.normalize(f, dim=1) for f in _head_features(model, kind, x.flip(3))]
     parts = [F.normalize(a + b, dim=1) for a, b in zip(heads, flipped, strict=True)]
     if len(parts) == 2:
-        parts[1] = parts[1] * alpha
+        parts[1] = parts[1] * math.sqrt(alpha)
     return torch.cat(parts, dim=1)
 
 
@@ -126,14 +132,16 @@ def evaluate_models(models: dict[str, torch.nn.Module], ds, cfg: Config, device:
     """Evaluate each of ``{"teacher": ..., "dgnet": ...}`` on ``ds``'s query/gallery.
 
     Returns ``{name: {"plain": {rank1, rank5, rank10, mAP, mINP}, "rerank": {...}}}``.
-    Under torchrun every rank extracts its share of the features and rank 0 alone evaluates (the other
-    ranks return ``{}``).
+    Under torchrun every rank must call it: each first takes rank 0's parameters and buffers (the ranks'
+    BatchNorm running statistics differ after training without ``train.sync_bn``; rank 0's are saved), then
+    extracts its share of the features, and rank 0 alone evaluates (the other ranks return ``{}``).
     """
-    from dgnet.distributed import world
+    from dgnet.distributed import broadcast_state, world
 
     rerank = cfg.eval.rerank if rerank is None else rerank
     results = {}
     for name, model in models.items():
+        broadcast_state(model)
         qf, qp, qc = extract(model, name, ds.query, cfg, backend, device, alpha)
         gf, gp, gc = extract(model, name, ds.gallery, cfg, backend, device, alpha)
         if world()[0] == 0:
@@ -191,7 +199,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m dgnet.test", description="Evaluate a dgnet checkpoint.")
     p.add_argument("--checkpoint", required=True, help="teacher.pt, dgnet.pt or any checkpoint of a run")
     p.add_argument("--data-root", help="dataset folder (default: the one the checkpoint was trained on)")
-    p.add_argument("--rerank", action="store_true", help="also evaluate with k-reciprocal re-ranking")
+    p.add_argument("--rerank", action=argparse.BooleanOptionalAction, default=None,
+                   help="also evaluate with k-reciprocal re-ranking (default: the run's eval.rerank)")
     p.add_argument("--alpha", type=float, help="weight of the fine-grained half (default: eval.alpha, 0.5)")
     p.add_argument("--loader", choices=("auto", "dali", "torch"))
     p.add_argument("--device", default="auto")

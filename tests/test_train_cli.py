@@ -39,6 +39,31 @@ def _reference_metrics(qf, gf, qp, gp, qc, gc):
     return float(np.mean(r1)), float(np.mean(aps))
 
 
+def test_score_weights_the_fine_head_by_alpha():
+    """The reference scores p.p' + alpha * f.f' (it scales the query's fine half alone): the dot product of two
+    test features must be exactly that, written here from the heads' raw post-BN outputs."""
+    from dgnet.config import ModelConfig
+    from dgnet.models import DGNet
+    from dgnet.test import embed
+
+    torch.manual_seed(0)
+    model = DGNet(ModelConfig(backbone="resnet18", backbone_weights="none"), num_ids=5).eval()
+    x = torch.randn(6, 3, 64, 32)
+
+    def half(i):  # one head's protocol feature: normalise, add the flip's, normalise again
+        with torch.no_grad():
+            a, b = model.Ea.features(x)[i], model.Ea.features(x.flip(3))[i]
+        return torch.nn.functional.normalize(
+            torch.nn.functional.normalize(a, dim=1) + torch.nn.functional.normalize(b, dim=1), dim=1)
+
+    p, f = half(0), half(1)
+    for alpha in (0.5, 0.0, 2.0):
+        feat = embed(model, "dgnet", x, alpha)
+        torch.testing.assert_close(feat @ feat.T, p @ p.T + alpha * (f @ f.T), atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="eval.alpha=-1"):
+        embed(model, "dgnet", x, -1.0)
+
+
 @pytest.mark.slow
 def test_train_test_visualize_cli(tmp_path):
     root = make_tiny_set(tmp_path / "syn")
@@ -81,7 +106,7 @@ def test_train_test_visualize_cli(tmp_path):
     qf, qp, qc = extract(model, "dgnet", ds.query, cfg, "torch", torch.device("cpu"))
     gf, gp, gc = extract(model, "dgnet", ds.gallery, cfg, "torch", torch.device("cpu"))
     assert torch.allclose(qf[:, :512].norm(dim=1), torch.ones(len(qf)), atol=1e-5)
-    assert torch.allclose(qf[:, 512:].norm(dim=1), torch.full((len(qf),), cfg.eval.alpha), atol=1e-5)
+    assert torch.allclose(qf[:, 512:].norm(dim=1), torch.full((len(qf),), cfg.eval.alpha ** 0.5), atol=1e-5)
     r1, mAP = _reference_metrics(qf.numpy(), gf.numpy(), qp, gp, qc, gc)
     assert results["dgnet"]["plain"]["rank1"] == pytest.approx(r1, abs=1e-6)
     assert results["dgnet"]["plain"]["mAP"] == pytest.approx(mAP, abs=1e-5)
