@@ -182,6 +182,20 @@ def all_gather_objects(obj: object) -> list:
     return out
 
 
+def broadcast_state(module: nn.Module, src: int = 0) -> None:
+    """Overwrite every rank's parameters and buffers of ``module`` with rank ``src``'s, in place.
+
+    DDP keeps parameters equal, but without ``train.sync_bn`` each rank's BatchNorm running statistics are its
+    own (rank 0's are the ones saved). Work split across ranks in eval mode needs one model: this one.
+    Tensors stay on their devices (CUDA under NCCL); a no-op when not distributed.
+    """
+    if world()[1] == 1:
+        return
+    with torch.no_grad():
+        for t in [*module.parameters(), *module.buffers()]:
+            dist.broadcast(t.data, src)
+
+
 # ------------------------------------------------------------------------------------------- SyncBatchNorm
 class SyncBatchNormCPU(nn.modules.batchnorm._BatchNorm):
     """BatchNorm whose training statistics span every rank's batch: ``torch.nn.SyncBatchNorm`` for gloo/CPU.

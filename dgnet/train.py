@@ -694,11 +694,13 @@ def _run(cfg: Config, device: torch.device, resume: bool | str, stage: str, eval
                             amp, out)
 
     results: dict = {}
-    if evaluate and rank == 0:
+    if evaluate:
         from dgnet.test import evaluate_models, format_table
 
+        # every rank embeds its share of query and gallery (collectives); rank 0 alone gets the metrics
         results = evaluate_models({"teacher": teacher, **({"dgnet": model} if model is not None else {})},
                                   ds, cfg, device, backend)
+    if evaluate and rank == 0:
         table = format_table(results)
         (out / "results.json").write_text(json.dumps(results, indent=2))
         (out / "results.md").write_text(table + "\n")

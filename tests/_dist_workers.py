@@ -155,6 +155,28 @@ def shards_worker(rank: int, world: int, port: int, out: Path, n_samples: int) -
     _guard(body, rank, out)
 
 
+def broadcast_worker(rank: int, world: int, port: int, out: Path) -> None:
+    """A module whose parameters and buffers hold this rank's number; after ``broadcast_state`` every rank's
+    copy, written to ``out/state_<rank>.pt``, must be rank 0's."""
+
+    def body(rank: int) -> None:
+        from dgnet.distributed import broadcast_state, destroy, init_from_env
+
+        join_env(rank, world, port, timeout_s=60)
+        init_from_env("cpu")
+        try:
+            m = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
+            with torch.no_grad():
+                for t in m.state_dict().values():
+                    t.fill_(10 + rank)
+            broadcast_state(m)
+            torch.save(m.state_dict(), out / f"state_{rank}.pt")
+        finally:
+            destroy()
+
+    _guard(body, rank, out)
+
+
 # --------------------------------------------------------------------------------------------- failure
 def dying_worker(rank: int, world: int, port: int, out: Path, stall_s: float = 0.0) -> None:
     """Rank 1 dies after joining (or, with ``stall_s``, stalls that long first: alive but silent, the case only a

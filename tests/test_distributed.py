@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 from _dist_workers import (
+    broadcast_worker,
     cli_worker,
     dying_train_worker,
     dying_worker,
@@ -129,6 +130,14 @@ def test_shards_disjoint_and_uneven_gather(tmp_path: Path) -> None:
         torch.testing.assert_close(res[r]["gathered"], expect, rtol=0, atol=0)
 
 
+def test_broadcast_state_gives_every_rank_rank0s_tensors(tmp_path: Path) -> None:
+    """Evaluation splits the features across ranks, so every rank must hold rank 0's model (the saved one)."""
+    _ok(_spawn(broadcast_worker, tmp_path), tmp_path)
+    for r in range(WORLD):
+        state = torch.load(tmp_path / f"state_{r}.pt", weights_only=True)
+        assert state and all(torch.equal(t, torch.full_like(t, 10)) for t in state.values()), r
+
+
 def test_dead_rank_fails_fast_with_an_error(tmp_path: Path) -> None:
     """Rank 1 crashes; rank 0's next collective raises (gloo sees the connection reset) instead of hanging."""
     codes = _spawn(dying_worker, tmp_path, timeout=60)
@@ -162,8 +171,9 @@ def test_stalled_rank_hits_the_collective_timeout(tmp_path: Path) -> None:
 
 def test_train_two_ranks_then_resume_on_one(tmp_path: Path, capsys) -> None:
     """``dgnet.train`` under 2 ranks: checkpoints hold both ranks' RNG states and rank 0 alone writes them; the
-    ranks end with equal weights; ``--resume`` on 1 process continues and says the resume is not exact; the
-    distributed ``dgnet.test`` reports the single-process numbers."""
+    end-of-run evaluation (every rank extracts, rank 0 scores) finishes and equals a 1-process ``dgnet.test`` of
+    the saved model; the distributed ``dgnet.test`` reports the same; ``--resume`` on 1 process continues and
+    says the resume is not exact."""
     from _tiny_run import make_tiny_set, tiny_flags
 
     from dgnet.checkpoint import load_checkpoint
@@ -174,8 +184,9 @@ def test_train_two_ranks_then_resume_on_one(tmp_path: Path, capsys) -> None:
     out = tmp_path / "run"
     flags = tiny_flags(root, out, "--config", "demo", "--set", "model.backbone=resnet18", "--set",
                        "data.height=32", "--set", "data.width=16", "--set", "train.sync_bn=true",
-                       "--set", "train.checkpoint_every=2", "--no-eval")
-    _ok(_spawn(cli_worker, tmp_path, "train", [*flags, "--iterations", "2"], timeout=110), tmp_path)
+                       "--set", "train.checkpoint_every=2")
+    _ok(_spawn(cli_worker, tmp_path, "train", [*flags, "--iterations", "2"], timeout=180), tmp_path)
+    flags.append("--no-eval")
     assert [(tmp_path / f"rc_{r}.txt").read_text() for r in range(WORLD)] == ["0", "0"]
     ckpt = load_checkpoint(sorted((out / "checkpoints").glob("dgnet_*.pt"))[-1])
     assert ckpt["world_size"] == WORLD and len(ckpt["rng_ranks"]) == WORLD
@@ -189,9 +200,11 @@ def test_train_two_ranks_then_resume_on_one(tmp_path: Path, capsys) -> None:
     assert test_main([*test_flags, "--output", str(tmp_path / "one.json")]) == 0
     two, one = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("two", "one"))
     assert set(one) == {"teacher", "dgnet"} and set(one["dgnet"]) == {"plain", "rerank"}
+    trained = json.loads((out / "results.json").read_text())  # the 2-rank training run's own evaluation
     for model, by_mode in one.items():
         for mode, metrics in by_mode.items():
             assert two[model][mode] == pytest.approx(metrics, abs=1e-6), (model, mode)
+            assert trained[model][mode] == pytest.approx(metrics, abs=1e-6), (model, mode)
 
     assert main([*flags, "--iterations", "3", "--resume"]) == 0
     said = capsys.readouterr().out
