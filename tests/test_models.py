@@ -191,6 +191,9 @@ def test_heads_init():
         c = head.classifier.weight.detach()
         assert abs(c.std().item() - 0.001) < 5e-5 and torch.equal(head.classifier.bias.detach(), torch.zeros(300))
         assert not any(isinstance(m, nn.ReLU) for m in head.modules())
+        # PyTorch's BatchNorm1d init, as the reference leaves it
+        assert torch.equal(head.bn.weight.detach(), torch.ones(512))
+        assert torch.equal(head.bn.bias.detach(), torch.zeros(512))
     assert Ea.head_primary.dropout.p == 0.5 and Ea.head_fine.dropout.p == 0.75
 
 
@@ -206,6 +209,26 @@ def test_structure_encoder_layout(net18):
     # kaiming fan_in on the generator side: the 64-channel 3x3 convs have std sqrt(2 / 576)
     w = torch.cat([m.weight.detach().flatten() for m in convs if m.weight.shape[1:] == (64, 3, 3)])
     assert abs(w.std().item() - (2 / 576) ** 0.5) < 0.003
+
+
+def test_aspp_activations_follow_the_reference(net18):
+    """Only the leading 1x1 conv of each dilated branch has a LeakyReLU; every branch output is linear, so it
+    takes negative values, and the whole ASPP equals a plain re-statement of its layers."""
+    aspp = net18.Es.model[-1]
+    assert not aspp.branch1.act and not aspp.fuse.act
+    assert [(b[0].act, b[1].act) for b in aspp.branches] == [(True, False)] * 3
+
+    def block(cb, x, act):
+        y = F.instance_norm(cb.conv(F.pad(x, (cb.pad,) * 4, mode="reflect") if cb.pad else x), eps=1e-5)
+        return F.leaky_relu(y, 0.2) if act else y
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 64, 24, 12)
+    with torch.no_grad():
+        parts = [block(aspp.branch1, x, False)]
+        parts += [block(b[1], block(b[0], x, True), False) for b in aspp.branches]
+        assert all(bool((p < 0).any()) for p in parts)
+        torch.testing.assert_close(aspp(x), block(aspp.fuse, torch.cat(parts, 1), False))
 
 
 def test_reflect_pad_matches_reference_and_extends():
@@ -260,6 +283,23 @@ def test_build_backbone_from_path(tmp_path):
     torch.save({"state_dict": {f"module.{k}": v for k, v in state.items()}}, tmp_path / "wrapped.pth")
     dst2 = build_backbone("resnet18", str(tmp_path / "wrapped.pth"))
     assert torch.equal(dst2.conv1.weight, src.conv1.weight)
+
+
+def test_build_backbone_without_batchnorm_counters(tmp_path):
+    """torchvision's ImageNet files predate BatchNorm's num_batches_tracked: such a file loads, counters at 0."""
+    torch.manual_seed(1)
+    src = build_backbone("resnet18", "none")
+    state = {k: v for k, v in src.state_dict().items() if not k.endswith("num_batches_tracked")}
+    assert len(state) < len(src.state_dict())
+    torch.save(state, tmp_path / "old.pth")
+    dst = build_backbone("resnet18", str(tmp_path / "old.pth"))
+    for k, v in dst.state_dict().items():
+        assert torch.equal(v, state[k] if k in state else torch.tensor(0)), k
+    # any other missing key still fails, by name
+    del state["layer1.0.bn1.running_var"]
+    torch.save(state, tmp_path / "short.pth")
+    with pytest.raises(ValueError, match="missing.*layer1.0.bn1.running_var"):
+        build_backbone("resnet18", str(tmp_path / "short.pth"))
 
 
 def test_build_backbone_bad_inputs(tmp_path):

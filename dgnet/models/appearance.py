@@ -14,7 +14,7 @@ class ClassBlock(nn.Module):
     """Re-id head: Linear(C -> 512) -> BatchNorm1d(512) -> Dropout(p) -> Linear(512 -> num_ids). No ReLU.
 
     Init (spec): bottleneck Linear kaiming-normal fan_out, zero bias; classifier N(0, 0.001), zero bias.
-    BatchNorm1d weight N(1, 0.02), bias 0 (the reference's head init; the spec does not say).
+    BatchNorm1d keeps PyTorch's init, weight 1 and bias 0, as in the reference (the spec does not say).
     """
 
     def __init__(self, in_dim: int, num_ids: int, dropout: float, bottleneck: int = 512) -> None:
@@ -25,8 +25,6 @@ class ClassBlock(nn.Module):
         self.classifier = nn.Linear(bottleneck, num_ids)
         nn.init.kaiming_normal_(self.bottleneck.weight, a=0, mode="fan_out")
         nn.init.zeros_(self.bottleneck.bias)
-        nn.init.normal_(self.bn.weight, 1.0, 0.02)
-        nn.init.zeros_(self.bn.bias)
         nn.init.normal_(self.classifier.weight, 0.0, 0.001)
         nn.init.zeros_(self.classifier.bias)
 

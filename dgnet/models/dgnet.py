@@ -3,12 +3,14 @@
 Readings of the spec where it is silent or ambiguous (each follows the reference implementation):
 - Structure code: 128 x H/4 x W/4 (the spec's 128x64x32 at 256x128: two stride-2 convs in Es, two x2
   upsamples in G).
-- ASPP branches: every conv of the four branches has IN + LeakyReLU like the rest of Es; only the fusing 1x1
-  conv has IN and no activation.
+- ASPP: every conv has IN; LeakyReLU follows only the leading 1x1 conv of each dilated branch (the lone 1x1
+  branch, the dilated 3x3 convs and the fusing 1x1 conv end without one). The spec's "LeakyReLU
+  throughout" is read as Es's plain layers, since its ASPP line spells out the branches.
 - Convs carry biases; Es, G and the AdaIN MLPs use the reference's ``kaiming`` init (normal, fan_in, zero
   biases); D uses N(0, 0.02) with zero biases.
 - LayerNorm: ``(x - mean) / (std + eps)`` with the unbiased std, eps 1e-5 (MUNIT's LayerNorm).
-- Re-id heads: BatchNorm1d weight N(1, 0.02), bias 0.
+- Re-id heads: BatchNorm1d keeps PyTorch's init (weight 1, bias 0): the reference's head init draws
+  N(1, 0.02) only for InstanceNorm1d layers, which its heads do not have.
 - ResNet-18 (demo only): 512 trunk channels, appearance code 2048, AdaIN MLP slices 512 wide.
 - Reflect padding wider than a map (only at sizes below the spec's, e.g. the ASPP's dilation 9 on a 16x8
   code) mirrors repeatedly instead of failing.

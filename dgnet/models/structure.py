@@ -17,16 +17,19 @@ def gray(x: torch.Tensor) -> torch.Tensor:
 class ASPP(nn.Module):
     """Atrous spatial pyramid pooling, 64 -> 128 (spec):
 
-    a 1x1 branch and three [1x1, 3x3 dilated 3/6/9] branches, 32 channels each (IN + LeakyReLU like the
-    rest of Es), concatenated to 128 and fused by a 1x1 conv with IN and no activation.
+    a 1x1 branch and three [1x1, 3x3 dilated 3/6/9] branches, 32 channels each, concatenated to 128 and
+    fused by a 1x1 conv with IN and no activation. Every conv has IN; as in the reference implementation,
+    only the leading 1x1 conv of each dilated branch is followed by LeakyReLU: each branch ends linear,
+    and so does the lone 1x1 branch.
     """
 
     def __init__(self, dim: int = 64, out_dim: int = 128, dilations: tuple[int, ...] = (3, 6, 9)) -> None:
         super().__init__()
         part = dim // 2
-        self.branch1 = ConvBlock(dim, part, 1, norm="in")
+        self.branch1 = ConvBlock(dim, part, 1, norm="in", act=False)
         self.branches = nn.ModuleList(
-            nn.Sequential(ConvBlock(dim, part, 1, norm="in"), ConvBlock(part, part, 3, pad=d, dilation=d, norm="in"))
+            nn.Sequential(ConvBlock(dim, part, 1, norm="in"),
+                          ConvBlock(part, part, 3, pad=d, dilation=d, norm="in", act=False))
             for d in dilations
         )
         self.fuse = ConvBlock(part * (1 + len(dilations)), out_dim, 1, norm="in", act=False)

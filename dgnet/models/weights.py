@@ -91,10 +91,14 @@ def _file_state_dict(path: str) -> dict[str, torch.Tensor]:
 
 
 def load_backbone_state(backbone: Backbone, state: dict[str, torch.Tensor], source: str) -> None:
-    """Load ``state`` (torchvision naming; ``fc.*`` ignored) into ``backbone``, strictly otherwise."""
+    """Load ``state`` (torchvision naming; ``fc.*`` ignored) into ``backbone``, strictly otherwise.
+
+    BatchNorm's ``num_batches_tracked`` counters may be absent: torchvision's ImageNet files were saved
+    before the counters existed, and BatchNorm's own loader starts them at 0.
+    """
     state = {k: v for k, v in state.items() if not k.startswith("fc.")}
     own = backbone.state_dict()
-    missing = sorted(set(own) - set(state))
+    missing = sorted(k for k in set(own) - set(state) if not k.endswith(".num_batches_tracked"))
     unexpected = sorted(set(state) - set(own))
     if missing or unexpected:
         raise ValueError(
@@ -102,7 +106,7 @@ def load_backbone_state(backbone: Backbone, state: dict[str, torch.Tensor], sour
             f"(missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
             f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''})"
         )
-    bad = [k for k in own if own[k].shape != state[k].shape]
+    bad = [k for k in state if own[k].shape != state[k].shape]
     if bad:
         raise ValueError(
             f"backbone weights {source}: shape mismatch for {bad[:5]} "
