@@ -10,10 +10,11 @@ TORCH_LIBRARY(dgnet, m) {
 
   // ---- evaluation (dgnet/evaluation.py) ----------------------------------------------
   // Market-1501 protocol per query over distmat [Q, G] (floating) and int64 pids/camids [Q], [G]:
-  // returns (ap float64 [Q], inp float64 [Q], first_rank int64 [Q]); a query without any true match
-  // has first_rank 0 and NaN ap/inp. Kernels: csrc/cpu/evaluation.cpp, csrc/cuda/retrieval.cu.
+  // returns (ap float64 [Q], inp float64 [Q], first_rank int64 [Q], ap_trapz float64 [Q]); a query without
+  // any true match has first_rank 0 and NaN ap/inp/ap_trapz (AP definitions: dgnet/evaluation.h).
+  // Kernels: csrc/cpu/evaluation.cpp, csrc/cuda/retrieval.cu.
   m.def("evaluate_queries(Tensor distmat, Tensor q_pids, Tensor g_pids, Tensor q_camids, Tensor g_camids) "
-        "-> (Tensor, Tensor, Tensor)");
+        "-> (Tensor, Tensor, Tensor, Tensor)");
 
   // ---- re-ranking (dgnet/ops/rerank.py) ----------------------------------------------
   // k-reciprocal re-ranking over N = Q + G samples, rows 0..Q-1 the queries. Kernels: csrc/cpu/rerank.cpp,

@@ -8,7 +8,13 @@ skipped. Distractors (identity ``0`` in Market-1501) are ordinary non-matching i
 
 - CMC[k]: the fraction of valid queries whose first true match is within the top ``k + 1``.
 - AP: mean over a query's true matches of the precision at the match's rank; mAP is its mean over valid
-  queries. mINP: mean over valid queries of ``#matches / rank of the last match`` (Ye et al., 2021).
+  queries (torchreid's and fast-reid's definition). mINP: mean over valid queries of
+  ``#matches / rank of the last match`` (Ye et al., 2021).
+- AP_trapz: the Market-1501 devkit's AP, which the DG-Net reference (and so the paper's tables) uses: the
+  precision-recall curve integrated by the trapezoidal rule, i.e. each match contributes the mean of the
+  precision at its rank and the precision one place before (1 before rank 1). It differs from AP by
+  about a tenth of the distance between consecutive matches' precisions, in either direction; quote it
+  when comparing with DG-Net's published mAP. ``mAP_trapz`` is its mean over valid queries.
 
 With no ``-1`` identities and no distance ties, ``evaluate_rank`` equals torchreid's ``eval_market1501``.
 The fast path is the compiled ``torch.ops.dgnet.evaluate_queries`` (CPU: parallel over queries; CUDA: one
@@ -43,6 +49,8 @@ class RankResult:
         ap: float64 ``[Q]``, each query's average precision; NaN for a query without a true match
             (such a query is excluded from every mean).
         valid: bool ``[Q]``, which queries have at least one true match.
+        mAP_trapz: mean over valid queries of ``ap_trapz``, the Market-1501 devkit's (trapezoidal) AP.
+        ap_trapz: float64 ``[Q]``, each query's trapezoidal AP; NaN where ``ap`` is.
     """
 
     cmc: np.ndarray
@@ -50,6 +58,8 @@ class RankResult:
     mINP: float
     ap: np.ndarray
     valid: np.ndarray
+    mAP_trapz: float
+    ap_trapz: np.ndarray
 
     @property
     def num_valid(self) -> int:
@@ -154,7 +164,7 @@ def evaluate(
     """
     d, qp, gp, qc, gc, max_rank = _prepare(distmat, q_pids, g_pids, q_camids, g_camids, max_rank)
     require_extension()
-    ap, inp, first = torch.ops.dgnet.evaluate_queries(d, qp, gp, qc, gc)
+    ap, inp, first, ap_trapz = torch.ops.dgnet.evaluate_queries(d, qp, gp, qc, gc)
     valid = first > 0
     num_valid = int(valid.sum())
     if num_valid == 0:
@@ -169,6 +179,8 @@ def evaluate(
         mINP=float(inp[valid].mean()),
         ap=ap.cpu().numpy(),
         valid=valid.cpu().numpy(),
+        mAP_trapz=float(ap_trapz[valid].mean()),
+        ap_trapz=ap_trapz.cpu().numpy(),
     )
 
 
@@ -214,7 +226,7 @@ def evaluate_reference(
     qp, gp, qc, gc = (t.cpu().numpy() for t in (qp, gp, qc, gc))
     num_q, num_g = dist.shape
     max_rank = min(max_rank, num_g)
-    cmc_rows, aps, inps = [], np.full(num_q, np.nan), np.full(num_q, np.nan)
+    cmc_rows, aps, inps, traps = [], np.full(num_q, np.nan), np.full(num_q, np.nan), np.full(num_q, np.nan)
     for q in range(num_q):
         order = np.argsort(dist[q], kind="stable")
         pids, cams = gp[order], gc[order]
@@ -226,8 +238,12 @@ def evaluate_reference(
         row = np.ones(max_rank, dtype=np.float32)  # once the first match is in, every longer prefix has it
         row[: min(max_rank, int(np.argmax(hits)))] = 0.0
         cmc_rows.append(row)
-        precision = cum / np.arange(1, len(hits) + 1)
+        ranks = np.arange(1, len(hits) + 1)
+        precision = cum / ranks
         aps[q] = precision[hits].sum() / hits.sum()
+        # the devkit's loop: precision one place before each match (1 before the first place)
+        before = np.concatenate([[1.0], cum[:-1] / ranks[:-1]])
+        traps[q] = ((before + precision) / 2)[hits].sum() / hits.sum()
         inps[q] = hits.sum() / (np.flatnonzero(hits)[-1] + 1)
     if not cmc_rows:
         raise _no_valid_query()
@@ -238,6 +254,8 @@ def evaluate_reference(
         mINP=float(np.mean(inps[valid])),
         ap=aps,
         valid=valid,
+        mAP_trapz=float(np.mean(traps[valid])),
+        ap_trapz=traps,
     )
 
 
@@ -268,4 +286,5 @@ if extension_available():
             distmat.new_empty((nq,), dtype=torch.float64),
             distmat.new_empty((nq,), dtype=torch.float64),
             distmat.new_empty((nq,), dtype=torch.int64),
+            distmat.new_empty((nq,), dtype=torch.float64),
         )

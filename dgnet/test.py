@@ -1,4 +1,4 @@
-"""``python -m dgnet.test``: features per the spec's test protocol, then Rank-1/5/10, mAP and mINP.
+"""``python -m dgnet.test``: features per the spec's test protocol, then Rank-1/5/10, mAP (both definitions) and mINP.
 
 DG-Net's feature (spec: Test protocol): each head's 512-d post-BN bottleneck (dropout off),
 L2-normalised; image and horizontal flip summed; each half re-normalised; the two concatenated. The
@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from dgnet.config import Config, check_alpha
 from dgnet.logging_utils import write_results
 
-METRIC_KEYS = ("rank1", "rank5", "rank10", "mAP", "mINP")
+METRIC_KEYS = ("rank1", "rank5", "rank10", "mAP", "mAP_trapz", "mINP")
 
 
 def _head_features(model: torch.nn.Module, kind: str, x: torch.Tensor) -> list[torch.Tensor]:
@@ -109,7 +109,8 @@ def _metrics(distmat: torch.Tensor, qp, gp, qc, gc) -> dict[str, float]:
     r = evaluate(distmat, qp, gp, qc, gc)
     cmc = np.asarray(r.cmc, dtype=np.float64)
     return {"rank1": float(cmc[0]), "rank5": float(cmc[min(4, len(cmc) - 1)]),
-            "rank10": float(cmc[min(9, len(cmc) - 1)]), "mAP": float(r.mAP), "mINP": float(r.mINP)}
+            "rank10": float(cmc[min(9, len(cmc) - 1)]), "mAP": float(r.mAP), "mAP_trapz": float(r.mAP_trapz),
+            "mINP": float(r.mINP)}
 
 
 def evaluate_features(qf: torch.Tensor, gf: torch.Tensor, qp, gp, qc, gc, cfg: Config,
@@ -131,7 +132,7 @@ def evaluate_models(models: dict[str, torch.nn.Module], ds, cfg: Config, device:
                     rerank: bool | None = None, alpha: float | None = None) -> dict[str, Any]:
     """Evaluate each of ``{"teacher": ..., "dgnet": ...}`` on ``ds``'s query/gallery.
 
-    Returns ``{name: {"plain": {rank1, rank5, rank10, mAP, mINP}, "rerank": {...}}}``.
+    Returns ``{name: {"plain": {rank1, rank5, rank10, mAP, mAP_trapz, mINP}, "rerank": {...}}}``.
     Under torchrun every rank must call it: each first takes rank 0's parameters and buffers (the ranks'
     BatchNorm running statistics differ after training without ``train.sync_bn``; rank 0's are saved), then
     extracts its share of the features, and rank 0 alone evaluates (the other ranks return ``{}``).
@@ -150,8 +151,13 @@ def evaluate_models(models: dict[str, torch.nn.Module], ds, cfg: Config, device:
 
 
 def format_table(results: dict[str, Any]) -> str:
-    """A Markdown table (percentages) of ``evaluate_models``'s output."""
-    lines = ["| model | re-ranking | Rank-1 | Rank-5 | Rank-10 | mAP | mINP |", "|---|---|---|---|---|---|---|"]
+    """A Markdown table (percentages) of ``evaluate_models``'s output.
+
+    "mAP (devkit)" is the Market-1501 devkit's trapezoidal AP, the one DG-Net's published mAP uses
+    (``dgnet.evaluation``).
+    """
+    lines = ["| model | re-ranking | Rank-1 | Rank-5 | Rank-10 | mAP | mAP (devkit) | mINP |",
+             "|---|---|---|---|---|---|---|---|"]
     for name, by_mode in results.items():
         for mode, m in by_mode.items():
             vals = " | ".join(f"{100 * m[k]:.1f}" for k in METRIC_KEYS)

@@ -29,6 +29,27 @@ def assert_same(fast, ref):
     np.testing.assert_allclose(fast.ap, ref.ap, rtol=0, atol=1e-12)  # NaN positions must agree too
     assert math.isclose(fast.mAP, ref.mAP, rel_tol=0, abs_tol=1e-12)
     assert math.isclose(fast.mINP, ref.mINP, rel_tol=0, abs_tol=1e-12)
+    np.testing.assert_allclose(fast.ap_trapz, ref.ap_trapz, rtol=0, atol=1e-12)
+    assert math.isclose(fast.mAP_trapz, ref.mAP_trapz, rel_tol=0, abs_tol=1e-12)
+
+
+def devkit_ap(row, q_pid, q_cam, g_pids, g_cams):
+    """The Market-1501 devkit's compute_AP loop, as written there: walk the ranked list, skip junk, and add
+    (recall - old_recall) * (old_precision + precision) / 2 at every kept place; NaN without a match."""
+    order = np.argsort(row, kind="stable")
+    good = [j for j in order if g_pids[j] == q_pid and g_cams[j] != q_cam and g_pids[j] != -1]
+    if not good:
+        return math.nan
+    ap, old_recall, old_precision, found, place = 0.0, 0.0, 1.0, 0, 0
+    for j in order:
+        if g_pids[j] == -1 or (g_pids[j] == q_pid and g_cams[j] == q_cam):
+            continue
+        place += 1
+        found += g_pids[j] == q_pid
+        recall, precision = found / len(good), found / place
+        ap += (recall - old_recall) * (old_precision + precision) / 2
+        old_recall, old_precision = recall, precision
+    return ap
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -39,6 +60,10 @@ def test_matches_reference_on_random_cases(seed, ties, dtype):
     fast, ref = evaluate(*case, max_rank=20), evaluate_reference(*case, max_rank=20)
     assert 0 < fast.num_valid < len(case[1])  # the case really has valid and invalid queries
     assert_same(fast, ref)
+    dist, qp, gp, qc, gc = case
+    devkit = [devkit_ap(dist[q], qp[q], qc[q], gp, gc) for q in range(len(qp))]
+    np.testing.assert_allclose(fast.ap_trapz, devkit, rtol=0, atol=1e-12)
+    assert not np.allclose(fast.ap[fast.valid], fast.ap_trapz[fast.valid])  # two definitions, really
 
 
 def test_hand_computed_case():
@@ -59,7 +84,9 @@ def test_hand_computed_case():
         ]
     )
     # q0: matches at ranks 2 and 5 -> AP (1/2 + 2/5) / 2 = 0.45, INP 2/5. q1: rank 4 -> AP 1/4, INP 1/4.
+    # Trapezoidal: q0 ((0/1 + 1/2) / 2 + (1/4 + 2/5) / 2) / 2 = 0.2875; q1 (0/3 + 1/4) / 2 = 0.125.
     expected_ap = [0.45, 0.25, math.nan, math.nan]
+    expected_trapz = [0.2875, 0.125, math.nan, math.nan]
     expected_cmc = [0.0, 0.5, 0.5, 1.0, 1.0]
     for fn in (evaluate, evaluate_reference):
         r = fn(dist, q_pids, g_pids, q_cams, g_cams, max_rank=5)
@@ -67,6 +94,8 @@ def test_hand_computed_case():
         np.testing.assert_allclose(r.cmc, expected_cmc, atol=1e-7)
         assert r.valid.tolist() == [True, True, False, False]
         assert math.isclose(r.mAP, 0.35) and math.isclose(r.mINP, (0.4 + 0.25) / 2)
+        np.testing.assert_allclose(r.ap_trapz, expected_trapz, atol=1e-12)
+        assert math.isclose(r.mAP_trapz, (0.2875 + 0.125) / 2)
     cmc, mAP = evaluate_rank(dist, q_pids, g_pids, q_cams, g_cams, max_rank=5)
     assert cmc.dtype == np.float32 and cmc.shape == (5,) and math.isclose(mAP, 0.35)
 

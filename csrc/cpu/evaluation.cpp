@@ -104,7 +104,7 @@ int64_t compact_candidates(const T* row, const int32_t* code, int32_t qcode, int
 
 template <typename T>
 void evaluate_rows(const T* dist, int64_t nq, int64_t ng, const int64_t* qp, const int64_t* gp, const int64_t* qc,
-                   const int64_t* gc, double* ap, double* inp, int64_t* first) {
+                   const int64_t* gc, double* ap, double* inp, int64_t* first, double* ap_trapz) {
   const double nan = std::numeric_limits<double>::quiet_NaN();
   // Gallery indices grouped by identity (ascending within an identity): a query's candidates are one
   // equal range, so collecting its matches costs O(log G + its identity's size), not a scan of the row.
@@ -171,14 +171,16 @@ void evaluate_rows(const T* dist, int64_t nq, int64_t ng, const int64_t* qp, con
       ap[q] = res.ap;
       inp[q] = res.inp;
       first[q] = res.first_rank;
+      ap_trapz[q] = res.ap_trapz;
     }
   });
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> evaluate_queries_cpu(const at::Tensor& distmat,
-                                                                    const at::Tensor& q_pids, const at::Tensor& g_pids,
-                                                                    const at::Tensor& q_camids,
-                                                                    const at::Tensor& g_camids) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> evaluate_queries_cpu(const at::Tensor& distmat,
+                                                                                const at::Tensor& q_pids,
+                                                                                const at::Tensor& g_pids,
+                                                                                const at::Tensor& q_camids,
+                                                                                const at::Tensor& g_camids) {
   check_evaluate_inputs(distmat, q_pids, g_pids, q_camids, g_camids);
   // Half precision widens to float32 exactly, so the ranking is unchanged.
   auto d = (distmat.scalar_type() == at::kDouble ? distmat : distmat.to(at::kFloat)).contiguous();
@@ -187,13 +189,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> evaluate_queries_cpu(const at::Te
   auto ap = at::empty({nq}, d.options().dtype(at::kDouble));
   auto inp = at::empty({nq}, ap.options());
   auto first = at::empty({nq}, d.options().dtype(at::kLong));
+  auto ap_trapz = at::empty({nq}, ap.options());
   AT_DISPATCH_FLOATING_TYPES(d.scalar_type(), "evaluate_queries_cpu", [&] {
     evaluate_rows<scalar_t>(d.const_data_ptr<scalar_t>(), nq, ng, qp.const_data_ptr<int64_t>(),
                             gp.const_data_ptr<int64_t>(), qc.const_data_ptr<int64_t>(), gc.const_data_ptr<int64_t>(),
                             ap.mutable_data_ptr<double>(), inp.mutable_data_ptr<double>(),
-                            first.mutable_data_ptr<int64_t>());
+                            first.mutable_data_ptr<int64_t>(), ap_trapz.mutable_data_ptr<double>());
   });
-  return {ap, inp, first};
+  return {ap, inp, first, ap_trapz};
 }
 
 }  // namespace

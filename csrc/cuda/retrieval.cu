@@ -140,7 +140,7 @@ __global__ void evaluate_queries_kernel(const T* __restrict__ dist, const int64_
                                         int32_t* __restrict__ unsorted, int32_t* __restrict__ sorted,
                                         T* __restrict__ sorted_vals, int32_t* __restrict__ hist,
                                         double* __restrict__ ap, double* __restrict__ inp,
-                                        int64_t* __restrict__ first) {
+                                        int64_t* __restrict__ first, double* __restrict__ ap_trapz) {
   __shared__ int fill;
   const int64_t q = blockIdx.x;
   const T* row = dist + q * ng;
@@ -187,14 +187,15 @@ __global__ void evaluate_queries_kernel(const T* __restrict__ dist, const int64_
     ap[q] = res.ap;
     inp[q] = res.inp;
     first[q] = res.first_rank;
+    ap_trapz[q] = res.ap_trapz;
   }
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> evaluate_queries_cuda(const at::Tensor& distmat,
-                                                                     const at::Tensor& q_pids,
-                                                                     const at::Tensor& g_pids,
-                                                                     const at::Tensor& q_camids,
-                                                                     const at::Tensor& g_camids) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> evaluate_queries_cuda(const at::Tensor& distmat,
+                                                                                 const at::Tensor& q_pids,
+                                                                                 const at::Tensor& g_pids,
+                                                                                 const at::Tensor& q_camids,
+                                                                                 const at::Tensor& g_camids) {
   check_evaluate_inputs(distmat, q_pids, g_pids, q_camids, g_camids);
   c10::cuda::CUDAGuard guard(distmat.device());
   auto d = (distmat.scalar_type() == at::kDouble ? distmat : distmat.to(at::kFloat)).contiguous();
@@ -203,7 +204,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> evaluate_queries_cuda(const at::T
   auto ap = at::empty({nq}, d.options().dtype(at::kDouble));
   auto inp = at::empty({nq}, ap.options());
   auto first = at::empty({nq}, d.options().dtype(at::kLong));
-  if (nq == 0) return {ap, inp, first};
+  auto ap_trapz = at::empty({nq}, ap.options());
+  if (nq == 0) return {ap, inp, first, ap_trapz};
   auto stream = c10::cuda::getCurrentCUDAStream().stream();
   auto counts = at::empty({nq}, first.options());
   count_matches_kernel<<<static_cast<unsigned>(nq), kThreads, 0, stream>>>(
@@ -225,10 +227,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> evaluate_queries_cuda(const at::T
         qc.const_data_ptr<int64_t>(), gc.const_data_ptr<int64_t>(), ng, counts.const_data_ptr<int64_t>(),
         offsets.const_data_ptr<int64_t>(), unsorted.mutable_data_ptr<int32_t>(), sorted.mutable_data_ptr<int32_t>(),
         sorted_vals.mutable_data_ptr<scalar_t>(), hist.mutable_data_ptr<int32_t>(), ap.mutable_data_ptr<double>(),
-        inp.mutable_data_ptr<double>(), first.mutable_data_ptr<int64_t>());
+        inp.mutable_data_ptr<double>(), first.mutable_data_ptr<int64_t>(), ap_trapz.mutable_data_ptr<double>());
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  return {ap, inp, first};
+  return {ap, inp, first, ap_trapz};
 }
 
 }  // namespace

@@ -74,15 +74,16 @@ void test_pairwise_distance() {
 
 // ---- evaluation --------------------------------------------------------------------------------
 
-using EvalOp = std::tuple<at::Tensor, at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
-                                                              const at::Tensor&, const at::Tensor&,
-                                                              const at::Tensor&);
+using EvalOp = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
+                                                                          const at::Tensor&, const at::Tensor&,
+                                                                          const at::Tensor&);
 
 // The classic per-query loop with ATen: stable sort of the row, drop same-id-same-camera and junk,
-// AP from the cumulative hit count, first-match rank, INP.
+// AP from the cumulative hit count (and its trapezoidal form), first-match rank, INP.
 struct RefQuery {
   double ap, inp;
   int64_t first;
+  double ap_trapz;
 };
 
 std::vector<RefQuery> evaluation_reference(const at::Tensor& dist, const at::Tensor& qp, const at::Tensor& gp,
@@ -95,15 +96,18 @@ std::vector<RefQuery> evaluation_reference(const at::Tensor& dist, const at::Ten
     auto hits = (pids.masked_select(keep) == qp[q]).to(at::kDouble);
     const double r = hits.sum().item<double>();
     if (r == 0) {
-      out.push_back({NAN, NAN, 0});
+      out.push_back({NAN, NAN, 0, NAN});
       continue;
     }
     auto ranks = at::arange(1, hits.size(0) + 1, hits.options());
     const double ap = (hits.cumsum(0) / ranks * hits).sum().item<double>() / r;
+    // precision one place before each position: 1 before rank 1, then (hits so far) / (rank - 1)
+    auto before = ((hits.cumsum(0) - hits) / (ranks - 1)).index_fill(0, at::zeros({1}, at::kLong), 1.0);
+    const double ap_trapz = ((before + hits.cumsum(0) / ranks) / 2 * hits).sum().item<double>() / r;
     auto hit_pos = hits.nonzero().flatten();
     const int64_t first = hit_pos[0].item<int64_t>() + 1;
     const int64_t last = hit_pos[-1].item<int64_t>() + 1;
-    out.push_back({ap, r / static_cast<double>(last), first});
+    out.push_back({ap, r / static_cast<double>(last), first, ap_trapz});
   }
   return out;
 }
@@ -113,13 +117,13 @@ bool same(double a, double b) { return (std::isnan(a) && std::isnan(b)) || std::
 void check_evaluation(const at::Tensor& dist, const at::Tensor& qp, const at::Tensor& gp, const at::Tensor& qc,
                       const at::Tensor& gc, const std::string& what) {
   auto op = c10::Dispatcher::singleton().findSchemaOrThrow("dgnet::evaluate_queries", "").typed<EvalOp>();
-  auto [ap, inp, first] = op.call(dist, qp, gp, qc, gc);
+  auto [ap, inp, first, ap_trapz] = op.call(dist, qp, gp, qc, gc);
   auto ref = evaluation_reference(dist, qp, gp, qc, gc);
   bool ok = ap.scalar_type() == at::kDouble && first.scalar_type() == at::kLong;
   int valid = 0;
   for (int64_t q = 0; q < dist.size(0); ++q) {
     ok = ok && same(ap[q].item<double>(), ref[q].ap) && same(inp[q].item<double>(), ref[q].inp) &&
-         first[q].item<int64_t>() == ref[q].first;
+         first[q].item<int64_t>() == ref[q].first && same(ap_trapz[q].item<double>(), ref[q].ap_trapz);
     valid += ref[q].first > 0;
   }
   expect(ok && valid > 0 && valid < dist.size(0), "evaluate_queries " + what + " vs ATen stable-sort loop (" +

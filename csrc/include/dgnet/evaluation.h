@@ -49,29 +49,37 @@ DGNET_HD int64_t insertion_position(const T* vals, const I* idx, int64_t r, T d,
   return lo;
 }
 
-// Per-query results. first_rank is 0 (and ap, inp NaN) for a query without any match.
+// Per-query results. first_rank is 0 (and ap, ap_trapz, inp NaN) for a query without any match.
 struct QueryResult {
   double ap;
   double inp;
   int64_t first_rank;
+  double ap_trapz;
 };
 
 // From the histogram of step 3 (hist[p] = number of non-matches ranked after exactly p matches) to
-// AP = mean_i (i + 1) / rank_i, the 1-based rank of the first match, and INP = R / rank_{R-1}.
+//   AP       = mean_i P_i with P_i = (i + 1) / rank_i, the precision at the i-th match (torchreid, fast-reid);
+//   AP_trapz = mean_i (P_i + P'_i) / 2 with P'_i = i / (rank_i - 1) the precision one place before the match
+//              (1 at rank 1): the trapezoidal rule of the Market-1501 devkit and the DG-Net reference;
+// the 1-based rank of the first match, and INP = R / rank_{R-1}.
 template <typename H>
 DGNET_HD QueryResult finish_query(const H* hist, int64_t r, double nan) {
-  QueryResult out{nan, nan, 0};
+  QueryResult out{nan, nan, 0, nan};
   if (r == 0) return out;
   int64_t before = 0;  // non-matches ranked before the current match
-  double precision_sum = 0.0;
+  double precision_sum = 0.0, trapz_sum = 0.0;
   int64_t rank = 0;
   for (int64_t i = 0; i < r; ++i) {
     before += static_cast<int64_t>(hist[i]);
     rank = 1 + i + before;
     if (i == 0) out.first_rank = rank;
-    precision_sum += static_cast<double>(i + 1) / static_cast<double>(rank);
+    const double precision = static_cast<double>(i + 1) / static_cast<double>(rank);
+    const double previous = rank == 1 ? 1.0 : static_cast<double>(i) / static_cast<double>(rank - 1);
+    precision_sum += precision;
+    trapz_sum += 0.5 * (previous + precision);
   }
   out.ap = precision_sum / static_cast<double>(r);
+  out.ap_trapz = trapz_sum / static_cast<double>(r);
   out.inp = static_cast<double>(r) / static_cast<double>(rank);
   return out;
 }
