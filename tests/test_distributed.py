@@ -66,7 +66,7 @@ def _one_thread():
 # (device, dtype, iterations, tolerances): float32 for two iterations, as training runs; float64 for four, which
 # shows that the float32 drift after two is rounding amplified by these untrained nets, not a DDP difference.
 PARITY_CASES = {
-    "cpu-fp32": ("cpu", torch.float32, 2, dict(loss=1e-3, ranks=1e-6, params=1e-2, bn=1e-3)),
+    "cpu-fp32": ("cpu", torch.float32, 2, dict(loss=1e-3, ranks=1e-6, params=3e-2, bn=1e-3)),
     "cpu-fp64": ("cpu", torch.float64, 4, dict(loss=1e-6, ranks=1e-12, params=1e-7, bn=1e-7)),
     "cuda-fp32": ("cuda", torch.float32, 2, dict(loss=1e-3, ranks=1e-6, params=1e-2, bn=1e-3)),
 }
@@ -78,8 +78,10 @@ def test_parameter_parity_two_processes_vs_combined_batch(tmp_path: Path, case: 
     """Iteration 0 with every ramped term off (the fine head and the structure re-encoding unused, so DDP must
     handle unused parameters), from iteration 1 on all on (teacher, cycle, fine-grained, frozen Ea copy).
 
-    Measured here in float32: |2-proc - 1-proc| / |update| is about 1e-3 for Ea and Es, 5e-4 for G, 1e-7 for D
-    with SyncBatchNorm; without it Ea is off by 19x its update, Es by 1.4x, G by 0.3x. A third float32 iteration
+    Measured here in float32: |2-proc - 1-proc| / |update| is 7e-3 for Ea, 1.6e-2 for Es, 4e-3 for G, 1e-6 for D
+    with SyncBatchNorm. These move with the random init: with the heads' BatchNorm1d weights drawn from
+    N(1, 0.02), which shifts every later draw, they were 1.5e-3, 7.8e-3, 1.4e-3 and 1e-7. Without SyncBatchNorm
+    Ea was off by 19x its update, Es by 1.4x, G by 0.3x. A third float32 iteration
     reaches tens of percent in the teacher-KL term: the untrained nets amplify rounding by about 1e3 per
     iteration. In float64 the same four iterations agree to the float32 rounding of the logged losses, which is
     what proves the drift is rounding and not a difference between the 2-process and 1-process computations.
