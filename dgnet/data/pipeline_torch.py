@@ -25,7 +25,8 @@ def decode(path: str) -> torch.Tensor:
     """One image file -> ``[3, h, w]`` uint8 RGB (CPU); errors name the file.
 
     Pillow, as the DG-Net reference (torchvision's decoders are deprecated from 0.29 on); it is
-    libjpeg-turbo with the same settings as DALI's CPU decoder, so the two agree bit for bit.
+    libjpeg-turbo with the same settings as DALI's CPU decoder, so the two agree bit for bit (DALI's
+    GPU decoder, nvJPEG, is not held to that).
     """
     try:
         with Image.open(path) as im:

@@ -17,8 +17,9 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 def resize_uint8(img: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Bicubic resize of a ``[3, h, w]`` (or ``[B, 3, h, w]``) uint8 image to ``size`` (H, W), uint8.
 
-    Antialiased like PIL's bicubic (which the DG-Net reference uses) so downscaling does not alias;
-    a no-op when the size already matches.
+    Antialiased bicubic like PIL's (which the DG-Net reference uses), so downscaling does not alias; computed
+    in float and rounded once, where PIL rounds to uint8 between its two passes, so some pixels differ from
+    PIL's by a few levels (DALI's resize agrees with this one to a level). A no-op when the size matches.
     """
     if tuple(img.shape[-2:]) == tuple(size):
         return img
