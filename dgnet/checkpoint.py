@@ -16,7 +16,6 @@ Layout of the dictionary (``FORMAT``/``VERSION`` identify it)::
 
 from __future__ import annotations
 
-import os
 import random
 import re
 from pathlib import Path
@@ -26,6 +25,7 @@ import numpy as np
 import torch
 
 from dgnet.config import Config, fingerprint, fingerprint_dict
+from dgnet.fileio import replace_atomic
 
 FORMAT = "dgnet-checkpoint"
 VERSION = 1
@@ -100,27 +100,7 @@ def save_atomic(state: dict, path: str | Path) -> Path:
 
     A crash at any point leaves either the old file or the new one, never a torn one.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with tmp.open("wb") as fh:
-            torch.save(state, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    try:  # make the rename itself durable
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass
-    return path
+    return replace_atomic(path, lambda fh: torch.save(state, fh))
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:

@@ -346,7 +346,10 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
     if origin is tuple:
         args = typing.get_args(tp)
         if isinstance(value, str):
-            value = yaml.safe_load(value) if value.strip().startswith("[") else value.split(",")
+            try:
+                value = yaml.safe_load(value) if value.strip().startswith("[") else value.split(",")
+            except yaml.YAMLError:
+                raise bad from None
         if not isinstance(value, (list, tuple)):
             raise bad
         if len(args) == 2 and args[1] is Ellipsis:
@@ -393,7 +396,10 @@ def load_yaml(path: str | Path) -> tuple[str, dict]:
     if not path.is_file():
         raise FileNotFoundError(f"config file {str(path)!r} does not exist (and is not a preset: {sorted(PRESETS)})")
     with path.open() as fh:
-        data = yaml.safe_load(fh) or {}
+        try:
+            data = yaml.safe_load(fh) or {}
+        except yaml.YAMLError as exc:
+            raise ValueError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
     base = data.pop("preset", "demo")
@@ -410,7 +416,10 @@ def parse_set(items: list[str]) -> dict:
             raise ValueError(f"--set {item!r}: expected SECTION.KEY=VALUE, e.g. optim.gen_lr=2e-4")
         key, value = item.split("=", 1)
         section, name = key.split(".", 1)
-        out.setdefault(section, {})[name] = yaml.safe_load(value)
+        try:
+            out.setdefault(section, {})[name] = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            raise ValueError(f"--set {item!r}: the value is not valid YAML ({exc.__class__.__name__})") from None
     return out
 
 
@@ -428,6 +437,50 @@ def resolve_config(spec: str | None = None, overrides: dict | None = None) -> Co
     return cfg
 
 
+# Range rules of validate(), checked at start-up so a bad value fails with its name instead of deep inside a
+# stage. Keys not listed take any value of their type (model.num_ids 0: taken from the data).
+_POSITIVE_INTS = [("data", k) for k in ("height", "width", "batch_size", "teacher_batch_size")] + [
+    ("model", k) for k in ("app_pool_h", "head_dim", "structure_dim", "mlp_dim", "dis_dim", "dis_scales")
+] + [("optim", "iterations"), ("optim", "teacher_iterations")] + [
+    ("train", k) for k in ("log_every", "image_every", "checkpoint_every", "keep_checkpoints", "grid_samples")
+] + [("eval", k) for k in ("batch_size", "k1", "k2")]
+_NON_NEGATIVE = [("model", "num_ids"), ("model", "decoder_res_blocks"), ("model", "dis_res_blocks"),
+                 ("data", "workers"), ("data", "pad"), ("train", "threads"), ("train", "max_iterations"),
+                 ("loss", "warm_iter"), ("loss", "warm_step"), ("optim", "weight_decay")] + [
+    ("loss", f.name) for f in dataclasses.fields(LossConfig) if f.name.endswith("_w")
+]
+_POSITIVE_FLOATS = [("optim", k) for k in ("gen_lr", "dis_lr", "id_lr_backbone", "id_lr_heads", "gamma",
+                                           "teacher_lr_backbone", "teacher_lr_heads")]
+_UNIT_CLOSED = [("data", "erasing_p"), ("loss", "structure_live_p"), ("eval", "lambda_value")]  # in [0, 1]
+_UNIT_OPEN = [("model", "dropout_primary"), ("model", "dropout_fine"), ("optim", "momentum")]  # in [0, 1)
+# Es halves the image twice and G doubles it twice, so sizes must be multiples of 4; 32x16 is the smallest
+# size every module accepts (D's third scale and Ea's stride-16 map still have a pixel).
+_MIN_SIZE = (32, 16)
+
+
+def _check_device(value: str) -> None:
+    allowed = ("auto", "cpu", "cuda")
+    if value in allowed:
+        return
+    index = value.removeprefix("cuda:")
+    if value.startswith("cuda:") and index.isdigit():
+        return
+    raise ValueError(f"train.device={value!r}: expected one of {allowed} or 'cuda:N'")
+
+
+def positive_int(text: str) -> int:
+    """argparse ``type`` for counts and sizes: an integer >= 1, else argparse's usage error naming the flag."""
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value}: expected an integer >= 1")
+    return value
+
+
 def check_alpha(alpha: float) -> None:
     """``alpha`` weights the fine-grained head's score term; a negative weight would reward dissimilarity."""
     if not (isinstance(alpha, (int, float)) and math.isfinite(alpha) and alpha >= 0):
@@ -435,22 +488,44 @@ def check_alpha(alpha: float) -> None:
 
 
 def validate(cfg: Config) -> None:
-    """Check values that would otherwise fail deep inside training; raises ValueError naming the key."""
+    """Check every value that would otherwise fail (or silently misbehave) deep inside training.
+
+    Raises:
+        ValueError: naming the key, its value and what is expected.
+    """
     choices = {
         ("train", "amp"): ("auto", "bf16", "fp16", "off"),
-        ("train", "device"): ("auto", "cpu", "cuda"),
         ("train", "fold_upsample"): ("auto", "on", "off"),
         ("data", "loader"): ("auto", "dali", "torch"),
     }
     for (section, key), allowed in choices.items():
         value = getattr(getattr(cfg, section), key)
-        if value not in allowed and not (key == "device" and str(value).startswith("cuda:")):
+        if value not in allowed:
             raise ValueError(f"{section}.{key}={value!r}: expected one of {allowed}")
-    for section, key in (("data", "height"), ("data", "width"), ("data", "batch_size"), ("optim", "iterations")):
-        if getattr(getattr(cfg, section), key) <= 0:
-            raise ValueError(f"{section}.{key}={getattr(getattr(cfg, section), key)!r}: expected a positive integer")
-    if cfg.train.max_iterations < 0:
-        raise ValueError(f"train.max_iterations={cfg.train.max_iterations}: expected >= 0 (0: no cap)")
+    _check_device(cfg.train.device)
+
+    def check(rules, test, expected):
+        for section, key in rules:
+            value = getattr(getattr(cfg, section), key)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and test(value)):
+                raise ValueError(f"{section}.{key}={value!r}: expected {expected}")
+
+    check(_POSITIVE_INTS, lambda v: v > 0, "a positive integer")
+    check(_NON_NEGATIVE, lambda v: v >= 0, "a value >= 0")
+    check(_POSITIVE_FLOATS, lambda v: v > 0, "a value > 0")
+    check(_UNIT_CLOSED, lambda v: 0 <= v <= 1, "a probability in [0, 1]")
+    check(_UNIT_OPEN, lambda v: 0 <= v < 1, "a value in [0, 1)")
+    betas = cfg.optim.adam_betas
+    if not all(math.isfinite(b) and 0 <= b < 1 for b in betas):
+        raise ValueError(f"optim.adam_betas={list(betas)!r}: expected two values in [0, 1)")
+    for key in ("milestones", "teacher_milestones"):
+        ms = getattr(cfg.optim, key)
+        if any(m <= 0 for m in ms) or list(ms) != sorted(set(ms)):
+            raise ValueError(f"optim.{key}={list(ms)!r}: expected increasing positive iteration numbers")
+    h, w = cfg.data.height, cfg.data.width
+    if h % 4 or w % 4 or h < _MIN_SIZE[0] or w < _MIN_SIZE[1]:
+        raise ValueError(f"data.height x data.width = {h}x{w}: expected multiples of 4 (Es halves the image twice, "
+                         f"G doubles it twice), at least {_MIN_SIZE[0]}x{_MIN_SIZE[1]}")
     check_alpha(cfg.eval.alpha)
 
 
@@ -495,5 +570,7 @@ def save_config(cfg: Config, path: str | Path) -> Path:
 
     # ``preset`` is the base the overrides apply to; every key is present, so the base hardly matters.
     body = {"preset": cfg.name if cfg.name in PRESETS else "demo", **plain(d)}
-    path.write_text(yaml.safe_dump(body, sort_keys=False))
+    from dgnet.fileio import write_text_atomic
+
+    write_text_atomic(path, yaml.safe_dump(body, sort_keys=False))
     return path

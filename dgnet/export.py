@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dgnet.config import positive_int
+
 MANIFEST_FIELDS = ("path", "pid", "camid", "structure_source", "appearance_source")
 
 
@@ -64,6 +66,8 @@ def export_generated(model: torch.nn.Module, ds, cfg, out: str | Path, count: in
     from dgnet.visualize import load_images
 
     out = Path(out)
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size}: expected an integer >= 1")
     if not 1 <= quality <= 100:
         raise ValueError(f"quality={quality}: expected a JPEG quality in 1..100")
     if (out / "manifest.csv").exists() or ((out / "train").is_dir() and any((out / "train").iterdir())):
@@ -100,10 +104,10 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m dgnet.export", description=__doc__.split("\n")[0])
     p.add_argument("--checkpoint", required=True, help="dgnet.pt (or a dgnet_*.pt checkpoint)")
     p.add_argument("--out", required=True, help="export folder (created; must not hold an export)")
-    p.add_argument("--count", type=int, default=1000, help="images to generate (default 1000)")
+    p.add_argument("--count", type=positive_int, default=1000, help="images to generate (default 1000)")
     p.add_argument("--seed", type=int, default=0, help="seed of the pair draw")
     p.add_argument("--quality", type=int, default=95, help="JPEG quality (default 95)")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=positive_int, default=32)
     p.add_argument("--data-root")
     p.add_argument("--loader", choices=("auto", "dali", "torch"))
     p.add_argument("--device", default="auto")

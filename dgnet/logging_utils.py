@@ -15,6 +15,8 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from dgnet.fileio import write_text_atomic
+
 # The input pipelines normalise with ImageNet statistics (spec: Inputs); grids undo it for display.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -23,7 +25,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 def write_results(data: dict, checkpoint: str | Path, output: str | Path | None, suffix: str) -> Path:
     """Write a CLI's results as JSON to ``output``, or next to ``checkpoint`` with ``suffix``; say where."""
     out = Path(output) if output else Path(checkpoint).with_suffix(suffix)
-    out.write_text(json.dumps(data, indent=2))
+    write_text_atomic(out, json.dumps(data, indent=2))
     print(f"results written to {out}")
     return out
 
@@ -78,7 +80,7 @@ def save_png(grid: torch.Tensor, path: str | Path) -> Path:
 
 
 class RunLogger:
-    """One stage's logs under ``folder``: ``metrics.jsonl``, ``tb/`` events, ``images/<stage>_<it>.png``.
+    """One stage's logs under ``folder``: ``metrics.jsonl``, ``tb/<stage>/`` events, ``images/<stage>_<it>.png``.
 
     Args:
         folder: the run's output folder.
@@ -117,7 +119,9 @@ class RunLogger:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self._tb = SummaryWriter(str(self.folder / "tb"), purge_step=start if start else None)
+                # One folder per stage: a resumed stage purges its folder's events from ``start`` on, which
+                # in a shared folder would hide the other stage's curves past that step too.
+                self._tb = SummaryWriter(str(self.folder / "tb" / stage), purge_step=start if start else None)
             except ImportError:  # tensorboard is a pinned dependency; keep training if a user removed it
                 print("dgnet: tensorboard is not installed, so no event files are written", file=sys.stderr)
         if progress:
@@ -137,7 +141,7 @@ class RunLogger:
             if rec.get("stage") == self.stage and rec.get("iteration", 0) > start:
                 continue
             kept.append(line)
-        self.metrics_path.write_text("".join(k + "\n" for k in kept))
+        write_text_atomic(self.metrics_path, "".join(k + "\n" for k in kept))
 
     def step(self, n: int = 1, postfix: dict[str, float] | None = None) -> None:
         """Advance the progress bar; ``postfix`` losses are shown with the iteration rate."""

@@ -49,6 +49,7 @@ from dgnet.checkpoint import (
 )
 from dgnet.config import Config, config_from_dict, resolve_config, save_config
 from dgnet.distributed import CollectiveFailure
+from dgnet.fileio import write_text_atomic
 from dgnet.logging_utils import RunLogger
 
 # ``model.backbone_weights: teacher`` starts Ea's trunk from the trained teacher's (stage 1) instead of ImageNet.
@@ -204,9 +205,16 @@ def resolve_device(name: str) -> torch.device:
     """``auto`` -> cuda when available, else cpu; an unavailable cuda is an error."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device {name!r}: expected auto, cpu, cuda or cuda:N") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device {name!r}: dgnet runs on cpu or cuda devices")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {name}: no CUDA device is visible; use --device cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) are visible")
     return dev
 
 
@@ -304,7 +312,8 @@ def _check_finite(out: dict[str, Any], stage: str, iteration: int, mgr: Checkpoi
     names = ", ".join(f"{k} = {v}" for k, v in bad.items())
     raise NonFiniteLoss(
         f"{stage}: non-finite loss at iteration {iteration + 1}: {names}; training stopped, {kept}. "
-        "Lower the learning rates or use --amp off/bf16 and resume with --resume."
+        "If fp16 overflowed, resume with --resume --amp bf16 (or off); lower learning rates or loss weights "
+        "change the run's fingerprint, so they need a new run (another --output)."
     )
 
 
@@ -702,8 +711,8 @@ def _run(cfg: Config, device: torch.device, resume: bool | str, stage: str, eval
                                   ds, cfg, device, backend)
     if evaluate and rank == 0:
         table = format_table(results)
-        (out / "results.json").write_text(json.dumps(results, indent=2))
-        (out / "results.md").write_text(table + "\n")
+        write_text_atomic(out / "results.json", json.dumps(results, indent=2))
+        write_text_atomic(out / "results.md", table + "\n")
         print(table)
     seconds = time.perf_counter() - t0
     if rank == 0 and verbose:

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dgnet.config import positive_int
 from dgnet.logging_utils import blank_like, denormalize, image_grid, save_png
 
 MODES = ("swap", "rainbow", "interpolate-appearance", "interpolate-structure", "ranklist")
@@ -121,8 +122,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--mode", choices=MODES, required=True)
     p.add_argument("--images", nargs="*", help="image files (default: query images of distinct identities)")
-    p.add_argument("--num", type=int, default=6, help="images (or queries for ranklist) when --images is not given")
-    p.add_argument("--steps", type=int, default=6, help="interpolation steps")
+    p.add_argument("--num", type=positive_int, default=6,
+                   help="images (or queries for ranklist) when --images is not given")
+    p.add_argument("--steps", type=positive_int, default=6, help="interpolation steps")
     p.add_argument("--model", choices=("dgnet", "teacher"), default="dgnet", help="ranklist: whose features")
     p.add_argument("--data-root")
     p.add_argument("--loader", choices=("auto", "dali", "torch"))

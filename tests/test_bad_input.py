@@ -46,6 +46,29 @@ def test_unknown_config_key(tmp_path, capsys):
     _fails(capsys, ["--config", str(cfg), "--output", str(tmp_path / "o")], "loss.gan_weight", "c.yaml")
 
 
+def test_bad_value_fails_before_any_training(tmp_path, capsys):
+    """A zero interval would divide by zero at iteration 1 and an odd size would fail after the whole teacher
+    stage: both stop at start-up, named, and nothing is written."""
+    out = tmp_path / "o"
+    _fails(capsys, ["--set", "train.checkpoint_every=0", "--output", str(out)], "train.checkpoint_every=0")
+    _fails(capsys, ["--set", "data.height=62", "--output", str(out)], "62x32", "multiples of 4")
+    _fails(capsys, ["--set", "optim.milestones=[1,", "--output", str(out)], "not valid YAML")
+    _fails(capsys, ["--device", "cuda:x", "--output", str(out)], "cuda:x")
+    assert not out.exists()
+
+
+def test_other_cli_counts_are_checked(capsys):
+    from dgnet import export, visualize
+
+    for mod, argv in ((export, ["--checkpoint", "x.pt", "--out", "o", "--batch-size", "0"]),
+                      (visualize, ["--checkpoint", "x.pt", "--mode", "swap", "--steps", "-1"])):
+        with pytest.raises(SystemExit) as e:
+            mod.main(argv)
+        assert e.value.code == 2
+        err = capsys.readouterr().err
+        assert "expected an integer >= 1" in err and ("--batch-size" in err or "--steps" in err), err
+
+
 def test_fp16_on_cpu_refused(root, tmp_path, capsys):
     _fails(capsys, tiny_flags(root, tmp_path / "o", "--amp", "fp16"), "fp16", "CUDA")
 
@@ -93,7 +116,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(root, tmp_path, capsys, m
     err = _fails(capsys, tiny_flags(root, out, "--stage", "teacher", "--iterations", "5",
                                     "--set", "train.checkpoint_every=1"),
                  "loss_id = nan", "iteration 3", "teacher_00000002.pt")
-    assert "resume" in err
+    assert "--resume --amp bf16" in err and "new run" in err
     mgr = CheckpointManager(out / "checkpoints")
     assert [p.name for p in mgr.list()] == ["teacher_00000001.pt", "teacher_00000002.pt"]
     good = load_checkpoint(mgr.latest())

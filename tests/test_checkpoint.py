@@ -165,6 +165,25 @@ def test_atomic_write_keeps_old_file_on_failure(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["x.pt"]  # no temporary left behind
 
 
+def test_text_files_are_replaced_atomically(tmp_path, monkeypatch):
+    """metrics.jsonl is rewritten on resume, results and configs are written whole: never torn."""
+    from dgnet import fileio
+
+    path = fileio.write_text_atomic(tmp_path / "metrics.jsonl", "old\n")
+    real = fileio.os.replace
+
+    def crash(*a):
+        raise OSError("killed before the rename")
+
+    monkeypatch.setattr(fileio.os, "replace", crash)
+    with pytest.raises(OSError, match="killed"):
+        fileio.write_text_atomic(path, "new, but never renamed\n")
+    monkeypatch.setattr(fileio.os, "replace", real)
+    assert path.read_text() == "old\n" and [p.name for p in tmp_path.iterdir()] == ["metrics.jsonl"]
+    fileio.write_text_atomic(path, "new\n")
+    assert path.read_text() == "new\n"
+
+
 def test_manager_keeps_last_k_per_stage(tmp_path):
     mgr = CheckpointManager(tmp_path, keep=2)
     for it in (10, 20, 30):

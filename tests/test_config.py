@@ -110,6 +110,45 @@ def test_unknown_cli_key_and_values():
         resolve_config("nope.yaml")
 
 
+@pytest.mark.parametrize(
+    "item,needle",
+    [
+        ("train.log_every=0", "train.log_every=0: expected a positive integer"),
+        ("train.checkpoint_every=-2", "train.checkpoint_every=-2"),
+        ("train.keep_checkpoints=0", "train.keep_checkpoints=0"),
+        ("optim.teacher_iterations=0", "optim.teacher_iterations=0"),
+        ("data.height=62", "62x32: expected multiples of 4"),
+        ("data.width=8", "64x8: expected multiples of 4"),
+        ("optim.gen_lr=-1e-4", "optim.gen_lr=-0.0001: expected a value > 0"),
+        ("optim.gamma=0", "optim.gamma=0.0"),
+        ("optim.adam_betas=[1.5,0.999]", "optim.adam_betas=[1.5, 0.999]: expected two values in [0, 1)"),
+        ("optim.milestones=[90,60]", "optim.milestones=[90, 60]: expected increasing"),
+        ("loss.warm_step=-1", "loss.warm_step=-1.0: expected a value >= 0"),
+        ("loss.gan_w=-1", "loss.gan_w=-1.0"),
+        ("loss.structure_live_p=2", "loss.structure_live_p=2.0: expected a probability"),
+        ("model.dropout_fine=1", "model.dropout_fine=1.0: expected a value in [0, 1)"),
+        ("data.workers=-1", "data.workers=-1"),
+        ("train.device=cuda:x", "train.device='cuda:x'"),
+        ("optim.milestones=[1,", "--set 'optim.milestones=[1,': the value is not valid YAML"),
+        ("eval.alpha=-1", "eval.alpha=-1.0"),
+    ],
+)
+def test_bad_values_fail_at_start_naming_the_key(item, needle):
+    with pytest.raises(ValueError) as e:
+        resolve_config("demo", parse_set([item]))
+    assert needle in str(e.value)
+
+
+def test_valid_edges_are_accepted(tmp_path):
+    cfg = resolve_config("demo", parse_set(["train.device=cuda:1", "data.height=32", "data.width=16",
+                                            "loss.warm_step=0", "model.dropout_fine=0", "data.workers=0"]))
+    assert (cfg.train.device, cfg.data.height, cfg.data.width) == ("cuda:1", 32, 16)
+    f = tmp_path / "broken.yaml"
+    f.write_text("optim: {gen_lr: [1,\n")
+    with pytest.raises(ValueError, match="broken.yaml: not valid YAML"):
+        resolve_config(str(f))
+
+
 def test_saved_config_round_trips(tmp_path):
     cfg = resolve_config("synthetic", {"optim": {"gen_lr": 3e-4}, "train": {"output": "x"}})
     path = save_config(cfg, tmp_path / "run" / "config.yaml")

@@ -75,7 +75,7 @@ def test_train_test_visualize_cli(tmp_path):
     for f in ("config.yaml", "metrics.jsonl", "teacher.pt", "dgnet.pt", "results.json", "results.md",
               "checkpoints/teacher_00000002.pt", "checkpoints/dgnet_00000002.pt"):
         assert (out / f).is_file(), f
-    assert any((out / "tb").iterdir())
+    assert sorted(p.name for p in (out / "tb").iterdir()) == ["dgnet", "teacher"]  # one event folder per stage
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [(r["stage"], r["iteration"]) for r in lines] == [("teacher", 1), ("teacher", 2), ("dgnet", 1),
                                                               ("dgnet", 2)]
