@@ -9,13 +9,15 @@ resolved config and its fingerprint so a checkpoint from another config is refus
 Layout of the dictionary (``FORMAT``/``VERSION`` identify it)::
 
     format, version, stage ("teacher" | "dgnet"), iteration (iterations completed), num_ids,
-    config (Config.to_dict()), fingerprint, models {name: state_dict}, optimizers {...},
+    config (Config.to_dict()), fingerprint, models {name: state_dict}, arch {name: ModelConfig dict, for
+    models built from their own config: the teacher}, optimizers {...},
     schedulers {...}, scaler (state_dict or None), rng {...}, streams {name: state_dict},
     ramps {name: float}, extra {...}
 """
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import re
 from pathlib import Path
@@ -24,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from dgnet.config import Config, fingerprint, fingerprint_dict
+from dgnet.config import Config, ModelConfig, config_from_dict, fingerprint, fingerprint_dict
 from dgnet.fileio import replace_atomic
 
 FORMAT = "dgnet-checkpoint"
@@ -177,12 +179,25 @@ class CheckpointManager:
         items = self.list(stage)
         return items[-1] if items else None
 
+    def latest_iteration(self, stage: str) -> int | None:
+        """The iteration of ``stage``'s newest checkpoint (from its file name), or ``None`` without one."""
+        last = self.latest(stage)
+        return int(_NAME.match(last.name)["it"]) if last is not None else None
+
     def save(self, state: dict, stage: str, iteration: int) -> Path:
         """Write ``state`` atomically, then delete this stage's checkpoints beyond the newest ``keep``."""
         path = save_atomic(state, self.path(stage, iteration))
         for old in self.list(stage)[: -self.keep]:
             old.unlink(missing_ok=True)
         return path
+
+
+def model_config_of(ckpt: dict, name: str) -> ModelConfig:
+    """The ``ModelConfig`` that model ``name`` of ``ckpt`` was built with, ``backbone_weights="none"`` (its
+    weights are in the checkpoint): its own record (``arch``) when the checkpoint has one, else the run's."""
+    arch = ckpt.get("arch", {}).get(name)
+    cfg = ModelConfig(**arch) if arch is not None else config_from_dict(ckpt["config"]).model
+    return dataclasses.replace(cfg, backbone_weights="none")
 
 
 def build_state(
@@ -209,6 +224,9 @@ def build_state(
         "config": cfg.to_dict(),
         "fingerprint": fingerprint(cfg),
         "models": {k: m.state_dict() for k, m in models.items()},
+        # the architecture of models built from their own ModelConfig (the teacher may come from another run)
+        "arch": {k: dataclasses.asdict(m.model_cfg) for k, m in models.items()
+                 if isinstance(getattr(m, "model_cfg", None), ModelConfig)},
         "optimizers": {k: o.state_dict() for k, o in (optimizers or {}).items()},
         "schedulers": {k: s.state_dict() for k, s in (schedulers or {}).items()},
         "scaler": scaler.state_dict() if scaler is not None else None,

@@ -167,6 +167,7 @@ def format_table(results: dict[str, Any]) -> str:
 
 def load_models(ckpt: dict, cfg: Config, device: torch.device, which: str = "all") -> dict[str, torch.nn.Module]:
     """Rebuild the models a checkpoint holds (``teacher`` and/or ``dgnet``), in eval mode on ``device``."""
+    from dgnet.checkpoint import model_config_of
     from dgnet.models import DGNet, ReidBaseline
     from dgnet.train import arch_only
 
@@ -175,7 +176,8 @@ def load_models(ckpt: dict, cfg: Config, device: torch.device, which: str = "all
     for name, state in ckpt["models"].items():
         if name not in build or which not in ("all", name):
             continue
-        m = build[name](arch_only(cfg.model), ckpt["num_ids"]).to(device)
+        m = build[name](model_config_of(ckpt, name) if name == "teacher" else arch_only(cfg.model),
+                        ckpt["num_ids"]).to(device)
         m.load_state_dict(state)
         models[name] = m.eval()
     if not models:

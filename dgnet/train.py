@@ -44,10 +44,11 @@ from dgnet.checkpoint import (
     build_state,
     check_compatible,
     load_checkpoint,
+    model_config_of,
     restore_state,
     save_atomic,
 )
-from dgnet.config import Config, config_from_dict, resolve_config, save_config
+from dgnet.config import Config, resolve_config, save_config
 from dgnet.distributed import CollectiveFailure
 from dgnet.fileio import write_text_atomic
 from dgnet.logging_utils import RunLogger
@@ -453,8 +454,7 @@ def load_teacher(path: str | Path, num_ids: int, device: torch.device) -> tuple[
             f"--teacher {str(path)!r} was trained on {ckpt['num_ids']} identities, but the dataset has {num_ids} "
             "train identities; train a teacher on this dataset (omit --teacher)"
         )
-    tcfg = config_from_dict(ckpt["config"])
-    teacher = ReidBaseline(arch_only(tcfg.model), num_ids).to(device)
+    teacher = ReidBaseline(model_config_of(ckpt, "teacher"), num_ids).to(device)
     teacher.load_state_dict(ckpt["models"]["teacher"])
     teacher.eval()
     return teacher, ckpt
@@ -632,6 +632,24 @@ def run(cfg: Config, resume: bool | str = False, stage: str = "all", evaluate: b
             destroy()
 
 
+def _check_teacher_finished(mgr: CheckpointManager, cfg: Config) -> None:
+    """Refuse to continue DG-Net when its teacher stopped short of this run's teacher schedule.
+
+    ``--iterations`` caps both stages and may change on resume. A run capped at N and resumed with a larger
+    cap would otherwise go on training DG-Net against an N-iteration teacher (and an Ea started from it).
+    """
+    done = mgr.latest_iteration("teacher")
+    target = cfg.optim.teacher_iterations
+    if cfg.train.max_iterations:
+        target = min(target, cfg.train.max_iterations)
+    if done is not None and done < target:
+        raise ValueError(
+            f"--resume: the teacher stopped at {done} of {target} iterations (an earlier --iterations cap) and "
+            f"DG-Net has trained against it since, so DG-Net cannot continue under a longer schedule. Resume with "
+            f"--iterations {done} to keep the capped schedule, or start a new run (another --output)"
+        )
+
+
 def _run(cfg: Config, device: torch.device, resume: bool | str, stage: str, evaluate: bool, verbose: bool) -> dict:
     t0 = time.perf_counter()
     rank, size = dist_info()
@@ -680,10 +698,12 @@ def _run(cfg: Config, device: torch.device, resume: bool | str, stage: str, eval
 
     teacher = model = None
     resumed_stage = ckpt["stage"] if ckpt else None
+    if resumed_stage == "dgnet" and not cfg.train.teacher:
+        _check_teacher_finished(mgr, cfg)
     if resumed_stage == "dgnet":
         from dgnet.models import ReidBaseline
 
-        teacher = ReidBaseline(arch_only(cfg.model), cfg.model.num_ids).to(device)
+        teacher = ReidBaseline(model_config_of(ckpt, "teacher"), cfg.model.num_ids).to(device)
         teacher.load_state_dict(ckpt["models"]["teacher"])
         teacher.eval()
     elif cfg.train.teacher:

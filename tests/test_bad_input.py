@@ -69,6 +69,16 @@ def test_other_cli_counts_are_checked(capsys):
         assert "expected an integer >= 1" in err and ("--batch-size" in err or "--steps" in err), err
 
 
+def test_resume_with_a_longer_cap_needs_a_finished_teacher(root, tmp_path, capsys):
+    """A smoke run capped at 1 iteration, resumed with --iterations 2, would train DG-Net on against a 1-iteration
+    teacher: refused, naming both numbers and the two ways on. The same cap resumes fine."""
+    out = tmp_path / "run"
+    assert main(tiny_flags(root, out, "--iterations", "1", "--no-eval")) == 0
+    _fails(capsys, tiny_flags(root, out, "--iterations", "2", "--no-eval", "--resume"),
+           "teacher stopped at 1 of 2 iterations", "--iterations 1", "another --output")
+    assert main(tiny_flags(root, out, "--iterations", "1", "--no-eval", "--resume")) == 0
+
+
 def test_fp16_on_cpu_refused(root, tmp_path, capsys):
     _fails(capsys, tiny_flags(root, tmp_path / "o", "--amp", "fp16"), "fp16", "CUDA")
 

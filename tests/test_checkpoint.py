@@ -15,6 +15,7 @@ from dgnet.checkpoint import (
     get_rng_state,
     load_checkpoint,
     load_optimizer_state,
+    model_config_of,
     restore_state,
     save_atomic,
     set_rng_state,
@@ -182,6 +183,33 @@ def test_text_files_are_replaced_atomically(tmp_path, monkeypatch):
     assert path.read_text() == "old\n" and [p.name for p in tmp_path.iterdir()] == ["metrics.jsonl"]
     fileio.write_text_atomic(path, "new\n")
     assert path.read_text() == "new\n"
+
+
+def test_teacher_of_another_architecture_is_rebuilt_from_its_own_config(tmp_path):
+    """A --teacher from another run may differ from DG-Net's model config (here its head width): DG-Net
+    checkpoints record the teacher's own, and every loader (resume, --teacher, dgnet.test) builds from it."""
+    from dgnet.config import ModelConfig
+    from dgnet.models import DGNet, ReidBaseline
+    from dgnet.test import load_models
+    from dgnet.train import load_teacher
+
+    cfg = resolve_config("demo")
+    cfg.model.backbone_weights = "none"
+    teacher = ReidBaseline(ModelConfig(backbone="resnet18", backbone_weights="none", head_dim=256), 5)
+    state = build_state(stage="dgnet", iteration=1, cfg=cfg, num_ids=5,
+                        models={"dgnet": DGNet(cfg.model, 5), "teacher": teacher})
+    assert state["arch"]["teacher"]["head_dim"] == 256 and "dgnet" not in state["arch"]
+    path = save_atomic(state, tmp_path / "dgnet.pt")
+    ckpt = load_checkpoint(path)
+    assert model_config_of(ckpt, "teacher").head_dim == 256 and model_config_of(ckpt, "dgnet").head_dim == 512
+    models = load_models(ckpt, cfg, torch.device("cpu"))
+    loaded, _ = load_teacher(path, 5, torch.device("cpu"))
+    for t in (models["teacher"], loaded):
+        assert t.head.bottleneck.out_features == 256
+        assert torch.equal(t.head.bottleneck.weight, teacher.head.bottleneck.weight)
+    # a checkpoint without the record (written before it existed) falls back to the run's config
+    del ckpt["arch"]
+    assert model_config_of(ckpt, "teacher").head_dim == 512
 
 
 def test_manager_keeps_last_k_per_stage(tmp_path):

@@ -186,7 +186,7 @@ def test_train_two_ranks_then_resume_on_one(tmp_path: Path, capsys) -> None:
     out = tmp_path / "run"
     flags = tiny_flags(root, out, "--config", "demo", "--set", "model.backbone=resnet18", "--set",
                        "data.height=32", "--set", "data.width=16", "--set", "train.sync_bn=true",
-                       "--set", "train.checkpoint_every=2")
+                       "--set", "train.checkpoint_every=2", "--set", "optim.teacher_iterations=2")
     _ok(_spawn(cli_worker, tmp_path, "train", [*flags, "--iterations", "2"], timeout=180), tmp_path)
     flags.append("--no-eval")
     assert [(tmp_path / f"rc_{r}.txt").read_text() for r in range(WORLD)] == ["0", "0"]

@@ -19,6 +19,7 @@ class ReidBaseline(nn.Module):
 
     def __init__(self, cfg: ModelConfig, num_ids: int) -> None:
         super().__init__()
+        self.model_cfg = cfg  # checkpoints record it (``arch``): a teacher's may differ from its student's
         self.backbone = build_backbone(cfg.backbone, cfg.backbone_weights)
         self.num_ids = num_ids
         self.head = ClassBlock(self.backbone.out_channels, num_ids, cfg.dropout_primary, cfg.head_dim)
