@@ -12,9 +12,10 @@ skipped. Distractors (identity ``0`` in Market-1501) are ordinary non-matching i
   ``#matches / rank of the last match`` (Ye et al., 2021).
 - AP_trapz: the Market-1501 devkit's AP, which the DG-Net reference (and so the paper's tables) uses: the
   precision-recall curve integrated by the trapezoidal rule, i.e. each match contributes the mean of the
-  precision at its rank and the precision one place before (1 before rank 1). It differs from AP by
-  about a tenth of the distance between consecutive matches' precisions, in either direction; quote it
-  when comparing with DG-Net's published mAP. ``mAP_trapz`` is its mean over valid queries.
+  precision at its rank and the precision one place before (1 before rank 1). It is never above AP: a
+  match at rank ``r`` with ``n`` non-matches before it contributes ``n / (2 r (r - 1))`` less, so the two
+  agree when the matches lead the list and part on hard queries. Quote it when comparing with DG-Net's
+  published mAP. ``mAP_trapz`` is its mean over valid queries.
 
 With no ``-1`` identities and no distance ties, ``evaluate_rank`` equals torchreid's ``eval_market1501``.
 The fast path is the compiled ``torch.ops.dgnet.evaluate_queries`` (CPU: parallel over queries; CUDA: one
