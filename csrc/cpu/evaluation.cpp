@@ -16,11 +16,10 @@
 #include <immintrin.h>
 #endif
 
-#include "dgnet/evaluation.h"
+#include "dgnet/evaluation_host.h"
 
 namespace dgnet {
 
-// Shared by the CPU and CUDA entry points: shapes, dtypes and devices of the five inputs.
 void check_evaluate_inputs(const at::Tensor& distmat, const at::Tensor& q_pids, const at::Tensor& g_pids,
                            const at::Tensor& q_camids, const at::Tensor& g_camids) {
   TORCH_CHECK(distmat.dim() == 2, "evaluate_queries: distmat must be [Q, G], got ", distmat.sizes());
@@ -38,6 +37,18 @@ void check_evaluate_inputs(const at::Tensor& distmat, const at::Tensor& q_pids, 
                 ", distmat on ", distmat.device());
   }
   TORCH_CHECK(g < std::numeric_limits<int32_t>::max(), "evaluate_queries: gallery too large: ", g);
+}
+
+EvaluateOutputs empty_evaluate_outputs(const at::Tensor& d) {
+  const int64_t nq = d.size(0);
+  auto ap = at::empty({nq}, d.options().dtype(at::kDouble));
+  return {ap, at::empty({nq}, ap.options()), at::empty({nq}, d.options().dtype(at::kLong)),
+          at::empty({nq}, ap.options())};
+}
+
+QueryOutputs output_pointers(const EvaluateOutputs& out) {
+  return {std::get<0>(out).mutable_data_ptr<double>(), std::get<1>(out).mutable_data_ptr<double>(),
+          std::get<2>(out).mutable_data_ptr<int64_t>(), std::get<3>(out).mutable_data_ptr<double>()};
 }
 
 namespace {
@@ -104,7 +115,7 @@ int64_t compact_candidates(const T* row, const int32_t* code, int32_t qcode, int
 
 template <typename T>
 void evaluate_rows(const T* dist, int64_t nq, int64_t ng, const int64_t* qp, const int64_t* gp, const int64_t* qc,
-                   const int64_t* gc, double* ap, double* inp, int64_t* first, double* ap_trapz) {
+                   const int64_t* gc, QueryOutputs out) {
   const double nan = std::numeric_limits<double>::quiet_NaN();
   // Gallery indices grouped by identity (ascending within an identity): a query's candidates are one
   // equal range, so collecting its matches costs O(log G + its identity's size), not a scan of the row.
@@ -167,36 +178,24 @@ void evaluate_rows(const T* dist, int64_t nq, int64_t ng, const int64_t* qp, con
             ++hist[insertion_position(vals.data(), matches.data(), r, d, j)];
         }
       }
-      const QueryResult res = finish_query(hist.data(), r, nan);
-      ap[q] = res.ap;
-      inp[q] = res.inp;
-      first[q] = res.first_rank;
-      ap_trapz[q] = res.ap_trapz;
+      out.store(q, finish_query(hist.data(), r, nan));
     }
   });
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> evaluate_queries_cpu(const at::Tensor& distmat,
-                                                                                const at::Tensor& q_pids,
-                                                                                const at::Tensor& g_pids,
-                                                                                const at::Tensor& q_camids,
-                                                                                const at::Tensor& g_camids) {
+EvaluateOutputs evaluate_queries_cpu(const at::Tensor& distmat, const at::Tensor& q_pids, const at::Tensor& g_pids,
+                                     const at::Tensor& q_camids, const at::Tensor& g_camids) {
   check_evaluate_inputs(distmat, q_pids, g_pids, q_camids, g_camids);
   // Half precision widens to float32 exactly, so the ranking is unchanged.
   auto d = (distmat.scalar_type() == at::kDouble ? distmat : distmat.to(at::kFloat)).contiguous();
   auto qp = q_pids.contiguous(), gp = g_pids.contiguous(), qc = q_camids.contiguous(), gc = g_camids.contiguous();
-  const int64_t nq = d.size(0), ng = d.size(1);
-  auto ap = at::empty({nq}, d.options().dtype(at::kDouble));
-  auto inp = at::empty({nq}, ap.options());
-  auto first = at::empty({nq}, d.options().dtype(at::kLong));
-  auto ap_trapz = at::empty({nq}, ap.options());
+  auto out = empty_evaluate_outputs(d);
   AT_DISPATCH_FLOATING_TYPES(d.scalar_type(), "evaluate_queries_cpu", [&] {
-    evaluate_rows<scalar_t>(d.const_data_ptr<scalar_t>(), nq, ng, qp.const_data_ptr<int64_t>(),
+    evaluate_rows<scalar_t>(d.const_data_ptr<scalar_t>(), d.size(0), d.size(1), qp.const_data_ptr<int64_t>(),
                             gp.const_data_ptr<int64_t>(), qc.const_data_ptr<int64_t>(), gc.const_data_ptr<int64_t>(),
-                            ap.mutable_data_ptr<double>(), inp.mutable_data_ptr<double>(),
-                            first.mutable_data_ptr<int64_t>(), ap_trapz.mutable_data_ptr<double>());
+                            output_pointers(out));
   });
-  return {ap, inp, first, ap_trapz};
+  return out;
 }
 
 }  // namespace

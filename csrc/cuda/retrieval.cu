@@ -13,13 +13,9 @@
 #include <tuple>
 
 #include "dgnet/distance.h"
-#include "dgnet/evaluation.h"
+#include "dgnet/evaluation_host.h"
 
 namespace dgnet {
-
-// Defined in csrc/cpu/evaluation.cpp (compiled into every build).
-void check_evaluate_inputs(const at::Tensor& distmat, const at::Tensor& q_pids, const at::Tensor& g_pids,
-                           const at::Tensor& q_camids, const at::Tensor& g_camids);
 
 namespace {
 
@@ -139,8 +135,7 @@ __global__ void evaluate_queries_kernel(const T* __restrict__ dist, const int64_
                                         const int64_t* __restrict__ counts, const int64_t* __restrict__ offsets,
                                         int32_t* __restrict__ unsorted, int32_t* __restrict__ sorted,
                                         T* __restrict__ sorted_vals, int32_t* __restrict__ hist,
-                                        double* __restrict__ ap, double* __restrict__ inp,
-                                        int64_t* __restrict__ first, double* __restrict__ ap_trapz) {
+                                        QueryOutputs out) {
   __shared__ int fill;
   const int64_t q = blockIdx.x;
   const T* row = dist + q * ng;
@@ -183,31 +178,21 @@ __global__ void evaluate_queries_kernel(const T* __restrict__ dist, const int64_
   __syncthreads();
   // 4. Ranks to AP, first rank, INP.
   if (threadIdx.x == 0) {
-    const QueryResult res = finish_query(h, r, __longlong_as_double(0x7ff8000000000000LL));
-    ap[q] = res.ap;
-    inp[q] = res.inp;
-    first[q] = res.first_rank;
-    ap_trapz[q] = res.ap_trapz;
+    out.store(q, finish_query(h, r, __longlong_as_double(0x7ff8000000000000LL)));
   }
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> evaluate_queries_cuda(const at::Tensor& distmat,
-                                                                                 const at::Tensor& q_pids,
-                                                                                 const at::Tensor& g_pids,
-                                                                                 const at::Tensor& q_camids,
-                                                                                 const at::Tensor& g_camids) {
+EvaluateOutputs evaluate_queries_cuda(const at::Tensor& distmat, const at::Tensor& q_pids, const at::Tensor& g_pids,
+                                      const at::Tensor& q_camids, const at::Tensor& g_camids) {
   check_evaluate_inputs(distmat, q_pids, g_pids, q_camids, g_camids);
   c10::cuda::CUDAGuard guard(distmat.device());
   auto d = (distmat.scalar_type() == at::kDouble ? distmat : distmat.to(at::kFloat)).contiguous();
   auto qp = q_pids.contiguous(), gp = g_pids.contiguous(), qc = q_camids.contiguous(), gc = g_camids.contiguous();
   const int64_t nq = d.size(0), ng = d.size(1);
-  auto ap = at::empty({nq}, d.options().dtype(at::kDouble));
-  auto inp = at::empty({nq}, ap.options());
-  auto first = at::empty({nq}, d.options().dtype(at::kLong));
-  auto ap_trapz = at::empty({nq}, ap.options());
-  if (nq == 0) return {ap, inp, first, ap_trapz};
+  auto out = empty_evaluate_outputs(d);
+  if (nq == 0) return out;
   auto stream = c10::cuda::getCurrentCUDAStream().stream();
-  auto counts = at::empty({nq}, first.options());
+  auto counts = at::empty({nq}, std::get<2>(out).options());
   count_matches_kernel<<<static_cast<unsigned>(nq), kThreads, 0, stream>>>(
       qp.const_data_ptr<int64_t>(), gp.const_data_ptr<int64_t>(), qc.const_data_ptr<int64_t>(),
       gc.const_data_ptr<int64_t>(), ng, counts.mutable_data_ptr<int64_t>());
@@ -226,11 +211,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> evaluate_queries_cuda
         d.const_data_ptr<scalar_t>(), qp.const_data_ptr<int64_t>(), gp.const_data_ptr<int64_t>(),
         qc.const_data_ptr<int64_t>(), gc.const_data_ptr<int64_t>(), ng, counts.const_data_ptr<int64_t>(),
         offsets.const_data_ptr<int64_t>(), unsorted.mutable_data_ptr<int32_t>(), sorted.mutable_data_ptr<int32_t>(),
-        sorted_vals.mutable_data_ptr<scalar_t>(), hist.mutable_data_ptr<int32_t>(), ap.mutable_data_ptr<double>(),
-        inp.mutable_data_ptr<double>(), first.mutable_data_ptr<int64_t>(), ap_trapz.mutable_data_ptr<double>());
+        sorted_vals.mutable_data_ptr<scalar_t>(), hist.mutable_data_ptr<int32_t>(), output_pointers(out));
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  return {ap, inp, first, ap_trapz};
+  return out;
 }
 
 }  // namespace

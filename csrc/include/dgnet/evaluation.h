@@ -57,6 +57,21 @@ struct QueryResult {
   double ap_trapz;
 };
 
+// Where a kernel writes each query's result: four [Q] arrays (the op's outputs, csrc/ops.cpp).
+struct QueryOutputs {
+  double* ap;
+  double* inp;
+  int64_t* first;
+  double* ap_trapz;
+
+  DGNET_HD void store(int64_t q, const QueryResult& r) const {
+    ap[q] = r.ap;
+    inp[q] = r.inp;
+    first[q] = r.first_rank;
+    ap_trapz[q] = r.ap_trapz;
+  }
+};
+
 // From the histogram of step 3 (hist[p] = number of non-matches ranked after exactly p matches) to
 //   AP       = mean_i P_i with P_i = (i + 1) / rank_i, the precision at the i-th match (torchreid, fast-reid);
 //   AP_trapz = mean_i (P_i + P'_i) / 2 with P'_i = i / (rank_i - 1) the precision one place before the match
