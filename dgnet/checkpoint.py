@@ -18,8 +18,10 @@ Layout of the dictionary (``FORMAT``/``VERSION`` identify it)::
 from __future__ import annotations
 
 import dataclasses
+import os
 import random
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -185,10 +187,14 @@ class CheckpointManager:
         return int(_NAME.match(last.name)["it"]) if last is not None else None
 
     def save(self, state: dict, stage: str, iteration: int) -> Path:
-        """Write ``state`` atomically, then delete this stage's checkpoints beyond the newest ``keep``."""
+        """Write ``state`` atomically, then delete this stage's checkpoints beyond the newest ``keep``, and the
+        temporary files of writes that a killed process left behind (they never become checkpoints)."""
         path = save_atomic(state, self.path(stage, iteration))
         for old in self.list(stage)[: -self.keep]:
             old.unlink(missing_ok=True)
+        for stale in self.folder.glob(".*.pt.tmp*"):
+            if stale.name != f".{path.name}.tmp{os.getpid()}":
+                stale.unlink(missing_ok=True)
         return path
 
 
@@ -286,6 +292,14 @@ def restore_state(
         s.load_state_dict(need("schedulers", k))
     if scaler is not None and ckpt.get("scaler") is not None:
         scaler.load_state_dict(ckpt["scaler"])
+    elif (scaler is None) != (ckpt.get("scaler") is None):  # train.amp changed between fp16 and another mode
+        warnings.warn(
+            "resume: the checkpoint was written " + ("without" if scaler is not None else "with")
+            + " fp16 gradient scaling and this run " + ("uses" if scaler is not None else "does not")
+            + ("; the loss scale starts afresh" if scaler is not None else "; its loss scale is dropped")
+            + " (train.amp differs from the run that wrote it)",
+            stacklevel=2,
+        )
     for k, s in (streams or {}).items():
         s.load_state_dict(from_safe(need("streams", k)))
     if rng:

@@ -212,6 +212,18 @@ def test_teacher_of_another_architecture_is_rebuilt_from_its_own_config(tmp_path
     assert model_config_of(ckpt, "teacher").head_dim == 512
 
 
+def test_resume_across_amp_modes_says_what_happens_to_the_loss_scale():
+    m = torch.nn.Linear(2, 2)
+    cfg = resolve_config("demo")
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    with_scale = build_state(stage="dgnet", iteration=1, cfg=cfg, num_ids=2, models={"m": m}, scaler=scaler)
+    without = build_state(stage="dgnet", iteration=1, cfg=cfg, num_ids=2, models={"m": m})
+    with pytest.warns(UserWarning, match="written with fp16 gradient scaling.*its loss scale is dropped"):
+        restore_state(with_scale, models={"m": m}, rng=False)
+    with pytest.warns(UserWarning, match="written without fp16 gradient scaling.*starts afresh"):
+        restore_state(without, models={"m": m}, scaler=torch.amp.GradScaler("cpu"), rng=False)
+
+
 def test_manager_keeps_last_k_per_stage(tmp_path):
     mgr = CheckpointManager(tmp_path, keep=2)
     for it in (10, 20, 30):
@@ -222,6 +234,10 @@ def test_manager_keeps_last_k_per_stage(tmp_path):
     assert [p.name for p in mgr.list("dgnet")] == ["dgnet_00000015.pt", "dgnet_00000025.pt"]
     # any DG-Net checkpoint is newer than a finished teacher stage, whatever the iteration numbers
     assert mgr.latest().name == "dgnet_00000025.pt"
+    # a write killed before its rename leaves a temporary file: the next save clears it
+    (tmp_path / ".dgnet_00000035.pt.tmp4242").write_bytes(b"torn")
+    mgr.save({"it": 35}, "dgnet", 35)
+    assert not list(tmp_path.glob(".*")) and len(mgr.list()) == 4
     with pytest.raises(ValueError, match="keep=0"):
         CheckpointManager(tmp_path, keep=0)
 
