@@ -129,17 +129,21 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 
 def check_compatible(ckpt: dict, cfg: Config, path: str | Path) -> None:
-    """Refuse a checkpoint whose config fingerprint differs from ``cfg``'s, naming the keys that differ."""
+    """Refuse a checkpoint whose config fingerprint differs from ``cfg``'s, naming the keys that differ.
+
+    A checkpoint written before a config key existed stores no value for it; rebuilt from the stored
+    config, it takes the key's default, so it stays compatible while the run keeps that default.
+    """
     if ckpt.get("fingerprint") == fingerprint(cfg):
         return
     mine = fingerprint_dict(cfg)
-    from dgnet.config import config_from_dict
-
     try:
         theirs = fingerprint_dict(config_from_dict(ckpt["config"]))
     except (KeyError, ValueError):
         theirs = {}
     diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+    if theirs and not diff:
+        return
     shown = ", ".join(f"{k}: checkpoint {theirs.get(k)!r} vs now {mine.get(k)!r}" for k in diff[:8])
     raise ValueError(
         f"checkpoint {str(path)!r} was written by another config (fingerprint {ckpt.get('fingerprint')} "

@@ -47,6 +47,7 @@ class DataConfig:
     synthetic_cams: int = 6
     synthetic_height: int = 128
     synthetic_width: int = 64
+    synthetic_seed: int = 0  # the set's own seed: train.seed changes the run, not the data
 
 
 @dataclass

@@ -3,12 +3,14 @@
 Each exported image is ``x_ab = G(s_a, f_b)`` for a random pair of training images of two different
 identities: the structure (pose, box, background, camera conditions) of ``a`` and the appearance of ``b``.
 It takes ``b``'s identity, as DG-Net's primary feature learning does, and ``a``'s camera, whose scene it
-shows. Written in the ``folder`` layout (``dgnet.data.load_folder``), so any dgnet loader reads it back:
+shows. Written as the train split of the ``folder`` layout (``dgnet.data.load_folder``):
 
     <out>/train/<pid>/<pid>_c<camera>_g<index>.jpg     pid: the dataset's original identity; camera from 1
     <out>/manifest.csv                                  path, pid, camid, structure_source, appearance_source
 
-Identities keep their original numbers, so the set can sit next to the real training images.
+Identities keep their original numbers, so the set can sit next to the real training images: copy the real
+set's query and gallery beside ``train/`` to train and test on it with ``data.dataset=folder``, or read the
+images alone with ``load_folder(out, splits=("train", "train", "train"))``.
 """
 
 from __future__ import annotations

@@ -265,7 +265,7 @@ def prepare_dataset(cfg: Config, verbose: bool = True):
         from dgnet.data.synthetic import ensure_dataset
 
         ensure_dataset(root, verbose=verbose, ids=cfg.data.synthetic_ids, cams=cfg.data.synthetic_cams,
-                       height=cfg.data.synthetic_height, width=cfg.data.synthetic_width, seed=cfg.train.seed)
+                       height=cfg.data.synthetic_height, width=cfg.data.synthetic_width, seed=cfg.data.synthetic_seed)
     elif not root.exists():
         raise FileNotFoundError(
             f"dataset folder {str(root)!r} (data.root, --data-root) does not exist; expected the "

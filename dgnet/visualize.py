@@ -107,10 +107,11 @@ def load_images(samples: list, cfg, backend: str, device: torch.device) -> torch
 
 
 def default_samples(ds, n: int) -> list:
-    """The first image of each of the first ``n`` query identities."""
+    """The first image of each of the first ``n`` query identities (junk and Market's distractors left out)."""
     first: dict[int, object] = {}
+    distractor = 0 if ds.name in ("market1501", "dukemtmc", "synthetic") else None
     for s in ds.query:
-        if s.pid > 0:
+        if s.pid >= 0 and s.pid != distractor:
             first.setdefault(s.pid, s)
         if len(first) >= n:
             break
@@ -144,6 +145,12 @@ def run(args: argparse.Namespace) -> Path:
     from dgnet.data import Sample, load_dataset, resolve_backend
     from dgnet.test import extract, load_models, open_run
 
+    if args.mode.startswith("interpolate"):
+        if args.steps < 2:
+            raise ValueError(f"--steps {args.steps}: interpolation needs at least 2 steps (both end points)")
+        if args.images and len(args.images) % 2:
+            raise ValueError(f"--mode {args.mode} pairs the images (first half with second half): got "
+                             f"{len(args.images)}, an odd number")
     ckpt, cfg, device = open_run(args.checkpoint, args.data_root, args.loader, args.device)
     backend = resolve_backend(cfg.data.loader, device)
     which = args.model if args.mode == "ranklist" else "dgnet"
@@ -177,6 +184,7 @@ def run(args: argparse.Namespace) -> Path:
 
     if len(samples) < 2:
         raise ValueError(f"--mode {args.mode} needs at least 2 images, got {len(samples)}")
+
     x = load_images(samples, cfg, backend, device)
     if args.mode == "swap":
         rows = swap_rows(model, x)

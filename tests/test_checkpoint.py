@@ -224,6 +224,19 @@ def test_resume_across_amp_modes_says_what_happens_to_the_loss_scale():
         restore_state(without, models={"m": m}, scaler=torch.amp.GradScaler("cpu"), rng=False)
 
 
+def test_checkpoint_from_before_a_new_config_key_still_resumes():
+    """A key added since (here data.synthetic_seed) is absent from an older checkpoint's config and hash: it
+    reads as its default, so the run resumes while it keeps that default, and is refused when it does not."""
+    cfg = resolve_config("demo")
+    state = build_state(stage="teacher", iteration=1, cfg=cfg, num_ids=2, models={})
+    del state["config"]["data"]["synthetic_seed"]
+    state["fingerprint"] = "written-before"
+    check_compatible(state, cfg, "old.pt")
+    cfg.data.synthetic_seed = 3
+    with pytest.raises(ValueError, match="data.synthetic_seed: checkpoint 0 vs now 3"):
+        check_compatible(state, cfg, "old.pt")
+
+
 def test_manager_keeps_last_k_per_stage(tmp_path):
     mgr = CheckpointManager(tmp_path, keep=2)
     for it in (10, 20, 30):

@@ -147,6 +147,15 @@ def test_folder_camera_from_name(tmp_path):
         load_dataset("folder", tmp_path, verbose=False, camera_pattern=r"cam(\d+)")
 
 
+def test_folder_train_keeps_identity_zero_and_drops_junk(tmp_path):
+    """MSMT17's identity 0 is a person, and dgnet.export writes it as train/0000: it must survive a reload."""
+    touch(tmp_path, "train/0000/0000_c1_g0.jpg", "train/0000/0000_c2_g1.jpg", "train/0005/0005_c1_g2.jpg",
+          "train/-1/x_c1.jpg", "query/0005/q_c1.jpg", "gallery/0005/g_c2.jpg", "gallery/0000/d_c3.jpg")
+    ds = load_dataset("folder", tmp_path, verbose=False)
+    assert ds.pid_map == {0: 0, 5: 1} and len(ds.train) == 3
+    assert sorted(s.pid for s in ds.gallery) == [0, 5]
+
+
 def test_folder_camera_csv(tmp_path):
     folder_tree(tmp_path)
     rows = ["train/12/a_c1_1.jpg,4", "train/12/b_c2_1.jpg,4", "train/30/a_c3_1.jpg,5", "train/30/b_c3_2.jpg,6",

@@ -100,6 +100,31 @@ def test_ensure_dataset_reuses_and_refuses_mismatch(tmp_path):
     assert not [p for p in root.parent.iterdir() if p.name.startswith(".")]  # no temporary folder left
 
 
+def test_generate_refuses_a_folder_holding_files(tmp_path):
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "0001_c1s1_000001_00.jpg").write_bytes(b"another set's image")
+    with pytest.raises(ValueError, match="is not empty"):
+        syn.generate(tmp_path / "old", **TINY)
+
+
+def test_the_set_keeps_its_seed_when_the_training_seed_changes(monkeypatch):
+    """train.seed must not regenerate (or refuse) the default data/synthetic: the set has data.synthetic_seed."""
+    from dgnet.config import resolve_config
+    from dgnet.train import prepare_dataset
+
+    seen = {}
+
+    def capture(root, verbose=True, **kwargs):
+        seen.update(kwargs)
+        raise RuntimeError("captured")
+
+    monkeypatch.setattr(syn, "ensure_dataset", capture)
+    cfg = resolve_config("demo", {"train": {"seed": 7}})
+    with pytest.raises(RuntimeError, match="captured"):
+        prepare_dataset(cfg, verbose=False)
+    assert seen["seed"] == 0 == cfg.data.synthetic_seed
+
+
 def test_cli(tmp_path, capsys):
     syn.main(["--out", str(tmp_path / "s"), "--ids", "6", "--cams", "2", "--height", "48", "--width", "24"])
     assert load_dataset("synthetic", tmp_path / "s", verbose=False).num_train_pids == 3

@@ -70,13 +70,13 @@ def test_export_reads_back_with_labels_and_pixels(setup, tmp_path):
         xb = load_images([by_path[r.appearance_source]], cfg, "torch", torch.device("cpu"))
         with torch.no_grad():
             want = denormalize(model.decode(model.encode(xa)[1], model.encode(xb)[0]))[0]
-        img = torch.from_numpy(np.asarray(Image.open(out / r.path).convert("RGB"))).permute(2, 0, 1).float() / 255
+        img = torch.from_numpy(np.array(Image.open(out / r.path).convert("RGB"))).permute(2, 0, 1).float() / 255
         assert img.shape == want.shape
         # the same pixels through the same JPEG encoder (quality 95): equal but for a rounding flip or two
         pixels = (want * 255).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
         buf = io.BytesIO()
         Image.fromarray(pixels).save(buf, format="JPEG", quality=95)
-        jpeg = torch.from_numpy(np.asarray(Image.open(buf).convert("RGB"))).permute(2, 0, 1).float() / 255
+        jpeg = torch.from_numpy(np.array(Image.open(buf).convert("RGB"))).permute(2, 0, 1).float() / 255
         assert (img - jpeg).abs().mean() < 2e-3, float((img - jpeg).abs().mean())
         other = denormalize(model.decode(model.encode(xb)[1], model.encode(xa)[0]))[0]  # the swapped pair
         assert (img - want).abs().mean() < (img - other).abs().mean()

@@ -69,3 +69,15 @@ def test_frame_and_grid_sizes():
     assert torch.equal(f[:, 0, 0], torch.tensor([1.0, 0.0, 0.0])) and torch.equal(f[:, 5, 3], img[:, 5, 3])
     g = image_grid([torch.rand(3, 3, 10, 6), torch.rand(1, 3, 10, 6)], pad=2, normalized=False)
     assert g.shape == (3, 2 * 12 + 2, 3 * 8 + 2)
+
+
+def test_interpolation_arguments_are_checked_first(tmp_path, capsys):
+    """Both checks come before the checkpoint is read (it does not exist here)."""
+    from dgnet.visualize import main
+
+    ckpt = str(tmp_path / "missing.pt")
+    assert main(["--checkpoint", ckpt, "--mode", "interpolate-appearance", "--steps", "1"]) == 2
+    assert "at least 2 steps" in capsys.readouterr().err
+    imgs = [str(tmp_path / f"{i}.jpg") for i in range(3)]
+    assert main(["--checkpoint", ckpt, "--mode", "interpolate-structure", "--images", *imgs]) == 2
+    assert "got 3, an odd number" in capsys.readouterr().err

@@ -238,11 +238,12 @@ def load_folder(
 ) -> ReidDataset:
     """A plain tree ``<root>/<split>/<pid>/<image>``.
 
-    Identity folders are integers (``-1`` junk and ``0`` distractor as in Market) or, when any is not,
-    names numbered in sorted order over all splits (so query and gallery agree). The camera is either the
-    first group of ``camera_pattern`` searched in the file name (numbered from 1, stored zero-based) or,
-    with ``camera_csv`` (default ``<root>/cameras.csv`` when it exists), a CSV with columns ``path,camid``
-    (path relative to root, camid as written: zero-based).
+    Identity folders are integers (``-1`` junk, left out of training; ``0`` a gallery distractor as in
+    Market, but in the train split an identity like any other, as in MSMT17 and dgnet.export's output) or,
+    when any is not, names numbered in sorted order over all splits (so query and gallery agree). The
+    camera is either the first group of ``camera_pattern`` searched in the file name (numbered from 1,
+    stored zero-based) or, with ``camera_csv`` (default ``<root>/cameras.csv`` when it exists), a CSV with
+    columns ``path,camid`` (path relative to root, camid as written: zero-based).
     """
     root = Path(root)
     regex = re.compile(camera_pattern)
@@ -286,8 +287,8 @@ def load_folder(
                     )
                 camid = int(m.group(1)) - 1
             samples.append(Sample(str(p), to_pid(name), camid))
-        if split == splits[0]:
-            samples = [s for s in samples if not numeric or s.pid > 0]
+        if split == splits[0]:  # junk never trains; 0 is a real identity here (distractors live in the gallery)
+            samples = [s for s in samples if not numeric or s.pid >= 0]
         _require_nonempty("folder", split, root / split, samples, "<pid>/0001_c1_0001.jpg")
         out[split] = samples
     train, pid_map = relabel(out[splits[0]])

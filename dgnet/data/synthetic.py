@@ -527,6 +527,9 @@ def generate(
     if height < 32 or width < 16:
         raise ValueError(f"synthetic: image size {height}x{width} too small; expected at least 32x16")
     out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise ValueError(f"synthetic: {out} is not empty; generate into a new or empty folder (images of "
+                         "another set would mix with this one's)")
     t0 = time.perf_counter()
     identities, cameras, images = plan(ids, cams, seed)
     for split in ("bounding_box_train", "query", "bounding_box_test"):
