@@ -37,7 +37,7 @@ ACT_NONE, ACT_RELU, ACT_LRELU = 0, 1, 2
 @triton.jit
 def _activate(z, slope, ACT: tl.constexpr):
     if ACT == 1:
-        z = tl.where(z > 0, z, 0.0)
+        z = tl.where(z <= 0, 0.0, z)  # not `z > 0`: a NaN stays NaN, as in F.relu
     elif ACT == 2:
         z = tl.where(z > 0, z, z * slope)
     return z
@@ -47,7 +47,7 @@ def _activate(z, slope, ACT: tl.constexpr):
 def _activation_grad(z, slope, ACT: tl.constexpr):
     # PyTorch's convention at z == 0: relu and leaky_relu backward test z > 0.
     if ACT == 1:
-        d = tl.where(z > 0, 1.0, 0.0)
+        d = tl.where(z <= 0, 0.0, 1.0)  # a NaN z passes the gradient, as PyTorch's relu backward does
     elif ACT == 2:
         d = tl.where(z > 0, 1.0, slope)
     else:
@@ -215,7 +215,15 @@ def _launch(kernel, tuned, grid, traced, *args, **meta) -> None:
         kernel, meta = kernel, {**meta, "num_warps": 4}
     else:
         kernel = tuned
-    (torch.library.wrap_triton(kernel) if traced else kernel)[grid](*args, **meta)
+    launch = (torch.library.wrap_triton(kernel) if traced else kernel)[grid]
+    x = args[0]
+    # Triton launches on the current device's stream, not the tensors': make x's device current when it
+    # is not (a single process on cuda:1, say). The test is one cheap call on the common path.
+    if x.is_cuda and x.device.index != torch.cuda.current_device():
+        with torch.cuda.device(x.device):
+            launch(*args, **meta)
+    else:
+        launch(*args, **meta)
 
 
 def adain_forward(

@@ -168,6 +168,19 @@ def test_triton_interpreted_matches_reference(shape, activation, residual):
     check_against_reference("triton", *make_inputs(shape, residual=residual), activation)
 
 
+@pytest.mark.parametrize("backend", ["cpu", pytest.param("triton", marks=needs_interpreter)])
+@pytest.mark.parametrize("activation", ACTS)
+def test_nan_propagates_like_the_reference(backend, activation):
+    """A NaN in one (n, c) plane makes that plane NaN, and only that one, as in the reference: a diverged
+    channel must show, not turn into zeros (a `z > 0 ? z : 0` relu did that)."""
+    x, scale, bias, res, _ = make_inputs((2, 3, 4, 5))
+    x[1, 2, 3, 4] = float("nan")
+    want = adain_reference(x, scale, bias, res, activation)
+    got = adain(x, scale, bias, res, activation, backend=backend)
+    assert torch.equal(torch.isnan(got), torch.isnan(want)) and int(torch.isnan(got).sum()) == 20
+    torch.testing.assert_close(got.nan_to_num(), want.nan_to_num(), atol=1e-5, rtol=1e-5)
+
+
 @needs_interpreter
 def test_triton_interpreted_through_the_op(monkeypatch):
     """Eager calls use an autograd.Function; this checks the triton_op path torch.compile takes."""

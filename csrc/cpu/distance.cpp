@@ -53,7 +53,8 @@ void epilogue_row(float* o, float a, const float* b, int64_t n) {
     const __m256 va = _mm256_set1_ps(a), minus2 = _mm256_set1_ps(-2.0f), zero = _mm256_setzero_ps();
     for (; j + 8 <= n; j += 8) {
       __m256 d2 = _mm256_fmadd_ps(minus2, _mm256_loadu_ps(o + j), _mm256_add_ps(va, _mm256_loadu_ps(b + j)));
-      _mm256_storeu_ps(o + j, _mm256_sqrt_ps(_mm256_max_ps(d2, zero)));
+      // max_ps returns its second operand when either is NaN: (zero, d2) keeps a NaN distance NaN.
+      _mm256_storeu_ps(o + j, _mm256_sqrt_ps(_mm256_max_ps(zero, d2)));
     }
   }
 #endif

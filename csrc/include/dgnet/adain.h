@@ -20,7 +20,8 @@ enum AdainActivation : int64_t { kAdainNone = 0, kAdainRelu = 1, kAdainLeakyRelu
 // act(z). ACT is a template argument so the per-element loops stay branch-free and vectorise.
 template <int64_t ACT, typename T>
 DGNET_HD T adain_activate(T z, T negative_slope) {
-  if constexpr (ACT == kAdainRelu) return z > T(0) ? z : T(0);
+  // Written `z <= 0 ? 0 : z`, not `z > 0 ? z : 0`, so that a NaN stays NaN as in F.relu.
+  if constexpr (ACT == kAdainRelu) return z <= T(0) ? T(0) : z;
   // Both products are computed unconditionally: `z > 0 ? z : z * slope` would ask the compiler to
   // speculate a multiply, which -ftrapping-math (GCC's default) forbids, leaving a scalar loop
   // with a data-dependent branch (15x slower on random signs).
@@ -33,7 +34,7 @@ DGNET_HD T adain_activate(T z, T negative_slope) {
 // constants multiplied by dy stayed a scalar loop with control flow (20x slower).
 template <int64_t ACT, typename T>
 DGNET_HD T adain_activation_backward(T dy, T z, T negative_slope) {
-  if constexpr (ACT == kAdainRelu) return z > T(0) ? dy : T(0);
+  if constexpr (ACT == kAdainRelu) return z <= T(0) ? T(0) : dy;  // a NaN z passes dy, as PyTorch's does
   if constexpr (ACT == kAdainLeakyRelu) return (z > T(0) ? dy : T(0)) + negative_slope * (z > T(0) ? T(0) : dy);
   return dy;
 }

@@ -29,7 +29,7 @@ template <long Metric>
 DGNET_HD float distance_from_dot(float a, float b, float xy) {
   if (Metric == kCosine) return 1.0f - a * b * xy;
   float d2 = a + b - 2.0f * xy;
-  d2 = d2 > 0.0f ? d2 : 0.0f;  // cancellation can make it slightly negative
+  d2 = d2 < 0.0f ? 0.0f : d2;  // cancellation can make it slightly negative; a NaN stays NaN
   return Metric == kEuclidean ? sqrtf(d2) : d2;
 }
 
