@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ import numpy as np
 import torch
 
 from dgnet.config import positive_int
+from dgnet.fileio import write_text_atomic
 
 MANIFEST_FIELDS = ("path", "pid", "camid", "structure_source", "appearance_source")
 
@@ -58,13 +60,14 @@ def draw_pairs(pids: np.ndarray, count: int, seed: int) -> tuple[np.ndarray, np.
 def export_generated(model: torch.nn.Module, ds, cfg, out: str | Path, count: int, seed: int = 0,
                      device: torch.device | str = "cpu", backend: str = "torch", quality: int = 95,
                      batch_size: int = 32) -> list[ExportRow]:
-    """Write ``count`` cross-identity images of ``model`` (a ``DGNet`` in eval mode) from ``ds.train`` to ``out``.
+    """Write ``count`` cross-identity images of ``model`` (a ``DGNet``, run in eval mode) from ``ds.train`` to ``out``.
 
     Images are read with the test transform at ``cfg.data`` size. Returns the manifest rows, in index order.
     """
     from PIL import Image
 
     from dgnet.logging_utils import denormalize
+    from dgnet.models import eval_mode
     from dgnet.visualize import load_images
 
     out = Path(out)
@@ -84,21 +87,22 @@ def export_generated(model: torch.nn.Module, ds, cfg, out: str | Path, count: in
         ia, ib = a[start : start + batch_size], b[start : start + batch_size]
         xa = load_images([train[i] for i in ia], cfg, backend, device)
         xb = load_images([train[i] for i in ib], cfg, backend, device)
-        _, s_a, _, _ = model.encode(xa)
-        f_b, _, _, _ = model.encode(xb)
-        images = (denormalize(model.decode(s_a, f_b)) * 255).round().to(torch.uint8)
+        with eval_mode(model):  # train mode would take Ea's BatchNorm statistics from each batch
+            _, s_a, _, _ = model.encode(xa)
+            f_b, _, _, _ = model.encode(xb)
+            generated = model.decode(s_a, f_b)
+        images = (denormalize(generated) * 255).round().to(torch.uint8)
         for k, (i, j) in enumerate(zip(ia, ib, strict=True)):
             pid, camid = original.get(train[j].pid, train[j].pid), train[i].camid
             rel = Path("train") / f"{pid:04d}" / f"{pid:04d}_c{camid + 1}_g{start + k:0{digits}d}.jpg"
             (out / rel).parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(images[k].permute(1, 2, 0).numpy()).save(out / rel, format="JPEG", quality=quality)
             rows.append(ExportRow(rel.as_posix(), pid, camid, train[i].path, train[j].path))
-    tmp = out / "manifest.csv.tmp"
-    with tmp.open("w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=MANIFEST_FIELDS)
-        w.writeheader()
-        w.writerows(asdict(r) for r in rows)
-    tmp.replace(out / "manifest.csv")
+    text = io.StringIO(newline="")
+    w = csv.DictWriter(text, fieldnames=MANIFEST_FIELDS)
+    w.writeheader()
+    w.writerows(asdict(r) for r in rows)
+    write_text_atomic(out / "manifest.csv", text.getvalue())  # last: its presence marks a complete export
     return rows
 
 

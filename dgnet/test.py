@@ -70,12 +70,12 @@ def extract(model: torch.nn.Module, kind: str, samples: list, cfg: Config, backe
     split = size > 1 and len(samples) >= size
     mine = list(range(rank, len(samples), size)) if split else list(range(len(samples)))
     every, samples = samples, [samples[i] for i in mine]
+    from dgnet.models import eval_mode
+
     alpha = cfg.eval.alpha if alpha is None else alpha
-    was = model.training
-    model.eval()
     feats: torch.Tensor | None = None
     seen = torch.zeros(len(samples), dtype=torch.bool)
-    try:
+    with eval_mode(model):
         for batch in test_stream(samples, backend, batch_size=cfg.eval.batch_size,
                                  size=(cfg.data.height, cfg.data.width), device=device,
                                  workers=cfg.data.workers):
@@ -85,8 +85,6 @@ def extract(model: torch.nn.Module, kind: str, samples: list, cfg: Config, backe
                 feats = torch.zeros(len(samples), f.shape[1])
             feats[idx] = f
             seen[idx] = True
-    finally:
-        model.train(was)
     if feats is None or not bool(seen.all()):
         missing = int((~seen).sum())
         raise RuntimeError(f"test pipeline returned no features for {missing} of {len(samples)} images")

@@ -497,19 +497,15 @@ def generate_rows(model: torch.nn.Module, xa: torch.Tensor, xb: torch.Tensor) ->
 
     ``x_ab = G(s_a, f_b)``: structure of a, appearance of b. Runs with every module in eval mode.
     """
-    from dgnet.models import gray
+    from dgnet.models import eval_mode, gray
 
-    was = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         f_a, s_a, _, _ = model.encode(xa)
         f_b, s_b, _, _ = model.encode(xb)
         x_ab, x_ba = model.decode(s_a, f_b), model.decode(s_b, f_a)
         # cycle: structure of a back from x_ab, appearance of a back from x_ba
         cycle_a = model.decode(model.Es(gray(x_ab)), model.Ea(x_ba)[0])
         rows = [xa, xb, model.decode(s_a, f_a), cycle_a, x_ab, x_ba]
-    finally:
-        model.train(was)
     return [r.float() for r in rows]
 
 

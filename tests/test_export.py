@@ -89,6 +89,15 @@ def test_export_is_deterministic_and_refuses_to_overwrite(setup, tmp_path):
     assert r1 == r2
     for r in r1:
         assert (tmp_path / "one" / r.path).read_bytes() == (tmp_path / "two" / r.path).read_bytes()
+    # a model handed over in train mode is run in eval mode (the same images) and given back in train mode
+    model.train()
+    try:
+        r3 = export_generated(model, ds, cfg, tmp_path / "train_mode", count=3, seed=5)
+        assert model.training and model.Ea.training
+    finally:
+        model.eval()
+    for r in r3:
+        assert (tmp_path / "train_mode" / r.path).read_bytes() == (tmp_path / "one" / r.path).read_bytes()
     with pytest.raises(ValueError, match="already holds an export"):
         export_generated(model, ds, cfg, tmp_path / "one", count=3, seed=6)
     with pytest.raises(ValueError, match="quality=0"):

@@ -231,6 +231,16 @@ def test_aspp_activations_follow_the_reference(net18):
         torch.testing.assert_close(aspp(x), block(aspp.fuse, torch.cat(parts, 1), False))
 
 
+def test_eval_mode_restores_each_submodules_own_mode():
+    from dgnet.models import eval_mode
+
+    net = nn.Sequential(nn.Linear(2, 2), nn.Dropout(0.5), nn.BatchNorm1d(2)).train()
+    net[2].eval()  # a mixed state, as a frozen teacher inside a training model
+    with eval_mode(net) as m:
+        assert m is net and not any(x.training for x in net.modules())
+    assert [x.training for x in net.modules()] == [True, True, True, False]
+
+
 def test_reflect_pad_matches_reference_and_extends():
     x = torch.randn(2, 3, 6, 5)
     torch.testing.assert_close(reflect_pad(x, 2), F.pad(x, (2, 2, 2, 2), mode="reflect"))

@@ -3,7 +3,7 @@
 from dgnet.models.appearance import AppearanceEncoder, ClassBlock
 from dgnet.models.baseline import ReidBaseline
 from dgnet.models.decoder import Decoder
-from dgnet.models.dgnet import DGNet, frozen
+from dgnet.models.dgnet import DGNet, eval_mode, frozen
 from dgnet.models.discriminator import MultiScaleDiscriminator
 from dgnet.models.structure import StructureEncoder, gray
 from dgnet.models.weights import BACKBONES, Backbone, build_backbone
@@ -19,6 +19,7 @@ __all__ = [
     "ReidBaseline",
     "StructureEncoder",
     "build_backbone",
+    "eval_mode",
     "frozen",
     "gray",
 ]

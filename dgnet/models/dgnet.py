@@ -68,6 +68,17 @@ class DGNet(nn.Module):
 
 
 @contextlib.contextmanager
+def eval_mode(module: nn.Module) -> Iterator[nn.Module]:
+    """``module`` in eval mode inside the block; every submodule gets its own mode back on exit."""
+    modes = [(m, m.training) for m in module.modules()]
+    try:
+        yield module.eval()
+    finally:
+        for m, mode in modes:
+            m.training = mode
+
+
+@contextlib.contextmanager
 def frozen(module: nn.Module, bn_batch_stats: bool = False) -> Iterator[nn.Module]:
     """Run ``module`` as a frozen copy of itself: no parameter gradients, eval mode (dropout off), and
     with ``bn_batch_stats`` BatchNorm normalising with the batch's statistics without updating the
