@@ -17,6 +17,7 @@ shorter runs with ``scale_schedule``, so the ramped-in terms do switch on within
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import hashlib
 import json
@@ -27,6 +28,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from dgnet.fileio import write_text_atomic
 
 
 @dataclass
@@ -471,8 +474,6 @@ def _check_device(value: str) -> None:
 
 def positive_int(text: str) -> int:
     """argparse ``type`` for counts and sizes: an integer >= 1, else argparse's usage error naming the flag."""
-    import argparse
-
     try:
         value = int(text)
     except ValueError:
@@ -571,7 +572,5 @@ def save_config(cfg: Config, path: str | Path) -> Path:
 
     # ``preset`` is the base the overrides apply to; every key is present, so the base hardly matters.
     body = {"preset": cfg.name if cfg.name in PRESETS else "demo", **plain(d)}
-    from dgnet.fileio import write_text_atomic
-
     write_text_atomic(path, yaml.safe_dump(body, sort_keys=False))
     return path
