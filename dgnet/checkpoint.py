@@ -296,14 +296,12 @@ def restore_state(
         s.load_state_dict(need("schedulers", k))
     if scaler is not None and ckpt.get("scaler") is not None:
         scaler.load_state_dict(ckpt["scaler"])
-    elif (scaler is None) != (ckpt.get("scaler") is None):  # train.amp changed between fp16 and another mode
-        warnings.warn(
-            "resume: the checkpoint was written " + ("without" if scaler is not None else "with")
-            + " fp16 gradient scaling and this run " + ("uses" if scaler is not None else "does not")
-            + ("; the loss scale starts afresh" if scaler is not None else "; its loss scale is dropped")
-            + " (train.amp differs from the run that wrote it)",
-            stacklevel=2,
-        )
+    elif scaler is not None:  # train.amp changed to fp16 since the checkpoint
+        warnings.warn("resume: the checkpoint was written without fp16 gradient scaling and this run uses it; the "
+                      "loss scale starts afresh (train.amp differs from the run that wrote it)", stacklevel=2)
+    elif ckpt.get("scaler") is not None:  # train.amp changed from fp16
+        warnings.warn("resume: the checkpoint was written with fp16 gradient scaling and this run does not use it; "
+                      "its loss scale is dropped (train.amp differs from the run that wrote it)", stacklevel=2)
     for k, s in (streams or {}).items():
         s.load_state_dict(from_safe(need("streams", k)))
     if rng:

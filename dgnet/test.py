@@ -167,15 +167,13 @@ def load_models(ckpt: dict, cfg: Config, device: torch.device, which: str = "all
     """Rebuild the models a checkpoint holds (``teacher`` and/or ``dgnet``), in eval mode on ``device``."""
     from dgnet.checkpoint import model_config_of
     from dgnet.models import DGNet, ReidBaseline
-    from dgnet.train import arch_only
 
     build = {"teacher": ReidBaseline, "dgnet": DGNet}
     models = {}
     for name, state in ckpt["models"].items():
         if name not in build or which not in ("all", name):
             continue
-        m = build[name](model_config_of(ckpt, name) if name == "teacher" else arch_only(cfg.model),
-                        ckpt["num_ids"]).to(device)
+        m = build[name](model_config_of(ckpt, name), ckpt["num_ids"]).to(device)
         m.load_state_dict(state)
         models[name] = m.eval()
     if not models:

@@ -345,6 +345,12 @@ def _stream_kwargs(cfg: Config, device: torch.device, seed: int, batch_size: int
                 workers=cfg.data.workers)
 
 
+def stage_iterations(cfg: Config, stage: str) -> int:
+    """Iterations ``stage`` ("teacher" or "dgnet") trains for: its schedule, capped by ``--iterations``."""
+    total = cfg.optim.teacher_iterations if stage == "teacher" else cfg.optim.iterations
+    return min(total, cfg.train.max_iterations) if cfg.train.max_iterations else total
+
+
 def _final_weights(path: Path, stage: str, iteration: int, cfg: Config, num_ids: int, models: dict) -> None:
     save_atomic(build_state(stage=stage, iteration=iteration, cfg=cfg, num_ids=num_ids, models=models), path)
 
@@ -362,9 +368,7 @@ def train_teacher(cfg: Config, ds, device: torch.device, backend: str, mgr: Chec
 
     rank, _ = dist_info()
     amp_dtype, scaler = amp
-    total = cfg.optim.teacher_iterations
-    if cfg.train.max_iterations:
-        total = min(total, cfg.train.max_iterations)
+    total = stage_iterations(cfg, "teacher")
     seed_everything(cfg.train.seed)
     num_ids = cfg.model.num_ids
     scratch = resume is not None or cfg.model.backbone_weights == TEACHER_WEIGHTS  # the teacher itself starts anew
@@ -444,8 +448,6 @@ def arch_only(model_cfg):
 
 def load_teacher(path: str | Path, num_ids: int, device: torch.device) -> tuple[torch.nn.Module, dict]:
     """A frozen teacher from ``teacher.pt`` or any dgnet checkpoint holding one; checks the identity count."""
-    from dgnet.models import ReidBaseline
-
     ckpt = load_checkpoint(path)
     if "teacher" not in ckpt["models"]:
         raise ValueError(f"--teacher {str(path)!r}: the checkpoint holds no teacher (it has {sorted(ckpt['models'])})")
@@ -454,10 +456,16 @@ def load_teacher(path: str | Path, num_ids: int, device: torch.device) -> tuple[
             f"--teacher {str(path)!r} was trained on {ckpt['num_ids']} identities, but the dataset has {num_ids} "
             "train identities; train a teacher on this dataset (omit --teacher)"
         )
+    return teacher_from(ckpt, num_ids, device), ckpt
+
+
+def teacher_from(ckpt: dict, num_ids: int, device: torch.device) -> torch.nn.Module:
+    """The frozen teacher a checkpoint holds, built from its own architecture record, in eval mode."""
+    from dgnet.models import ReidBaseline
+
     teacher = ReidBaseline(model_config_of(ckpt, "teacher"), num_ids).to(device)
     teacher.load_state_dict(ckpt["models"]["teacher"])
-    teacher.eval()
-    return teacher, ckpt
+    return teacher.eval()
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -518,9 +526,7 @@ def train_dgnet(cfg: Config, ds, teacher: torch.nn.Module, device: torch.device,
 
     rank, _ = dist_info()
     amp_dtype, scaler = amp
-    total = cfg.optim.iterations
-    if cfg.train.max_iterations:
-        total = min(total, cfg.train.max_iterations)
+    total = stage_iterations(cfg, "dgnet")
     # Stage 2 seeds itself, so it is the same whether stage 1 ran in this process or was loaded.
     seed_everything(cfg.train.seed + 1)
     num_ids = cfg.model.num_ids
@@ -635,9 +641,7 @@ def _check_teacher_finished(mgr: CheckpointManager, cfg: Config) -> None:
     cap would otherwise go on training DG-Net against an N-iteration teacher (and an Ea started from it).
     """
     done = mgr.latest_iteration("teacher")
-    target = cfg.optim.teacher_iterations
-    if cfg.train.max_iterations:
-        target = min(target, cfg.train.max_iterations)
+    target = stage_iterations(cfg, "teacher")
     if done is not None and done < target:
         raise ValueError(
             f"--resume: the teacher stopped at {done} of {target} iterations (an earlier --iterations cap) and "
@@ -697,11 +701,7 @@ def _run(cfg: Config, device: torch.device, resume: bool | str, stage: str, eval
     if resumed_stage == "dgnet" and not cfg.train.teacher:
         _check_teacher_finished(mgr, cfg)
     if resumed_stage == "dgnet":
-        from dgnet.models import ReidBaseline
-
-        teacher = ReidBaseline(model_config_of(ckpt, "teacher"), cfg.model.num_ids).to(device)
-        teacher.load_state_dict(ckpt["models"]["teacher"])
-        teacher.eval()
+        teacher = teacher_from(ckpt, cfg.model.num_ids, device)
     elif cfg.train.teacher:
         teacher, _ = load_teacher(cfg.train.teacher, cfg.model.num_ids, device)
     elif stage in ("all", "teacher"):
