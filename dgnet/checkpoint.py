@@ -18,7 +18,6 @@ Layout of the dictionary (``FORMAT``/``VERSION`` identify it)::
 from __future__ import annotations
 
 import dataclasses
-import os
 import random
 import re
 import warnings
@@ -196,18 +195,22 @@ class CheckpointManager:
         path = save_atomic(state, self.path(stage, iteration))
         for old in self.list(stage)[: -self.keep]:
             old.unlink(missing_ok=True)
-        for stale in self.folder.glob(".*.pt.tmp*"):
-            if stale.name != f".{path.name}.tmp{os.getpid()}":
-                stale.unlink(missing_ok=True)
+        for stale in self.folder.glob(".*.pt.tmp*"):  # this write's own is already renamed or removed
+            stale.unlink(missing_ok=True)
         return path
 
 
+def arch_only(model_cfg: ModelConfig) -> ModelConfig:
+    """``model_cfg`` with ``backbone_weights="none"``: for models whose weights come from a checkpoint
+    (no ImageNet download or file read just to be overwritten)."""
+    return dataclasses.replace(model_cfg, backbone_weights="none")
+
+
 def model_config_of(ckpt: dict, name: str) -> ModelConfig:
-    """The ``ModelConfig`` that model ``name`` of ``ckpt`` was built with, ``backbone_weights="none"`` (its
-    weights are in the checkpoint): its own record (``arch``) when the checkpoint has one, else the run's."""
+    """The ``ModelConfig`` that model ``name`` of ``ckpt`` was built with, as :func:`arch_only` (its weights
+    are in the checkpoint): its own record (``arch``) when the checkpoint has one, else the run's."""
     arch = ckpt.get("arch", {}).get(name)
-    cfg = ModelConfig(**arch) if arch is not None else config_from_dict(ckpt["config"]).model
-    return dataclasses.replace(cfg, backbone_weights="none")
+    return arch_only(ModelConfig(**arch) if arch is not None else config_from_dict(ckpt["config"]).model)
 
 
 def build_state(

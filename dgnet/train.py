@@ -41,6 +41,7 @@ import torch
 
 from dgnet.checkpoint import (
     CheckpointManager,
+    arch_only,
     build_state,
     check_compatible,
     load_checkpoint,
@@ -436,14 +437,6 @@ def sched_step(*schedulers: Any) -> None:
         warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)`")
         for s in schedulers:
             s.step()
-
-
-def arch_only(model_cfg):
-    """``model_cfg`` with ``backbone_weights="none"``: for models whose weights come from a checkpoint
-    (no ImageNet download or file read just to be overwritten)."""
-    import dataclasses
-
-    return dataclasses.replace(model_cfg, backbone_weights="none")
 
 
 def load_teacher(path: str | Path, num_ids: int, device: torch.device) -> tuple[torch.nn.Module, dict]:

@@ -184,7 +184,6 @@ def run(args: argparse.Namespace) -> Path:
 
     if len(samples) < 2:
         raise ValueError(f"--mode {args.mode} needs at least 2 images, got {len(samples)}")
-
     x = load_images(samples, cfg, backend, device)
     if args.mode == "swap":
         rows = swap_rows(model, x)

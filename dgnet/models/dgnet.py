@@ -91,37 +91,34 @@ def frozen(module: nn.Module, bn_batch_stats: bool = False) -> Iterator[nn.Modul
     flow to the *input*. Modes and flags are restored on exit.
     """
     params = [p for p in module.parameters() if p.requires_grad]
-    modes = [(m, m.training) for m in module.modules()]
     bns = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     tracking = [(m, m.track_running_stats) for m in bns]
     stats: list = []
-    try:
-        for p in params:
-            p.requires_grad_(False)
-        module.eval()
-        if bn_batch_stats:
-            for m in bns:
-                # training=True + track_running_stats=False: batch statistics, running buffers untouched.
-                m.train()
-                m.track_running_stats = False
-        else:
-            for m in bns:
-                # Normalise with a snapshot of the running statistics: the backward of this call reads them,
-                # and a later train-mode call of the live module in the same iteration (the teacher terms'
-                # Ea on detached fakes) updates the buffers in place, which autograd does not detect.
-                stats.append((m, m.running_mean, m.running_var))
-                if m.running_mean is not None:
-                    m.running_mean, m.running_var = m.running_mean.clone(), m.running_var.clone()
-        yield module
-    finally:
-        for m, mean, var in stats:
-            m.running_mean, m.running_var = mean, var
-        for p in params:
-            p.requires_grad_(True)
-        for m, mode in modes:
-            m.training = mode
-        for m, t in tracking:
-            m.track_running_stats = t
+    with eval_mode(module):
+        try:
+            for p in params:
+                p.requires_grad_(False)
+            if bn_batch_stats:
+                for m in bns:
+                    # training=True + track_running_stats=False: batch statistics, running buffers untouched.
+                    m.train()
+                    m.track_running_stats = False
+            else:
+                for m in bns:
+                    # Normalise with a snapshot of the running statistics: the backward of this call reads
+                    # them, and a later train-mode call of the live module in the same iteration (the teacher
+                    # terms' Ea on detached fakes) updates the buffers in place, which autograd does not detect.
+                    stats.append((m, m.running_mean, m.running_var))
+                    if m.running_mean is not None:
+                        m.running_mean, m.running_var = m.running_mean.clone(), m.running_var.clone()
+            yield module
+        finally:
+            for m, mean, var in stats:
+                m.running_mean, m.running_var = mean, var
+            for p in params:
+                p.requires_grad_(True)
+            for m, t in tracking:
+                m.track_running_stats = t
 
 
-__all__ = ["DGNet", "frozen", "gray"]
+__all__ = ["DGNet", "eval_mode", "frozen", "gray"]
