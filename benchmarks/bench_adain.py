@@ -15,18 +15,7 @@ On a shared, oversubscribed CPU, OpenMP threads stall each other (even a copy ra
 2 threads than with 1 at load 7 on 2 cores): pin OMP_NUM_THREADS there; ``extra_info`` records it.
 Targets: CPU >= 2x eager; H100 >= 2.5x eager for forward + backward and >= 70% of 3.35 TB/s.
 
-Measured 2026-11-25 (medians; fp32 unless said):
-- H100 80GB HBM3 (torch 2.11, triton 3.6; kernels autotuned). Kernels alone at 32x128x128x64: forward
-  85-87% of 3.35 TB/s, backward 87% (bf16: 78-82%); at 32x128x64x32: 72-76% forward, 68-73% backward.
-  Through autograd, fused/eager forward+backward: 3.3-3.4x per op at 32x128x128x64 (bf16 3.9-4.2x), 6.9x
-  for the four blocks (68% of 3.35 TB/s end to end). At 8-32x128x64x32 a call is host-bound on that
-  machine's CPU (about 0.3-0.6 ms per op forward+backward, mostly the autograd engine): 0.9-2.4x eager.
-  torch.compile of the reference launches fewer kernels from generated code and is faster than the
-  eager-called fused op at those shapes (fused/compiled 0.2-1.0x per op); at 32x128x128x64 single ops
-  are at 0.8-1.0x of it. On the four-block chain (no convolutions between, so inductor fuses across
-  steps, which the real decoder does not allow) compiled leads by 1.4-3x.
-- This 2-core AMD EPYC VM (shared, load about 7; OMP_NUM_THREADS=1): fused/eager forward 5-118x,
-  forward+backward 4.8-16x; fused/compiled 0.65-1.8x. The figures move by 2x or more between runs.
+Figures, with the machine and versions they came from, are kept in README.md (Benchmark records).
 """
 
 from __future__ import annotations

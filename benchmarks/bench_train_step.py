@@ -24,7 +24,6 @@ Measured 2026-11-25:
 
 from __future__ import annotations
 
-import contextlib
 import resource
 
 import pytest
@@ -35,8 +34,7 @@ import dgnet
 from dgnet.config import Config
 from dgnet.engine import build_optimizers, dgnet_step
 from dgnet.models import DGNet, ReidBaseline
-from dgnet.ops import set_fold_upsample, set_fused
-from dgnet.ops._lib import host_op_count
+from dgnet.profiling import host_op_count
 
 IDS = 16
 _MEANS: dict[tuple, dict[str, float]] = {}
@@ -68,31 +66,20 @@ def _batch(b: int, h: int, w: int, device: str, seed: int) -> dict:
     return {k: v.to(device) for k, v in out.items()}
 
 
-@contextlib.contextmanager
-def variant_mode(variant: str):
-    """Fused mode and the upsample fold as ``VARIANTS[variant]`` says, restored to the defaults afterwards."""
+def make_step(backbone: str, h: int, w: int, b: int, device: str, amp_dtype, variant: str = "plain"):
+    """Seeded models, optimisers and two batches at this size, with ``VARIANTS[variant]``'s fast paths; returns
+    ``step(i)``, one synchronised iteration."""
     fused, fold = VARIANTS[variant]
-    set_fused(fused)
-    set_fold_upsample(fold)
-    try:
-        yield
-    finally:
-        set_fused(False)
-        set_fold_upsample("auto")
-
-
-def make_step(backbone: str, h: int, w: int, b: int, device: str, amp_dtype):
-    """Seeded models, optimisers and two batches at this size; returns ``step(i)``, one synchronised iteration."""
     torch.manual_seed(0)
     cfg = _cfg(backbone, h, w, b)
-    model = DGNet(cfg.model, IDS).to(device)
+    model = DGNet(cfg.model, IDS, fused=fused, fold_upsample=fold).to(device)
     teacher = ReidBaseline(cfg.model, IDS).to(device)
-    opts = build_optimizers(model, cfg.optim)
+    opts = build_optimizers(model, cfg.optim, fused=fused)
     batches = [(_batch(b, h, w, device, 2 * i), _batch(b, h, w, device, 2 * i + 1)) for i in range(2)]
 
     def step(i: int) -> None:
         a, bb = batches[i % 2]
-        dgnet_step(model, teacher, opts, a, bb, i + 1, cfg, amp_dtype=amp_dtype)  # returns floats: synced
+        dgnet_step(model, teacher, opts, a, bb, i + 1, cfg, amp_dtype=amp_dtype, fused=fused)  # returns floats
         if device == "cuda":
             torch.cuda.synchronize()
 
@@ -100,14 +87,13 @@ def make_step(backbone: str, h: int, w: int, b: int, device: str, amp_dtype):
 
 
 def _run(benchmark, backbone, h, w, b, device, variant, amp_dtype, rounds):
-    with variant_mode(variant):
-        step = make_step(backbone, h, w, b, device, amp_dtype)
-        it = iter(range(1, 1_000_000))
-        step(0)  # warm-up: allocator, cudnn/mkldnn algorithm choice, Triton compilation
-        if device == "cuda":
-            torch.cuda.reset_peak_memory_stats()
-        benchmark.pedantic(lambda: step(next(it)), rounds=rounds, iterations=1, warmup_rounds=0)
-        calls = host_op_count(lambda: step(next(it)))  # ~ kernel launches on a GPU, where the step is host-bound
+    step = make_step(backbone, h, w, b, device, amp_dtype, variant)
+    it = iter(range(1, 1_000_000))
+    step(0)  # warm-up: allocator, cudnn/mkldnn algorithm choice, Triton compilation
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    benchmark.pedantic(lambda: step(next(it)), rounds=rounds, iterations=1, warmup_rounds=0)
+    calls = host_op_count(lambda: step(next(it)))  # ~ kernel launches on a GPU, where the step is host-bound
     mean = benchmark.stats.stats.mean
     info = benchmark.extra_info
     info.update(
@@ -159,67 +145,3 @@ def test_train_step_cpu_demo(benchmark, one_thread, variant):
 def test_train_step_gpu_spec(benchmark, variant, amp):
     dtype = torch.bfloat16 if amp == "bf16" else None
     _run(benchmark, "resnet50", 256, 128, 8, "cuda", variant, dtype, rounds=10)
-
-
-# The decoder's folded upsample + conv5x5 (its --fused path) against its plain twin, forward + backward.
-UPCONV_SHAPES = {  # (N, C_in, H, W) of the conv input, C_out; N = 6 decodes x batch
-    "demo_up1": ((24, 128, 16, 8), 64),
-    "demo_up2": ((24, 64, 32, 16), 32),
-    "spec_up2": ((8, 64, 128, 64), 32),
-}
-
-
-@pytest.mark.parametrize("shape", list(UPCONV_SHAPES))
-@pytest.mark.parametrize("fast", [False, True], ids=["plain", "folded"])
-def test_upsample_conv5_cpu(benchmark, one_thread, shape, fast):
-    _upconv(benchmark, UPCONV_SHAPES[shape], shape, fast, "cpu", torch.float32)
-
-
-# The spec's decoder (256x128, batch 8, six decodes): the two upsampling convs. On a GPU the fold trades
-# 64% of the multiply-adds for more, smaller launches, so whether it pays is a measurement (train.fold_upsample).
-GPU_UPCONV_SHAPES = {
-    "spec_up1": ((48, 128, 64, 32), 64),
-    "spec_up2": ((48, 64, 128, 64), 32),
-}
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-@pytest.mark.parametrize("shape", list(GPU_UPCONV_SHAPES))
-@pytest.mark.parametrize("fast", [False, True], ids=["plain", "folded"])
-def test_upsample_conv5_gpu(benchmark, shape, fast, dtype):
-    _upconv(benchmark, GPU_UPCONV_SHAPES[shape], shape, fast, "cuda", dtype)
-
-
-def _upconv(benchmark, spec, name, fast, device, dtype):
-    from dgnet.models.layers import upsample_conv5, upsample_conv5_reference
-
-    (n, c, h, w), co = spec
-    torch.manual_seed(0)
-    x = torch.randn(n, c, h, w, device=device, dtype=dtype, requires_grad=True)
-    wt = torch.randn(co, c, 5, 5, device=device, dtype=dtype, requires_grad=True)
-    b = torch.randn(co, device=device, dtype=dtype, requires_grad=True)
-    fn = upsample_conv5 if fast else upsample_conv5_reference
-
-    def run():
-        fn(x, wt, b).sum().backward()
-        if device == "cuda":
-            torch.cuda.synchronize()
-
-    run()
-    benchmark.pedantic(run, rounds=10 if device == "cuda" else 5, iterations=1)
-    mean = benchmark.stats.stats.mean
-    benchmark.extra_info.update(
-        machine=torch.cuda.get_device_name() if device == "cuda"
-        else f"{cpu_name()} ({torch.get_num_threads()} threads)",
-        torch=torch.__version__,
-        dtype=str(dtype).replace("torch.", ""),
-        input=f"{n}x{c}x{h}x{w}",
-        out_channels=co,
-    )
-    key = ("upsample_conv5", name, device, str(dtype))
-    _MEANS.setdefault(key, {})["folded" if fast else "plain"] = mean
-    m = _MEANS[key]
-    if len(m) == 2:
-        print(f"\n{key}: folded/plain time ratio {m['folded'] / m['plain']:.3f} "
-              f"(speed-up {m['plain'] / m['folded']:.2f}x)")

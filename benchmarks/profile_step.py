@@ -25,9 +25,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_train_step import VARIANTS, make_step, variant_mode  # noqa: E402
+from bench_train_step import VARIANTS, make_step  # noqa: E402
 
-from dgnet.ops._lib import host_op_count  # noqa: E402
+from dgnet.profiling import host_op_count  # noqa: E402
 
 SIZES = {"spec": ("resnet50", 256, 128, 8), "demo": ("resnet18", 64, 32, 4)}
 
@@ -36,23 +36,22 @@ def profile_variant(variant: str, size: str, device: str, amp: str, iters: int, 
     from torch.profiler import ProfilerActivity, profile
 
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[amp]
-    with variant_mode(variant):
-        step = make_step(*SIZES[size], device, amp_dtype)
-        for i in range(2):  # warm-up: allocator, algorithm choice, Triton compilation and autotuning
-            step(i)
-        t0 = time.perf_counter()
-        for i in range(iters):
-            step(i)
-        wall = (time.perf_counter() - t0) / iters
-        ops = host_op_count(lambda: step(0))
-        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
-        with profile(activities=acts) as prof:
-            step(0)
+    step = make_step(*SIZES[size], device, amp_dtype, variant)
+    for i in range(2):  # warm-up: allocator, algorithm choice, Triton compilation and autotuning
+        step(i)
+    t0 = time.perf_counter()
+    for i in range(iters):
+        step(i)
+    wall = (time.perf_counter() - t0) / iters
+    ops = host_op_count(lambda: step(0))
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
+    with profile(activities=acts) as prof:
+        step(0)
     events = prof.key_averages()
     op_calls = sum(e.count for e in events if e.device_type == torch.autograd.DeviceType.CPU)
     print(f"\n=== {variant} ({size}, {device}, amp {amp}) ===")
     print(f"wall {wall * 1e3:.1f} ms/iteration ({1 / wall:.2f} it/s), {op_calls} host events in the profiled one")
-    print(f"{ops} operator calls per iteration, views and allocations left out (dgnet.ops._lib.host_op_count)")
+    print(f"{ops} operator calls per iteration, views and allocations left out (dgnet.profiling.host_op_count)")
     if device == "cuda":
         kernels = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA]
         busy = sum(e.self_device_time_total for e in kernels) / 1e3

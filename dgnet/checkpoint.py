@@ -226,9 +226,14 @@ def build_state(
     streams: dict[str, Any] | None = None,
     ramps: dict[str, float] | None = None,
     extra: dict | None = None,
+    rng_ranks: list[dict] | None = None,
 ) -> dict:
-    """Assemble the checkpoint dictionary (see module docstring) from live training objects."""
-    return {
+    """Assemble the checkpoint dictionary (see module docstring) from live training objects.
+
+    ``rng_ranks``: every rank's RNG state (:func:`gather_rng`), stored with the world size so that a resume on the
+    same number of processes restores each rank's own streams (:func:`restore_rank`).
+    """
+    state = {
         "format": FORMAT,
         "version": VERSION,
         "stage": stage,
@@ -248,6 +253,10 @@ def build_state(
         "ramps": {k: float(v) for k, v in (ramps or {}).items()},
         "extra": to_safe(extra or {}),
     }
+    if rng_ranks is not None:
+        state["world_size"] = len(rng_ranks)
+        state["rng_ranks"] = rng_ranks
+    return state
 
 
 _IMPL_KEYS = ("foreach", "fused", "capturable")
@@ -309,3 +318,47 @@ def restore_state(
         s.load_state_dict(from_safe(need("streams", k)))
     if rng:
         set_rng_state(ckpt["rng"])
+
+
+# --------------------------------------------------------------------------- resume across processes
+def gather_rng() -> list[dict]:
+    """Every rank's RNG state in rank order (a collective under torchrun: every rank calls it)."""
+    from dgnet.distributed import all_gather_objects
+
+    return all_gather_objects(get_rng_state())
+
+
+def restore_rank(ckpt: dict, what: str, streams: dict[str, Any] | None, scale_lr: bool = False, **parts: Any) -> None:
+    """:func:`restore_state` for this rank of the current process group (one process: rank 0 of 1).
+
+    On the saved world size the resume is exact: this rank's RNG state, and the streams' positions (rank 0
+    saved its streams; every rank has consumed as many batches of its own shard, as the sampler gives every
+    rank the same number per epoch, so each continues at that position of its shard). On another world size
+    models, optimisers and schedulers are restored, the streams start the saved epoch afresh on the new
+    shards, every rank reseeds, and rank 0 says what is not exact. ``what`` names the stage in that message.
+    """
+    from dgnet.distributed import world
+    from dgnet.runtime import RANK_SEED_STRIDE, seed_everything
+
+    rank, size = world()
+    saved = int(ckpt.get("world_size", 1))
+    if saved == size:
+        restore_state(ckpt, streams=None, **parts)
+        for name, st in (streams or {}).items():
+            state = from_safe(ckpt["streams"][name]) if name in ckpt.get("streams", {}) else None
+            if state is None:
+                raise ValueError(f"checkpoint has no streams[{name!r}] (holds {sorted(ckpt.get('streams', {}))})")
+            st.load_state_dict({**state, "rank": rank})
+        if size > 1 and "rng_ranks" in ckpt:
+            set_rng_state(ckpt["rng_ranks"][rank])
+        return
+    restore_state(ckpt, streams=None, rng=False, **parts)
+    for name, st in (streams or {}).items():
+        epoch = int(from_safe(ckpt.get("streams", {}).get(name, {"epoch": 0}))["epoch"])
+        st.load_state_dict({"epoch": epoch, "position": 0})
+    seed_everything(int(ckpt["iteration"]) * 7919 + rank * RANK_SEED_STRIDE + 1)
+    if rank == 0:
+        print(f"dgnet: {what}: the checkpoint was written by {saved} process(es), this run has {size}: models, "
+              "optimisers, schedulers and the ramps are restored, but the resume is not exact: the data shards, "
+              "the position within the epoch (the saved epoch restarts) and the RNG streams differ"
+              + ("; train.scale_lr: the learning rates stay those of the saved world size" if scale_lr else ""))

@@ -29,17 +29,26 @@ from typing import Any
 
 import yaml
 
+from dgnet.data.layouts import DEFAULT_CAMERA_PATTERN, LOADERS
+from dgnet.data.streams import BACKENDS
 from dgnet.fileio import write_text_atomic
+from dgnet.losses import GENERATOR_TERMS
+
+# Choices of the string-valued options, defined once: the validation below and every command's flags use them.
+DATASETS = tuple(LOADERS)  # the layouts dgnet.data.load_dataset reads
+LOADER_CHOICES = BACKENDS  # data.loader: the input pipeline (auto: DALI where it imports)
+AMP_CHOICES = ("auto", "bf16", "fp16", "off")  # train.amp
+FOLD_CHOICES = ("auto", "on", "off")  # train.fold_upsample: where --fused folds the decoder's upsample + conv5x5
 
 
 @dataclass
 class DataConfig:
-    dataset: str = "synthetic"  # market1501 | dukemtmc | msmt17 | folder | synthetic
+    dataset: str = "synthetic"  # market1501 | dukemtmc | msmt17 | folder | synthetic (DATASETS)
     root: str = "data/synthetic"  # the embedded set is generated here when absent
     height: int = 256
     width: int = 128
     batch_size: int = 8  # per stream (a and b)
-    loader: str = "auto"  # dali | torch | auto (dali where it imports)
+    loader: str = "auto"  # LOADER_CHOICES: dali | torch | auto (dali where it imports)
     workers: int = 2
     pad: int = 10
     erasing_p: float = 0.5
@@ -51,6 +60,29 @@ class DataConfig:
     synthetic_height: int = 128
     synthetic_width: int = 64
     synthetic_seed: int = 0  # the set's own seed: train.seed changes the run, not the data
+    # Layout options (LAYOUT_OPTIONS says which layout reads each; dgnet.data.load_dataset documents them).
+    camera_pattern: str = DEFAULT_CAMERA_PATTERN  # folder: regex whose first group is the 1-based camera of a name
+    camera_csv: str = ""  # folder: CSV path,camid (zero-based), relative to root; "": root/cameras.csv if present
+    splits: tuple[str, str, str] = ("train", "query", "gallery")  # folder: the train, query and gallery folders
+    train_lists: tuple[str, ...] = ("list_train.txt", "list_val.txt")  # msmt17: lists whose union is the train split
+    query_list: str = "list_query.txt"  # msmt17
+    gallery_list: str = "list_gallery.txt"  # msmt17
+
+
+# Which layout reads which DataConfig option; the options of other layouts must keep their defaults.
+LAYOUT_OPTIONS: dict[str, tuple[str, ...]] = {
+    "folder": ("camera_pattern", "camera_csv", "splits"),
+    "msmt17": ("train_lists", "query_list", "gallery_list"),
+}
+
+
+def layout_options(data: DataConfig) -> dict[str, Any]:
+    """The keyword options ``dgnet.data.load_dataset`` takes for ``data.dataset``'s layout, from ``data``."""
+    opts = {k: getattr(data, k) for k in LAYOUT_OPTIONS.get(data.dataset, ())}
+    if "camera_csv" in opts:
+        csv = opts["camera_csv"]
+        opts["camera_csv"] = (Path(data.root) / csv) if csv else None  # an absolute path stays itself
+    return opts
 
 
 @dataclass
@@ -74,22 +106,23 @@ class ModelConfig:
 
 
 @dataclass
-class LossConfig:
-    gan_w: float = 1.0
-    recon_x_w: float = 5.0
-    recon_xp_w: float = 5.0
-    recon_s_w: float = 1.0  # ramp cap
-    recon_f_w: float = 1.0  # ramp cap
-    recon_x_cyc_w: float = 2.0  # ramp cap
-    id_w: float = 1.0
-    pid_w: float = 1.0
-    recon_id_w: float = 0.5
-    teacher_w: float = 2.0  # ramp cap
-    B_w: float = 0.2  # fine-grained weight relative to teacher_w
+class _LossSchedule:
+    B_w: float = 0.2  # fine-grained weight relative to teacher_w (fine_w = teacher_w * B_w)
     warm_iter: int = 30_000  # ramps start here
     warm_step: float = 0.0005  # per iteration, up to each cap
     r1_w: float = 0.01  # R1 penalty in the D step
     structure_live_p: float = 0.5  # p that the live Es sees the detached x_ab
+
+
+# The loss weights: one key per generator term of dgnet.losses.GENERATOR_TERMS (its spec value as the default; a
+# ramped term's value is its cap), then the schedule keys above. The reference's names are kept.
+LossConfig = dataclasses.make_dataclass(
+    "LossConfig",
+    [(t.weight, float, field(default=t.default)) for t in GENERATOR_TERMS if t.default is not None],
+    bases=(_LossSchedule,),
+    namespace={"__doc__": "Loss weights (from dgnet.losses.GENERATOR_TERMS) and their schedule.",
+               "__module__": __name__},
+)
 
 
 @dataclass
@@ -118,7 +151,8 @@ class TrainConfig:
     # the fast paths: fused AdaIN kernels (Triton on CUDA, C++ on CPU), the AdaIN MLPs batched, fused optimisers,
     # BatchNorm counters added once per step (dgnet.engine.deferred_bn_counts)
     fused: bool = False
-    # --fused also folds the decoder's upsample + conv5x5: auto (CPU only), on, off (dgnet.ops.set_fold_upsample)
+    # --fused also folds the decoder's upsample + conv5x5 (FOLD_CHOICES): auto (CPU only), on, off
+    # (dgnet.models.decoder.fold_applies)
     fold_upsample: str = "auto"
     seed: int = 0
     deterministic: bool = False
@@ -235,22 +269,18 @@ def _synthetic_base(name: str) -> Config:
     cfg.data.workers = 1
     cfg.model.backbone = "resnet18"
     # Nothing is downloaded: the teacher trains from scratch, and Ea's trunk starts from the teacher's (a
-    # deviation from the paper's ImageNet start, where no ImageNet weights exist; see dgnet.train.TEACHER_WEIGHTS).
+    # deviation from the paper's ImageNet start, where no ImageNet weights exist; see dgnet.runs.TEACHER_WEIGHTS).
     cfg.model.backbone_weights = "teacher"
     cfg.model.num_ids = 0  # 0: taken from the generated set
     # The teacher from scratch: no ImageNet features for a 10x lower trunk rate to protect, and a head rate of
-    # 0.1 drove the loss above chance early on. Measured on the demo (300 iterations): trunk/head 0.01/0.1 gave
-    # Rank-1 1.9%, 0.02/0.02 gave 39.6% (the colour-histogram baseline: 20.5%). Ea keeps the spec's rates: a
-    # 0.02 trunk rate made Ea's activations overflow within two DG-Net iterations at batch 2.
+    # 0.1 drove the loss above chance early on, so trunk and head share 0.02. Ea keeps the spec's trunk rate: 0.02
+    # made Ea's activations overflow within two DG-Net iterations. (The measurements: README, "Design records".)
     cfg.optim.teacher_lr_backbone = cfg.optim.teacher_lr_heads = 0.02
     # Ea's heads at the trunk's rate (spec: heads 0.02). The from-scratch trunk's max-pooled features are large
-    # (mean squared norm about 5,400 over 512 dims on the demo, ten times the teacher's average-pooled ones),
-    # and the bottleneck Linear feeds a BatchNorm, so its step relative to its weights grows with that norm:
-    # at 0.02 the heads never learned (loss_id stayed above chance for all 240 demo iterations) and their
-    # gradients wrecked the trunk the teacher handed over (trunk-feature Rank-1 45.5% -> 23.9%; DG-Net
-    # Rank-1/mAP 18.1/13.9 against the teacher's 39.9/26.8). Same demo, same teacher: heads 0.002 gave
-    # 52.9/39.0; the linear batch rule (0.001/0.01 at batch 4) 43.1/31.6; turning off the generated-data
-    # terms left the damage at 0.02 (19.9/12.7). ImageNet-initialised trunks (the real presets) keep the spec.
+    # (about ten times the squared norm of the teacher's average-pooled ones), and the bottleneck Linear feeds a
+    # BatchNorm, so its step relative to its weights grows with that norm: at 0.02 the heads never learned and
+    # their gradients wrecked the trunk the teacher handed over. ImageNet-initialised trunks (the real presets)
+    # keep the spec. (The measurements: README, "Design records".)
     cfg.optim.id_lr_heads = cfg.optim.id_lr_backbone
     cfg.train.output = f"outputs/{name}"
     cfg.eval.batch_size = 32
@@ -260,10 +290,9 @@ def _synthetic_base(name: str) -> Config:
 def preset_demo() -> Config:
     """The first run: the embedded synthetic set at 64x32, ResNet-18 trained from scratch, a short schedule.
 
-    The whole of ``python -m dgnet.train`` (data, teacher, DG-Net, four evaluations) takes about a
-    quarter of an hour on a 2-core CPU. Why so small: one DG-Net iteration (eight generator passes,
-    three discriminator scales with R1, twelve Ea passes) costs about 35 s at 128x64 with batch 8 on one
-    core of that CPU, and about 2.5 s at 64x32 with batch 4. The schedule is the spec's scaled down by
+    Sized for a 2-core CPU (the time it takes there is in the README, with the machine): one DG-Net iteration
+    runs eight generator passes, three discriminator scales with R1 and twelve Ea passes, and 128x64 at batch 8
+    has eight times the pixels of 64x32 at batch 4. The schedule is the spec's scaled down by
     ``scale_schedule`` (ramps and decay points at the same fractions of the run), so every loss term,
     the teacher and fine-grained ones included, is active before the end. It shows the whole pipeline
     working, not the paper's quality: use ``synthetic`` (on a GPU) for that.
@@ -496,15 +525,26 @@ def validate(cfg: Config) -> None:
         ValueError: naming the key, its value and what is expected.
     """
     choices = {
-        ("train", "amp"): ("auto", "bf16", "fp16", "off"),
-        ("train", "fold_upsample"): ("auto", "on", "off"),
-        ("data", "loader"): ("auto", "dali", "torch"),
+        ("train", "amp"): AMP_CHOICES,
+        ("train", "fold_upsample"): FOLD_CHOICES,
+        ("data", "loader"): LOADER_CHOICES,
+        ("data", "dataset"): DATASETS,
     }
     for (section, key), allowed in choices.items():
         value = getattr(getattr(cfg, section), key)
         if value not in allowed:
             raise ValueError(f"{section}.{key}={value!r}: expected one of {allowed}")
     _check_device(cfg.train.device)
+    defaults = DataConfig()
+    for layout, keys in LAYOUT_OPTIONS.items():
+        for key in keys:
+            value = getattr(cfg.data, key)
+            if layout != cfg.data.dataset and value != getattr(defaults, key):
+                raise ValueError(f"data.{key}={value!r} is an option of the {layout} layout, but data.dataset is "
+                                 f"{cfg.data.dataset!r}; remove it or set data.dataset: {layout}")
+    if len(set(cfg.data.splits)) != 3 or not all(cfg.data.splits):
+        raise ValueError(f"data.splits={list(cfg.data.splits)!r}: expected three different folder names (train, "
+                         "query, gallery)")
 
     def check(rules, test, expected):
         for section, key in rules:

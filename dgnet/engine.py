@@ -19,6 +19,7 @@ so an overflow in either step skips that step and lowers the one scale. bf16 nee
 from __future__ import annotations
 
 import contextlib
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -26,34 +27,19 @@ import torch.nn as nn
 
 from dgnet.config import Config, LossConfig, OptimConfig
 from dgnet.losses import (
+    DERIVED_WEIGHTS,
+    GENERATOR_TERMS,
     id_ce,
     lsgan_dis,
-    lsgan_gen,
     r1_per_sample,
-    recon_l1,
-    teacher_kl,
     teacher_soft_labels,
 )
 from dgnet.models import DGNet, ReidBaseline, frozen, gray
-from dgnet.ops import fused_enabled
-from dgnet.ops._lib import say_once
 
-RAMPED = ("recon_s_w", "recon_f_w", "recon_x_cyc_w", "teacher_w")
-
-# Names of the float losses ``dgnet_step`` returns (the reference's names, summed over the a and b streams).
-GEN_TERMS = (
-    "loss_gen_adv",
-    "loss_gen_recon_x",
-    "loss_gen_recon_xp",
-    "loss_gen_recon_s",
-    "loss_gen_recon_f",
-    "loss_gen_cycrecon_x",
-    "loss_id",
-    "loss_pid",
-    "loss_gen_recon_id",
-    "loss_teacher",
-    "loss_fine",
-)
+# Names of the float losses ``dgnet_step`` returns (the reference's names, summed over the a and b streams), and
+# the config weights that ramp in: both from the spec's table, dgnet.losses.GENERATOR_TERMS.
+GEN_TERMS = tuple(t.name for t in GENERATOR_TERMS)
+RAMPED = tuple(t.weight for t in GENERATOR_TERMS if t.ramped and t.default is not None)
 
 
 # --------------------------------------------------------------------------------------------- schedules
@@ -70,22 +56,28 @@ def ramp_weights(iteration: int, loss_cfg: LossConfig) -> dict[str, float]:
         raise ValueError(f"iteration={iteration}: expected >= 0")
     steps = max(0, iteration - loss_cfg.warm_iter)
     w = {k: min(float(getattr(loss_cfg, k)), steps * loss_cfg.warm_step) for k in RAMPED}
-    w["fine_w"] = w["teacher_w"] * loss_cfg.B_w
+    for name, (base, factor) in DERIVED_WEIGHTS.items():
+        w[name] = w[base] * getattr(loss_cfg, factor)
     return w
 
 
-def optimizer_impl(fused: bool | None = None) -> dict[str, bool]:
+def term_weights(iteration: int, loss_cfg: LossConfig) -> dict[str, float]:
+    """The weight of every generator term at 0-based ``iteration``: the fixed ones as configured, the ramped
+    and derived ones per :func:`ramp_weights`; keyed by each term's ``weight`` name."""
+    ramped = ramp_weights(iteration, loss_cfg)
+    return {t.weight: ramped[t.weight] if t.weight in ramped else float(getattr(loss_cfg, t.weight))
+            for t in GENERATOR_TERMS}
+
+
+def optimizer_impl(fused: bool) -> dict[str, bool]:
     """Keyword arguments choosing how an optimiser runs its update: ``{"fused": True}`` (one fused kernel
     per step over all parameters, CPU and CUDA) under ``--fused``, else ``{}`` (PyTorch's default: a loop
     over parameters on CPU, ``foreach`` on CUDA), which is the plain twin. Same update either way, up to
-    float rounding. ``fused=None`` follows :func:`dgnet.ops.fused_enabled`."""
-    if fused_enabled() if fused is None else fused:
-        say_once("optim:fused", "dgnet: optimisers run PyTorch's fused update kernels (--fused)")
-        return {"fused": True}
-    return {}
+    float rounding."""
+    return {"fused": True} if fused else {}
 
 
-def build_optimizers(model: DGNet, cfg: OptimConfig, fused: bool | None = None) -> dict[str, torch.optim.Optimizer]:
+def build_optimizers(model: DGNet, cfg: OptimConfig, fused: bool = False) -> dict[str, torch.optim.Optimizer]:
     """The three optimisers of the spec (implementation per :func:`optimizer_impl`).
 
     - ``gen``: Es + G (decoder and AdaIN MLPs), Adam lr ``gen_lr``, betas ``adam_betas``, ``weight_decay``;
@@ -153,9 +145,7 @@ def build_schedulers(
     }
 
 
-def build_teacher_optimizer(
-    teacher: ReidBaseline, cfg: OptimConfig, fused: bool | None = None
-) -> torch.optim.Optimizer:
+def build_teacher_optimizer(teacher: ReidBaseline, cfg: OptimConfig, fused: bool = False) -> torch.optim.Optimizer:
     """Stage 1: SGD Nesterov, backbone ``teacher_lr_backbone``, head ``teacher_lr_heads`` (see
     :func:`optimizer_impl`)."""
     return _sgd_two_groups(
@@ -354,6 +344,69 @@ def discriminator_losses(
 
 
 # --------------------------------------------------------------------------------------- G + Es + Ea step
+class GeneratorInputs:
+    """What the generator terms of one iteration read (``dgnet.losses.GENERATOR_TERMS``), each intermediate
+    result computed once, on first use, and shared by the terms that need it.
+
+    The structure-branch coin is drawn when this is built, every iteration, so the RNG stream does not
+    depend on which terms run. The results that consume random numbers or update BatchNorm statistics
+    (``student``: the live Ea in train mode) are the last the table asks for, in the reference's order.
+    """
+
+    def __init__(self, model: DGNet, teacher: nn.Module | None, fwd: Forward, weights: dict[str, float],
+                 cfg: Config) -> None:
+        self.model, self.teacher, self.fwd, self.weights, self.cfg = model, teacher, fwd, weights, cfg
+        self.live = bool(torch.rand(()) < cfg.loss.structure_live_p)
+        self.n_a, self.n_b = fwd.x_a.shape[0], fwd.x_b.shape[0]
+
+    @functools.cached_property
+    def d_fakes(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """D's per-scale outputs for x_ba and for x_ab, from one D forward."""
+        outs = [_split(o, [self.n_b, self.n_a]) for o in self.model.D(torch.cat([self.fwd.x_ba, self.fwd.x_ab]))]
+        return [o[0] for o in outs], [o[1] for o in outs]
+
+    @functools.cached_property
+    def structure_recon(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(Es(gray(x_ab)), Es(gray(x_ba)))``: the live Es on the detached fakes, or a frozen Es on the live ones."""
+        Es, x_ab, x_ba = self.model.Es, self.fwd.x_ab, self.fwd.x_ba
+        if self.live:
+            s_rec = Es(gray(torch.cat([x_ab.detach(), x_ba.detach()])))
+        else:
+            with frozen(Es):
+                s_rec = Es(gray(torch.cat([x_ab, x_ba])))
+        return _split(s_rec, [self.n_a, self.n_b])
+
+    @functools.cached_property
+    def generated(self) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+        """``((f, primary logits) of x_ba, (f, logits) of x_ab)`` from the frozen copy of Ea on the live fakes."""
+        Ea = self.model.Ea
+        with frozen(Ea, bn_batch_stats=self.cfg.model.bn_train_on_generated):
+            f_a, p_a, _ = Ea(self.fwd.x_ba)
+            f_b, p_b, _ = Ea(self.fwd.x_ab)
+        return (f_a, p_a), (f_b, p_b)
+
+    @functools.cached_property
+    def cycle(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(x_aba, x_bab)``: G on the re-encoded structure and the frozen Ea's appearance of the fakes."""
+        s_a, s_b = self.structure_recon
+        (f_a, _), (f_b, _) = self.generated
+        return _split(self.model.G(torch.cat([s_a, s_b]), torch.cat([f_a, f_b])), [self.n_a, self.n_b])
+
+    @functools.cached_property
+    def student(self) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
+        """``((primary, fine logits, teacher labels) of x_ba, (...) of x_ab)``: the live Ea (train mode) and the
+        frozen teacher on the detached fakes."""
+        if self.teacher is None:
+            raise ValueError("teacher_w > 0 at this iteration but no teacher was given to dgnet_step")
+        Ea, teacher, bn = self.model.Ea, self.teacher, self.cfg.model.bn_train_on_generated
+        out = []
+        for x in (self.fwd.x_ba.detach(), self.fwd.x_ab.detach()):
+            _, st, sf = Ea(x)
+            with frozen(teacher, bn_batch_stats=bn):
+                out.append((st, sf, teacher_soft_labels(teacher, x)))
+        return out[0], out[1]
+
+
 def generator_losses(
     model: DGNet,
     teacher: nn.Module | None,
@@ -373,91 +426,28 @@ def generator_losses(
       ``loss_gen_recon_id`` trains G and Es only; in parity both codes of ``loss_gen_recon_f`` are detached;
     - teacher KL and fine-grained mining: live Ea on the detached fakes (Ea only); the teacher is frozen,
       no gradient, BatchNorm per ``bn_train_on_generated``.
-    Terms whose ramped weight is 0 are not computed (reported 0), as in the reference: the structure
-    re-encoding when ``recon_s_w`` and ``recon_x_cyc_w`` are both 0, the cycle when ``recon_x_cyc_w`` is 0,
-    the teacher and fine-grained terms when ``teacher_w`` is 0.
+    Optional terms (``dgnet.losses.Term``) whose ramped weight is 0 are not computed (reported 0), as in the
+    reference, and neither is what only they need (``GeneratorInputs``): the structure re-encoding when
+    ``recon_s_w`` and ``recon_x_cyc_w`` are both 0, the cycle when ``recon_x_cyc_w`` is 0, the teacher term
+    when ``teacher_w`` is 0 and the fine-grained one when ``fine_w`` is 0.
     Returns ``(terms, images, structure_live)``; ``images`` holds ``x_aba``/``x_bab`` when the cycle ran,
     ``structure_live`` says which structure branch was drawn.
     """
-    lc, mc = cfg.loss, cfg.model
-    Ea, Es, G = model.Ea, model.Es, model.G
+    inputs = GeneratorInputs(model, teacher, fwd, weights, cfg)
     zero = fwd.x_a.new_zeros((), dtype=torch.float32)
-    x_ba, x_ab = fwd.x_ba, fwd.x_ab
-    n_a, n_b = fwd.x_a.shape[0], fwd.x_b.shape[0]
-    terms: dict[str, torch.Tensor] = dict.fromkeys(GEN_TERMS, zero)
-    images: dict[str, torch.Tensor] = {}
-
-    # Adversarial, x_ba and x_ab through one D forward.
-    outs = [_split(o, [n_b, n_a]) for o in model.D(torch.cat([x_ba, x_ab]))]
-    terms["loss_gen_adv"] = lsgan_gen([o[0] for o in outs]) + lsgan_gen([o[1] for o in outs])
-
-    terms["loss_gen_recon_x"] = recon_l1(fwd.x_a_recon, fwd.x_a) + recon_l1(fwd.x_b_recon, fwd.x_b)
-    terms["loss_gen_recon_xp"] = recon_l1(fwd.x_a_recon_p, fwd.x_a) + recon_l1(fwd.x_b_recon_p, fwd.x_b)
-
-    # Structure re-encoding; the draw happens every iteration so the RNG stream does not depend on weights.
-    live = bool(torch.rand(()) < lc.structure_live_p)
-    need_cycle = weights["recon_x_cyc_w"] > 0
-    s_a_recon = s_b_recon = None
-    if weights["recon_s_w"] > 0 or need_cycle:
-        if live:
-            s_rec = Es(gray(torch.cat([x_ab.detach(), x_ba.detach()])))
-        else:
-            with frozen(Es):
-                s_rec = Es(gray(torch.cat([x_ab, x_ba])))
-        s_a_recon, s_b_recon = _split(s_rec, [n_a, n_b])
-        terms["loss_gen_recon_s"] = recon_l1(s_a_recon, fwd.s_a) + recon_l1(s_b_recon, fwd.s_b)
-
-    # Frozen copy of Ea on the live fakes: appearance code and identity of generated images.
-    with frozen(Ea, bn_batch_stats=mc.bn_train_on_generated):
-        f_a_recon, p_a_recon, _ = Ea(x_ba)
-        f_b_recon, p_b_recon, _ = Ea(x_ab)
-    terms["loss_gen_recon_f"] = recon_l1(f_a_recon, fwd.f_a) + recon_l1(f_b_recon, fwd.f_b)
-    terms["loss_gen_recon_id"] = id_ce(p_a_recon, fwd.y_a) + id_ce(p_b_recon, fwd.y_b)
-
-    if need_cycle:
-        x_cyc = G(torch.cat([s_a_recon, s_b_recon]), torch.cat([f_a_recon, f_b_recon]))
-        x_aba, x_bab = _split(x_cyc, [n_a, n_b])
-        terms["loss_gen_cycrecon_x"] = recon_l1(x_aba, fwd.x_a) + recon_l1(x_bab, fwd.x_b)
-        images = {"x_aba": x_aba, "x_bab": x_bab}
-
-    # Real-image identity: primary CE plus the fine-grained head on own labels at fine_w (reference's loss_id).
-    terms["loss_id"] = id_ce(fwd.p_a, fwd.y_a) + id_ce(fwd.p_b, fwd.y_b)
-    if weights["fine_w"] > 0:
-        terms["loss_id"] = terms["loss_id"] + weights["fine_w"] * (id_ce(fwd.pf_a, fwd.y_a) + id_ce(fwd.pf_b, fwd.y_b))
-    terms["loss_pid"] = id_ce(fwd.pp_a, fwd.y_a) + id_ce(fwd.pp_b, fwd.y_b)
-
-    if weights["teacher_w"] > 0:
-        if teacher is None:
-            raise ValueError("teacher_w > 0 at this iteration but no teacher was given to dgnet_step")
-        xd_ba, xd_ab = x_ba.detach(), x_ab.detach()
-        _, st_ba, sf_ba = Ea(xd_ba)  # x_ba: appearance of a, structure of b
-        with frozen(teacher, bn_batch_stats=mc.bn_train_on_generated):
-            q_ba = teacher_soft_labels(teacher, xd_ba)
-        _, st_ab, sf_ab = Ea(xd_ab)
-        with frozen(teacher, bn_batch_stats=mc.bn_train_on_generated):
-            q_ab = teacher_soft_labels(teacher, xd_ab)
-        terms["loss_teacher"] = teacher_kl(st_ba, q_ba) + teacher_kl(st_ab, q_ab)
-        # Fine-grained mining: the label of the structure provider.
-        terms["loss_fine"] = id_ce(sf_ba, fwd.y_b) + id_ce(sf_ab, fwd.y_a)
-    return terms, images, live
+    terms = {t.name: t.compute(inputs) if not t.optional or weights[t.weight] > 0 else zero for t in GENERATOR_TERMS}
+    images = dict(zip(("x_aba", "x_bab"), inputs.cycle, strict=True)) if "cycle" in vars(inputs) else {}
+    return terms, images, inputs.live
 
 
 def generator_total(terms: dict[str, torch.Tensor], weights: dict[str, float], loss_cfg: LossConfig) -> torch.Tensor:
-    """The weighted sum the G + Es + Ea step backpropagates (one backward)."""
-    lc, w = loss_cfg, weights
-    return (
-        lc.gan_w * terms["loss_gen_adv"]
-        + lc.recon_x_w * terms["loss_gen_recon_x"]
-        + lc.recon_xp_w * terms["loss_gen_recon_xp"]
-        + w["recon_s_w"] * terms["loss_gen_recon_s"]
-        + w["recon_f_w"] * terms["loss_gen_recon_f"]
-        + w["recon_x_cyc_w"] * terms["loss_gen_cycrecon_x"]
-        + lc.id_w * terms["loss_id"]
-        + lc.pid_w * terms["loss_pid"]
-        + lc.recon_id_w * terms["loss_gen_recon_id"]
-        + w["teacher_w"] * terms["loss_teacher"]
-        + w["fine_w"] * terms["loss_fine"]
-    )
+    """The weighted sum the G + Es + Ea step backpropagates (one backward), in the table's order: ramped and
+    derived weights from ``weights`` (:func:`ramp_weights`), fixed ones from ``loss_cfg``."""
+    total = None
+    for t in GENERATOR_TERMS:
+        part = (weights[t.weight] if t.weight in weights else getattr(loss_cfg, t.weight)) * terms[t.name]
+        total = part if total is None else total + part
+    return total
 
 
 # ------------------------------------------------------------------------------- one call per backward (DDP)
@@ -549,6 +539,7 @@ def dgnet_step(
     amp_dtype: torch.dtype | None = None,
     return_images: bool = False,
     ddp: DDPModels | None = None,
+    fused: bool = False,
 ) -> dict:
     """One DG-Net iteration: shared forward, D step on detached fakes, then G + Es + Ea with one backward.
 
@@ -563,6 +554,8 @@ def dgnet_step(
         scaler: a GradScaler for fp16 (shared by the three optimisers, updated once at the end).
         amp_dtype: ``torch.bfloat16`` / ``torch.float16`` to run forwards under autocast, ``None`` for fp32.
         ddp: the DistributedDataParallel wrappers of ``wrap_ddp`` when training with several processes.
+        fused: ``--fused``: Ea's BatchNorm counters are added once per step (:func:`deferred_bn_counts`). The
+            other fast paths are the model's own (built with ``fused``) and the optimisers' (``build_optimizers``).
         return_images: also return detached ``x_ab``, ``x_ba``, ``x_a_recon``, ``x_b_recon``,
             ``x_a_recon_p``, ``x_b_recon_p``, ``x_aba``, ``x_bab`` (cycle ones once the cycle weight is > 0).
     Returns:
@@ -591,7 +584,7 @@ def dgnet_step(
 
     # G + Es + Ea step: D is a fixed critic here, so its parameters take no gradient (and cost none).
     try:
-        with deferred_bn_counts(model, fused_enabled()):
+        with deferred_bn_counts(model, fused):
             total, aux = gen_call(teacher, batch_a, batch_b, weights, cfg, amp_dtype, dis_step)
         gen_opt.zero_grad(set_to_none=True)
         id_opt.zero_grad(set_to_none=True)
@@ -623,23 +616,24 @@ def teacher_step(
     teacher: ReidBaseline,
     optimizer: torch.optim.Optimizer,
     batch: dict,
-    cfg: Config,
     scaler: torch.amp.GradScaler | None = None,
     amp_dtype: torch.dtype | None = None,
     ddp: nn.Module | None = None,
+    fused: bool = False,
 ) -> dict[str, float]:
     """One stage-1 iteration of the re-id baseline / teacher: cross-entropy on the randomly erased image.
 
     ``batch``: ``image_erased`` float32 ``(B, 3, H, W)`` and ``pid`` int64 ``(B,)`` on the model's device.
     The caller steps the scheduler (``build_teacher_scheduler``). ``ddp``: the teacher's
-    DistributedDataParallel wrapper under torchrun (one forward, every parameter used). Returns ``loss_id``
-    and ``accuracy`` (training accuracy of this batch).
+    DistributedDataParallel wrapper under torchrun (one forward, every parameter used). ``fused``: BatchNorm
+    counters added once per step (:func:`deferred_bn_counts`). Returns ``loss_id`` and ``accuracy`` (training
+    accuracy of this batch).
     """
     _check_batch(batch, "batch", ("image_erased",), teacher.num_ids)
     x, y = batch["image_erased"], batch["pid"]
     teacher.train()
     optimizer.zero_grad(set_to_none=True)
-    with _autocast(x.device, amp_dtype), deferred_bn_counts(teacher, fused_enabled()):
+    with _autocast(x.device, amp_dtype), deferred_bn_counts(teacher, fused):
         logits = (ddp if ddp is not None else teacher)(x)
     loss = id_ce(logits, y)
     _backward(loss, scaler)

@@ -9,14 +9,12 @@ device checks of Triton, including bf16/fp16 and the decoder's shapes, are marke
 from __future__ import annotations
 
 import importlib
-import logging
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-import dgnet.ops
-from dgnet.ops import _lib, adain, adain_reference
+from dgnet.ops import adain, adain_reference
 
 ACTS = [None, "relu", "lrelu"]
 ATOL = {torch.float32: 1e-5, torch.float64: 1e-10, torch.bfloat16: 1e-2, torch.float16: 2e-3}
@@ -237,25 +235,17 @@ def test_triton_ops_pass_opcheck():
 # ---- dispatch and bad input ---------------------------------------------------------------------------
 
 
-@pytest.fixture
-def fused_mode(monkeypatch):
-    monkeypatch.setattr(_lib, "_SAID", set())
-    yield lambda on: dgnet.ops.set_fused(on)
-    dgnet.ops.set_fused(False)
-
-
-def test_backend_none_follows_fused_mode_and_says_once(fused_mode, caplog):
+def test_default_backend_is_the_reference_and_fused_picks_the_device_kernel():
+    """No process-wide switch: ``backend`` alone decides. The default is the plain reference; ``"fused"`` is the
+    fused kernel of x's device (C++ for CPU tensors)."""
     x, scale, bias, res, _ = make_inputs((2, 3, 5, 7))
-    with caplog.at_level(logging.WARNING, logger="dgnet"):
-        fused_mode(False)
-        assert torch.equal(adain(x, scale, bias, res), adain_reference(x, scale, bias, res))
-        fused_mode(True)
-        want = torch.ops.dgnet.adain_forward(x, scale, bias, res, 0, 1e-5, 0.2)[0]
-        assert torch.equal(adain(x, scale, bias, res), want)
-        adain(x, scale, bias, res)
-    messages = [r.getMessage() for r in caplog.records]
-    assert sum("reference" in m for m in messages) == 1
-    assert sum("fused C++ kernel" in m for m in messages) == 1
+    assert torch.equal(adain(x, scale, bias, res), adain_reference(x, scale, bias, res))
+    want = torch.ops.dgnet.adain_forward(x, scale, bias, res, 0, 1e-5, 0.2)[0]
+    assert torch.equal(adain(x, scale, bias, res, backend="fused"), want)
+    assert adain_module.fused_backend(torch.device("cpu")) == "cpu"
+    assert adain_module.fused_backend(torch.device("cuda", 0)) == "triton"
+    with pytest.raises(RuntimeError, match="no fused AdaIN kernel for device meta"):
+        adain_module.fused_backend(torch.device("meta"))
 
 
 def test_triton_on_cpu_without_interpreter_is_an_error(monkeypatch):
@@ -321,13 +311,12 @@ def test_triton_gpu_ops_pass_opcheck():
 
 
 @pytest.mark.gpu
-def test_triton_gpu_under_torch_compile(fused_mode):
-    fused_mode(True)  # backend=None must pick Triton for CUDA tensors
+def test_triton_gpu_under_torch_compile():
     x, scale, bias, _, dy = make_inputs((4, 16, 64, 32), device="cuda", residual=False)
 
-    def block(x, scale, bias):
-        h = adain(x, scale, bias, activation="lrelu")
-        return adain(h * 2, scale, bias, residual=x)
+    def block(x, scale, bias):  # backend="fused" must pick Triton for CUDA tensors
+        h = adain(x, scale, bias, activation="lrelu", backend="fused")
+        return adain(h * 2, scale, bias, residual=x, backend="fused")
 
     compiled = torch.compile(block, fullgraph=True)
     want = forward_backward(lambda x, s, b, residual: block(x, s, b), x, scale, bias, None, dy)

@@ -7,9 +7,9 @@ import torch
 from _tiny_run import make_tiny_set, tiny_flags
 
 from dgnet import engine
-from dgnet.checkpoint import CheckpointManager, build_state, load_checkpoint, save_atomic
+from dgnet.checkpoint import CheckpointManager, arch_only, build_state, load_checkpoint, save_atomic
 from dgnet.config import resolve_config
-from dgnet.train import arch_only, main
+from dgnet.train import main
 
 
 @pytest.fixture(scope="module")
@@ -58,9 +58,9 @@ def test_bad_value_fails_before_any_training(tmp_path, capsys):
 
 
 def test_other_cli_counts_are_checked(capsys):
-    from dgnet import export, visualize
+    from dgnet import generate, visualize
 
-    for mod, argv in ((export, ["--checkpoint", "x.pt", "--out", "o", "--batch-size", "0"]),
+    for mod, argv in ((generate, ["--checkpoint", "x.pt", "--out", "o", "--batch-size", "0"]),
                       (visualize, ["--checkpoint", "x.pt", "--mode", "swap", "--steps", "-1"])):
         with pytest.raises(SystemExit) as e:
             mod.main(argv)

@@ -190,8 +190,7 @@ def test_teacher_of_another_architecture_is_rebuilt_from_its_own_config(tmp_path
     checkpoints record the teacher's own, and every loader (resume, --teacher, dgnet.test) builds from it."""
     from dgnet.config import ModelConfig
     from dgnet.models import DGNet, ReidBaseline
-    from dgnet.test import load_models
-    from dgnet.train import load_teacher
+    from dgnet.runs import build_models, load_teacher
 
     cfg = resolve_config("demo")
     cfg.model.backbone_weights = "none"
@@ -202,7 +201,7 @@ def test_teacher_of_another_architecture_is_rebuilt_from_its_own_config(tmp_path
     path = save_atomic(state, tmp_path / "dgnet.pt")
     ckpt = load_checkpoint(path)
     assert model_config_of(ckpt, "teacher").head_dim == 256 and model_config_of(ckpt, "dgnet").head_dim == 512
-    models = load_models(ckpt, cfg, torch.device("cpu"))
+    models = build_models(ckpt, torch.device("cpu"))
     loaded, _ = load_teacher(path, 5, torch.device("cpu"))
     for t in (models["teacher"], loaded):
         assert t.head.bottleneck.out_features == 256

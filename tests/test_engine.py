@@ -21,7 +21,6 @@ from dgnet.engine import (
     teacher_step,
 )
 from dgnet.models import DGNet, ReidBaseline
-from dgnet.ops import set_fused
 
 H, W, B, IDS = 64, 32, 2, 5
 SMALL = (32, 16)  # gradient-routing tests backpropagate once per term: smallest size every module accepts
@@ -57,11 +56,11 @@ def _batch(seed: int, hw: tuple[int, int] = (H, W)) -> dict:
     return out
 
 
-def _build(cfg: Config, seed: int = 0):
+def _build(cfg: Config, seed: int = 0, fused: bool = False):
     torch.manual_seed(seed)
-    model = DGNet(cfg.model, IDS)
+    model = DGNet(cfg.model, IDS, fused=fused)
     teacher = ReidBaseline(cfg.model, IDS)
-    return model, teacher, build_optimizers(model, cfg.optim)
+    return model, teacher, build_optimizers(model, cfg.optim, fused=fused)
 
 
 def _groups(model: DGNet, teacher) -> dict[str, list[torch.nn.Parameter]]:
@@ -238,14 +237,10 @@ def test_fused_step_matches_plain():
     cfg = _cfg(structure_live_p=0.5)
     results = []
     for fused in (False, True):
-        set_fused(fused)
-        try:
-            model, teacher, opts = _build(cfg, seed=3)
-            assert all(bool(g.get("fused")) is fused for o in opts.values() for g in o.param_groups)
-            torch.manual_seed(5)
-            out = dgnet_step(model, teacher, opts, _batch(1, SMALL), _batch(2, SMALL), 4, cfg)
-        finally:
-            set_fused(False)
+        model, teacher, opts = _build(cfg, seed=3, fused=fused)
+        assert all(bool(g.get("fused")) is fused for o in opts.values() for g in o.param_groups)
+        torch.manual_seed(5)
+        out = dgnet_step(model, teacher, opts, _batch(1, SMALL), _batch(2, SMALL), 4, cfg, fused=fused)
         counters = {n: b.item() for n, b in model.named_buffers() if n.endswith("num_batches_tracked")}
         results.append((out, model.G.up[1].conv.weight.detach().clone(), counters))
     (o1, w1, c1), (o2, w2, c2) = results
@@ -300,7 +295,7 @@ def test_deferred_bn_counts_is_exact(momentum):
     counter adds; eval-mode and frozen batch-statistics calls count nothing, as in PyTorch."""
     from dgnet.engine import deferred_bn_counts
     from dgnet.models import frozen
-    from dgnet.ops._lib import host_op_count
+    from dgnet.profiling import host_op_count
 
     def make():
         torch.manual_seed(0)
@@ -455,12 +450,12 @@ def test_teacher_step_trains_on_erased_images():
     batch = _batch(1)
     batch["image"] = torch.full_like(batch["image"], float("nan"))  # only the erased copy may be read
     before = teacher.backbone.conv1.weight.detach().clone()
-    out = teacher_step(teacher, opt, batch, cfg)
+    out = teacher_step(teacher, opt, batch)
     assert out["loss_id"] == pytest.approx(torch.log(torch.tensor(float(IDS))).item(), abs=0.5)
     assert 0.0 <= out["accuracy"] <= 1.0
     assert not torch.equal(before, teacher.backbone.conv1.weight)
     with pytest.raises(ValueError, match="image_erased"):
-        teacher_step(teacher, opt, {"pid": batch["pid"]}, cfg)
+        teacher_step(teacher, opt, {"pid": batch["pid"]})
 
 
 @pytest.mark.gpu
@@ -479,16 +474,17 @@ def test_fp16_gradscaler_step_cuda():
         assert all(out[k] == out[k] for k in GEN_TERMS)
     out = dgnet_step(model, teacher, opts, cuda(_batch(9)), cuda(_batch(8)), 9, cfg, None, torch.bfloat16)
     assert all(out[k] == out[k] for k in GEN_TERMS)
-    set_fused(True)  # Triton AdaIN, grouped MLPs, fused optimisers (also under the fp16 GradScaler)
-    try:
-        opts = build_optimizers(model, cfg.optim)
-        out = dgnet_step(model, teacher, opts, cuda(_batch(7)), cuda(_batch(6)), 10, cfg, None, torch.bfloat16)
+    # --fused: Triton AdaIN, grouped MLPs, fused optimisers (also under the fp16 GradScaler)
+    model, teacher, _ = _build(cfg, fused=True)
+    model.cuda()
+    teacher.cuda()
+    opts = build_optimizers(model, cfg.optim, fused=True)
+    out = dgnet_step(model, teacher, opts, cuda(_batch(7)), cuda(_batch(6)), 10, cfg, None, torch.bfloat16, fused=True)
+    assert all(out[k] == out[k] for k in GEN_TERMS)
+    scaler = torch.amp.GradScaler("cuda")
+    for i in range(2):
+        out = dgnet_step(
+            model, teacher, opts, cuda(_batch(11 + i)), cuda(_batch(13 + i)), 11 + i, cfg, scaler, torch.float16,
+            fused=True,
+        )
         assert all(out[k] == out[k] for k in GEN_TERMS)
-        scaler = torch.amp.GradScaler("cuda")
-        for i in range(2):
-            out = dgnet_step(
-                model, teacher, opts, cuda(_batch(11 + i)), cuda(_batch(13 + i)), 11 + i, cfg, scaler, torch.float16
-            )
-            assert all(out[k] == out[k] for k in GEN_TERMS)
-    finally:
-        set_fused(False)

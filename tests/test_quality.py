@@ -9,7 +9,8 @@ import torch
 import torch.nn as nn
 from _tiny_run import make_tiny_set
 
-from dgnet import quality as Q
+from dgnet import disentanglement as Q
+from dgnet import quality
 from dgnet.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 
@@ -147,9 +148,9 @@ def test_measure_with_stub_generators_and_oracle(tiny):
 
 
 def test_dgnet_swap_generator_is_the_decoder_of_swapped_codes():
+    from dgnet.checkpoint import arch_only
     from dgnet.config import resolve_config
     from dgnet.models import DGNet
-    from dgnet.train import arch_only
 
     torch.manual_seed(0)
     model = DGNet(arch_only(resolve_config("demo").model), 4).eval()
@@ -162,10 +163,9 @@ def test_dgnet_swap_generator_is_the_decoder_of_swapped_codes():
 
 
 def _tiny_checkpoint(root: Path, path: Path, dataset: str = "synthetic") -> Path:
-    from dgnet.checkpoint import FORMAT, VERSION
+    from dgnet.checkpoint import FORMAT, VERSION, arch_only
     from dgnet.config import resolve_config
     from dgnet.models import DGNet, ReidBaseline
-    from dgnet.train import arch_only
 
     cfg = resolve_config("demo", {"data": {"root": str(root), "height": 64, "width": 32, "dataset": dataset},
                                   "eval": {"batch_size": 16}})
@@ -180,7 +180,7 @@ def _tiny_checkpoint(root: Path, path: Path, dataset: str = "synthetic") -> Path
 def test_cli_on_tiny_checkpoint(tiny, tmp_path, capsys):
     root = tiny[0]
     ckpt = _tiny_checkpoint(root, tmp_path / "dgnet.pt")
-    assert Q.main(["--checkpoint", str(ckpt), "--pairs", "12", "--device", "cpu"]) == 0
+    assert quality.main(["--checkpoint", str(ckpt), "--pairs", "12", "--device", "cpu"]) == 0
     out = capsys.readouterr().out
     assert "| swap G(s_a,f_b) |" in out and "| real x_a |" in out
     res = json.loads((tmp_path / "dgnet.quality.json").read_text())
@@ -195,9 +195,9 @@ def test_cli_on_tiny_checkpoint(tiny, tmp_path, capsys):
 
 def test_cli_bad_input(tiny, tmp_path, capsys):
     ckpt = _tiny_checkpoint(tiny[0], tmp_path / "dgnet.pt")
-    assert Q.main(["--checkpoint", str(ckpt), "--pairs", "0", "--device", "cpu"]) == 2
+    assert quality.main(["--checkpoint", str(ckpt), "--pairs", "0", "--device", "cpu"]) == 2
     assert "--pairs 0" in capsys.readouterr().err
     other = _tiny_checkpoint(tiny[0], tmp_path / "market.pt", dataset="market1501")
-    assert Q.main(["--checkpoint", str(other), "--device", "cpu"]) == 2
+    assert quality.main(["--checkpoint", str(other), "--device", "cpu"]) == 2
     assert "market1501" in capsys.readouterr().err
-    assert Q.main(["--checkpoint", str(tmp_path / "missing.pt"), "--device", "cpu"]) == 2
+    assert quality.main(["--checkpoint", str(tmp_path / "missing.pt"), "--device", "cpu"]) == 2

@@ -44,7 +44,7 @@ def test_score_weights_the_fine_head_by_alpha():
     test features must be exactly that, written here from the heads' raw post-BN outputs."""
     from dgnet.config import ModelConfig
     from dgnet.models import DGNet
-    from dgnet.test import embed
+    from dgnet.protocol import embed
 
     torch.manual_seed(0)
     model = DGNet(ModelConfig(backbone="resnet18", backbone_weights="none"), num_ids=5).eval()
@@ -96,18 +96,19 @@ def test_train_test_visualize_cli(tmp_path):
     from dgnet.checkpoint import load_checkpoint
     from dgnet.config import config_from_dict
     from dgnet.data import load_dataset
-    from dgnet.test import extract, load_models
+    from dgnet.protocol import extract
+    from dgnet.runs import build_model
 
     ckpt = load_checkpoint(out / "dgnet.pt")
     cfg = config_from_dict(ckpt["config"])
     ds = load_dataset("synthetic", root, verbose=False)
     torch.set_num_threads(1)
-    model = load_models(ckpt, cfg, torch.device("cpu"), "dgnet")["dgnet"]
+    model = build_model(ckpt, "dgnet", torch.device("cpu"))
     qf, qp, qc = extract(model, "dgnet", ds.query, cfg, "torch", torch.device("cpu"))
     gf, gp, gc = extract(model, "dgnet", ds.gallery, cfg, "torch", torch.device("cpu"))
     assert torch.allclose(qf[:, :512].norm(dim=1), torch.ones(len(qf)), atol=1e-5)
     assert torch.allclose(qf[:, 512:].norm(dim=1), torch.full((len(qf),), cfg.eval.alpha ** 0.5), atol=1e-5)
-    r1, mAP = _reference_metrics(qf.numpy(), gf.numpy(), qp, gp, qc, gc)
+    r1, mAP = _reference_metrics(qf.cpu().numpy(), gf.cpu().numpy(), qp, gp, qc, gc)
     assert results["dgnet"]["plain"]["rank1"] == pytest.approx(r1, abs=1e-6)
     assert results["dgnet"]["plain"]["mAP"] == pytest.approx(mAP, abs=1e-5)
 
@@ -129,7 +130,7 @@ def test_train_test_visualize_cli(tmp_path):
     assert w == 11 * (32 + 2) + 2 and h == 4 * (64 + 2) + 2  # query + top-10, one row per query
 
     # the generated-dataset export reads the checkpoint's own training split
-    stdout = _run("dgnet.export", "--checkpoint", str(out / "dgnet.pt"), "--out", str(tmp_path / "gen"),
+    stdout = _run("dgnet.generate", "--checkpoint", str(out / "dgnet.pt"), "--out", str(tmp_path / "gen"),
                   "--count", "5", "--loader", "torch", "--device", "cpu")
     assert "wrote 5 images" in stdout
     rows = (tmp_path / "gen" / "manifest.csv").read_text().splitlines()[1:]

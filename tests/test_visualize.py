@@ -5,14 +5,14 @@ import pytest
 import torch
 
 from dgnet.config import resolve_config
+from dgnet.figures import framed, interpolate_rows, rainbow_rows, ranklist, swap_rows
 from dgnet.logging_utils import IMAGENET_MEAN, IMAGENET_STD, image_grid
-from dgnet.visualize import framed, interpolate_rows, rainbow_rows, ranklist, swap_rows
 
 
 @pytest.fixture(scope="module")
 def model():
+    from dgnet.checkpoint import arch_only
     from dgnet.models import DGNet
-    from dgnet.train import arch_only
 
     cfg = resolve_config("demo")
     torch.manual_seed(0)

@@ -180,14 +180,20 @@ def _read_msmt_list(list_path: Path, image_dir: Path) -> list[Sample]:
     return samples
 
 
-def load_msmt17(root: str | Path) -> ReidDataset:
+def load_msmt17(
+    root: str | Path,
+    train_lists: Sequence[str] = ("list_train.txt", "list_val.txt"),
+    query_list: str = "list_query.txt",
+    gallery_list: str = "list_gallery.txt",
+) -> ReidDataset:
     """MSMT17, V1 (``train/``, ``test/``) or V2 (``mask_train_v2/``, ``mask_test_v2/``).
 
-    Splits come from ``list_train.txt`` + ``list_val.txt`` (together the train split: 1041 identities, as
-    the DG-Net reference trains), ``list_query.txt`` and ``list_gallery.txt``, each line ``path pid``
-    relative to the train or test folder. Without train lists, V2's ``mask_train_v2/<pid>/<image>`` folders
-    are read directly; query and gallery always need their lists (nothing else tells them apart).
-    Cameras are the two digits after the second underscore of the name (``..._01_...`` is camera 0).
+    Splits come from list files beside those folders, each line ``path pid`` relative to the train or test
+    folder: ``train_lists`` (by default ``list_train.txt`` + ``list_val.txt``, together the train split:
+    1041 identities, as the DG-Net reference trains; lists that are absent are skipped), ``query_list`` and
+    ``gallery_list``. Without any train list, V2's ``mask_train_v2/<pid>/<image>`` folders are read
+    directly; query and gallery always need their lists (nothing else tells them apart). Cameras are the two
+    digits after the second underscore of the name (``..._01_...`` is camera 0).
     """
     root = Path(root)
     for train_sub, test_sub in (("train", "test"), ("mask_train_v2", "mask_test_v2")):  # noqa: B007 (used after)
@@ -201,10 +207,9 @@ def load_msmt17(root: str | Path) -> ReidDataset:
             f"msmt17: expected {root}/train + {root}/test (V1) or {root}/mask_train_v2 + {root}/mask_test_v2 (V2)"
         )
     train_dir, test_dir = base / train_sub, base / test_sub
-    if (base / "list_train.txt").exists():
-        train = _read_msmt_list(base / "list_train.txt", train_dir)
-        if (base / "list_val.txt").exists():
-            train += _read_msmt_list(base / "list_val.txt", train_dir)
+    present = [base / name for name in train_lists if (base / name).exists()]
+    if present:
+        train = [s for lst in present for s in _read_msmt_list(lst, train_dir)]
     else:
         train = []
         for pid_dir in sorted(d for d in train_dir.iterdir() if d.is_dir()):
@@ -212,8 +217,8 @@ def load_msmt17(root: str | Path) -> ReidDataset:
                 raise ValueError(f"msmt17: folder {pid_dir} is not an identity number (expected {MSMT_EXAMPLE})")
             train += [Sample(str(p), int(pid_dir.name), _msmt_camid(p.name, str(p))) for p in _images(pid_dir)]
     splits = {"train": train}
-    for split in ("query", "gallery"):
-        lst = base / f"list_{split}.txt"
+    for split, name in (("query", query_list), ("gallery", gallery_list)):
+        lst = base / name
         if not lst.exists():
             raise FileNotFoundError(f"msmt17: {lst} is missing; query and gallery are defined by their list files")
         splits[split] = _read_msmt_list(lst, test_dir)
@@ -239,7 +244,7 @@ def load_folder(
     """A plain tree ``<root>/<split>/<pid>/<image>``.
 
     Identity folders are integers (``-1`` junk, left out of training; ``0`` a gallery distractor as in
-    Market, but in the train split an identity like any other, as in MSMT17 and dgnet.export's output) or,
+    Market, but in the train split an identity like any other, as in MSMT17 and dgnet.generate's output) or,
     when any is not, names numbered in sorted order over all splits (so query and gallery agree). The
     camera is either the first group of ``camera_pattern`` searched in the file name (numbered from 1,
     stored zero-based) or, with ``camera_csv`` (default ``<root>/cameras.csv`` when it exists), a CSV with
@@ -328,7 +333,8 @@ def load_dataset(name: str, root: str | Path, verbose: bool = True, **options) -
         name: ``market1501``, ``dukemtmc``, ``msmt17``, ``folder`` or ``synthetic``.
         root: the dataset folder (or the folder its archive unpacked into).
         verbose: print the statistics table (identities, images and cameras per split).
-        options: layout options (``folder``: ``camera_pattern``, ``camera_csv``).
+        options: layout options (``folder``: ``camera_pattern``, ``camera_csv``, ``splits``; ``msmt17``:
+            ``train_lists``, ``query_list``, ``gallery_list``), as ``dgnet.config.layout_options`` gives them.
 
     Returns:
         a :class:`ReidDataset` whose ``train``/``query``/``gallery`` are lists of :class:`Sample`.

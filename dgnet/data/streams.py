@@ -18,7 +18,7 @@ from dgnet.data.sampler import AugmentParams, TrainSampler
 from dgnet.data.transforms import apply_erasing, normalize
 
 log = logging.getLogger("dgnet.data")
-BACKENDS = ("auto", "dali", "torch")
+BACKENDS = ("auto", "dali", "torch")  # data.loader's choices (dgnet.config.LOADER_CHOICES)
 _said: set[str] = set()
 
 

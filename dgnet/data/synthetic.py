@@ -643,54 +643,22 @@ def colour_histogram(path: str, bins: int = 4, crop: bool = True) -> np.ndarray:
     return hist / np.linalg.norm(hist)
 
 
-def rank_metrics(dist: np.ndarray, q_pids, g_pids, q_camids, g_camids) -> dict:
-    """Market-1501 CMC rank-1/5/10 and mAP (a small numpy version, used when dgnet.evaluation is absent).
-
-    ``dist``: [num_query, num_gallery] distances. Gallery entries of the query's identity and camera and
-    junk (pid -1) are removed from each ranking; queries without any true match are skipped.
-    """
-    q_pids, g_pids, q_camids, g_camids = map(np.asarray, (q_pids, g_pids, q_camids, g_camids))
-    order = np.argsort(dist, axis=1, kind="stable")
-    cmc, aps = np.zeros(10), []
-    for i in range(len(q_pids)):
-        o = order[i]
-        keep = ~(((g_pids[o] == q_pids[i]) & (g_camids[o] == q_camids[i])) | (g_pids[o] == -1))
-        match = (g_pids[o] == q_pids[i])[keep]
-        if not match.any():
-            continue
-        first = int(np.argmax(match))
-        cmc[first:] += 1 if first < 10 else 0
-        hits = np.cumsum(match)
-        aps.append(float(np.mean(hits[match] / (np.flatnonzero(match) + 1))))
-    n = max(1, len(aps))
-    return {"rank1": float(cmc[0] / n), "rank5": float(cmc[4] / n), "rank10": float(cmc[9] / n),
-            "mAP": float(np.mean(aps)) if aps else 0.0}
-
-
 def histogram_baseline(dataset, bins: int = 4, crop: bool = True) -> dict:
     """Nearest neighbour on colour histograms (Hellinger distance) over query x gallery of ``dataset``.
 
     ``dataset``: a :class:`~dgnet.data.layouts.ReidDataset` (or anything with ``query``/``gallery`` lists of
-    samples). Returns ``rank1``, ``rank5``, ``rank10`` and ``mAP`` (fractions) and which evaluator ran.
+    samples). Returns ``rank1``, ``rank5``, ``rank10`` and ``mAP`` (fractions) from ``dgnet.evaluation``.
     """
     qf = np.stack([colour_histogram(s.path, bins, crop) for s in dataset.query])
     gf = np.stack([colour_histogram(s.path, bins, crop) for s in dataset.gallery])
     dist = 2 - 2 * qf @ gf.T  # squared distance of unit vectors
-    qp, gp = [s.pid for s in dataset.query], [s.pid for s in dataset.gallery]
-    qc, gc = [s.camid for s in dataset.query], [s.camid for s in dataset.gallery]
-    try:
-        from dgnet.evaluation import evaluate_rank  # the library's evaluator, when it exists
-    except ImportError:
-        evaluate_rank = None
-    if evaluate_rank is not None:
-        res = evaluate_rank(dist, np.asarray(qp), np.asarray(gp), np.asarray(qc), np.asarray(gc))
-        if isinstance(res, tuple):  # torchreid-style (cmc, mAP)
-            cmc, m_ap = res
-            return {"rank1": float(cmc[0]), "rank5": float(cmc[4]), "rank10": float(cmc[9]), "mAP": float(m_ap),
-                    "evaluator": "dgnet.evaluation.evaluate_rank"}
-        return {**{k: float(v) for k, v in dict(res).items() if np.ndim(v) == 0},
-                "evaluator": "dgnet.evaluation.evaluate_rank"}
-    return {**rank_metrics(dist, qp, gp, qc, gc), "evaluator": "dgnet.data.synthetic.rank_metrics"}
+    from dgnet.evaluation import evaluate_rank  # imports torch: only when the baseline is asked for
+
+    qp, gp = np.array([s.pid for s in dataset.query]), np.array([s.pid for s in dataset.gallery])
+    qc, gc = np.array([s.camid for s in dataset.query]), np.array([s.camid for s in dataset.gallery])
+    cmc, m_ap = evaluate_rank(dist, qp, gp, qc, gc)
+    return {"rank1": float(cmc[0]), "rank5": float(cmc[min(4, len(cmc) - 1)]),
+            "rank10": float(cmc[min(9, len(cmc) - 1)]), "mAP": float(m_ap)}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -2,16 +2,29 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from dgnet.config import ModelConfig
-from dgnet.models.layers import LRELU_SLOPE, ConvBlock, init_kaiming_fan_in, reflect_pad, upsample_conv5
-from dgnet.ops import adain, fold_upsample_enabled, fused_enabled
-from dgnet.ops._lib import say_once
+from dgnet.config import FOLD_CHOICES, ModelConfig
+from dgnet.models.layers import LRELU_SLOPE, ConvBlock, init_kaiming_fan_in
+from dgnet.ops.adain import adain
+from dgnet.ops.grouped_mlp import grouped_mlp
+from dgnet.ops.padding import reflect_pad
+from dgnet.ops.upsample_conv5 import upsample_conv5
+
+
+def fold_applies(mode: str, device: torch.device | str) -> bool:
+    """Whether ``--fused`` folds the upsample + conv5x5 on ``device`` under ``train.fold_upsample=mode``.
+
+    ``"auto"`` (default): on CPU only. On CUDA the fold trades 64% of the convolution's multiply-adds for about
+    20 more small ops forward and 40 backward per call, and the one whole-iteration GPU measurement (H100, spec
+    size, batch 8) was host-bound, so CUDA keeps the plain upsample + conv until the fold is measured on its
+    own there (``benchmarks/bench_upsample_conv5.py -m gpu``). ``"on"``/``"off"``: every device / none.
+    """
+    if mode not in FOLD_CHOICES:
+        raise ValueError(f"fold_upsample={mode!r}: expected one of {FOLD_CHOICES}")
+    return mode == "on" or (mode == "auto" and torch.device(device).type == "cpu")
 
 
 class MLP(nn.Module):
@@ -29,47 +42,26 @@ class MLP(nn.Module):
         return self.fc3(x)
 
 
-def grouped_mlp(mlps: Sequence[MLP], x: torch.Tensor, out_chunks: int = 1) -> torch.Tensor:
-    """``mlps[g](x[g])`` for every ``g`` at once: ``x`` ``(G, N, in)`` -> ``(G * out_chunks, N, out / out_chunks)``,
-    where row ``g * out_chunks + h`` is chunk ``h`` of ``mlps[g]``'s output.
-
-    The fused twin of calling each MLP in turn. Each layer's weights and biases are stacked and applied with
-    one ``baddbmm``; the last layer runs each output chunk as its own group, so that the chunks (the decoder's
-    per-layer AdaIN parameters) come out as contiguous rows whose gradients are gathered by one ``stack``. The
-    parameters stay the MLPs' own (state dicts and optimizer state are unchanged); stacking them copies the
-    weights once per call, and its backward hands each MLP a view of the stacked gradient.
-    """
-    for name in ("fc1", "fc2", "fc3"):
-        w = torch.stack([getattr(m, name).weight for m in mlps])  # (G, out, in)
-        b = torch.stack([getattr(m, name).bias for m in mlps])  # (G, out)
-        if name == "fc3" and out_chunks > 1:
-            groups, out, width = w.shape
-            w = w.reshape(groups * out_chunks, out // out_chunks, width)
-            b = b.reshape(groups * out_chunks, out // out_chunks)
-            x = x.repeat_interleave(out_chunks, dim=0)
-        x = torch.baddbmm(b.unsqueeze(1), x, w.transpose(1, 2))
-        if name != "fc3":
-            x = F.leaky_relu(x, LRELU_SLOPE)
-    return x
-
-
 class AdaINResBlock(nn.Module):
     """MUNIT residual block with AdaIN: conv3x3 -> AdaIN -> lrelu; conv3x3 -> AdaIN -> + input.
 
-    Both AdaIN steps go through ``dgnet.ops.adain`` (the plain reference, or the fused kernels under
-    ``--fused``), each with its activation or residual add folded in.
+    Both AdaIN steps go through ``dgnet.ops.adain``, each with its activation or residual add folded in: the
+    plain reference, or with ``fused`` the fused kernel of the tensors' device (C++ on CPU, Triton on CUDA).
     """
 
-    def __init__(self, dim: int) -> None:
+    def __init__(self, dim: int, fused: bool = False) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(dim, dim, 3, bias=True)
         self.conv2 = nn.Conv2d(dim, dim, 3, bias=True)
+        self.fused = fused
 
     def forward(
         self, x: torch.Tensor, scale1: torch.Tensor, bias1: torch.Tensor, scale2: torch.Tensor, bias2: torch.Tensor
     ) -> torch.Tensor:
-        h = adain(self.conv1(reflect_pad(x, 1)), scale1, bias1, activation="lrelu", negative_slope=LRELU_SLOPE)
-        return adain(self.conv2(reflect_pad(h, 1)), scale2, bias2, residual=x)
+        backend = "fused" if self.fused else "torch"
+        h = adain(self.conv1(reflect_pad(x, 1)), scale1, bias1, activation="lrelu", negative_slope=LRELU_SLOPE,
+                  backend=backend)
+        return adain(self.conv2(reflect_pad(h, 1)), scale2, bias2, residual=x, backend=backend)
 
 
 class Decoder(nn.Module):
@@ -80,17 +72,21 @@ class Decoder(nn.Module):
       512 for the demo's ResNet-18); slice k feeds ``mlp_w[k]`` (scales) and ``mlp_b[k]`` (biases), each
       ``slice -> 512 -> 512 -> 2 * 128``; the concatenated outputs are handed out 128 per AdaIN layer in module
       order, so slice k drives residual block k (its two AdaIN layers). Used directly as scale and bias.
-      Under ``--fused`` the eight MLPs run batched (:func:`grouped_mlp`, same parameters).
+      With ``fused`` the eight MLPs run batched (``dgnet.ops.grouped_mlp``, same parameters).
     - 4 AdaIN residual blocks at 128; twice [nearest x2 upsample, conv5x5 halving channels, LayerNorm, lrelu];
-      conv3x3 32->32 lrelu, conv3x3 32->32 lrelu, conv1x1 32->3. Under ``--fused`` (``dgnet.ops.set_fused``),
-      where ``dgnet.ops.fold_upsample_enabled`` (by default on CPU), each upsample + conv5x5 runs as
-      ``layers.upsample_conv5`` (folded 3x3 phase kernels at the input resolution; the plain twin
-      ``upsample_conv5_reference``), with the same parameters.
+      conv3x3 32->32 lrelu, conv3x3 32->32 lrelu, conv1x1 32->3. With ``fused``, where
+      :func:`fold_applies` (``fold_upsample``; by default on CPU), each upsample + conv5x5 runs as
+      ``dgnet.ops.upsample_conv5`` (folded 3x3 phase kernels at the input resolution), same parameters.
+    - ``fused`` and ``fold_upsample`` (``train.fused``, ``train.fold_upsample``) are attributes set when the model
+      is built: they choose kernels, never values (the fused paths equal the plain ones up to float rounding).
     Init: the reference's kaiming (fan_in) on convs and linears, zero biases; LayerNorm gamma U(0,1), beta 0.
     """
 
-    def __init__(self, cfg: ModelConfig, code_dim: int) -> None:
+    def __init__(self, cfg: ModelConfig, code_dim: int, fused: bool = False, fold_upsample: str = "auto") -> None:
         super().__init__()
+        fold_applies(fold_upsample, "cpu")  # a bad mode fails here, not at the first forward
+        self.fused = fused
+        self.fold_upsample = fold_upsample
         dim = cfg.structure_dim
         n_res = cfg.decoder_res_blocks
         if code_dim % n_res:
@@ -100,7 +96,7 @@ class Decoder(nn.Module):
         self.slice_dim = code_dim // n_res
         self.mlp_w = nn.ModuleList(MLP(self.slice_dim, 2 * dim, cfg.mlp_dim) for _ in range(n_res))
         self.mlp_b = nn.ModuleList(MLP(self.slice_dim, 2 * dim, cfg.mlp_dim) for _ in range(n_res))
-        self.blocks = nn.ModuleList(AdaINResBlock(dim) for _ in range(n_res))
+        self.blocks = nn.ModuleList(AdaINResBlock(dim, fused) for _ in range(n_res))
         up = []
         d = dim
         for _ in range(2):
@@ -120,15 +116,18 @@ class Decoder(nn.Module):
 
     def layer_params(self, f: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """``(scale, bias)``, each ``(N, 128)``, of every AdaIN layer in module order: the columns ``[128 j,
-        128 (j + 1))`` of :meth:`adain_params`. Under ``--fused`` the eight MLPs run as one
-        :func:`grouped_mlp`; otherwise each MLP runs on its own, as :meth:`adain_params` does."""
-        if not fused_enabled():
+        128 (j + 1))`` of :meth:`adain_params`. With ``fused`` the eight MLPs run as one
+        ``grouped_mlp``; otherwise each MLP runs on its own, as :meth:`adain_params` does."""
+        if not self.fused:
             scales, biases = self.adain_params(f)
             return list(zip(scales.split(self.dim, dim=1), biases.split(self.dim, dim=1), strict=True))
         n = f.shape[0]
         z = f.reshape(n, self.n_res, self.slice_dim).transpose(0, 1)  # (n_res, N, slice): slice k feeds MLP k
         # Rows 2k, 2k + 1: the scales of block k's two AdaIN layers; rows 2 n_res + 2k, + 1: their biases.
-        out = grouped_mlp([*self.mlp_w, *self.mlp_b], z.repeat(2, 1, 1), out_chunks=2).unbind(0)
+        mlps = [*self.mlp_w, *self.mlp_b]
+        fcs = [[getattr(m, name) for m in mlps] for name in ("fc1", "fc2", "fc3")]
+        weights = [([fc.weight for fc in layer], [fc.bias for fc in layer]) for layer in fcs]
+        out = grouped_mlp(weights, z.repeat(2, 1, 1), out_chunks=2, negative_slope=LRELU_SLOPE).unbind(0)
         layers = 2 * self.n_res
         return [(out[j], out[layers + j]) for j in range(layers)]
 
@@ -137,15 +136,9 @@ class Decoder(nn.Module):
         x = s
         for k, block in enumerate(self.blocks):
             x = block(x, *params[2 * k], *params[2 * k + 1])
-        if not fold_upsample_enabled(x.device):
-            if fused_enabled():
-                say_once(f"fold-{x.device.type}", f"dgnet: decoder upsampling runs plain nearest x2 + conv5x5 on "
-                         f"{x.device.type} (train.fold_upsample; the fold is on for CPU by default)")
+        if not (self.fused and fold_applies(self.fold_upsample, x.device)):
             return self.up(x)
-        say_once(f"fold-{x.device.type}", f"dgnet: decoder upsampling runs the folded 3x3 phase kernels on "
-                 f"{x.device.type} (--fused, train.fold_upsample)")
-        # --fused (on CPU unless dgnet.ops.set_fold_upsample says otherwise): each [upsample, conv5x5 block]
-        # pair runs as the folded upsample_conv5 (same parameters).
+        # Each [upsample, conv5x5 block] pair runs as the folded upsample_conv5 (same parameters).
         mods = list(self.up)
         i = 0
         while i < len(mods):

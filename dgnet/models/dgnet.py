@@ -39,9 +39,10 @@ class DGNet(nn.Module):
     - ``G``: decoder incl. the AdaIN MLPs, ``G(s, f) -> image`` ``(N, 3, H, W)``;
     - ``D``: multi-scale discriminator, ``D(x) -> [per-scale patch maps]``.
     The optimiser groups follow this split: "gen" = Es + G, "dis" = D, "id" = Ea.
+    ``fused``/``fold_upsample`` choose G's kernels (``dgnet.models.decoder.Decoder``), never its values.
     """
 
-    def __init__(self, cfg: ModelConfig, num_ids: int) -> None:
+    def __init__(self, cfg: ModelConfig, num_ids: int, fused: bool = False, fold_upsample: str = "auto") -> None:
         super().__init__()
         if num_ids < 1:
             raise ValueError(f"num_ids={num_ids}: expected a positive identity count")
@@ -49,8 +50,13 @@ class DGNet(nn.Module):
         self.num_ids = num_ids
         self.Ea = AppearanceEncoder(cfg, num_ids)
         self.Es = StructureEncoder(cfg)
-        self.G = Decoder(cfg, self.Ea.code_dim)
+        self.G = Decoder(cfg, self.Ea.code_dim, fused=fused, fold_upsample=fold_upsample)
         self.D = MultiScaleDiscriminator(cfg)
+
+    @property
+    def fused(self) -> bool:
+        """Whether G runs its fast paths (set when the model is built)."""
+        return self.G.fused
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """``x`` ``(N, 3, H, W)`` -> ``(f, s, logits_primary, logits_fine)``."""

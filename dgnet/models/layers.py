@@ -10,38 +10,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from dgnet.losses import f32
+from dgnet.ops.padding import reflect_pad
 
 LRELU_SLOPE = 0.2  # the reference's LeakyReLU slope, used throughout Es, G and D
-
-
-def _reflect_index(n: int, pad: int, device: torch.device) -> torch.Tensor:
-    """Indices of a symmetric (reflect, edge not repeated) padding of length ``pad`` on each side.
-
-    Valid for any ``pad``, including ``pad >= n`` where ``F.pad(mode="reflect")`` refuses: the mirror
-    is simply repeated, period ``2 * (n - 1)``.
-    """
-    i = torch.arange(-pad, n + pad, device=device)
-    if n == 1:
-        return torch.zeros_like(i)
-    period = 2 * (n - 1)
-    j = torch.remainder(i, period)
-    return torch.where(j >= n, period - j, j)
-
-
-def reflect_pad(x: torch.Tensor, pad: int) -> torch.Tensor:
-    """Reflect-pad the last two dims of ``x`` (N, C, H, W) by ``pad`` on every side.
-
-    Equal to ``F.pad(x, (pad,) * 4, mode="reflect")`` wherever that is defined (pad < H and pad < W,
-    every size the spec uses). Smaller maps (the ASPP's dilation-9 branch at the 64x32 test size sees a
-    16x8 map) fall back to a repeated mirror instead of failing: a documented small-size extension.
-    """
-    if pad == 0:
-        return x
-    h, w = x.shape[-2:]
-    if pad < h and pad < w:
-        return F.pad(x, (pad, pad, pad, pad), mode="reflect")
-    x = x.index_select(-2, _reflect_index(h, pad, x.device))
-    return x.index_select(-1, _reflect_index(w, pad, x.device))
 
 
 class LayerNorm(nn.Module):
@@ -134,79 +105,3 @@ def init_gaussian(module: nn.Module, std: float = 0.02) -> None:
             nn.init.normal_(m.weight, 0.0, std)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Nearest x2 upsample + reflect pad 2 + conv5x5: the decoder's two upsampling steps.
-#
-# Nearest upsampling repeats each input pixel over a 2x2 block, so on the upsampled grid the five taps of a 5x5
-# kernel fall on only three input rows (and columns) for each output phase: (py, px) in {0, 1}^2. Folding the
-# taps that meet the same input pixel gives four 3x3 kernels applied at the input resolution (36 instead of 100
-# multiply-adds per input pixel and channel pair), interleaved by pixel_shuffle. Away from the border the
-# upsampled image's reflect padding reads the same input pixels as a replicate padding of the input; only the
-# first and last output row and column differ, and they are recomputed exactly from a five-pixel-wide strip.
-
-# _FOLD[p, k, d]: tap d of the 5x5 kernel lands on input offset k - 1 for output phase p.
-_FOLD = (
-    ((1.0, 1.0, 0.0, 0.0, 0.0), (0.0, 0.0, 1.0, 1.0, 0.0), (0.0, 0.0, 0.0, 0.0, 1.0)),
-    ((1.0, 0.0, 0.0, 0.0, 0.0), (0.0, 1.0, 1.0, 0.0, 0.0), (0.0, 0.0, 0.0, 1.0, 1.0)),
-)
-
-
-_FOLD_CACHE: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}
-
-
-def _fold(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    # cached per device: building it from a Python list each call would be a host-to-device copy per forward
-    key = (dtype, device)
-    if key not in _FOLD_CACHE:
-        _FOLD_CACHE[key] = torch.tensor(_FOLD, dtype=dtype, device=device)
-    return _FOLD_CACHE[key]
-
-
-def upsample_conv5_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """Plain twin: ``conv2d(reflect_pad(upsample_nearest_x2(x), 2), weight, bias)``.
-
-    ``x`` ``(N, C, H, W)``, ``weight`` ``(Co, C, 5, 5)`` -> ``(N, Co, 2H, 2W)``.
-    """
-    return F.conv2d(reflect_pad(F.interpolate(x, scale_factor=2, mode="nearest"), 2), weight, bias)
-
-
-def _up_reflect_index(n: int, start: int, stop: int, device: torch.device) -> torch.Tensor:
-    """Input index read at positions ``[start, stop)`` of ``reflect_pad(upsample_x2(.), 2)`` along a dim of size n."""
-    q = torch.arange(start - 2, stop - 2, device=device)
-    m = 2 * n
-    q = torch.where(q < 0, -q, q)
-    q = torch.where(q > m - 1, 2 * (m - 1) - q, q)
-    return torch.div(q, 2, rounding_mode="floor")
-
-
-def upsample_conv5(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """Fast path of ``upsample_conv5_reference`` (same values up to float rounding, same gradients).
-
-    ``x`` ``(N, C, H, W)`` with H, W >= 2 (smaller inputs take the reference), any device and float dtype.
-    """
-    n, c, h, w = x.shape
-    if h < 2 or w < 2:
-        return upsample_conv5_reference(x, weight, bias)
-    co = weight.shape[0]
-    fold = _fold(weight.dtype, weight.device)
-    # k[o, py, px, c, i, j] = sum_{d, e} fold[py, i, d] * weight[o, c, d, e] * fold[px, j, e]
-    k = torch.einsum("pid,ocde,qje->opqcij", fold, weight, fold).reshape(co * 4, c, 3, 3)
-    z = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), k, None if bias is None else bias.repeat_interleave(4))
-    y = F.pixel_shuffle(z, 2)  # channel o * 4 + py * 2 + px -> pixel (2i + py, 2j + px)
-    dev = x.device
-    # First and last output rows: the five padded rows each reads, across the full padded width.
-    rows = torch.cat([_up_reflect_index(h, 0, 5, dev), _up_reflect_index(h, 2 * h - 1, 2 * h + 4, dev)])
-    strip = x.index_select(2, rows).index_select(3, _up_reflect_index(w, 0, 2 * w + 4, dev))
-    strip = strip.view(n, c, 2, 5, 2 * w + 4).transpose(1, 2).reshape(2 * n, c, 5, 2 * w + 4)
-    r = F.conv2d(strip, weight, bias).view(n, 2, co, 2 * w)
-    cols = torch.cat([_up_reflect_index(w, 0, 5, dev), _up_reflect_index(w, 2 * w - 1, 2 * w + 4, dev)])
-    strip = x.index_select(3, cols).index_select(2, _up_reflect_index(h, 0, 2 * h + 4, dev))
-    strip = strip.view(n, c, 2 * h + 4, 2, 5).permute(0, 3, 1, 2, 4).reshape(2 * n, c, 2 * h + 4, 5)
-    s = F.conv2d(strip, weight, bias).view(n, 2, co, 2 * h)
-    y[:, :, 0, :] = r[:, 0]
-    y[:, :, -1, :] = r[:, 1]
-    y[:, :, :, 0] = s[:, 0]
-    y[:, :, :, -1] = s[:, 1]
-    return y

@@ -1,22 +1,29 @@
-"""The Python front of every dgnet fast op: reference, dispatch, fake and autograd registration."""
+"""The Python front of every dgnet fast op: reference, dispatch, fake and autograd registration.
 
-from dgnet.ops._lib import extension_available, fold_upsample_enabled, fused_enabled, set_fold_upsample, set_fused
+One base name per op across ``csrc/``, ``dgnet/ops/``, ``kernels/``, ``tests/`` and ``benchmarks/``: ``adain``,
+``distance``, ``rerank``, ``evaluation`` (the op under ``dgnet.evaluation``), ``upsample_conv5`` and
+``grouped_mlp``. Every fast path has a plain twin (``*_reference``) that its tests hold it to.
+"""
+
+from dgnet.ops._lib import extension_available
 from dgnet.ops.adain import adain, adain_reference
+from dgnet.ops.grouped_mlp import grouped_mlp, grouped_mlp_reference
 from dgnet.ops.rerank import re_ranking, re_ranking_features, re_ranking_reference
 from dgnet.ops.retrieval import METRICS, pairwise_distance, pairwise_distance_reference
+from dgnet.ops.upsample_conv5 import upsample_conv5, upsample_conv5_reference
 
 __all__ = [
     "METRICS",
+    "adain",
+    "adain_reference",
+    "extension_available",
+    "grouped_mlp",
+    "grouped_mlp_reference",
     "pairwise_distance",
     "pairwise_distance_reference",
     "re_ranking",
     "re_ranking_features",
     "re_ranking_reference",
-    "adain",
-    "adain_reference",
-    "extension_available",
-    "fold_upsample_enabled",
-    "fused_enabled",
-    "set_fold_upsample",
-    "set_fused",
+    "upsample_conv5",
+    "upsample_conv5_reference",
 ]

@@ -10,8 +10,9 @@ Backends of :func:`adain`:
 * ``"triton"``: the fused Triton kernels (kernels/adain.py) as ``torch.ops.dgnet.adain_triton_forward`` /
   ``adain_triton_backward``, declared here with ``torch.library.triton_op`` so ``torch.compile`` sees
   the kernels; CUDA tensors, or CPU tensors under ``TRITON_INTERPRET=1``;
-* ``None``: the fused kernel of the tensor's device when :func:`dgnet.ops.set_fused` turned fused mode
-  on (``--fused``), else the reference. Fused mode never falls back silently: a missing kernel raises.
+* ``"fused"``: the fused kernel of x's device (``"cpu"`` for CPU tensors, ``"triton"`` for CUDA tensors): what
+  a model built with ``fused=True`` (``--fused``) asks for. It never falls back silently: a missing kernel
+  raises.
 
 Fused ops save only the per-row mean and rstd for the backward; gradients flow to x, scale, bias and
 residual. Fake (meta) kernels and autograd are registered here, so every op works under
@@ -25,10 +26,10 @@ import os
 import torch
 import torch.nn.functional as F
 
-from dgnet.ops._lib import extension_available, fused_enabled, require_extension, say_once
+from dgnet.ops._lib import extension_available, require_extension
 
 ACTIVATIONS = (None, "relu", "lrelu")
-BACKENDS = (None, "torch", "cpu", "triton")
+BACKENDS = ("torch", "cpu", "triton", "fused")
 # Activation codes of the op schemas (csrc/include/dgnet/adain.h, kernels/adain.py).
 _ACT_CODE = {None: 0, "relu": 1, "lrelu": 2}
 # Eager Triton calls go through _TritonAdain rather than the triton_op (tests flip this to check both).
@@ -241,25 +242,13 @@ def _check_args(x, scale, bias, residual, activation, backend) -> None:
         raise ValueError(f"adain: backend={backend!r}: expected one of {BACKENDS}")
 
 
-def _announce(key: str, message: str) -> None:
-    # Logging inside a compiled region would break the graph; the eager call says it instead.
-    if not torch.compiler.is_compiling():
-        say_once(key, message)
-
-
-def _resolve_backend(backend: str | None, x: torch.Tensor) -> str:
-    if backend is not None:
-        return backend
-    if not fused_enabled():
-        _announce("adain:torch", "dgnet: AdaIN runs the plain PyTorch reference (fused mode is off)")
-        return "torch"
-    if x.device.type == "cuda":
-        _announce("adain:triton", "dgnet: AdaIN runs the fused Triton kernel (--fused, CUDA)")
+def fused_backend(device: torch.device) -> str:
+    """The fused AdaIN kernel for tensors on ``device``: ``"cpu"`` (C++) or ``"triton"`` (CUDA)."""
+    if device.type == "cuda":
         return "triton"
-    if x.device.type == "cpu":
-        _announce("adain:cpu", "dgnet: AdaIN runs the fused C++ kernel (--fused, CPU)")
+    if device.type == "cpu":
         return "cpu"
-    raise RuntimeError(f"adain: fused mode is on but there is no fused AdaIN kernel for device {x.device}")
+    raise RuntimeError(f"adain: backend='fused' but there is no fused AdaIN kernel for device {device}")
 
 
 def triton_available(device: torch.device | str) -> bool:
@@ -278,7 +267,7 @@ def adain(
     activation: str | None = None,
     eps: float = 1e-5,
     negative_slope: float = 0.2,
-    backend: str | None = None,
+    backend: str = "torch",
 ) -> torch.Tensor:
     """``act(scale * (x - mean_hw) / sqrt(var_hw + eps) + bias) [+ residual]``, differentiable.
 
@@ -289,7 +278,7 @@ def adain(
         residual: optional tensor of x's shape and device, added after the activation.
         activation: ``None``, ``"relu"`` or ``"lrelu"`` (slope ``negative_slope``).
         eps: added to the biased variance.
-        backend: ``None``, ``"torch"``, ``"cpu"`` or ``"triton"`` (see the module docstring).
+        backend: ``"torch"`` (default), ``"cpu"``, ``"triton"`` or ``"fused"`` (see the module docstring).
     Returns:
         ``(N, C, H, W)`` in x's dtype on x's device (contiguous for the fused backends).
     Raises:
@@ -298,7 +287,8 @@ def adain(
             Triton on CPU without ``TRITON_INTERPRET=1``).
     """
     _check_args(x, scale, bias, residual, activation, backend)
-    backend = _resolve_backend(backend, x)
+    if backend == "fused":
+        backend = fused_backend(x.device)
     if backend == "torch":
         return adain_reference(x, scale, bias, residual, activation, eps, negative_slope)
     code = _ACT_CODE[activation]

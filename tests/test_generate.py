@@ -1,4 +1,4 @@
-"""dgnet.export: the generated set reads back through the folder loader, with the right labels and pixels."""
+"""dgnet.generate (dgnet.generation): the generated set reads back through the folder loader, labels and pixels."""
 
 import csv
 import io
@@ -12,20 +12,22 @@ from PIL import Image
 from dgnet.config import resolve_config
 from dgnet.data import load_dataset
 from dgnet.data.layouts import load_folder
-from dgnet.export import draw_pairs, export_generated
+from dgnet.figures import load_images
+from dgnet.generation import draw_pairs, generate_dataset
 from dgnet.logging_utils import denormalize
-from dgnet.visualize import load_images
+
+SIZE = (64, 32)  # the model's input size (height, width)
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
+    from dgnet.checkpoint import arch_only
     from dgnet.models import DGNet
-    from dgnet.train import arch_only
 
     root = make_tiny_set(tmp_path_factory.mktemp("syn"))
     ds = load_dataset("synthetic", root, verbose=False)
     cfg = resolve_config("demo")
-    cfg.data.height, cfg.data.width = 64, 32
+    cfg.data.height, cfg.data.width = SIZE
     torch.manual_seed(0)
     model = DGNet(arch_only(cfg.model), ds.num_train_pids).eval()
     return model, ds, cfg
@@ -47,7 +49,7 @@ def test_pairs_cross_identities_and_are_seeded():
 def test_export_reads_back_with_labels_and_pixels(setup, tmp_path):
     model, ds, cfg = setup
     out = tmp_path / "gen"
-    rows = export_generated(model, ds, cfg, out, count=7, seed=3, batch_size=4)  # two batches, one short
+    rows = generate_dataset(model, ds, SIZE, out, count=7, seed=3, batch_size=4)  # two batches, one short
     with (out / "manifest.csv").open() as fh:
         manifest = list(csv.DictReader(fh))
     assert [m["path"] for m in manifest] == [r.path for r in rows] and len(rows) == 7
@@ -66,8 +68,8 @@ def test_export_reads_back_with_labels_and_pixels(setup, tmp_path):
 
     # pixels: each image is G(s_a, f_b) of its own pair, computed here one pair at a time
     for r in rows[:3]:
-        xa = load_images([by_path[r.structure_source]], cfg, "torch", torch.device("cpu"))
-        xb = load_images([by_path[r.appearance_source]], cfg, "torch", torch.device("cpu"))
+        xa = load_images([by_path[r.structure_source]], (64, 32), "torch", torch.device("cpu"))
+        xb = load_images([by_path[r.appearance_source]], (64, 32), "torch", torch.device("cpu"))
         with torch.no_grad():
             want = denormalize(model.decode(model.encode(xa)[1], model.encode(xb)[0]))[0]
         img = torch.from_numpy(np.array(Image.open(out / r.path).convert("RGB"))).permute(2, 0, 1).float() / 255
@@ -84,21 +86,21 @@ def test_export_reads_back_with_labels_and_pixels(setup, tmp_path):
 
 def test_export_is_deterministic_and_refuses_to_overwrite(setup, tmp_path):
     model, ds, cfg = setup
-    r1 = export_generated(model, ds, cfg, tmp_path / "one", count=3, seed=5)
-    r2 = export_generated(model, ds, cfg, tmp_path / "two", count=3, seed=5)
+    r1 = generate_dataset(model, ds, SIZE, tmp_path / "one", count=3, seed=5)
+    r2 = generate_dataset(model, ds, SIZE, tmp_path / "two", count=3, seed=5)
     assert r1 == r2
     for r in r1:
         assert (tmp_path / "one" / r.path).read_bytes() == (tmp_path / "two" / r.path).read_bytes()
     # a model handed over in train mode is run in eval mode (the same images) and given back in train mode
     model.train()
     try:
-        r3 = export_generated(model, ds, cfg, tmp_path / "train_mode", count=3, seed=5)
+        r3 = generate_dataset(model, ds, SIZE, tmp_path / "train_mode", count=3, seed=5)
         assert model.training and model.Ea.training
     finally:
         model.eval()
     for r in r3:
         assert (tmp_path / "train_mode" / r.path).read_bytes() == (tmp_path / "one" / r.path).read_bytes()
-    with pytest.raises(ValueError, match="already holds an export"):
-        export_generated(model, ds, cfg, tmp_path / "one", count=3, seed=6)
+    with pytest.raises(ValueError, match="already holds a generated set"):
+        generate_dataset(model, ds, SIZE, tmp_path / "one", count=3, seed=6)
     with pytest.raises(ValueError, match="quality=0"):
-        export_generated(model, ds, cfg, tmp_path / "three", count=3, quality=0)
+        generate_dataset(model, ds, SIZE, tmp_path / "three", count=3, quality=0)

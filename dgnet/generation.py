@@ -1,4 +1,4 @@
-"""``python -m dgnet.export``: a generated re-id dataset from a trained DG-Net, for training other models.
+"""A generated re-id dataset from a trained DG-Net, for training other models (``python -m dgnet.generate``).
 
 Each exported image is ``x_ab = G(s_a, f_b)`` for a random pair of training images of two different
 identities: the structure (pose, box, background, camera conditions) of ``a`` and the appearance of ``b``.
@@ -15,17 +15,14 @@ images alone with ``load_folder(out, splits=("train", "train", "train"))``.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
-import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from dgnet.config import positive_int
 from dgnet.fileio import write_text_atomic
 
 MANIFEST_FIELDS = ("path", "pid", "camid", "structure_source", "appearance_source")
@@ -57,18 +54,19 @@ def draw_pairs(pids: np.ndarray, count: int, seed: int) -> tuple[np.ndarray, np.
 
 
 @torch.no_grad()
-def export_generated(model: torch.nn.Module, ds, cfg, out: str | Path, count: int, seed: int = 0,
+def generate_dataset(model: torch.nn.Module, ds, size: tuple[int, int], out: str | Path, count: int, seed: int = 0,
                      device: torch.device | str = "cpu", backend: str = "torch", quality: int = 95,
                      batch_size: int = 32) -> list[ExportRow]:
     """Write ``count`` cross-identity images of ``model`` (a ``DGNet``, run in eval mode) from ``ds.train`` to ``out``.
 
-    Images are read with the test transform at ``cfg.data`` size. Returns the manifest rows, in index order.
+    Images are read with the test transform at ``size`` = (H, W), the model's. Returns the manifest rows, in
+    index order.
     """
     from PIL import Image
 
+    from dgnet.figures import load_images
     from dgnet.logging_utils import denormalize
     from dgnet.models import eval_mode
-    from dgnet.visualize import load_images
 
     out = Path(out)
     if batch_size < 1:
@@ -76,7 +74,7 @@ def export_generated(model: torch.nn.Module, ds, cfg, out: str | Path, count: in
     if not 1 <= quality <= 100:
         raise ValueError(f"quality={quality}: expected a JPEG quality in 1..100")
     if (out / "manifest.csv").exists() or ((out / "train").is_dir() and any((out / "train").iterdir())):
-        raise ValueError(f"{out} already holds an export; choose another folder or remove it")
+        raise ValueError(f"{out} already holds a generated set; choose another folder or remove it")
     device = torch.device(device)
     train = ds.train
     original = {label: pid for pid, label in ds.pid_map.items()}
@@ -85,8 +83,8 @@ def export_generated(model: torch.nn.Module, ds, cfg, out: str | Path, count: in
     digits = max(6, len(str(count - 1)))
     for start in range(0, count, batch_size):
         ia, ib = a[start : start + batch_size], b[start : start + batch_size]
-        xa = load_images([train[i] for i in ia], cfg, backend, device)
-        xb = load_images([train[i] for i in ib], cfg, backend, device)
+        xa = load_images([train[i] for i in ia], size, backend, device)
+        xb = load_images([train[i] for i in ib], size, backend, device)
         with eval_mode(model):  # train mode would take Ea's BatchNorm statistics from each batch
             _, s_a, _, _ = model.encode(xa)
             f_b, _, _, _ = model.encode(xb)
@@ -104,35 +102,3 @@ def export_generated(model: torch.nn.Module, ds, cfg, out: str | Path, count: in
     w.writerows(asdict(r) for r in rows)
     write_text_atomic(out / "manifest.csv", text.getvalue())  # last: its presence marks a complete export
     return rows
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m dgnet.export", description=__doc__.split("\n")[0])
-    p.add_argument("--checkpoint", required=True, help="dgnet.pt (or a dgnet_*.pt checkpoint)")
-    p.add_argument("--out", required=True, help="export folder (created; must not hold an export)")
-    p.add_argument("--count", type=positive_int, default=1000, help="images to generate (default 1000)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the pair draw")
-    p.add_argument("--quality", type=int, default=95, help="JPEG quality (default 95)")
-    p.add_argument("--batch-size", type=positive_int, default=32)
-    p.add_argument("--data-root")
-    p.add_argument("--loader", choices=("auto", "dali", "torch"))
-    p.add_argument("--device", default="auto")
-    args = p.parse_args(argv)
-    from dgnet.data import load_dataset, resolve_backend
-    from dgnet.test import load_models, open_run
-
-    try:
-        ckpt, cfg, device = open_run(args.checkpoint, args.data_root, args.loader, args.device)
-        model = load_models(ckpt, cfg, device, "dgnet")["dgnet"]
-        ds = load_dataset(cfg.data.dataset, cfg.data.root, verbose=False)
-        rows = export_generated(model, ds, cfg, args.out, args.count, args.seed, device,
-                                resolve_backend(cfg.data.loader, device), args.quality, args.batch_size)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"dgnet.export: error: {exc}", file=sys.stderr)
-        return 2
-    print(f"wrote {len(rows)} images of {len({r.pid for r in rows})} identities to {args.out} (manifest.csv)")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,0 +1,460 @@
+"""Training: stage 1 trains the teacher (the re-id baseline), stage 2 trains DG-Net, then both are evaluated.
+
+:func:`train` is the whole run that ``python -m dgnet.train`` starts. With the ``demo`` preset it generates
+the synthetic set if absent, trains both stages, evaluates the teacher and DG-Net with and without
+re-ranking, and writes everything under the run's output folder::
+
+    <output>/config.yaml          the resolved config (loadable with --config)
+    <output>/metrics.jsonl        one line per logged iteration (losses, ramped weights, lrs, it/s)
+    <output>/tb/                  TensorBoard events (the same scalars, plus image grids)
+    <output>/images/*.png         fixed samples: real a, real b, reconstruction, cycle, swaps
+    <output>/checkpoints/*.pt     full checkpoints (last K per stage) for --resume
+    <output>/teacher.pt, dgnet.pt final weights (for --teacher, dgnet.test, dgnet.visualize)
+    <output>/results.json, results.md   the evaluation table
+
+``train.max_iterations`` (``--iterations N``) caps both stages of this invocation at N. A resume continues
+from the newest checkpoint in the output folder exactly where it stopped (models, optimisers, schedulers,
+grad scaler, all RNG states, the data streams' positions; the ramps are a function of the iteration), in the
+stage it stopped in.
+
+Several processes (one per GPU, ``torchrun --nproc_per_node N -m dgnet.train ...``; see
+``dgnet.distributed``): DistributedDataParallel, each rank reads a disjoint shard of every epoch, only
+rank 0 logs, draws grids, writes checkpoints and evaluates; checkpoints hold every rank's RNG state, so a
+resume on the same world size is exact; on another world size it works and says what is not exact.
+The batch and learning-rate rule is documented at ``TrainConfig.sync_bn`` / ``scale_lr``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dgnet import engine
+from dgnet.checkpoint import (
+    CheckpointManager,
+    arch_only,
+    build_state,
+    check_compatible,
+    gather_rng,
+    load_checkpoint,
+    restore_rank,
+    save_atomic,
+)
+from dgnet.config import Config, save_config
+from dgnet.distributed import world
+from dgnet.fileio import write_text_atomic
+from dgnet.logging_utils import RunLogger
+from dgnet.runs import TEACHER_WEIGHTS, load_teacher, prepare_dataset, teacher_from, with_data_ids
+from dgnet.runtime import Amp, resolve_amp, resolve_device, seed_everything, seed_rank, set_determinism, set_threads
+
+STAGES = ("all", "teacher", "dgnet")
+
+
+class NonFiniteLoss(RuntimeError):
+    """A loss became NaN or inf: training stops, the last good checkpoint is kept and named."""
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# loop pieces
+
+
+def _check_finite(out: dict[str, Any], stage: str, iteration: int, mgr: CheckpointManager) -> None:
+    bad = {k: v for k, v in out.items() if isinstance(v, float) and k.startswith("loss") and not math.isfinite(v)}
+    if not bad:
+        return
+    last = mgr.latest()
+    kept = f"the last good checkpoint is {last}" if last else "no checkpoint had been written yet"
+    names = ", ".join(f"{k} = {v}" for k, v in bad.items())
+    raise NonFiniteLoss(
+        f"{stage}: non-finite loss at iteration {iteration + 1}: {names}; training stopped, {kept}. "
+        "If fp16 overflowed, resume with --resume --amp bf16 (or off); lower learning rates or loss weights "
+        "change the run's fingerprint, so they need a new run (another --output)."
+    )
+
+
+def _next_batch(batches: Any) -> dict:
+    """The next batch, leaving torch's global RNG as it was.
+
+    The training steps draw dropout and the structure-branch coin from the global RNG, and a torch
+    DataLoader draws its base seed from it whenever its iterator is (re)created, which a resumed
+    stream does at a different iteration than an uninterrupted one; fetching data must not shift the
+    steps' random numbers, or resume would not be exact.
+    """
+    with torch.random.fork_rng(devices=[]):
+        return next(batches)
+
+
+def _lrs(optimizers: dict[str, torch.optim.Optimizer]) -> dict[str, float]:
+    out = {}
+    for name, opt in optimizers.items():
+        for i, g in enumerate(opt.param_groups):
+            out[f"lr_{name}" + (f"_{i}" if len(opt.param_groups) > 1 else "")] = float(g["lr"])
+    return out
+
+
+def _scale_lrs(optimizers: dict[str, torch.optim.Optimizer], cfg: Config) -> None:
+    """``train.scale_lr``: every learning rate x world size (before the schedulers capture them)."""
+    _, size = world()
+    if cfg.train.scale_lr and size > 1:
+        for opt in optimizers.values():
+            for g in opt.param_groups:
+                g["lr"] *= size
+
+
+def _stream_kwargs(cfg: Config, device: torch.device, seed: int, batch_size: int) -> dict:
+    rank, size = world()
+    return dict(batch_size=batch_size, size=(cfg.data.height, cfg.data.width), device=device, seed=seed,
+                pad=cfg.data.pad, erasing_p=cfg.data.erasing_p, rank=rank, world_size=size,
+                workers=cfg.data.workers)
+
+
+def _seed_this_rank(seed: int) -> None:
+    seed_rank(seed, *world())
+
+
+def stage_iterations(cfg: Config, stage: str) -> int:
+    """Iterations ``stage`` ("teacher" or "dgnet") trains for: its schedule, capped by ``--iterations``."""
+    total = cfg.optim.teacher_iterations if stage == "teacher" else cfg.optim.iterations
+    return min(total, cfg.train.max_iterations) if cfg.train.max_iterations else total
+
+
+def sched_step(*schedulers: Any) -> None:
+    """Step schedulers at the start of an iteration, as the reference does (spec: Optimisation)."""
+    with warnings.catch_warnings():
+        # torch warns when a scheduler steps before the first optimiser step; that order is the spec's.
+        warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)`")
+        for s in schedulers:
+            s.step()
+
+
+def _final_weights(path: Path, stage: str, iteration: int, cfg: Config, models: dict) -> None:
+    save_atomic(build_state(stage=stage, iteration=iteration, cfg=cfg, num_ids=cfg.model.num_ids, models=models),
+                path)
+
+
+def _ddp(module: torch.nn.Module, device: torch.device) -> torch.nn.Module | None:
+    """The stage-1 teacher's DDP wrapper under torchrun (``None`` in a single process)."""
+    _, size = world()
+    if size == 1:
+        return None
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    return DDP(module, device_ids=[device] if device.type == "cuda" else None, broadcast_buffers=False)
+
+
+def fast_paths(cfg: Config, device: torch.device) -> str:
+    """One line saying which fast paths this run's models and steps use (``train.fused``, ``fold_upsample``)."""
+    from dgnet.models.decoder import fold_applies
+
+    if not cfg.train.fused:
+        return "plain PyTorch (--fused for the fast paths)"
+    adain = "C++" if device.type == "cpu" else "Triton"
+    fold = "folded upsample + conv5x5" if fold_applies(cfg.train.fold_upsample, device) else "plain upsampling"
+    return (f"--fused: {adain} AdaIN kernels, grouped AdaIN MLPs, fused optimisers, deferred BatchNorm counters, "
+            f"{fold} (train.fold_upsample={cfg.train.fold_upsample})")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# stage 1: the teacher
+
+
+def train_teacher(cfg: Config, ds, device: torch.device, backend: str, mgr: CheckpointManager,
+                  resume: dict | None, amp: Amp, out: Path) -> torch.nn.Module:
+    """Train the re-id baseline (the teacher) for ``optim.teacher_iterations`` (capped); returns it in eval mode."""
+    from dgnet.data import train_stream
+    from dgnet.models import ReidBaseline
+
+    rank, _ = world()
+    fused = cfg.train.fused
+    total = stage_iterations(cfg, "teacher")
+    seed_everything(cfg.train.seed)
+    num_ids = cfg.model.num_ids
+    scratch = resume is not None or cfg.model.backbone_weights == TEACHER_WEIGHTS  # the teacher itself starts anew
+    teacher = ReidBaseline(arch_only(cfg.model) if scratch else cfg.model, num_ids).to(device)
+    opt = engine.build_teacher_optimizer(teacher, cfg.optim, fused=fused)
+    _scale_lrs({"teacher": opt}, cfg)
+    sched = engine.build_teacher_scheduler(opt, cfg.optim)
+    ddp = _ddp(teacher, device)
+    stream = train_stream(ds.train, backend, mode="pk", augment=True,
+                          **_stream_kwargs(cfg, device, cfg.train.seed, cfg.data.teacher_batch_size))
+    start = 0
+    _seed_this_rank(cfg.train.seed)
+    if resume is not None:
+        restore_rank(resume, "teacher", {"train": stream}, models={"teacher": teacher}, optimizers={"teacher": opt},
+                     schedulers={"teacher": sched}, scaler=amp.scaler, scale_lr=cfg.train.scale_lr)
+        start = resume["iteration"]
+    log = RunLogger(out, "teacher", total, start=start, enabled=rank == 0)
+    if start >= total:
+        log.write(f"teacher: already trained ({start} iterations)")
+    batches = iter(stream)
+
+    def save(it: int) -> None:
+        rngs = gather_rng()
+        if rank == 0:
+            mgr.save(build_state(stage="teacher", iteration=it, cfg=cfg, num_ids=num_ids, models={"teacher": teacher},
+                                 optimizers={"teacher": opt}, schedulers={"teacher": sched}, scaler=amp.scaler,
+                                 streams={"train": stream}, rng_ranks=rngs), "teacher", it)
+
+    teacher.train()
+    try:
+        for it in range(start, total):
+            sched_step(sched)
+            batch = _next_batch(batches)
+            o = engine.teacher_step(teacher, opt, batch, amp.scaler, amp.dtype, ddp=ddp, fused=fused)
+            _check_finite(o, "teacher", it, mgr)
+            done = it + 1
+            log.step(postfix={k: v for k, v in o.items() if k.startswith("loss")})
+            if done % cfg.train.log_every == 0 or done == total:
+                log.scalars(done, {**o, **_lrs({"teacher": opt}), "it_per_s": log.its_per_second(done)})
+            if done % cfg.train.checkpoint_every == 0 or done == total:
+                save(done)
+    finally:
+        log.close()
+    if rank == 0 and total > 0:
+        _final_weights(out / "teacher.pt", "teacher", max(start, total), cfg, {"teacher": teacher})
+    teacher.eval()
+    return teacher
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# stage 2: DG-Net
+
+
+def fixed_grid_batches(ds, cfg: Config, backend: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two rows of fixed train images of different identities (a: ids 0..n-1, b: the next n), for the grids.
+
+    Read through the test pipeline (no augmentation, no random state consumed), so grids at the
+    same iteration of a resumed and an uninterrupted run show the same inputs.
+    """
+    from dgnet.figures import load_images
+
+    n = cfg.train.grid_samples
+    first: dict[int, Any] = {}
+    for s in ds.train:
+        first.setdefault(s.pid, s)
+        if len(first) >= 2 * n:
+            break
+    picks = list(first.values())
+    if len(picks) < 2:
+        raise ValueError("the train split needs at least 2 identities for image grids")
+    half = max(1, len(picks) // 2)
+    x = load_images(picks[:half] + picks[half : 2 * half], (cfg.data.height, cfg.data.width), backend, device)
+    return x[:half], x[half : 2 * half]
+
+
+def train_dgnet(cfg: Config, ds, teacher: torch.nn.Module, device: torch.device, backend: str,
+                mgr: CheckpointManager, resume: dict | None, amp: Amp, out: Path) -> torch.nn.Module:
+    """Joint training (spec: Losses, Optimisation) for ``optim.iterations`` (capped); returns DGNet in eval mode."""
+    from dgnet.data import drop_singletons, train_stream
+    from dgnet.figures import training_rows
+    from dgnet.models import DGNet
+
+    rank, size = world()
+    fused = cfg.train.fused
+    total = stage_iterations(cfg, "dgnet")
+    # Stage 2 seeds itself, so it is the same whether stage 1 ran in this process or was loaded.
+    seed_everything(cfg.train.seed + 1)
+    num_ids = cfg.model.num_ids
+    from_teacher = cfg.model.backbone_weights == TEACHER_WEIGHTS
+    model = DGNet(arch_only(cfg.model) if resume is not None or from_teacher else cfg.model, num_ids,
+                  fused=fused, fold_upsample=cfg.train.fold_upsample).to(device)
+    if from_teacher and resume is None:
+        try:
+            model.Ea.backbone.load_state_dict(teacher.backbone.state_dict())
+        except RuntimeError as exc:
+            raise ValueError(f"model.backbone_weights=teacher: the teacher's trunk does not fit Ea's "
+                             f"({cfg.model.backbone}): {exc}") from None
+    if size > 1 and cfg.train.sync_bn:
+        from dgnet.distributed import convert_sync_batchnorm
+
+        model.Ea = convert_sync_batchnorm(model.Ea, device).to(device)
+    opts = engine.build_optimizers(model, cfg.optim, fused=fused)
+    _scale_lrs(opts, cfg)
+    scheds = engine.build_schedulers(opts, cfg.optim)
+    ddp = engine.wrap_ddp(model, device) if size > 1 else None
+    kw = _stream_kwargs(cfg, device, 0, cfg.data.batch_size)
+    pairs, _ = drop_singletons(ds.train)  # an identity with one image has no positive to pair with
+    streams = {
+        "a": train_stream(pairs, backend, mode="pairs", augment=True, **{**kw, "seed": cfg.train.seed + 11}),
+        "b": train_stream(pairs, backend, mode="pairs", augment=True, **{**kw, "seed": cfg.train.seed + 23}),
+    }
+    start = 0
+    _seed_this_rank(cfg.train.seed + 1)
+    if resume is not None:
+        restore_rank(resume, "dgnet", streams, models={"dgnet": model}, optimizers=opts, schedulers=scheds,
+                     scaler=amp.scaler, scale_lr=cfg.train.scale_lr)
+        start = resume["iteration"]
+    grid_a = grid_b = None
+    if rank == 0:
+        with torch.random.fork_rng(devices=[]):  # reading the grid images must not shift the training RNG
+            grid_a, grid_b = fixed_grid_batches(ds, cfg, backend, device)
+    log = RunLogger(out, "dgnet", total, start=start, enabled=rank == 0)
+    if start >= total:
+        log.write(f"dgnet: already trained ({start} iterations)")
+    it_a, it_b = iter(streams["a"]), iter(streams["b"])
+
+    def save(it: int, ramps: dict) -> None:
+        rngs = gather_rng()
+        if rank == 0:
+            mgr.save(build_state(stage="dgnet", iteration=it, cfg=cfg, num_ids=num_ids,
+                                 models={"dgnet": model, "teacher": teacher}, optimizers=opts, schedulers=scheds,
+                                 scaler=amp.scaler, streams=streams, ramps=ramps, rng_ranks=rngs), "dgnet", it)
+
+    model.train()
+    try:
+        for it in range(start, total):
+            sched_step(*scheds.values())
+            batch_a, batch_b = _next_batch(it_a), _next_batch(it_b)
+            o = engine.dgnet_step(model, teacher, opts, batch_a, batch_b, it, cfg, scaler=amp.scaler,
+                                  amp_dtype=amp.dtype, ddp=ddp, fused=fused)
+            _check_finite(o, "dgnet", it, mgr)
+            done = it + 1
+            ramps = engine.ramp_weights(it, cfg.loss)
+            log.step(postfix={k: o[k] for k in ("loss_gen_total", "loss_dis_total") if k in o})
+            if done % cfg.train.log_every == 0 or done == total:
+                # ``o`` already holds the ramped weights of this iteration (engine.dgnet_step reports them)
+                log.scalars(done, {**o, **_lrs(opts), "it_per_s": log.its_per_second(done)})
+            if rank == 0 and (done % cfg.train.image_every == 0 or done == total):
+                with torch.random.fork_rng(devices=[]):  # grids never touch the training RNG streams
+                    log.grid(done, training_rows(model, grid_a, grid_b))
+            if done % cfg.train.checkpoint_every == 0 or done == total:
+                save(done, ramps)
+    finally:
+        log.close()
+    if rank == 0 and total > 0:
+        _final_weights(out / "dgnet.pt", "dgnet", max(start, total), cfg, {"dgnet": model, "teacher": teacher})
+    model.eval()
+    return model
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# the whole run
+
+
+def _check_teacher_finished(mgr: CheckpointManager, cfg: Config) -> None:
+    """Refuse to continue DG-Net when its teacher stopped short of this run's teacher schedule.
+
+    ``--iterations`` caps both stages and may change on resume. A run capped at N and resumed with a larger
+    cap would otherwise go on training DG-Net against an N-iteration teacher (and an Ea started from it).
+    """
+    done = mgr.latest_iteration("teacher")
+    target = stage_iterations(cfg, "teacher")
+    if done is not None and done < target:
+        raise ValueError(
+            f"--resume: the teacher stopped at {done} of {target} iterations (an earlier --iterations cap) and "
+            f"DG-Net has trained against it since, so DG-Net cannot continue under a longer schedule. Resume with "
+            f"--iterations {done} to keep the capped schedule, or start a new run (another --output)"
+        )
+
+
+def train(cfg: Config, resume: bool | str = False, stage: str = "all", evaluate: bool = True,
+          verbose: bool = True) -> dict:
+    """Train (and evaluate) per ``cfg``; returns ``{"results": {...}, "output": str, "seconds": float}``.
+
+    ``resume="auto"``: resume when the output folder holds a checkpoint, else start afresh. ``stage``: ``all``,
+    ``teacher`` (stage 1 only) or ``dgnet`` (stage 2 only, with ``train.teacher`` or the run's ``teacher.pt``).
+    Under torchrun (``WORLD_SIZE`` set) joins the process group first (``dgnet.distributed.init_from_env``)
+    and leaves it at the end.
+    """
+    from dgnet.distributed import as_collective_failure, destroy, init_from_env
+
+    if stage not in STAGES:
+        raise ValueError(f"stage={stage!r}: expected one of {STAGES}")
+    joined = not torch.distributed.is_initialized()
+    ctx = init_from_env(resolve_device(cfg.train.device))
+    try:
+        return _train(cfg, ctx.device, resume, stage, evaluate, verbose)
+    except RuntimeError as exc:
+        failure = as_collective_failure(exc, ctx.rank, str(Path(cfg.train.output) / "checkpoints"))
+        if failure is None or ctx.world_size < 2:
+            raise
+        raise failure from exc
+    finally:
+        if joined:
+            destroy()
+
+
+def _train(cfg: Config, device: torch.device, resume: bool | str, stage: str, evaluate: bool, verbose: bool) -> dict:
+    from dgnet.data import resolve_backend
+
+    t0 = time.perf_counter()
+    rank, size = world()
+    out = Path(cfg.train.output)
+    amp = resolve_amp(cfg.train.amp, device)
+    set_determinism(cfg.train.deterministic)
+    set_threads(cfg.train.threads)
+    backend = resolve_backend(cfg.data.loader, device)
+    if size > 1 and rank != 0:
+        torch.distributed.barrier()  # rank 0 generates the synthetic set (if absent) before anyone reads it
+    ds = prepare_dataset(cfg, verbose=verbose and rank == 0)
+    if size > 1 and rank == 0:
+        torch.distributed.barrier()
+    cfg = with_data_ids(cfg, ds)
+    mgr = CheckpointManager(out / "checkpoints", keep=cfg.train.keep_checkpoints)
+
+    latest = mgr.latest()
+    if resume == "auto":
+        resume = latest is not None
+    ckpt = None
+    if resume:
+        if latest is None:
+            raise FileNotFoundError(f"--resume: no checkpoint in {mgr.folder}; start without --resume")
+        ckpt = load_checkpoint(latest, map_location=device)
+        check_compatible(ckpt, cfg, latest)
+        if rank == 0:
+            print(f"dgnet: resuming from {latest} (stage {ckpt['stage']}, iteration {ckpt['iteration']})")
+    elif latest is not None:
+        raise FileExistsError(
+            f"{mgr.folder} already holds checkpoints (newest {latest.name}); pass --resume to continue that run, "
+            "or choose another --output"
+        )
+    if rank == 0:
+        save_config(cfg, out / "config.yaml")
+        if verbose:
+            print(f"dgnet: device {device}, amp {amp}, loader {backend}, output {out}")
+            print(f"dgnet: {fast_paths(cfg, device)}")
+
+    teacher = model = None
+    resumed_stage = ckpt["stage"] if ckpt else None
+    if resumed_stage == "dgnet" and not cfg.train.teacher:
+        _check_teacher_finished(mgr, cfg)
+    if resumed_stage == "dgnet":
+        teacher = teacher_from(ckpt, cfg.model.num_ids, device)
+    elif cfg.train.teacher:
+        teacher, _ = load_teacher(cfg.train.teacher, cfg.model.num_ids, device)
+    elif stage in ("all", "teacher"):
+        teacher = train_teacher(cfg, ds, device, backend, mgr, ckpt if resumed_stage == "teacher" else None, amp, out)
+    else:
+        found = out / "teacher.pt"
+        if not found.exists():
+            raise FileNotFoundError(f"--stage dgnet needs a teacher: pass --teacher PATH (no {found})")
+        teacher, _ = load_teacher(found, cfg.model.num_ids, device)
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+
+    if stage in ("all", "dgnet"):
+        model = train_dgnet(cfg, ds, teacher, device, backend, mgr, ckpt if resumed_stage == "dgnet" else None,
+                            amp, out)
+
+    results: dict = {}
+    if evaluate:
+        from dgnet.protocol import evaluate_models, format_table
+
+        # every rank embeds its share of query and gallery (collectives); rank 0 alone gets the metrics
+        results = evaluate_models({"teacher": teacher, **({"dgnet": model} if model is not None else {})},
+                                  ds, cfg, device, backend)
+        if rank == 0:
+            table = format_table(results)
+            write_text_atomic(out / "results.json", json.dumps(results, indent=2))
+            write_text_atomic(out / "results.md", table + "\n")
+            print(table)
+    seconds = time.perf_counter() - t0
+    if rank == 0 and verbose:
+        print(f"dgnet: finished in {seconds / 60:.1f} min; outputs in {out}")
+    return {"results": results, "output": str(out), "seconds": seconds}

@@ -1,0 +1,112 @@
+"""The shape of the library: dgnet's import graph (imports inside functions included) has no cycle, and no
+module imports a command. A command is a module that runs as ``python -m``: it has an
+``if __name__ == "__main__":`` block (or is a package's ``__main__``)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1] / "dgnet"
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT.parent).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def _modules() -> dict[str, ast.Module]:
+    return {_module_name(p): ast.parse(p.read_text(), str(p)) for p in sorted(ROOT.rglob("*.py"))}
+
+
+def _is_command(name: str, tree: ast.Module) -> bool:
+    if name.endswith(".__main__"):
+        return True
+    for node in tree.body:
+        if isinstance(node, ast.If) and isinstance(node.test, ast.Compare):
+            left, comps = node.test.left, node.test.comparators
+            if isinstance(left, ast.Name) and left.id == "__name__" and any(
+                    isinstance(c, ast.Constant) and c.value == "__main__" for c in comps):
+                return True
+    return False
+
+
+def _imports(name: str, tree: ast.Module, known: set[str]) -> set[str]:
+    """The dgnet modules ``name`` imports anywhere in its body (functions included), resolved to known modules:
+    ``from dgnet.x import y`` counts as importing ``dgnet.x.y`` when that is a module, else ``dgnet.x``."""
+    package = name if name in known and (ROOT.parent / name.replace(".", "/") / "__init__.py").exists() \
+        else name.rpartition(".")[0]
+    found: set[str] = set()
+
+    def add(target: str) -> None:
+        while target and target not in known:
+            target = target.rpartition(".")[0]
+        if target and target != name:
+            found.add(target)
+
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                if a.name.split(".")[0] == "dgnet":
+                    add(a.name)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                mod = f"{base}.{node.module}" if node.module else base
+            else:
+                mod = node.module or ""
+            if mod.split(".")[0] != "dgnet":
+                continue
+            for a in node.names:
+                full = f"{mod}.{a.name}"
+                add(full if full in known else mod)
+    return found
+
+
+@pytest.fixture(scope="module")
+def graph() -> tuple[dict[str, set[str]], set[str]]:
+    mods = _modules()
+    known = set(mods)
+    return {n: _imports(n, t, known) for n, t in mods.items()}, {n for n, t in mods.items() if _is_command(n, t)}
+
+
+def test_the_walk_sees_imports_inside_functions(graph):
+    """A check that the walk itself works: training imports the protocol only inside a function."""
+    edges, commands = graph
+    assert "dgnet.protocol" in edges["dgnet.training"]
+    assert {"dgnet.train", "dgnet.test"} <= commands and "dgnet.training" not in commands
+
+
+def test_no_module_imports_a_command(graph):
+    edges, commands = graph
+    bad = sorted(f"{a} -> {b}" for a, deps in edges.items() for b in deps & commands)
+    assert not bad, "modules importing a command module: " + ", ".join(bad)
+
+
+def test_no_import_cycle(graph):
+    edges, _ = graph
+    state: dict[str, int] = {}  # 1: on the current path, 2: finished
+    path: list[str] = []
+    cycles: list[list[str]] = []
+
+    def visit(n: str) -> None:
+        state[n] = 1
+        path.append(n)
+        for m in sorted(edges.get(n, ())):
+            if m.startswith(n + "."):  # a package importing its own submodules is how packages are built
+                continue
+            if state.get(m) == 1:
+                cycles.append(path[path.index(m):] + [m])
+            elif m not in state:
+                visit(m)
+        path.pop()
+        state[n] = 2
+
+    for n in sorted(edges):
+        if n not in state:
+            visit(n)
+    assert not cycles, "import cycles: " + "; ".join(" -> ".join(c) for c in cycles)

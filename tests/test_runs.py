@@ -1,0 +1,112 @@
+"""Opening a run (dgnet.runs): layout options from YAML and --set reach the dataset reader, the identity count
+comes from the data without mutating the config, and models rebuilt from a checkpoint keep its fast paths."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from dgnet.checkpoint import arch_only, build_state, save_atomic
+from dgnet.config import parse_set, resolve_config
+from dgnet.runs import build_model, open_run, prepare_dataset, with_data_ids
+
+
+def _image(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (16, 32), (120, 80, 40)).save(path)
+
+
+def _folder_tree(root: Path) -> None:
+    """A folder layout with its own split names and camera tags ``cam<N>``: 3 train ids, 2 test ids."""
+    for pid in range(3):
+        for k in range(2):
+            _image(root / "tr" / f"{pid:03d}" / f"{pid:03d}_cam{k + 1}_{k}.png")
+    for pid in (7, 8):
+        _image(root / "qu" / f"{pid}" / f"{pid}_cam1_0.png")
+        _image(root / "ga" / f"{pid}" / f"{pid}_cam2_0.png")
+
+
+def test_folder_options_from_yaml_and_set_reach_the_reader(tmp_path):
+    root = tmp_path / "mine"
+    _folder_tree(root)
+    yaml_file = tmp_path / "mine.yaml"
+    yaml_file.write_text(f"preset: demo\ndata:\n  dataset: folder\n  root: {root}\n  splits: [tr, qu, ga]\n")
+    cfg = resolve_config(str(yaml_file), parse_set([r"data.camera_pattern=cam(\d+)"]))
+    ds = prepare_dataset(cfg, verbose=False)
+    assert (len(ds.train), len(ds.query), len(ds.gallery), ds.num_train_pids) == (6, 2, 2, 3)
+    assert sorted({s.camid for s in ds.train}) == [0, 1] and {s.camid for s in ds.gallery} == {1}
+    # the default pattern c(\d+) finds no camera in these names: the option is what reads them
+    with pytest.raises(ValueError, match="camera pattern"):
+        prepare_dataset(resolve_config(str(yaml_file)), verbose=False)
+
+
+def test_folder_camera_csv_relative_to_the_root(tmp_path):
+    root = tmp_path / "mine"
+    _folder_tree(root)
+    rows = [p.relative_to(root).as_posix() for p in sorted(root.rglob("*.png"))]
+    (root / "cams.csv").write_text("path,camid\n" + "".join(f"{r},{i % 4}\n" for i, r in enumerate(rows)))
+    cfg = resolve_config("demo", parse_set(["data.dataset=folder", f"data.root={root}", "data.splits=tr,qu,ga",
+                                            "data.camera_csv=cams.csv"]))
+    ds = prepare_dataset(cfg, verbose=False)
+    want = {str(root / r): i % 4 for i, r in enumerate(rows)}
+    assert all(s.camid == want[s.path] for s in ds.train + ds.query + ds.gallery)
+
+
+def test_msmt17_list_names_from_the_config(tmp_path):
+    root = tmp_path / "msmt"
+    for split, pid, n in (("train", 0, 2), ("train", 1, 2), ("test", 5, 2)):
+        for k in range(n):
+            _image(root / split / f"{pid:04d}" / f"{pid:04d}_{k:03d}_{k + 1:02d}_0303morning_0015_0.jpg")
+    (root / "mine_train.txt").write_text("0000/0000_000_01_0303morning_0015_0.jpg 0\n"
+                                         "0000/0000_001_02_0303morning_0015_0.jpg 0\n"
+                                         "0001/0001_000_01_0303morning_0015_0.jpg 1\n")
+    (root / "mine_q.txt").write_text("0005/0005_000_01_0303morning_0015_0.jpg 5\n")
+    (root / "mine_g.txt").write_text("0005/0005_001_02_0303morning_0015_0.jpg 5\n")
+    cfg = resolve_config("msmt17", parse_set([f"data.root={root}", "data.train_lists=[mine_train.txt]",
+                                              "data.query_list=mine_q.txt", "data.gallery_list=mine_g.txt"]))
+    ds = prepare_dataset(cfg, verbose=False)
+    assert (len(ds.train), len(ds.query), len(ds.gallery)) == (3, 1, 1)
+    assert [s.camid for s in ds.train] == [0, 1, 0]
+
+
+def test_dataset_names_and_layout_options_are_validated():
+    with pytest.raises(ValueError, match=r"data.dataset='market': expected one of .*'market1501'.*'folder'"):
+        resolve_config("demo", {"data": {"dataset": "market"}})
+    with pytest.raises(ValueError, match="data.camera_csv='c.csv' is an option of the folder layout"):
+        resolve_config("market1501", {"data": {"camera_csv": "c.csv"}})
+    with pytest.raises(ValueError, match="data.splits"):
+        resolve_config("demo", {"data": {"dataset": "folder", "splits": ["a", "a", "b"]}})
+
+
+def test_identity_count_from_the_data_leaves_the_config_alone(tmp_path):
+    root = tmp_path / "mine"
+    _folder_tree(root)
+    cfg = resolve_config("demo", {"data": {"dataset": "folder", "root": str(root), "splits": ["tr", "qu", "ga"],
+                                           "camera_pattern": r"cam(\d+)"}})
+    ds = prepare_dataset(cfg, verbose=False)
+    resolved = with_data_ids(cfg, ds)
+    assert resolved.model.num_ids == 3 and cfg.model.num_ids == 0
+    with pytest.raises(ValueError, match="model.num_ids=5 but .* has 3 train identities"):
+        with_data_ids(resolve_config("demo", {"model": {"num_ids": 5}}), ds)
+
+
+def test_models_from_a_checkpoint_keep_the_runs_fast_paths(tmp_path):
+    from dgnet.models import DGNet
+
+    cfg = resolve_config("demo", {"train": {"fused": True, "fold_upsample": "off"}})
+    model = DGNet(arch_only(cfg.model), 4)
+    path = save_atomic(build_state(stage="dgnet", iteration=1, cfg=cfg, num_ids=4, models={"dgnet": model}),
+                       tmp_path / "dgnet.pt")
+    run = open_run(path, data_root=str(tmp_path / "elsewhere"), loader="torch", device="cpu")
+    assert run.cfg.data.root == str(tmp_path / "elsewhere") and run.cfg.data.loader == "torch"
+    built = run.model("dgnet")
+    assert built.fused and built.G.fold_upsample == "off" and not built.training
+    assert all(b.fused for b in built.G.blocks)
+    assert not build_model(run.ckpt, "dgnet", fused=False).fused
+    for k, v in model.state_dict().items():
+        assert torch.equal(built.state_dict()[k], v), k
+    with pytest.raises(ValueError, match="holds no teacher"):
+        run.model("teacher")
