@@ -1,4 +1,4 @@
-"""Unusual image files: 16-bit, palette, alpha, grey, 1-bit PNGs and grey, CMYK JPEGs.
+"""Unusual image files: 16-bit, palette, alpha, grey, 1-bit PNGs and grey, CMYK, EXIF-rotated JPEGs.
 
 Each lossless file is compared with the 8-bit RGB computed here from the array it was written from (16-bit
 samples -> round(v / 257), DALI's conversion); every file the pre-flight check passes must come out of the
@@ -101,6 +101,9 @@ def images(tmp_path_factory) -> dict[str, tuple[Path, np.ndarray | None]]:
     save("rgb.jpg", rgb, None, quality=95)
     save("grey.jpg", rgb.convert("L"), None, quality=95)
     save("cmyk.jpg", rgb.convert("CMYK"), None, quality=95)  # Pillow writes the Adobe (inverted) marker
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees to display": DALI's default would turn this 24x12 image into 12x24
+    save("exif_rotated.jpg", rgb, None, quality=95, exif=exif.tobytes())
     return out
 
 
@@ -114,7 +117,7 @@ def _grey2_png(packed: np.ndarray) -> bytes:
 def test_torch_decode_reads_what_was_written(images):
     for name, (path, expected) in images.items():
         got = decode(str(path))
-        assert got.dtype == torch.uint8 and got.shape == (3, H, W), name
+        assert got.dtype == torch.uint8 and got.shape == (3, H, W), name  # EXIF orientation not applied
         if expected is not None:
             assert np.array_equal(got.permute(1, 2, 0).numpy(), expected), name
 
