@@ -228,6 +228,42 @@ def load_msmt17(root: str | Path) -> ReidDataset:
 
 
 DEFAULT_CAMERA_PATTERN = r"c(\d+)"
+CAMID_EXPECTED = "expected a zero-based integer camera (0, 1, 2, ...)"
+
+
+def read_camera_csv(camera_csv: str | Path) -> dict[str, int]:
+    """A camera manifest: columns ``path`` (relative to the dataset root) and ``camid`` (zero-based integer),
+    one row per image -> ``{posix path: camid}``. Errors name the file, the line, the path and the value.
+
+    Read as UTF-8 with an optional byte-order mark, and cells stripped of spaces: what spreadsheets export.
+    """
+    cameras: dict[str, int] = {}
+    lines: dict[str, int] = {}
+    with open(camera_csv, newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f, skipinitialspace=True)
+        if reader.fieldnames is None or not {"path", "camid"} <= {n.strip() for n in reader.fieldnames}:
+            raise ValueError(f"folder: {camera_csv} must have a header with columns 'path' and 'camid' "
+                             f"(found {reader.fieldnames})")
+        reader.fieldnames = [n.strip() for n in reader.fieldnames]
+        for row in reader:
+            line = reader.line_num  # the file's line (header = 1), also past quoted multi-line cells
+            raw_path, value = (row.get("path") or "").strip(), row.get("camid")
+            if not raw_path:
+                raise ValueError(f"folder: {camera_csv}:{line}: empty path; expected 'relative/path.jpg,camid'")
+            key = Path(raw_path).as_posix()
+            where = f"folder: {camera_csv}:{line}: path {key!r}"
+            if value is None:
+                raise ValueError(f"{where} has no camid; {CAMID_EXPECTED}")
+            value = value.strip()
+            if not re.fullmatch(r"[+-]?\d+", value):
+                raise ValueError(f"{where}: camid {value!r} is not an integer; {CAMID_EXPECTED}")
+            if int(value) < 0:
+                raise ValueError(f"{where}: camid {value!r} is negative; {CAMID_EXPECTED}")
+            if key in cameras:
+                raise ValueError(f"{where} is already on line {lines[key]} (camid {cameras[key]}, here {value!r}); "
+                                 f"expected one row per image")
+            cameras[key], lines[key] = int(value), line
+    return cameras
 
 
 def load_folder(
@@ -251,15 +287,7 @@ def load_folder(
         raise ValueError(f"folder: camera_pattern {camera_pattern!r} needs one group capturing the camera number")
     if camera_csv is None and (root / "cameras.csv").exists():
         camera_csv = root / "cameras.csv"
-    cameras: dict[str, int] | None = None
-    if camera_csv is not None:
-        cameras = {}
-        with open(camera_csv, newline="") as f:
-            reader = csv.DictReader(f)
-            if reader.fieldnames is None or not {"path", "camid"} <= set(reader.fieldnames):
-                raise ValueError(f"folder: {camera_csv} must have a header with columns 'path' and 'camid'")
-            for row in reader:
-                cameras[Path(row["path"]).as_posix()] = int(row["camid"])
+    cameras = read_camera_csv(camera_csv) if camera_csv is not None else None
     names: dict[str, list[tuple[str, Path]]] = {}
     for split in splits:
         split_dir = root / split
