@@ -233,3 +233,35 @@ def test_folder_camera_csv_from_a_spreadsheet(tmp_path):
     (tmp_path / "cameras.csv").write_bytes(("\ufeffpath,camid\r\n" + "\r\n".join(rows) + "\r\n").encode("utf-8"))
     ds = load_dataset("folder", tmp_path, verbose=False)
     assert sorted(s.camid for s in ds.train) == [4, 4, 5, 6]
+
+
+def test_hidden_files_are_not_images(tmp_path):
+    """macOS leaves ._name.jpg metadata files beside every image copied to a foreign disk: they are not
+    images, in any layout or in the check's scan of a folder."""
+    from dgnet.data import check
+
+    market_tree(tmp_path / "m")
+    touch(tmp_path / "m", "bounding_box_train/._0002_c1s1_000451_03.jpg", "query/.0003_c1s1_000001_00.jpg")
+    ds = load_dataset("market1501", tmp_path / "m", verbose=False)
+    assert len(ds.train) == 4 and len(ds.query) == 2
+    folder_tree(tmp_path / "f")
+    touch(tmp_path / "f", "train/12/._a_c1_1.jpg")
+    assert len(load_dataset("folder", tmp_path / "f", verbose=False).train) == 4
+    assert not any(p.name.startswith(".") for p in check._files(tmp_path)[1])
+
+
+def test_broken_links_are_samples_the_check_reports(tmp_path):
+    """A link to an image on a volume that is not mounted is not silently left out of the dataset: it is a
+    sample, and the pre-flight check names it (and --skip-corrupt can leave it out)."""
+    from dgnet.data import check
+
+    folder_tree(tmp_path)
+    (tmp_path / "train/30/c_c4_1.jpg").symlink_to(tmp_path / "offline" / "c.jpg")
+    ds = load_dataset("folder", tmp_path, verbose=False)
+    link = str(tmp_path / "train/30/c_c4_1.jpg")
+    assert link in [s.path for s in ds.train]
+    with pytest.raises(ValueError, match=r"(?s)c_c4_1\.jpg: missing.*offline/c\.jpg"):
+        check.preflight(ds.train, skip_corrupt=False, cache=False)
+    kept, skipped = check.preflight(ds.train, skip_corrupt=True, cache=False)
+    assert skipped == 1 + 4 and link not in [s.path for s in kept]  # and the 4 placeholder JPEGs of this test
+

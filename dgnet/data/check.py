@@ -27,7 +27,7 @@ from pathlib import Path
 from PIL import Image, ImageFile
 
 from dgnet.data.decoding import EXPECTED, FORMATS, rgb8, unsupported
-from dgnet.data.layouts import IMAGE_EXTENSIONS, Sample
+from dgnet.data.layouts import Sample, is_image_file
 
 CACHE_NAME = ".dgnet_check.json"
 # Bumped whenever the rules change, so that files a laxer check cached as good are checked again.
@@ -67,7 +67,9 @@ def _files(root_or_paths: str | Path | Iterable[str | Path]) -> tuple[Path, list
             raise FileNotFoundError(f"check: {root} does not exist")
         if root.is_file():
             return root.parent, [root]
-        files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+        # the layouts' own test of what an image is; files inside hidden folders are no dataset's either
+        files = sorted(p for p in root.rglob("*")
+                       if is_image_file(p) and not any(d.startswith(".") for d in p.relative_to(root).parts))
         return root, files
     files = [Path(p) for p in root_or_paths]
     if not files:
@@ -97,7 +99,14 @@ def problems(root_or_paths: str | Path | Iterable[str | Path], cache: bool = Tru
     known = _read_cache(cache_path) if cache_path is not None and cache_path.exists() else {}
     bad, changed = {}, False
     for p in files:
-        st = p.stat()
+        try:
+            st = p.stat()
+        except OSError as e:  # a listed file that is gone, or a link to one: report it with the others
+            bad[p] = (f"missing: a link to {os.readlink(p)}, which does not exist" if p.is_symlink()
+                      else f"missing: {e.strerror}")
+            if verbose:
+                print(f"bad image: {p}: {bad[p]}")
+            continue
         key, stamp = str(p.resolve()), [st.st_size, st.st_mtime_ns]
         if known.get(key) == stamp:
             continue

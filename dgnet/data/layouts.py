@@ -69,11 +69,21 @@ class ReidDataset:
 # helpers
 
 
+def is_image_file(path: Path) -> bool:
+    """Whether a directory entry is one of the dataset's images: an ``IMAGE_EXTENSIONS`` suffix (any case), not
+    hidden, and a file or a link to one. Hidden names are skipped because macOS leaves a ``._name.jpg`` metadata
+    file beside every image it copies to a foreign disk; a link whose target is missing still counts, so that
+    the pre-flight check names it instead of the image silently leaving the dataset."""
+    if path.name.startswith(".") or path.suffix.lower() not in IMAGE_EXTENSIONS:
+        return False
+    return path.is_file() or (path.is_symlink() and not path.exists())
+
+
 def _images(directory: Path) -> list[Path]:
     """Image files directly in ``directory``, sorted (Market ships Thumbs.db files: non-images are ignored)."""
     if not directory.is_dir():
         raise FileNotFoundError(f"expected a directory of images at {directory}, found none")
-    return sorted(p for p in directory.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    return sorted(p for p in directory.iterdir() if is_image_file(p))
 
 
 def _require_nonempty(name: str, split: str, where: Path, samples: list[Sample], expected: str) -> None:
