@@ -235,6 +235,15 @@ def test_folder_camera_csv_from_a_spreadsheet(tmp_path):
     assert sorted(s.camid for s in ds.train) == [4, 4, 5, 6]
 
 
+def test_folder_camera_csv_not_utf8(tmp_path):
+    folder_tree(tmp_path)
+    text = "path,camid\n" + "\n".join([*CSV_ROWS, "train/12/café_c1.jpg,3"]) + "\n"
+    for bom in (b"", b"\xef\xbb\xbf"):
+        (tmp_path / "cameras.csv").write_bytes(bom + text.encode("cp1252"))
+        with pytest.raises(ValueError, match=r"cameras\.csv.*not UTF-8.*byte 0xe9 on line 9"):
+            load_dataset("folder", tmp_path, verbose=False)
+
+
 def test_hidden_files_are_not_images(tmp_path):
     """macOS leaves ._name.jpg metadata files beside every image copied to a foreign disk: they are not
     images, in any layout or in the check's scan of a folder."""
@@ -265,3 +274,10 @@ def test_broken_links_are_samples_the_check_reports(tmp_path):
     kept, skipped = check.preflight(ds.train, skip_corrupt=True, cache=False)
     assert skipped == 1 + 4 and link not in [s.path for s in kept]  # and the 4 placeholder JPEGs of this test
 
+
+def test_folder_identity_spelt_twice_in_a_split(tmp_path):
+    """'0012' and '12' are one identity to int(): two folders would silently merge into one."""
+    folder_tree(tmp_path)
+    touch(tmp_path, "train/0012/c_c1_1.jpg")
+    with pytest.raises(ValueError, match=r"train/0012 and .*train/12 .*same identity 12"):
+        load_dataset("folder", tmp_path, verbose=False)

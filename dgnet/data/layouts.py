@@ -13,6 +13,7 @@ Every loader returns a :class:`ReidDataset` of :class:`Sample` lists. Convention
 from __future__ import annotations
 
 import csv
+import io
 import re
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -249,7 +250,16 @@ def read_camera_csv(camera_csv: str | Path) -> dict[str, int]:
     """
     cameras: dict[str, int] = {}
     lines: dict[str, int] = {}
-    with open(camera_csv, newline="", encoding="utf-8-sig") as f:
+    data = Path(camera_csv).read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:  # e.object: the bytes after any byte-order mark, which e.start counts in
+        line = e.object.count(b"\n", 0, e.start) + 1
+        raise ValueError(
+            f"folder: {camera_csv} is not UTF-8 (byte 0x{e.object[e.start]:02x} on line {line}); "
+            f"expected a UTF-8 file (save it as UTF-8)"
+        ) from None
+    with io.StringIO(text, newline="") as f:
         reader = csv.DictReader(f, skipinitialspace=True)
         if reader.fieldnames is None or not {"path", "camid"} <= {n.strip() for n in reader.fieldnames}:
             raise ValueError(f"folder: {camera_csv} must have a header with columns 'path' and 'camid' "
@@ -306,6 +316,14 @@ def load_folder(
         names[split] = [(d.name, p) for d in sorted(split_dir.iterdir()) if d.is_dir() for p in _images(d)]
     all_names = sorted({n for entries in names.values() for n, _ in entries})
     numeric = all(re.fullmatch(r"-?\d+", n) for n in all_names)
+    if numeric:  # '0012' and '12' would silently become one identity
+        for split, entries in names.items():
+            spelt: dict[int, str] = {}
+            for name in sorted({n for n, _ in entries}):
+                if int(name) in spelt:
+                    raise ValueError(f"folder: {root / split / spelt[int(name)]} and {root / split / name} name the "
+                                     f"same identity {int(name)}; expected one folder per identity")
+                spelt[int(name)] = name
     to_pid: Callable[[str], int] = int if numeric else {n: i for i, n in enumerate(all_names)}.__getitem__
     out = {}
     for split, entries in names.items():
