@@ -134,12 +134,13 @@ def test_layernorm_zero_std_backward_is_the_limit():
     torch.testing.assert_close(gx, (gg - gg.mean(dim=(1, 2, 3), keepdim=True)) / ln.eps)
 
 
-def test_generator_and_discriminator_on_blank_images():
+@pytest.mark.parametrize("mixed", [False, True], ids=["all_blank", "mixed"])
+def test_generator_and_discriminator_on_blank_images(mixed):
     """G on the code of blank images, D (with its R1 double backward) on blank images: finite outputs,
     finite gradients for every parameter and input."""
     net = _net()
     torch.manual_seed(3)
-    x = torch.stack([WHITE, BLACK, torch.randn(3, H, W)]).requires_grad_()
+    x = torch.stack([WHITE, BLACK, torch.randn(3, H, W) if mixed else GREY]).requires_grad_()
     f = net.Ea(x)[0]
     y = net.G(net.Es(gray(x)), f)
     assert torch.isfinite(y).all()
