@@ -82,3 +82,13 @@ def test_cli(tree, capsys):
 def test_missing_root(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope"):
         check.scan(tmp_path / "nope")
+
+
+def test_missing_listed_file_is_reported_with_the_others(tree):
+    """A list layout (MSMT17) can name a file that is not there: it is reported, and skippable, like a corrupt
+    one (it used to escape the scan as a bare FileNotFoundError that --skip-corrupt could not skip)."""
+    root, good, truncated, garbage = tree
+    samples = [Sample(str(good[0]), 1, 0), Sample(str(root / "a" / "gone.jpg"), 1, 1), Sample(str(truncated), 2, 0)]
+    with pytest.raises(ValueError, match=r"(?s)2 corrupt.*gone\.jpg: missing: No such file"):
+        check.preflight(samples, skip_corrupt=False)
+    assert check.preflight(samples, skip_corrupt=True) == ([samples[0]], 2)

@@ -184,3 +184,100 @@ def test_single_image_identity_note(tmp_path, capsys):
           "bounding_box_test/0005_c2s1_000001_00.jpg")
     load_dataset("market1501", tmp_path)
     assert "1 train identities have a single image" in capsys.readouterr().out
+
+
+CSV_ROWS = ["train/12/a_c1_1.jpg,4", "train/12/b_c2_1.jpg,4", "train/30/a_c3_1.jpg,5", "train/30/b_c3_2.jpg,6",
+            "query/40/q_c1.jpg,0", "gallery/40/g_c2.jpg,1", "gallery/-1/junk_c1.jpg,2"]
+
+
+@pytest.mark.parametrize(
+    ("value", "why"),
+    [("c2", "is not an integer"), ("1.0", "is not an integer"), ("", "is not an integer"),
+     ("-1", "is negative"), ("-3", "is negative")],
+)
+def test_folder_camera_csv_bad_camid(tmp_path, value, why):
+    """The error names the file, the line, the image path and the value, and says what a camid is."""
+    folder_tree(tmp_path)
+    rows = list(CSV_ROWS)
+    rows[2] = f"train/30/a_c3_1.jpg,{value}"  # line 4 of the file (the header is line 1)
+    (tmp_path / "cameras.csv").write_text("path,camid\n" + "\n".join(rows) + "\n")
+    with pytest.raises(ValueError) as info:
+        load_dataset("folder", tmp_path, verbose=False)
+    msg = str(info.value)
+    assert f"{tmp_path / 'cameras.csv'}:4" in msg and "'train/30/a_c3_1.jpg'" in msg and repr(value) in msg, msg
+    assert why in msg and "zero-based integer camera" in msg, msg
+
+
+def test_folder_camera_csv_short_row(tmp_path):
+    folder_tree(tmp_path)
+    rows = [*CSV_ROWS[:5], "gallery/40/g_c2.jpg", CSV_ROWS[6]]
+    (tmp_path / "cameras.csv").write_text("path,camid\n" + "\n".join(rows) + "\n")
+    with pytest.raises(ValueError, match=r"cameras\.csv:7: .*'gallery/40/g_c2\.jpg'.*no camid"):
+        load_dataset("folder", tmp_path, verbose=False)
+
+
+@pytest.mark.parametrize("camid", ["4", "7"])
+def test_folder_camera_csv_duplicate_path(tmp_path, camid):
+    """One row per image: a second row for a path, agreeing or not, names both lines."""
+    folder_tree(tmp_path)
+    rows = [*CSV_ROWS, f"./train/12/a_c1_1.jpg,{camid}"]  # the same file, spelt with ./
+    (tmp_path / "cameras.csv").write_text("path,camid\n" + "\n".join(rows) + "\n")
+    with pytest.raises(ValueError, match=r"cameras\.csv:9: .*'train/12/a_c1_1\.jpg'.*already on line 2.*one row"):
+        load_dataset("folder", tmp_path, verbose=False)
+
+
+def test_folder_camera_csv_from_a_spreadsheet(tmp_path):
+    """Spreadsheet exports start with a byte-order mark and may pad cells with spaces: both are read."""
+    folder_tree(tmp_path)
+    rows = [r.replace(",", ", ") for r in CSV_ROWS]
+    (tmp_path / "cameras.csv").write_bytes(("\ufeffpath,camid\r\n" + "\r\n".join(rows) + "\r\n").encode("utf-8"))
+    ds = load_dataset("folder", tmp_path, verbose=False)
+    assert sorted(s.camid for s in ds.train) == [4, 4, 5, 6]
+
+
+def test_folder_camera_csv_not_utf8(tmp_path):
+    folder_tree(tmp_path)
+    text = "path,camid\n" + "\n".join([*CSV_ROWS, "train/12/café_c1.jpg,3"]) + "\n"
+    for bom in (b"", b"\xef\xbb\xbf"):
+        (tmp_path / "cameras.csv").write_bytes(bom + text.encode("cp1252"))
+        with pytest.raises(ValueError, match=r"cameras\.csv.*not UTF-8.*byte 0xe9 on line 9"):
+            load_dataset("folder", tmp_path, verbose=False)
+
+
+def test_hidden_files_are_not_images(tmp_path):
+    """macOS leaves ._name.jpg metadata files beside every image copied to a foreign disk: they are not
+    images, in any layout or in the check's scan of a folder."""
+    from dgnet.data import check
+
+    market_tree(tmp_path / "m")
+    touch(tmp_path / "m", "bounding_box_train/._0002_c1s1_000451_03.jpg", "query/.0003_c1s1_000001_00.jpg")
+    ds = load_dataset("market1501", tmp_path / "m", verbose=False)
+    assert len(ds.train) == 4 and len(ds.query) == 2
+    folder_tree(tmp_path / "f")
+    touch(tmp_path / "f", "train/12/._a_c1_1.jpg")
+    assert len(load_dataset("folder", tmp_path / "f", verbose=False).train) == 4
+    assert not any(p.name.startswith(".") for p in check._files(tmp_path)[1])
+
+
+def test_broken_links_are_samples_the_check_reports(tmp_path):
+    """A link to an image on a volume that is not mounted is not silently left out of the dataset: it is a
+    sample, and the pre-flight check names it (and --skip-corrupt can leave it out)."""
+    from dgnet.data import check
+
+    folder_tree(tmp_path)
+    (tmp_path / "train/30/c_c4_1.jpg").symlink_to(tmp_path / "offline" / "c.jpg")
+    ds = load_dataset("folder", tmp_path, verbose=False)
+    link = str(tmp_path / "train/30/c_c4_1.jpg")
+    assert link in [s.path for s in ds.train]
+    with pytest.raises(ValueError, match=r"(?s)c_c4_1\.jpg: missing.*offline/c\.jpg"):
+        check.preflight(ds.train, skip_corrupt=False, cache=False)
+    kept, skipped = check.preflight(ds.train, skip_corrupt=True, cache=False)
+    assert skipped == 1 + 4 and link not in [s.path for s in kept]  # and the 4 placeholder JPEGs of this test
+
+
+def test_folder_identity_spelt_twice_in_a_split(tmp_path):
+    """'0012' and '12' are one identity to int(): two folders would silently merge into one."""
+    folder_tree(tmp_path)
+    touch(tmp_path, "train/0012/c_c1_1.jpg")
+    with pytest.raises(ValueError, match=r"train/0012 and .*train/12 .*same identity 12"):
+        load_dataset("folder", tmp_path, verbose=False)

@@ -1,12 +1,16 @@
-"""Pre-flight scan for corrupt or truncated images, cached by file size and modification time.
+"""Pre-flight scan for corrupt, truncated or unsupported images, cached by file size and modification time.
 
 A truncated JPEG in a dataset kills a training run hours in (or worse, a decoder silently pads it with
-grey). :func:`scan` decodes every file once with Pillow, which raises on truncation and on corrupt
-entropy-coded data, and remembers each good file by ``(size, mtime_ns)`` in ``.dgnet_check.json`` at the
-scanned root (or under ``~/.cache/dgnet`` when the root is read-only), so later runs re-check only files
-that changed. :func:`preflight` runs before training: it refuses corrupt files unless told to skip them.
+grey), and an image the two input pipelines read differently (a 16-bit grey PNG that a plain Pillow
+``convert("RGB")`` turns white) trains on different pixels depending on the loader. :func:`scan` decodes
+every file once, as the torch pipeline does (:func:`dgnet.data.decoding.rgb8`, which raises on truncation,
+on corrupt entropy-coded data and on modes without an agreed 8-bit RGB reading), refuses content other
+than JPEG or PNG (the formats the layouts' extensions name), and remembers each good file by
+``(size, mtime_ns)`` in ``.dgnet_check.json`` at the scanned root (or under ``~/.cache/dgnet`` when the root
+is read-only), so later runs re-check only files that changed. :func:`preflight` runs before training: it
+refuses bad files, each with its reason, unless told to skip them.
 
-CLI: ``python -m dgnet.data.check ROOT [--no-cache]`` lists corrupt files and exits 1 if there are any.
+CLI: ``python -m dgnet.data.check ROOT [--no-cache]`` lists bad files and exits 1 if there are any.
 """
 
 from __future__ import annotations
@@ -22,19 +26,28 @@ from pathlib import Path
 
 from PIL import Image, ImageFile
 
-from dgnet.data.layouts import IMAGE_EXTENSIONS, Sample
+from dgnet.data.decoding import EXPECTED, FORMATS, rgb8, unsupported
+from dgnet.data.layouts import Sample, is_image_file
 
 CACHE_NAME = ".dgnet_check.json"
+# Bumped whenever the rules change, so that files a laxer check cached as good are checked again.
+CACHE_VERSION = 2
 
 
 def is_corrupt(path: str | Path) -> str | None:
-    """Why ``path`` cannot be decoded in full, or ``None`` when it decodes."""
+    """Why ``path`` cannot be trained on (it does not decode in full, its content is not JPEG or PNG, or its
+    mode has no reading both input pipelines agree on), or ``None`` when it is fine."""
     ImageFile.LOAD_TRUNCATED_IMAGES = False  # a library elsewhere may have turned it on; we want the error
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # Pillow reports some corrupt data only as a warning
             with Image.open(path) as im:
-                im.load()
+                fmt, mode, why = im.format, im.mode, unsupported(im)
+            if fmt not in FORMATS:
+                return f"{fmt} content in mode {mode} in a {Path(path).suffix} file; {EXPECTED}"
+            if why is not None:
+                return f"{fmt} image in mode {mode}: {why}; {EXPECTED}"
+            rgb8(path)  # the torch pipeline's full decode
     except Exception as e:  # any failure to decode is what we are looking for
         return f"{type(e).__name__}: {e}"
     return None
@@ -54,7 +67,9 @@ def _files(root_or_paths: str | Path | Iterable[str | Path]) -> tuple[Path, list
             raise FileNotFoundError(f"check: {root} does not exist")
         if root.is_file():
             return root.parent, [root]
-        files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+        # the layouts' own test of what an image is; files inside hidden folders are no dataset's either
+        files = sorted(p for p in root.rglob("*")
+                       if is_image_file(p) and not any(d.startswith(".") for d in p.relative_to(root).parts))
         return root, files
     files = [Path(p) for p in root_or_paths]
     if not files:
@@ -62,23 +77,36 @@ def _files(root_or_paths: str | Path | Iterable[str | Path]) -> tuple[Path, list
     return Path(os.path.commonpath([str(p.resolve().parent) for p in files])), files
 
 
-def scan(root_or_paths: str | Path | Iterable[str | Path], cache: bool = True, verbose: bool = False) -> list[Path]:
-    """Corrupt or truncated images under a folder (recursively) or in a list of files.
+def _read_cache(cache_path: Path) -> dict[str, list[int]]:
+    try:
+        data = json.loads(cache_path.read_text())
+    except (OSError, ValueError):
+        return {}  # an unreadable cache is only a lost speed-up
+    if not isinstance(data, dict) or data.get("version") != CACHE_VERSION or not isinstance(data.get("files"), dict):
+        return {}  # written under other rules (or by hand): check everything again
+    return data["files"]
 
-    Good files are cached by ``(size, mtime_ns)``; corrupt ones are never cached, so they are re-checked
-    (and reported) every time until fixed. Returns the corrupt paths, sorted.
+
+def problems(root_or_paths: str | Path | Iterable[str | Path], cache: bool = True,
+             verbose: bool = False) -> dict[Path, str]:
+    """Bad images under a folder (recursively) or in a list of files, each with the reason (:func:`is_corrupt`).
+
+    Good files are cached by ``(size, mtime_ns)``; bad ones are never cached, so they are re-checked
+    (and reported) every time until fixed.
     """
     root, files = _files(root_or_paths)
     cache_path = _cache_file(root) if cache else None
-    known: dict[str, list[int]] = {}
-    if cache_path is not None and cache_path.exists():
-        try:
-            known = json.loads(cache_path.read_text())
-        except (OSError, ValueError):
-            known = {}  # an unreadable cache is only a lost speed-up
-    bad, changed = [], False
+    known = _read_cache(cache_path) if cache_path is not None and cache_path.exists() else {}
+    bad, changed = {}, False
     for p in files:
-        st = p.stat()
+        try:
+            st = p.stat()
+        except OSError as e:  # a listed file that is gone, or a link to one: report it with the others
+            bad[p] = (f"missing: a link to {os.readlink(p)}, which does not exist" if p.is_symlink()
+                      else f"missing: {e.strerror}")
+            if verbose:
+                print(f"bad image: {p}: {bad[p]}")
+            continue
         key, stamp = str(p.resolve()), [st.st_size, st.st_mtime_ns]
         if known.get(key) == stamp:
             continue
@@ -86,36 +114,42 @@ def scan(root_or_paths: str | Path | Iterable[str | Path], cache: bool = True, v
         if why is None:
             known[key], changed = stamp, True
         else:
-            bad.append(p)
+            bad[p] = why
             known.pop(key, None)
             if verbose:
-                print(f"corrupt: {p}: {why}")
+                print(f"bad image: {p}: {why}")
     if cache_path is not None and changed:
         try:
             cache_path.parent.mkdir(parents=True, exist_ok=True)
             tmp = cache_path.with_suffix(f".tmp{os.getpid()}")
-            tmp.write_text(json.dumps(known))
+            tmp.write_text(json.dumps({"version": CACHE_VERSION, "files": known}))
             tmp.replace(cache_path)
         except OSError:
             pass  # read-only everywhere: scanning still worked
-    return sorted(bad)
+    return dict(sorted(bad.items()))
+
+
+def scan(root_or_paths: str | Path | Iterable[str | Path], cache: bool = True, verbose: bool = False) -> list[Path]:
+    """The bad paths of :func:`problems`, sorted."""
+    return list(problems(root_or_paths, cache=cache, verbose=verbose))
 
 
 def preflight(samples: Sequence[Sample], skip_corrupt: bool, cache: bool = True) -> tuple[list[Sample], int]:
     """Scan the files of ``samples`` before training.
 
-    Raises ``ValueError`` listing the corrupt files unless ``skip_corrupt``; then returns the samples
-    without them and how many were left out.
+    Raises ``ValueError`` listing the bad files, each with its reason, unless ``skip_corrupt``; then returns
+    the samples without them and how many were left out.
     """
-    bad = set(map(str, scan([s.path for s in samples], cache=cache)))
+    reasons = {str(p): why for p, why in problems([s.path for s in samples], cache=cache).items()}
+    bad = set(reasons)
     samples = [s._replace(path=str(Path(s.path))) for s in samples]  # compare paths in one spelling
     if not bad:
         return list(samples), 0
     if not skip_corrupt:
-        shown = "\n  ".join(sorted(bad)[:20])
+        shown = "\n  ".join(f"{p}: {reasons[p]}" for p in sorted(bad)[:20])
         more = f"\n  ... and {len(bad) - 20} more" if len(bad) > 20 else ""
         raise ValueError(
-            f"{len(bad)} corrupt or truncated image(s):\n  {shown}{more}\n"
+            f"{len(bad)} corrupt, truncated or unsupported image(s):\n  {shown}{more}\n"
             f"fix or remove them, or pass --skip-corrupt to train without them"
         )
     kept = [s for s in samples if s.path not in bad]
@@ -123,12 +157,13 @@ def preflight(samples: Sequence[Sample], skip_corrupt: bool, cache: bool = True)
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m dgnet.data.check", description="find corrupt or truncated images")
+    p = argparse.ArgumentParser(prog="python -m dgnet.data.check",
+                                description="find corrupt, truncated or unsupported images")
     p.add_argument("root", help="dataset folder (scanned recursively)")
     p.add_argument("--no-cache", action="store_true", help="re-check every file, and record nothing")
     a = p.parse_args(argv)
     bad = scan(a.root, cache=not a.no_cache, verbose=True)
-    print(f"{len(bad)} corrupt or truncated image(s) under {a.root}")
+    print(f"{len(bad)} corrupt, truncated or unsupported image(s) under {a.root}")
     return 1 if bad else 0
 
 

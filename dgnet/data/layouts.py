@@ -13,6 +13,7 @@ Every loader returns a :class:`ReidDataset` of :class:`Sample` lists. Convention
 from __future__ import annotations
 
 import csv
+import io
 import re
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -69,11 +70,21 @@ class ReidDataset:
 # helpers
 
 
+def is_image_file(path: Path) -> bool:
+    """Whether a directory entry is one of the dataset's images: an ``IMAGE_EXTENSIONS`` suffix (any case), not
+    hidden, and a file or a link to one. Hidden names are skipped because macOS leaves a ``._name.jpg`` metadata
+    file beside every image it copies to a foreign disk; a link whose target is missing still counts, so that
+    the pre-flight check names it instead of the image silently leaving the dataset."""
+    if path.name.startswith(".") or path.suffix.lower() not in IMAGE_EXTENSIONS:
+        return False
+    return path.is_file() or (path.is_symlink() and not path.exists())
+
+
 def _images(directory: Path) -> list[Path]:
     """Image files directly in ``directory``, sorted (Market ships Thumbs.db files: non-images are ignored)."""
     if not directory.is_dir():
         raise FileNotFoundError(f"expected a directory of images at {directory}, found none")
-    return sorted(p for p in directory.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    return sorted(p for p in directory.iterdir() if is_image_file(p))
 
 
 def _require_nonempty(name: str, split: str, where: Path, samples: list[Sample], expected: str) -> None:
@@ -233,6 +244,51 @@ def load_msmt17(
 
 
 DEFAULT_CAMERA_PATTERN = r"c(\d+)"
+CAMID_EXPECTED = "expected a zero-based integer camera (0, 1, 2, ...)"
+
+
+def read_camera_csv(camera_csv: str | Path) -> dict[str, int]:
+    """A camera manifest: columns ``path`` (relative to the dataset root) and ``camid`` (zero-based integer),
+    one row per image -> ``{posix path: camid}``. Errors name the file, the line, the path and the value.
+
+    Read as UTF-8 with an optional byte-order mark, and cells stripped of spaces: what spreadsheets export.
+    """
+    cameras: dict[str, int] = {}
+    lines: dict[str, int] = {}
+    data = Path(camera_csv).read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:  # e.object: the bytes after any byte-order mark, which e.start counts in
+        line = e.object.count(b"\n", 0, e.start) + 1
+        raise ValueError(
+            f"folder: {camera_csv} is not UTF-8 (byte 0x{e.object[e.start]:02x} on line {line}); "
+            f"expected a UTF-8 file (save it as UTF-8)"
+        ) from None
+    with io.StringIO(text, newline="") as f:
+        reader = csv.DictReader(f, skipinitialspace=True)
+        if reader.fieldnames is None or not {"path", "camid"} <= {n.strip() for n in reader.fieldnames}:
+            raise ValueError(f"folder: {camera_csv} must have a header with columns 'path' and 'camid' "
+                             f"(found {reader.fieldnames})")
+        reader.fieldnames = [n.strip() for n in reader.fieldnames]
+        for row in reader:
+            line = reader.line_num  # the file's line (header = 1), also past quoted multi-line cells
+            raw_path, value = (row.get("path") or "").strip(), row.get("camid")
+            if not raw_path:
+                raise ValueError(f"folder: {camera_csv}:{line}: empty path; expected 'relative/path.jpg,camid'")
+            key = Path(raw_path).as_posix()
+            where = f"folder: {camera_csv}:{line}: path {key!r}"
+            if value is None:
+                raise ValueError(f"{where} has no camid; {CAMID_EXPECTED}")
+            value = value.strip()
+            if not re.fullmatch(r"[+-]?\d+", value):
+                raise ValueError(f"{where}: camid {value!r} is not an integer; {CAMID_EXPECTED}")
+            if int(value) < 0:
+                raise ValueError(f"{where}: camid {value!r} is negative; {CAMID_EXPECTED}")
+            if key in cameras:
+                raise ValueError(f"{where} is already on line {lines[key]} (camid {cameras[key]}, here {value!r}); "
+                                 f"expected one row per image")
+            cameras[key], lines[key] = int(value), line
+    return cameras
 
 
 def load_folder(
@@ -256,15 +312,7 @@ def load_folder(
         raise ValueError(f"folder: camera_pattern {camera_pattern!r} needs one group capturing the camera number")
     if camera_csv is None and (root / "cameras.csv").exists():
         camera_csv = root / "cameras.csv"
-    cameras: dict[str, int] | None = None
-    if camera_csv is not None:
-        cameras = {}
-        with open(camera_csv, newline="") as f:
-            reader = csv.DictReader(f)
-            if reader.fieldnames is None or not {"path", "camid"} <= set(reader.fieldnames):
-                raise ValueError(f"folder: {camera_csv} must have a header with columns 'path' and 'camid'")
-            for row in reader:
-                cameras[Path(row["path"]).as_posix()] = int(row["camid"])
+    cameras = read_camera_csv(camera_csv) if camera_csv is not None else None
     names: dict[str, list[tuple[str, Path]]] = {}
     for split in splits:
         split_dir = root / split
@@ -273,6 +321,14 @@ def load_folder(
         names[split] = [(d.name, p) for d in sorted(split_dir.iterdir()) if d.is_dir() for p in _images(d)]
     all_names = sorted({n for entries in names.values() for n, _ in entries})
     numeric = all(re.fullmatch(r"-?\d+", n) for n in all_names)
+    if numeric:  # '0012' and '12' would silently become one identity
+        for split, entries in names.items():
+            spelt: dict[int, str] = {}
+            for name in sorted({n for n, _ in entries}):
+                if int(name) in spelt:
+                    raise ValueError(f"folder: {root / split / spelt[int(name)]} and {root / split / name} name the "
+                                     f"same identity {int(name)}; expected one folder per identity")
+                spelt[int(name)] = name
     to_pid: Callable[[str], int] = int if numeric else {n: i for i, n in enumerate(all_names)}.__getitem__
     out = {}
     for split, entries in names.items():

@@ -14,9 +14,9 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from dgnet.data.decoding import rgb8
 from dgnet.data.layouts import Sample
 from dgnet.data.transforms import augment_uint8, resize_uint8
 
@@ -26,11 +26,12 @@ def decode(path: str) -> torch.Tensor:
 
     Pillow, as the DG-Net reference (torchvision's decoders are deprecated from 0.29 on); it is
     libjpeg-turbo with the same settings as DALI's CPU decoder, so the two agree bit for bit (DALI's
-    GPU decoder, nvJPEG, is not held to that).
+    GPU decoder, nvJPEG, is not held to that). Modes beyond 8-bit RGB are read as DALI reads them
+    (:func:`dgnet.data.decoding.rgb8`: 16-bit samples scaled, not clipped); modes with no agreed reading
+    raise :class:`dgnet.data.decoding.UnsupportedImage`.
     """
     try:
-        with Image.open(path) as im:
-            return torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1)
+        return torch.from_numpy(rgb8(path)).permute(2, 0, 1)
     except OSError as e:
         raise RuntimeError(f"cannot decode image {path}: {e} (run python -m dgnet.data.check on its folder)") from e
 

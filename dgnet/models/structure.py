@@ -44,6 +44,24 @@ class StructureEncoder(nn.Module):
     Reflect padding, InstanceNorm (no affine), LeakyReLU 0.2: conv3x3 s2 1->16, conv3x3 16->32,
     conv3x3 32->32, conv3x3 s2 32->64, 4 residual blocks at 64, ASPP 64->128.
     Init: the reference's kaiming (fan_in) on every conv, zero biases.
+
+    Flat codes (a deliberate deviation from the reference, for degenerate inputs only): a sample whose code
+    is spatially constant in every channel, to within one unit of roundoff, is returned as exactly 0 and
+    passes no gradient back. Every other sample is the plain layer stack's, bit for bit, forward and backward.
+
+    Why: a blank (constant) image, or any image that makes the first conv's output constant, makes every
+    channel of every InstanceNorm in Es exactly constant. Each such IN outputs 0, so the next conv outputs its
+    bias, again constant, and the code is 0 whatever the weights: the true gradient of every Es parameter is 0.
+    The plain backward instead multiplies the activation gradient by ``1 / sqrt(eps)`` = 316 at each of the 15
+    INs on Es's deepest path (~300x per layer with the convs), and reaches the weights as sums of terms that
+    cancel. Measured on a white 64x32 image: ~3e40 at the first IN in float64, leaving 1e24-1e25 of rounding as the
+    first conv's weight gradient; in float32 the activation gradient overflows and ``inf - inf`` makes the
+    first convs' gradients NaN, hence the NaN parameters of a training run. A constant code can only come
+    from such a chain (one wholly constant layer makes every later one constant, down to the code), so
+    cutting the gradient here gives the true parameter gradient, 0. What it drops is Es's gradient for the
+    *input* of such a sample, the ~1e40 linearisation about an exactly constant image, which no loss uses
+    (the data need none; generated images are never constant). Channels that are flat only in an inner layer
+    (a dead conv channel on an ordinary image) keep the plain, finite gradient that can revive them.
     """
 
     def __init__(self, cfg: ModelConfig, base_dim: int = 16, n_res: int = 4) -> None:
@@ -65,4 +83,17 @@ class StructureEncoder(nn.Module):
             raise ValueError(
                 f"Es input: expected (N, 1, H, W) grayscale (see dgnet.models.gray), got {tuple(x_gray.shape)}"
             )
-        return self.model(x_gray)
+        s = self.model(x_gray)
+        # where, not a multiply by a mask: the gradient arriving for a flat sample may be inf (0 * inf = NaN)
+        return torch.where(_flat_samples(s), 0.0, s)
+
+
+def _flat_samples(s: torch.Tensor) -> torch.Tensor:
+    """``(N, 1, 1, 1)`` bool: samples of ``s`` ``(N, C, h, w)`` (an InstanceNorm output, unit scale) whose every
+    channel's spread ``max - min`` is at most the unit roundoff of the statistics' dtype (float32 or float64).
+    An ordinary sample's channels spread over several units; a NaN never counts as flat."""
+    with torch.no_grad():
+        lo, hi = s.flatten(2).aminmax(dim=-1)
+        stats = torch.float64 if s.dtype == torch.float64 else torch.float32
+        flat = (hi.to(stats) - lo.to(stats) <= torch.finfo(stats).eps).all(dim=1)
+    return flat[:, None, None, None]

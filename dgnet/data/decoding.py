@@ -1,0 +1,96 @@
+"""Image files -> 8-bit RGB arrays, read the way DALI's decoder reads them (Pillow and numpy only, no torch).
+
+Both input pipelines must see the same pixels. DALI (nvImageCodec) decodes any bit depth to 8-bit RGB and
+scales 16-bit samples by ``round(v / 257)``; Pillow's ``convert("RGB")`` instead clips 16-bit grey at 255
+(a 16-bit grey PNG becomes a blank white image) and drops the low byte of 16-bit colour. Here every
+accepted mode is read to DALI's values exactly:
+
+- JPEG ``L``, ``RGB``, ``CMYK`` and PNG ``1``, ``L`` (1/2/4/8 bits), ``P`` (with or without transparency),
+  ``LA``, ``RGB``, ``RGBA``: Pillow's conversion to RGB, which equals DALI's; alpha is dropped, not
+  composited, as DALI and the DG-Net reference's Pillow loader both do;
+- 16-bit grey (``I;16`` and its byte orders): ``round(v / 257)``, replicated to RGB;
+- 16-bit colour PNG (RGB, RGBA, grey + alpha): Pillow's PNG decoder is run with raw modes that keep both
+  bytes of each sample, then ``round(v / 257)``.
+
+Everything else (32-bit integer ``I`` and float ``F`` TIFFs have no defined 8-bit range; DALI reads ``F`` on
+its own scale and fails on ``I``; ``LAB``, ``HSV``, ``YCbCr``, premultiplied modes) is refused with
+:class:`UnsupportedImage`, and :mod:`dgnet.data.check` refuses files whose content is not JPEG or PNG,
+the formats the layouts' extensions name. EXIF orientation is ignored by both pipelines, as by the reference.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+FORMATS = ("JPEG", "PNG")  # what IMAGE_EXTENSIONS (.jpg, .jpeg, .png) promise, and what the check lets through
+MODES_8BIT = ("1", "L", "P", "LA", "RGB", "RGBA", "CMYK")
+MODES_16BIT_GREY = ("I;16", "I;16B", "I;16L", "I;16N")
+# Pillow's raw modes of 16-bit colour PNGs (it opens them as 8-bit RGB / RGBA, keeping the high bytes):
+# per raw mode, the raw mode that reads the low bytes instead (same bits per pixel, so PNG un-filtering is
+# the same), or None where one raw mode already reads both bytes (grey + alpha as 8-bit RGBA: Lhi Llo Ahi Alo).
+_PNG16_LOW = {"RGB;16B": "RGB;16L", "RGBA;16B": "RGBA;16L", "LA;16B": None}
+EXPECTED = (
+    "expected a JPEG (L, RGB, CMYK) or a PNG (1, L, P, LA, RGB, RGBA at 8 bits, or L, LA, RGB, RGBA at 16 bits)"
+)
+
+
+class UnsupportedImage(ValueError):
+    """An image that decodes but whose pixels have no agreed 8-bit RGB reading; the message names the file."""
+
+
+def scale16(v: np.ndarray) -> np.ndarray:
+    """16-bit samples -> uint8 as DALI converts them: ``round(v / 257)`` (checked on all 65,536 values)."""
+    return ((v.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
+
+
+def unsupported(im: Image.Image) -> str | None:
+    """Why the opened (not yet loaded) image ``im`` has no agreed RGB reading, or ``None``."""
+    if im.mode in MODES_8BIT or im.mode in MODES_16BIT_GREY:
+        return None
+    if im.mode == "I":
+        return "32-bit integer pixels have no defined 8-bit range"
+    if im.mode == "F":
+        return "floating-point pixels have no defined 8-bit range"
+    return f"mode {im.mode} is not read the same way by both input pipelines"
+
+
+def _rawmode(im: Image.Image) -> str | None:
+    return im.tile[0].args if im.format == "PNG" and len(im.tile) == 1 else None
+
+
+def _png_raw(path: str | Path, rawmode: str) -> np.ndarray:
+    with Image.open(path) as im:
+        im.tile = [t._replace(args=rawmode) for t in im.tile]
+        return np.asarray(im)
+
+
+def _png16_colour(path: str | Path, rawmode: str) -> np.ndarray:
+    if rawmode == "LA;16B":
+        raw = _png_raw(path, "RGBA").astype(np.uint16)
+        return np.repeat(scale16(raw[..., 0] << 8 | raw[..., 1])[..., None], 3, axis=2)
+    high = _png_raw(path, rawmode).astype(np.uint16)
+    low = _png_raw(path, _PNG16_LOW[rawmode]).astype(np.uint16)
+    return scale16(high[..., :3] << 8 | low[..., :3])
+
+
+def rgb8(path: str | Path) -> np.ndarray:
+    """The image file ``path`` as ``(H, W, 3)`` uint8 RGB, as DALI reads it.
+
+    Raises :class:`UnsupportedImage` for modes without an agreed reading, and Pillow's own errors
+    (``OSError``, ``Image.DecompressionBombError``...) for files that do not decode.
+    """
+    with Image.open(path) as im:
+        why = unsupported(im)
+        if why is not None:
+            raise UnsupportedImage(f"{path}: {im.format} image in mode {im.mode}: {why}; {EXPECTED}")
+        rawmode = _rawmode(im)
+        if rawmode in _PNG16_LOW:
+            return _png16_colour(path, rawmode)
+        if im.mode in MODES_16BIT_GREY:
+            return np.repeat(scale16(np.asarray(im))[..., None], 3, axis=2)
+        if im.mode == "P":  # through RGBA: Pillow warns when it drops a palette's alpha on the way to RGB
+            return np.asarray(im.convert("RGBA"))[..., :3].copy()
+        return np.array(im.convert("RGB"))  # a writable copy: torch.from_numpy refuses read-only arrays
