@@ -78,9 +78,15 @@ class Probe:
 
 
 def _decode(data: str | bytes) -> torch.Tensor:
-    src = io.BytesIO(data) if isinstance(data, bytes) else data
-    with Image.open(src) as im:
-        a = np.asarray(im.convert("RGB"), dtype=np.uint8)
+    """A file (read as the input pipelines read it, ``dgnet.data.decoding.rgb8``) or the bytes of an image the
+    synthetic generator rendered, as ``(3, H, W)`` uint8."""
+    if isinstance(data, bytes):
+        with Image.open(io.BytesIO(data)) as im:
+            a = np.asarray(im.convert("RGB"), dtype=np.uint8)
+    else:
+        from dgnet.data.decoding import rgb8
+
+        a = rgb8(data)
     return torch.from_numpy(a.copy()).permute(2, 0, 1)
 
 

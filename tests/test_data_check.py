@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 
 from dgnet.data import Sample, check
+from dgnet.data.check.__main__ import main as check_main
 
 
 def jpeg(seed: int) -> bytes:
@@ -73,10 +74,10 @@ def test_preflight(tree):
 
 def test_cli(tree, capsys):
     root, good, truncated, garbage = tree
-    assert check.main([str(root)]) == 1
+    assert check_main([str(root)]) == 1
     out = capsys.readouterr().out
     assert str(truncated) in out and str(garbage) in out and "2 corrupt" in out
-    assert check.main([str(root / "a" / "0.jpg")]) == 0
+    assert check_main([str(root / "a" / "0.jpg")]) == 0
 
 
 def test_missing_root(tmp_path):

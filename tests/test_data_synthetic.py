@@ -126,7 +126,9 @@ def test_the_set_keeps_its_seed_when_the_training_seed_changes(monkeypatch):
 
 
 def test_cli(tmp_path, capsys):
-    syn.main(["--out", str(tmp_path / "s"), "--ids", "6", "--cams", "2", "--height", "48", "--width", "24"])
+    from dgnet.data.synthetic.__main__ import main
+
+    main(["--out", str(tmp_path / "s"), "--ids", "6", "--cams", "2", "--height", "48", "--width", "24"])
     assert load_dataset("synthetic", tmp_path / "s", verbose=False).num_train_pids == 3
 
 

@@ -90,7 +90,9 @@ def test_train_test_visualize_cli(tmp_path):
     for model in ("teacher", "dgnet"):
         for mode in ("plain", "rerank"):
             m = results[model][mode]
-            assert 0 <= m["mINP"] <= m["mAP"] <= 1 and m["rank1"] <= m["rank5"] <= m["rank10"] <= 1
+            # per query AP >= INP (n + 1) / (2 n) >= INP / 2 (each match's precision k / r_k >= k / r_last); mINP
+            # may exceed mAP (matches at ranks 3 and 4: AP 0.42, INP 0.5)
+            assert 0 <= m["mINP"] <= 2 * m["mAP"] <= 2 and m["rank1"] <= m["rank5"] <= m["rank10"] <= 1
 
     # the same numbers from the saved model by an independent, plain implementation of the protocol
     from dgnet.checkpoint import load_checkpoint

@@ -15,11 +15,9 @@ CLI: ``python -m dgnet.data.check ROOT [--no-cache]`` lists bad files and exits 
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
-import sys
 import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -154,18 +152,3 @@ def preflight(samples: Sequence[Sample], skip_corrupt: bool, cache: bool = True)
         )
     kept = [s for s in samples if s.path not in bad]
     return kept, len(samples) - len(kept)
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m dgnet.data.check",
-                                description="find corrupt, truncated or unsupported images")
-    p.add_argument("root", help="dataset folder (scanned recursively)")
-    p.add_argument("--no-cache", action="store_true", help="re-check every file, and record nothing")
-    a = p.parse_args(argv)
-    bad = scan(a.root, cache=not a.no_cache, verbose=True)
-    print(f"{len(bad)} corrupt, truncated or unsupported image(s) under {a.root}")
-    return 1 if bad else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -34,7 +34,6 @@ gallery images): rank-1 20.5 %, rank-5 35.4 %, rank-10 44.1 %, mAP 9.7 %. Over t
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import math
@@ -659,23 +658,3 @@ def histogram_baseline(dataset, bins: int = 4, crop: bool = True) -> dict:
     cmc, m_ap = evaluate_rank(dist, qp, gp, qc, gc)
     return {"rank1": float(cmc[0]), "rank5": float(cmc[min(4, len(cmc) - 1)]),
             "rank10": float(cmc[min(9, len(cmc) - 1)]), "mAP": float(m_ap)}
-
-
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m dgnet.data.synthetic", description=__doc__.split("\n")[0])
-    p.add_argument("--out", required=True, help="output folder (created)")
-    for k in ("ids", "cams", "height", "width", "seed"):
-        p.add_argument(f"--{k}", type=int, default=DEFAULTS[k])
-    p.add_argument("--workers", type=int, default=None, help="render processes (default: up to 2)")
-    p.add_argument("--baseline", action="store_true", help="also score the colour-histogram baseline")
-    a = p.parse_args(argv)
-    out = ensure_dataset(a.out, ids=a.ids, cams=a.cams, height=a.height, width=a.width, seed=a.seed,
-                         workers=a.workers)
-    if a.baseline:
-        from dgnet.data.layouts import load_dataset
-
-        print("colour-histogram baseline:", histogram_baseline(load_dataset("synthetic", out)))
-
-
-if __name__ == "__main__":
-    main()
