@@ -39,6 +39,7 @@ DATASETS = tuple(LOADERS)  # the layouts dgnet.data.load_dataset reads
 LOADER_CHOICES = BACKENDS  # data.loader: the input pipeline (auto: DALI where it imports)
 AMP_CHOICES = ("auto", "bf16", "fp16", "off")  # train.amp
 FOLD_CHOICES = ("auto", "on", "off")  # train.fold_upsample: where --fused folds the decoder's upsample + conv5x5
+LAST_STRIDE_CHOICES = (1, 2)  # model.last_stride: layer4's first block (1: the spec; 2: torchvision's)
 
 
 @dataclass
@@ -100,6 +101,9 @@ class ModelConfig:
     dis_dim: int = 32
     dis_scales: int = 3
     dis_res_blocks: int = 4
+    # Stride of layer4's first block (LAST_STRIDE_CHOICES): 1 in the spec (Ea and dgnet's own teacher). A teacher
+    # imported from Person_reID_baseline_pytorch keeps the stride it was trained with (its default is 2).
+    last_stride: int = 1
     # Deliberate-deviation switches; the defaults are parity with the reference.
     detach_appearance_code: bool = True  # reference detaches f inside Ea
     bn_train_on_generated: bool = True  # reference keeps teacher/Ea-copy BN in train mode on fakes
@@ -535,6 +539,8 @@ def validate(cfg: Config) -> None:
         if value not in allowed:
             raise ValueError(f"{section}.{key}={value!r}: expected one of {allowed}")
     _check_device(cfg.train.device)
+    if cfg.model.last_stride not in LAST_STRIDE_CHOICES:
+        raise ValueError(f"model.last_stride={cfg.model.last_stride!r}: expected one of {LAST_STRIDE_CHOICES}")
     defaults = DataConfig()
     for layout, keys in LAYOUT_OPTIONS.items():
         for key in keys:

@@ -131,6 +131,7 @@ def test_unknown_cli_key_and_values():
         ("train.device=cuda:x", "train.device='cuda:x'"),
         ("optim.milestones=[1,", "--set 'optim.milestones=[1,': the value is not valid YAML"),
         ("eval.alpha=-1", "eval.alpha=-1.0"),
+        ("model.last_stride=3", "model.last_stride=3: expected one of (1, 2)"),
     ],
 )
 def test_bad_values_fail_at_start_naming_the_key(item, needle):

@@ -276,6 +276,23 @@ def test_frozen_equals_deepcopy_with_train_bn(net18):
     Ea.eval()
 
 
+def test_layer4_stride_2_halves_the_map_and_keeps_the_parameters():
+    """``model.last_stride`` 2 is torchvision's ResNet (Person_reID_baseline_pytorch's default teachers)."""
+    torch.manual_seed(0)
+    import torchvision
+
+    one, two = build_backbone("resnet18", "none", 1).eval(), build_backbone("resnet18", "none", 2).eval()
+    two.load_state_dict(one.state_dict())
+    tv = torchvision.models.resnet18(weights=None).eval()
+    tv.load_state_dict({**tv.state_dict(), **one.state_dict()})
+    x = torch.randn(1, 3, 64, 32)
+    with torch.no_grad():
+        assert one(x).shape[2:] == (4, 2) and two(x).shape[2:] == (2, 1)
+        torch.testing.assert_close(two(x), nn.Sequential(*list(tv.children())[:-2])(x), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="last_stride=3"):
+        build_backbone("resnet18", "none", 3)
+
+
 def test_build_backbone_from_path(tmp_path):
     torch.manual_seed(1)
     src = build_backbone("resnet18", "none")

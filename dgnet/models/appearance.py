@@ -37,7 +37,7 @@ class ClassBlock(nn.Module):
 
 
 class AppearanceEncoder(nn.Module):
-    """Ea: stride-1 ResNet trunk -> appearance code and two re-id heads.
+    """Ea: ResNet trunk (layer4 at ``cfg.last_stride``: 1 in the spec) -> appearance code and two re-id heads.
 
     ``forward(x)`` with ``x`` ``(N, 3, H, W)`` normalised float returns ``(f, logits_primary, logits_fine)``:
     - ``f``: appearance code ``(N, 4 * C)`` (8192 for ResNet-50), adaptive max-pool of the trunk map to
@@ -49,7 +49,7 @@ class AppearanceEncoder(nn.Module):
 
     def __init__(self, cfg: ModelConfig, num_ids: int) -> None:
         super().__init__()
-        self.backbone = build_backbone(cfg.backbone, cfg.backbone_weights)
+        self.backbone = build_backbone(cfg.backbone, cfg.backbone_weights, cfg.last_stride)
         channels = self.backbone.out_channels
         self.pool_h = cfg.app_pool_h
         self.code_dim = channels * cfg.app_pool_h

@@ -11,7 +11,8 @@ from dgnet.models.weights import build_backbone
 
 
 class ReidBaseline(nn.Module):
-    """Stride-1 ResNet trunk, global average pooling, one head Linear(C->512)-BN-Dropout(0.5)-Linear.
+    """ResNet trunk (layer4 at ``cfg.last_stride``: 1 in the spec), global average pooling, one head
+    Linear(C->512)-BN-Dropout(0.5)-Linear.
 
     ``forward(x)`` ``(N, 3, H, W)`` -> logits ``(N, num_ids)``; ``features(x)`` -> post-BN ``(N, 512)``
     (dropout off; call in eval mode for the test protocol). Same backbone and weights options as Ea.
@@ -20,7 +21,7 @@ class ReidBaseline(nn.Module):
     def __init__(self, cfg: ModelConfig, num_ids: int) -> None:
         super().__init__()
         self.model_cfg = cfg  # checkpoints record it (``arch``): a teacher's may differ from its student's
-        self.backbone = build_backbone(cfg.backbone, cfg.backbone_weights)
+        self.backbone = build_backbone(cfg.backbone, cfg.backbone_weights, cfg.last_stride)
         self.num_ids = num_ids
         self.head = ClassBlock(self.backbone.out_channels, num_ids, cfg.dropout_primary, cfg.head_dim)
 

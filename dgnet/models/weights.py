@@ -17,6 +17,8 @@ import torch
 import torch.nn as nn
 import torchvision
 
+from dgnet.config import LAST_STRIDE_CHOICES
+
 BACKBONES = ("resnet50", "resnet18")
 
 # Set DGNET_OFFLINE=1 to never try a download (tests, air-gapped machines): a missing cache then fails at once.
@@ -30,26 +32,31 @@ def _torchvision_weights(name: str):
 
 
 class Backbone(nn.Module):
-    """ResNet trunk (conv1 .. layer4, no pooling, no fc) with layer4's first block at stride 1.
+    """ResNet trunk (conv1 .. layer4, no pooling, no fc) with layer4's first block at ``last_stride``.
 
-    Input ``(N, 3, H, W)`` float, normalised; output ``(N, out_channels, H/16, W/16)`` (16x8 at 256x128).
-    Parameter names are torchvision's (``conv1.weight``, ``layer4.0.conv2.weight``...), so torchvision
-    state_dicts load as they are.
+    Input ``(N, 3, H, W)`` float, normalised; output ``(N, out_channels, H/16, W/16)`` at ``last_stride`` 1 (16x8
+    at 256x128, the spec), ``(H/32, W/32)`` at 2. Parameter names are torchvision's (``conv1.weight``,
+    ``layer4.0.conv2.weight``...), so torchvision state_dicts load as they are. The stride changes no parameter.
     """
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, last_stride: int = 1) -> None:
         super().__init__()
         if name not in BACKBONES:
             raise ValueError(f"backbone={name!r}: expected one of {BACKBONES}")
+        if last_stride not in LAST_STRIDE_CHOICES:
+            raise ValueError(f"last_stride={last_stride!r}: expected one of {LAST_STRIDE_CHOICES}")
         net = getattr(torchvision.models, name)(weights=None)
         self.name = name
         self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool
         self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
         # Stride 1 in layer4 (spec): the stride-2 conv of the first block (conv2 in Bottleneck, conv1 in
-        # BasicBlock) and its downsample shortcut.
-        block = self.layer4[0]
-        for conv in (block.conv1, block.conv2, block.downsample[0]):
-            conv.stride = (1, 1)
+        # BasicBlock) and its downsample shortcut. Teachers trained by Person_reID_baseline_pytorch keep
+        # torchvision's stride 2 unless trained with --stride 1.
+        if last_stride == 1:
+            block = self.layer4[0]
+            for conv in (block.conv1, block.conv2, block.downsample[0]):
+                conv.stride = (1, 1)
+        self.last_stride = last_stride
         self.out_channels: int = net.fc.in_features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -115,9 +122,9 @@ def load_backbone_state(backbone: Backbone, state: dict[str, torch.Tensor], sour
     backbone.load_state_dict(state, strict=True)
 
 
-def build_backbone(name: str, weights: str) -> Backbone:
-    """Build the stride-1 ResNet trunk ``name`` and load ``weights`` (imagenet | none | PATH)."""
-    backbone = Backbone(name)
+def build_backbone(name: str, weights: str, last_stride: int = 1) -> Backbone:
+    """Build the ResNet trunk ``name`` (layer4 at ``last_stride``) and load ``weights`` (imagenet | none | PATH)."""
+    backbone = Backbone(name, last_stride)
     if weights == "none":
         return backbone
     if weights == "imagenet":
