@@ -395,14 +395,15 @@ class GeneratorInputs:
     @functools.cached_property
     def student(self) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
         """``((primary, fine logits, teacher labels) of x_ba, (...) of x_ab)``: the live Ea (train mode) and the
-        frozen teacher on the detached fakes."""
+        frozen teacher on the detached fakes; the teacher's dropout is on with ``model.teacher_dropout`` (its
+        masks drawn from the global RNG after Ea's, so a checkpoint's RNG state resumes them exactly)."""
         if self.teacher is None:
             raise ValueError("teacher_w > 0 at this iteration but no teacher was given to dgnet_step")
-        Ea, teacher, bn = self.model.Ea, self.teacher, self.cfg.model.bn_train_on_generated
+        Ea, teacher, m = self.model.Ea, self.teacher, self.cfg.model
         out = []
         for x in (self.fwd.x_ba.detach(), self.fwd.x_ab.detach()):
             _, st, sf = Ea(x)
-            with frozen(teacher, bn_batch_stats=bn):
+            with frozen(teacher, bn_batch_stats=m.bn_train_on_generated, dropout=m.teacher_dropout):
                 out.append((st, sf, teacher_soft_labels(teacher, x)))
         return out[0], out[1]
 
@@ -425,7 +426,7 @@ def generator_losses(
       dropout off, BatchNorm on batch statistics when ``bn_train_on_generated``) sees the live fakes, so
       ``loss_gen_recon_id`` trains G and Es only; in parity both codes of ``loss_gen_recon_f`` are detached;
     - teacher KL and fine-grained mining: live Ea on the detached fakes (Ea only); the teacher is frozen,
-      no gradient, BatchNorm per ``bn_train_on_generated``.
+      no gradient, BatchNorm per ``bn_train_on_generated``, dropout per ``teacher_dropout``.
     Optional terms (``dgnet.losses.Term``) whose ramped weight is 0 are not computed (reported 0), as in the
     reference, and neither is what only they need (``GeneratorInputs``): the structure re-encoding when
     ``recon_s_w`` and ``recon_x_cyc_w`` are both 0, the cycle when ``recon_x_cyc_w`` is 0, the teacher term

@@ -28,8 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--fused", action="store_true", default=None,
         help="fast paths: fused AdaIN kernels, batched AdaIN MLPs, fused optimisers, deferred BatchNorm counters",
     )
-    p.add_argument("--amp", choices=AMP_CHOICES, help="mixed precision (default auto: bf16 on GPUs that support "
-                   "it, fp16 with gradient scaling on others, off on CPU)")
+    p.add_argument("--amp", choices=AMP_CHOICES, help="mixed precision (default: off, i.e. fp32 as the reference, in "
+                   "the market1501/dukemtmc/msmt17 presets; auto elsewhere: bf16 on GPUs that support it, fp16 with "
+                   "gradient scaling on others, off on CPU)")
     p.add_argument("--loader", choices=LOADER_CHOICES, help="input pipeline (auto: DALI where it imports)")
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
     p.add_argument("--iterations", type=int, help="cap both stages at N iterations (a smoke run)")

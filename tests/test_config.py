@@ -29,8 +29,16 @@ def test_presets_spec_numbers():
         assert (cfg.data.height, cfg.data.width) == (256, 128)
         assert cfg.loss.warm_iter == 30_000 and cfg.loss.warm_step == 0.0005
         assert cfg.optim.milestones == (60_000, 90_000, 105_000)
-        # parity with the reference is the default
+        # parity with the reference is the default: its fp32 training, its teacher's dropout on the fakes
         assert cfg.model.detach_appearance_code and cfg.model.bn_train_on_generated
+        assert cfg.train.amp == "off" and cfg.model.teacher_dropout and cfg.model.last_stride == 1
+    # the CPU-sized presets keep what their README figures were measured with (amp auto is off on a CPU)
+    for name in ("demo", "synthetic"):
+        cfg = resolve_config(name)
+        assert cfg.train.amp == "auto" and not cfg.model.teacher_dropout
+    # each deviation is one switch away
+    cfg = resolve_config("market1501", parse_set(["train.amp=bf16", "model.teacher_dropout=false"]))
+    assert cfg.train.amp == "bf16" and not cfg.model.teacher_dropout
 
 
 def test_demo_preset_scales_schedule():
@@ -164,8 +172,10 @@ def test_fingerprint_tracks_what_a_run_computes():
                                 "data": {"loader": "torch"}, "eval": {"alpha": 1.0}})
     assert fingerprint(a) == fingerprint(b)
     for override in ({"optim": {"gen_lr": 1e-3}}, {"model": {"backbone": "resnet50"}}, {"data": {"height": 48}},
-                     {"loss": {"warm_iter": 1}}, {"train": {"seed": 3}}):
+                     {"loss": {"warm_iter": 1}}, {"train": {"seed": 3}}, {"model": {"teacher_dropout": True}},
+                     {"model": {"last_stride": 2}}):
         assert fingerprint(resolve_config("demo", override)) != fingerprint(a), override
+
 
 
 def test_every_preset_is_fresh():

@@ -353,6 +353,35 @@ def test_deferred_bn_counts_is_exact(momentum):
     assert [m.num_batches_tracked.item() for m in (net[1], net[4])] == [1, 1]
 
 
+@pytest.mark.parametrize("dropout", [False, True], ids=["teacher-eval", "teacher-dropout"])
+def test_teacher_dropout_switch(dropout):
+    """``model.teacher_dropout``: the teacher's soft labels of the fakes vary with the RNG when on (the reference's
+    teacher in train mode) and not when off; the same RNG state gives the same labels (what an exact resume
+    restores); the teacher's running statistics and modes are untouched either way."""
+    from dgnet.engine import GeneratorInputs
+
+    cfg = _cfg()
+    cfg.model.teacher_dropout = dropout
+    model, teacher, _ = _build(cfg)
+    teacher.eval().requires_grad_(False)
+    buffers = {k: v.clone() for k, v in teacher.named_buffers()}
+    fwd = shared_forward(model, _batch(1), _batch(2))
+    weights = ramp_weights(5, cfg.loss)
+
+    def labels() -> torch.Tensor:
+        (_, _, q_ba), (_, _, q_ab) = GeneratorInputs(model, teacher, fwd, weights, cfg).student
+        return torch.cat([q_ba, q_ab])
+
+    state = torch.get_rng_state()
+    first, second = labels(), labels()
+    torch.set_rng_state(state)
+    assert torch.equal(labels(), first)
+    assert torch.equal(first, second) != dropout
+    torch.testing.assert_close(first.sum(1), torch.ones(2 * B))  # still distributions
+    assert not any(m.training for m in teacher.modules())
+    assert all(torch.equal(v, buffers[k]) for k, v in teacher.named_buffers())
+
+
 def test_before_warmup_ramped_terms_are_off():
     cfg = _cfg()
     cfg.loss.warm_iter = 100

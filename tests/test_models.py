@@ -276,6 +276,32 @@ def test_frozen_equals_deepcopy_with_train_bn(net18):
     Ea.eval()
 
 
+def test_frozen_with_dropout_is_the_whole_module_in_train_mode(net18):
+    """The reference's teacher once its trainer is in train mode: BatchNorm on batch statistics and dropout on.
+    ``frozen(bn_batch_stats=True, dropout=True)`` computes that (same RNG state, same masks) without touching
+    the running statistics, and gives every submodule its mode back."""
+    teacher = ReidBaseline(net18.cfg, 5).eval()
+    x = torch.randn(4, 3, 64, 32)
+    buffers = {k: v.clone() for k, v in teacher.named_buffers()}
+    ref = copy.deepcopy(teacher).train()
+    state = torch.get_rng_state()
+    with frozen(teacher, bn_batch_stats=True, dropout=True), torch.no_grad():
+        got = teacher(x)
+        assert teacher.head.dropout.training and not teacher.training
+    torch.set_rng_state(state)
+    with torch.no_grad():
+        want = ref(x)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    assert not any(m.training for m in teacher.modules())
+    assert all(torch.equal(v, buffers[k]) for k, v in teacher.named_buffers())
+    # the masks are random: another draw, another output; without dropout, none
+    with frozen(teacher, bn_batch_stats=True, dropout=True), torch.no_grad():
+        assert not torch.equal(teacher(x), got)
+    with frozen(teacher, bn_batch_stats=True), torch.no_grad():
+        a, b = teacher(x), teacher(x)
+    assert torch.equal(a, b)
+
+
 def test_layer4_stride_2_halves_the_map_and_keeps_the_parameters():
     """``model.last_stride`` 2 is torchvision's ResNet (Person_reID_baseline_pytorch's default teachers)."""
     torch.manual_seed(0)

@@ -85,10 +85,11 @@ def eval_mode(module: nn.Module) -> Iterator[nn.Module]:
 
 
 @contextlib.contextmanager
-def frozen(module: nn.Module, bn_batch_stats: bool = False) -> Iterator[nn.Module]:
+def frozen(module: nn.Module, bn_batch_stats: bool = False, dropout: bool = False) -> Iterator[nn.Module]:
     """Run ``module`` as a frozen copy of itself: no parameter gradients, eval mode (dropout off), and
     with ``bn_batch_stats`` BatchNorm normalising with the batch's statistics without updating the
-    running ones.
+    running ones. With ``dropout`` its dropout layers stay active (train mode, drawing from torch's global
+    RNG): the reference's teacher once its trainer is in train mode (``ModelConfig.teacher_dropout``).
 
     This is the reference's per-iteration ``deepcopy(...).eval()`` (plus ``train_bn``) without the copy:
     the weights cannot change between this forward and the backward (the optimiser steps after it), so
@@ -104,6 +105,10 @@ def frozen(module: nn.Module, bn_batch_stats: bool = False) -> Iterator[nn.Modul
         try:
             for p in params:
                 p.requires_grad_(False)
+            if dropout:
+                for m in module.modules():
+                    if isinstance(m, nn.modules.dropout._DropoutNd):
+                        m.train()
             if bn_batch_stats:
                 for m in bns:
                     # training=True + track_running_stats=False: batch statistics, running buffers untouched.
