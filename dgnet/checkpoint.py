@@ -200,6 +200,25 @@ class CheckpointManager:
         return path
 
 
+def load_state_checked(module: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """``module.load_state_dict(state)`` (strict), refusing first with a ``ValueError`` that names ``source``, the
+    first missing or unexpected key, or the first key whose shape differs, with both shapes.
+
+    PyTorch's own error lists every mismatch of every key at once; this names the one to look at first.
+    """
+    own = module.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    if missing or unexpected:
+        what = (f"has no {missing[0]!r} ({len(missing)} missing)" if missing
+                else f"holds {unexpected[0]!r}, which the model has not ({len(unexpected)} unexpected)")
+        raise ValueError(f"{source}: {what}; expected the state of a {type(module).__name__}")
+    for k, v in own.items():
+        if tuple(state[k].shape) != tuple(v.shape):
+            raise ValueError(f"{source}: {k!r} has shape {tuple(state[k].shape)}, expected {tuple(v.shape)}")
+    module.load_state_dict(state)
+
+
 def arch_only(model_cfg: ModelConfig) -> ModelConfig:
     """``model_cfg`` with ``backbone_weights="none"``: for models whose weights come from a checkpoint
     (no ImageNet download or file read just to be overwritten)."""

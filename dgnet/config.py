@@ -114,6 +114,10 @@ class ModelConfig:
     # of its teacher phase passed through dropout. The real-dataset presets turn it on (parity); the default
     # off is what runs before this switch did, and what the demo/synthetic README figures were measured with.
     teacher_dropout: bool = False
+    # Start DG-Net (stage 2) from the "dgnet" weights of this dgnet checkpoint (e.g. one made by dgnet.convert),
+    # with fresh optimisers and schedule: fine-tuning. Empty: ImageNet / backbone_weights as usual. Only read
+    # when stage 2 starts afresh (a resume takes the run's own weights), so it is not part of the fingerprint.
+    init_from: str = ""
 
 
 @dataclass
@@ -223,6 +227,7 @@ _UNFINGERPRINTED = {
               "keep_checkpoints", "output", "max_iterations", "teacher", "grid_samples", "threads",
               # act only when W > 1; a resume on another world size says what cannot be exact instead
               "sync_bn", "scale_lr"},
+    "model": {"init_from"},  # only where stage 2 starts; its weights are in every checkpoint after that
     "eval": None,  # evaluation settings never affect training
 }
 

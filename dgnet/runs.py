@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 
-from dgnet.checkpoint import load_checkpoint, model_config_of
-from dgnet.config import Config, config_from_dict, layout_options
+from dgnet.checkpoint import load_checkpoint, load_state_checked, model_config_of
+from dgnet.config import Config, ModelConfig, config_from_dict, layout_options
 from dgnet.data import ReidDataset, load_dataset
 from dgnet.runtime import resolve_device
 
@@ -129,6 +129,36 @@ def load_teacher(path: str | Path, num_ids: int, device: torch.device) -> tuple[
             "train identities; train a teacher on this dataset (omit --teacher)"
         )
     return build_model(ckpt, "teacher", device), ckpt
+
+
+# ModelConfig keys that change what a weight means without changing its shape: a fine-tune must keep them.
+_SAME_MEANING = ("backbone", "last_stride", "app_pool_h")
+
+
+def init_dgnet_from(model: torch.nn.Module, path: str | Path, model_cfg: ModelConfig, num_ids: int) -> None:
+    """Load the ``dgnet`` weights of checkpoint ``path`` into ``model`` (a fresh ``DGNet`` built from ``model_cfg``
+    with ``num_ids`` identities): ``model.init_from``, the start of a fine-tune.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: not a dgnet checkpoint, no DG-Net in it, another identity count, another trunk or stride,
+            or a tensor of another shape (the first one named, with both shapes).
+    """
+    source = f"model.init_from {str(path)!r}"
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{source} does not exist; expected a dgnet checkpoint (e.g. from dgnet.convert)")
+    ckpt = load_checkpoint(path)
+    if "dgnet" not in ckpt["models"]:
+        raise ValueError(f"{source}: the checkpoint holds no dgnet model (it has {sorted(ckpt['models'])})")
+    if ckpt["num_ids"] != num_ids:
+        raise ValueError(f"{source} has {ckpt['num_ids']} identities, but this run has {num_ids} (model.num_ids / "
+                         "the dataset's train identities)")
+    theirs = model_config_of(ckpt, "dgnet")
+    for key in _SAME_MEANING:
+        if getattr(theirs, key) != getattr(model_cfg, key):
+            raise ValueError(f"{source} was built with model.{key}={getattr(theirs, key)!r}, this run has "
+                             f"{getattr(model_cfg, key)!r}; set --set model.{key}={getattr(theirs, key)}")
+    load_state_checked(model, ckpt["models"]["dgnet"], source)
 
 
 @dataclass

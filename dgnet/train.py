@@ -38,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue exactly from the newest checkpoint in --output")
     p.add_argument("--auto-resume", action="store_true", help="--resume when --output holds a checkpoint, else start "
                    "afresh: one command line for the first start and torchrun's restarts (--max-restarts)")
+    p.add_argument("--init-from", metavar="CHECKPOINT", help="start DG-Net from the dgnet weights of this checkpoint "
+                   "(e.g. one made by dgnet.convert), with fresh optimisers and schedule: a fine-tune "
+                   "(model.init_from)")
     p.add_argument("--backbone-weights", help="imagenet | none | teacher | PATH (model.backbone_weights; teacher: "
                    "Ea's trunk starts from the stage-1 teacher's)")
     p.add_argument("--skip-corrupt", action="store_true", default=None, help="skip unreadable images instead of "
@@ -63,6 +66,7 @@ def args_to_overrides(args: argparse.Namespace) -> dict:
         ("train", "max_iterations"): args.iterations,
         ("train", "teacher"): args.teacher,
         ("model", "backbone_weights"): args.backbone_weights,
+        ("model", "init_from"): args.init_from,
         ("data", "skip_corrupt"): args.skip_corrupt,
     }
     for (section, key), value in flags.items():

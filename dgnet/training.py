@@ -50,7 +50,7 @@ from dgnet.config import Config, save_config
 from dgnet.distributed import world
 from dgnet.fileio import write_text_atomic
 from dgnet.logging_utils import RunLogger
-from dgnet.runs import TEACHER_WEIGHTS, load_teacher, prepare_dataset, teacher_from, with_data_ids
+from dgnet.runs import TEACHER_WEIGHTS, init_dgnet_from, load_teacher, prepare_dataset, teacher_from, with_data_ids
 from dgnet.runtime import Amp, resolve_amp, resolve_device, seed_everything, seed_rank, set_determinism, set_threads
 
 STAGES = ("all", "teacher", "dgnet")
@@ -261,10 +261,17 @@ def train_dgnet(cfg: Config, ds, teacher: torch.nn.Module, device: torch.device,
     # Stage 2 seeds itself, so it is the same whether stage 1 ran in this process or was loaded.
     seed_everything(cfg.train.seed + 1)
     num_ids = cfg.model.num_ids
-    from_teacher = cfg.model.backbone_weights == TEACHER_WEIGHTS
-    model = DGNet(arch_only(cfg.model) if resume is not None or from_teacher else cfg.model, num_ids,
+    # model.init_from (a fine-tune) gives every DG-Net weight, so it overrides backbone_weights; a resume has its own.
+    init = cfg.model.init_from if resume is None else ""
+    from_teacher = cfg.model.backbone_weights == TEACHER_WEIGHTS and not init
+    model = DGNet(arch_only(cfg.model) if resume is not None or from_teacher or init else cfg.model, num_ids,
                   fused=fused, fold_upsample=cfg.train.fold_upsample).to(device)
-    if from_teacher and resume is None:
+    if init:
+        init_dgnet_from(model, init, cfg.model, num_ids)
+        if rank == 0:
+            print(f"dgnet: DG-Net starts from the weights of {init} (model.init_from), with fresh optimisers and "
+                  "schedule")
+    elif from_teacher and resume is None:
         try:
             model.Ea.backbone.load_state_dict(teacher.backbone.state_dict())
         except RuntimeError as exc:
@@ -422,6 +429,11 @@ def _train(cfg: Config, device: torch.device, resume: bool | str, stage: str, ev
 
     teacher = model = None
     resumed_stage = ckpt["stage"] if ckpt else None
+    init = cfg.model.init_from
+    if init and resumed_stage != "dgnet" and stage in ("all", "dgnet") and not Path(init).is_file():
+        # before stage 1, which may take hours
+        raise FileNotFoundError(f"model.init_from {init!r} does not exist; expected a dgnet checkpoint (e.g. from "
+                                "dgnet.convert)")
     if resumed_stage == "dgnet" and not cfg.train.teacher:
         _check_teacher_finished(mgr, cfg)
     if resumed_stage == "dgnet":

@@ -3,6 +3,7 @@ comes from the data without mutating the config, and models rebuilt from a check
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -110,3 +111,63 @@ def test_models_from_a_checkpoint_keep_the_runs_fast_paths(tmp_path):
         assert torch.equal(built.state_dict()[k], v), k
     with pytest.raises(ValueError, match="holds no teacher"):
         run.model("teacher")
+
+
+# ------------------------------------------------------------------------------------- fine-tuning: model.init_from
+def _dgnet_checkpoint(path: Path, seed: int, num_ids: int, **model) -> tuple:
+    """A dgnet checkpoint of a seeded demo-sized DG-Net and teacher (ResNet-18)."""
+    from dgnet.models import DGNet, ReidBaseline
+
+    cfg = resolve_config("demo", {"model": {"num_ids": num_ids, **model}})
+    torch.manual_seed(seed)
+    dg, teacher = DGNet(arch_only(cfg.model), num_ids), ReidBaseline(arch_only(cfg.model), num_ids)
+    save_atomic(build_state(stage="dgnet", iteration=3, cfg=cfg, num_ids=num_ids,
+                            models={"dgnet": dg, "teacher": teacher}), path)
+    return dg, teacher
+
+
+def test_init_from_loads_every_weight_and_checks_the_architecture(tmp_path):
+    from dgnet.models import DGNet
+    from dgnet.runs import init_dgnet_from
+
+    source, _ = _dgnet_checkpoint(tmp_path / "c.pt", seed=0, num_ids=5)
+    torch.manual_seed(1)
+    fresh = DGNet(source.cfg, 5)
+    init_dgnet_from(fresh, tmp_path / "c.pt", source.cfg, 5)
+    want = source.state_dict()
+    assert all(torch.equal(fresh.state_dict()[k], want[k]) for k in want)
+    with pytest.raises(ValueError, match="has 5 identities, but this run has 6"):
+        init_dgnet_from(DGNet(source.cfg, 6), tmp_path / "c.pt", source.cfg, 6)
+    other = dataclasses.replace(source.cfg, last_stride=2)  # same shapes, another meaning: refused
+    with pytest.raises(ValueError, match="model.last_stride=1, this run has 2"):
+        init_dgnet_from(DGNet(other, 5), tmp_path / "c.pt", other, 5)
+    wider = dataclasses.replace(source.cfg, mlp_dim=64)
+    with pytest.raises(ValueError, match=r"'G.mlp_w.0.fc1.weight' has shape \(512, 512\), expected \(64, 512\)"):
+        init_dgnet_from(DGNet(wider, 5), tmp_path / "c.pt", wider, 5)
+    with pytest.raises(FileNotFoundError, match="model.init_from .*missing.pt"):
+        init_dgnet_from(fresh, tmp_path / "missing.pt", source.cfg, 5)
+
+
+def test_train_fine_tunes_from_init_from(tmp_path):
+    """``dgnet.train --stage dgnet --teacher C --init-from C``: DG-Net starts from C's weights. With learning rates
+    of 1e-12 one iteration moves no parameter visibly, so the result must be C's weights, not a fresh init."""
+    from _tiny_run import make_tiny_set, tiny_flags
+
+    from dgnet.checkpoint import load_checkpoint
+    from dgnet.data import load_dataset
+    from dgnet.train import main
+
+    root = make_tiny_set(tmp_path / "syn")
+    n = load_dataset("synthetic", root, verbose=False).num_train_pids
+    source, teacher = _dgnet_checkpoint(tmp_path / "c.pt", seed=5, num_ids=n)
+    lrs = [x for k in ("gen_lr", "dis_lr", "id_lr_backbone", "id_lr_heads") for x in ("--set", f"optim.{k}=1e-12")]
+    out = tmp_path / "run"
+    assert main(tiny_flags(root, out, "--stage", "dgnet", "--teacher", str(tmp_path / "c.pt"), "--init-from",
+                           str(tmp_path / "c.pt"), "--iterations", "1", "--no-eval", *lrs)) == 0
+    got = load_checkpoint(out / "dgnet.pt")["models"]
+    for name, p in source.named_parameters():
+        torch.testing.assert_close(got["dgnet"][name], p.detach(), rtol=1e-6, atol=1e-9, msg=name)
+    assert all(torch.equal(got["teacher"][k], v) for k, v in teacher.state_dict().items())
+    # a missing file fails at once, before any stage trains
+    assert main(tiny_flags(root, tmp_path / "run2", "--init-from", str(tmp_path / "nope.pt"))) == 2
+    assert not (tmp_path / "run2" / "teacher.pt").exists()
