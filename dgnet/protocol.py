@@ -30,6 +30,9 @@ from dgnet.evaluation import evaluate
 
 METRIC_KEYS = ("rank1", "rank5", "rank10", "mAP", "mAP_trapz", "mINP")
 KINDS = ("dgnet", "teacher")
+# ``--alphas``: this entry scores by the fine-grained head alone (the reference's third printed result).
+FINE = "fine"
+Alpha = float | str  # a weight >= 0, or FINE
 
 
 def _head_features(model: torch.nn.Module, kind: str, x: torch.Tensor) -> list[torch.Tensor]:
@@ -57,6 +60,47 @@ def embed(model: torch.nn.Module, kind: str, x: torch.Tensor, alpha: float = 0.5
     if len(parts) == 2:
         parts[1] = parts[1] * math.sqrt(alpha)
     return torch.cat(parts, dim=1)
+
+
+def parse_alphas(text: str) -> tuple[Alpha, ...]:
+    """``"0,0.5,fine"`` -> ``(0.0, 0.5, "fine")``: weights of the fine-grained head (``--alphas``), ``fine`` for the
+    fine-grained head alone. The reference prints ``0``, ``0.5`` and the fine head alone.
+
+    Raises:
+        ValueError: naming the entry and what is expected.
+    """
+    out: list[Alpha] = []
+    for item in (t.strip() for t in text.split(",")):
+        if item == FINE:
+            out.append(FINE)
+            continue
+        try:
+            alpha = float(item)
+        except ValueError:
+            raise ValueError(f"--alphas {text!r}: {item!r} is neither a weight nor {FINE!r}") from None
+        if not (math.isfinite(alpha) and alpha >= 0):
+            raise ValueError(f"--alphas {text!r}: {item!r}: expected a finite weight >= 0 or {FINE!r}")
+        out.append(alpha)
+    if len(set(out)) != len(out):
+        raise ValueError(f"--alphas {text!r}: an entry is repeated")
+    return tuple(out)
+
+
+def alpha_row(name: str, alpha: Alpha) -> str:
+    """The results row of model ``name`` scored with ``alpha``: ``dgnet (alpha 0.5)``, ``dgnet (fine head)``."""
+    return f"{name} (fine head)" if alpha == FINE else f"{name} (alpha {alpha:g})"
+
+
+def weigh_heads(features: torch.Tensor, alpha: Alpha) -> torch.Tensor:
+    """Test-protocol features for ``alpha`` from DG-Net features with both heads at weight 1 (:func:`embed` or
+    :func:`extract` with ``alpha=1``; ``(N, 2D)`` float, each half unit-norm): ``[p, sqrt(alpha) f]`` ``(N, 2D)``,
+    or for :data:`FINE` the fine-grained half alone ``(N, D)`` (score ``f . f'``: the reference zeroes the query's
+    primary half). Same device and dtype; no network runs, so every alpha costs one feature pass in all."""
+    half = features.shape[1] // 2
+    if alpha == FINE:
+        return features[:, half:]
+    check_alpha(alpha)
+    return torch.cat([features[:, :half], features[:, half:] * math.sqrt(alpha)], dim=1)
 
 
 @torch.no_grad()
@@ -131,10 +175,14 @@ def evaluate_features(qf: torch.Tensor, gf: torch.Tensor, qp, gp, qc, gc, eval_c
 
 
 def evaluate_models(models: dict[str, torch.nn.Module], ds, cfg: Config, device: torch.device, backend: str,
-                    rerank: bool | None = None, alpha: float | None = None) -> dict[str, Any]:
+                    rerank: bool | None = None, alpha: float | None = None,
+                    alphas: tuple[Alpha, ...] | None = None) -> dict[str, Any]:
     """Evaluate each of ``{"teacher": ..., "dgnet": ...}`` on ``ds``'s query/gallery.
 
-    Returns ``{name: {"plain": {rank1, rank5, rank10, mAP, mAP_trapz, mINP}, "rerank": {...}}}``.
+    Returns ``{name: {"plain": {rank1, rank5, rank10, mAP, mAP_trapz, mINP}, "rerank": {...}}}``. With ``alphas``
+    (:func:`parse_alphas`) DG-Net has one row per entry, named by :func:`alpha_row` (``dgnet (alpha 0.5)``), all
+    scored from one feature pass (:func:`weigh_heads`); otherwise one ``dgnet`` row at ``alpha`` (default
+    ``eval.alpha``).
     Under torchrun every rank must call it: each first takes rank 0's parameters and buffers (the ranks'
     BatchNorm running statistics differ after training without ``train.sync_bn``; rank 0's are saved), then
     extracts its share of the features, and rank 0 alone evaluates (the other ranks return ``{}``).
@@ -145,10 +193,17 @@ def evaluate_models(models: dict[str, torch.nn.Module], ds, cfg: Config, device:
     results = {}
     for name, model in models.items():
         broadcast_state(model)
-        qf, qp, qc = extract(model, name, ds.query, cfg, backend, device, alpha)
-        gf, gp, gc = extract(model, name, ds.gallery, cfg, backend, device, alpha)
-        if world()[0] == 0:
+        per_alpha = bool(alphas) and name == "dgnet"
+        qf, qp, qc = extract(model, name, ds.query, cfg, backend, device, 1.0 if per_alpha else alpha)
+        gf, gp, gc = extract(model, name, ds.gallery, cfg, backend, device, 1.0 if per_alpha else alpha)
+        if world()[0] != 0:
+            continue
+        if not per_alpha:
             results[name] = evaluate_features(qf, gf, qp, gp, qc, gc, cfg.eval, rerank=rerank)
+            continue
+        for a in alphas:
+            results[alpha_row(name, a)] = evaluate_features(weigh_heads(qf, a), weigh_heads(gf, a), qp, gp, qc, gc,
+                                                            cfg.eval, rerank=rerank)
     return results
 
 
@@ -156,7 +211,8 @@ def format_table(results: dict[str, Any]) -> str:
     """A Markdown table (percentages) of :func:`evaluate_models`'s output.
 
     "mAP (devkit)" is the Market-1501 devkit's trapezoidal AP, the one DG-Net's published mAP uses
-    (``dgnet.evaluation``).
+    (``dgnet.evaluation``). The reference's published Rank-1 / mAP are the row ``dgnet (alpha 0.5)`` (or
+    ``dgnet`` at the default alpha 0.5) without re-ranking: Rank-1 and mAP (devkit).
     """
     lines = ["| model | re-ranking | Rank-1 | Rank-5 | Rank-10 | mAP | mAP (devkit) | mINP |",
              "|---|---|---|---|---|---|---|---|"]

@@ -15,13 +15,26 @@ from dgnet.config import LOADER_CHOICES
 from dgnet.logging_utils import write_results
 
 
+def _alphas(text: str) -> tuple:
+    from dgnet.protocol import parse_alphas
+
+    try:
+        return parse_alphas(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m dgnet.test", description="Evaluate a dgnet checkpoint.")
     p.add_argument("--checkpoint", required=True, help="teacher.pt, dgnet.pt or any checkpoint of a run")
     p.add_argument("--data-root", help="dataset folder (default: the one the checkpoint was trained on)")
     p.add_argument("--rerank", action=argparse.BooleanOptionalAction, default=None,
                    help="also evaluate with k-reciprocal re-ranking (default: the run's eval.rerank)")
-    p.add_argument("--alpha", type=float, help="weight of the fine-grained half (default: eval.alpha, 0.5)")
+    weights = p.add_mutually_exclusive_group()
+    weights.add_argument("--alpha", type=float, help="weight of the fine-grained half (default: eval.alpha, 0.5)")
+    weights.add_argument("--alphas", type=_alphas, metavar="A,B,...",
+                         help="one DG-Net row per weight, from one feature pass; 'fine' scores the fine-grained head "
+                              "alone. '0,0.5,fine' prints the reference's three results (its published ones: 0.5)")
     p.add_argument("--loader", choices=LOADER_CHOICES)
     p.add_argument("--device", default="auto")
     p.add_argument("--model", choices=("all", "teacher", "dgnet"), default="all")
@@ -43,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         rank, run.device = ctx.rank, ctx.device
         ds = run.dataset(verbose=rank == 0)
         results = evaluate_models(run.models(args.model), ds, run.cfg, run.device, run.backend, rerank=args.rerank,
-                                  alpha=args.alpha)
+                                  alpha=args.alpha, alphas=args.alphas)
     except (ValueError, FileNotFoundError) as exc:
         print(f"dgnet.test: error: {exc}", file=sys.stderr)
         return 2

@@ -93,3 +93,85 @@ def test_the_whole_path_runs_on_cuda(monkeypatch):
     for mode in ("plain", "rerank"):
         for k, v in cpu[mode].items():
             assert out[mode][k] == pytest.approx(v, abs=1e-5), (mode, k)
+
+
+# ------------------------------------------------------------------------------- several alphas from one pass
+def _heads(model, x):
+    """Each head's protocol feature written out: normalise, add the flip's, normalise again."""
+    n = torch.nn.functional.normalize
+    with torch.no_grad():
+        a, b = model.Ea.features(x), model.Ea.features(x.flip(3))
+    return [n(n(a[i], dim=1) + n(b[i], dim=1), dim=1) for i in range(2)]
+
+
+def test_weigh_heads_gives_each_alphas_score_from_one_pass():
+    """From the features at weight 1, every alpha's score is ``p.p' + alpha f.f'`` and ``fine`` is ``f.f'`` (the
+    reference zeroes the query's primary half), with no network run; alpha 0.5 is embed's own feature."""
+    from dgnet.config import ModelConfig
+    from dgnet.models import DGNet
+
+    torch.manual_seed(0)
+    model = DGNet(ModelConfig(backbone="resnet18", backbone_weights="none"), num_ids=5).eval()
+    x, y = torch.randn(4, 3, 64, 32), torch.randn(3, 3, 64, 32)
+    raw_x, raw_y = protocol.embed(model, "dgnet", x, 1.0), protocol.embed(model, "dgnet", y, 1.0)
+    (px, fx), (py, fy) = _heads(model, x), _heads(model, y)
+    for alpha in (0.0, 0.5, 2.0):
+        got = protocol.weigh_heads(raw_x, alpha) @ protocol.weigh_heads(raw_y, alpha).T
+        torch.testing.assert_close(got, px @ py.T + alpha * (fx @ fy.T), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(protocol.weigh_heads(raw_x, protocol.FINE) @ protocol.weigh_heads(raw_y, "fine").T,
+                               fx @ fy.T, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(protocol.weigh_heads(raw_x, 0.5), protocol.embed(model, "dgnet", x, 0.5))
+
+
+def test_parse_alphas():
+    assert protocol.parse_alphas("0,0.5,fine") == (0.0, 0.5, "fine")
+    assert protocol.parse_alphas(" 1 ") == (1.0,)
+    for bad, needle in (("0,-1", "'-1': expected a finite weight >= 0"), ("0,primary", "'primary' is neither"),
+                        ("0.5,0.5", "repeated"), ("nan", "'nan': expected")):
+        with pytest.raises(ValueError, match=needle):
+            protocol.parse_alphas(bad)
+    assert [protocol.alpha_row("dgnet", a) for a in (0.0, 0.5, "fine")] == [
+        "dgnet (alpha 0)", "dgnet (alpha 0.5)", "dgnet (fine head)"]
+
+
+def test_evaluate_models_extracts_once_and_scores_every_alpha(monkeypatch):
+    """DG-Net is embedded once per split (at weight 1) and each alpha scored from those features; the teacher, which
+    has one head, keeps its single row."""
+    from dgnet.config import Config
+
+    gen = torch.Generator().manual_seed(1)
+    feats = {"dgnet": torch.nn.functional.normalize(torch.randn(6, 1024, generator=gen), dim=1),
+             "teacher": torch.nn.functional.normalize(torch.randn(6, 512, generator=gen), dim=1)}
+    calls, scored = [], {}
+
+    def fake_extract(model, kind, samples, cfg, backend, device, alpha=None):
+        calls.append((kind, samples, alpha))
+        return feats[kind], np.arange(6) % 3, np.zeros(6, dtype=np.int64)
+
+    def fake_evaluate(qf, gf, *args, **kwargs):
+        scored[len(scored)] = (qf, gf)
+        return {"plain": {"rank1": float(len(scored))}}
+
+    monkeypatch.setattr(protocol, "extract", fake_extract)
+    monkeypatch.setattr(protocol, "evaluate_features", fake_evaluate)
+    monkeypatch.setattr("dgnet.distributed.broadcast_state", lambda model: None)
+    ds = type("DS", (), {"query": "Q", "gallery": "G"})()
+    models = {"teacher": torch.nn.Identity(), "dgnet": torch.nn.Identity()}
+    out = protocol.evaluate_models(models, ds, Config(), torch.device("cpu"), "torch", rerank=False,
+                                   alphas=(0.0, 0.5, "fine"))
+    assert list(out) == ["teacher", "dgnet (alpha 0)", "dgnet (alpha 0.5)", "dgnet (fine head)"]
+    assert calls == [("teacher", "Q", None), ("teacher", "G", None), ("dgnet", "Q", 1.0), ("dgnet", "G", 1.0)]
+    for i, alpha in enumerate((0.0, 0.5, "fine"), start=1):
+        qf, gf = scored[i]
+        assert torch.equal(qf, protocol.weigh_heads(feats["dgnet"], alpha)) and gf.shape == qf.shape
+
+
+def test_test_command_takes_alphas_or_alpha():
+    from dgnet.test import build_parser
+
+    assert build_parser().parse_args(["--checkpoint", "c.pt", "--alphas", "0,0.5,fine"]).alphas == (0.0, 0.5, "fine")
+    assert build_parser().parse_args(["--checkpoint", "c.pt", "--alpha", "0.3"]).alpha == 0.3
+    for argv in (["--alphas", "0,-2"], ["--alpha", "0.5", "--alphas", "0"]):
+        with pytest.raises(SystemExit) as e:
+            build_parser().parse_args(["--checkpoint", "c.pt", *argv])
+        assert e.value.code == 2
