@@ -59,8 +59,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     save_atomic(state, args.out)
     models = " and ".join(sorted(state["models"]))
+    test = f"python -m dgnet.test --checkpoint {args.out} --data-root DATA"
     print(f"wrote {args.out}: {models}, {state['num_ids']} identities, config {state['config']['name']} "
-          f"(python -m dgnet.test --checkpoint {args.out} --data-root DATA --alphas 0,0.5,fine)")
+          f"({test}{' --alphas 0,0.5,fine' if 'dgnet' in state['models'] else ''})")
     return 0
 
 
