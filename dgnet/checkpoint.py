@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import random
 import re
+import shutil
 import warnings
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ import numpy as np
 import torch
 
 from dgnet.config import Config, ModelConfig, config_from_dict, fingerprint, fingerprint_dict
-from dgnet.fileio import replace_atomic
+from dgnet.fileio import human_bytes, load_weights_only, remove_stale_temporaries, replace_atomic
 
 FORMAT = "dgnet-checkpoint"
 VERSION = 1
@@ -97,13 +98,56 @@ def from_safe(obj: Any) -> Any:
     return obj
 
 
+# --------------------------------------------------------------------------- finiteness
+class NonFiniteWeights(ValueError):
+    """Tensors of a model (or its optimiser state) are NaN or infinite: never saved as good, never evaluated."""
+
+
+def nonfinite_tensors(tensors: dict[str, Any], prefix: str = "") -> list[str]:
+    """The names of the floating tensors in a (nested) mapping that hold a NaN or an infinity."""
+    bad = []
+    for k, v in tensors.items():
+        name = f"{prefix}{k}"
+        if isinstance(v, dict):
+            bad += nonfinite_tensors(v, f"{name}.")
+        elif isinstance(v, (list, tuple)):
+            bad += nonfinite_tensors(dict(enumerate(v)), f"{name}.")
+        elif torch.is_tensor(v) and v.is_floating_point() and v.numel() and not bool(torch.isfinite(v).all()):
+            bad.append(name)
+    return bad
+
+
+def check_finite(state: dict, what: str, optimizers: bool = False) -> None:
+    """Raise :class:`NonFiniteWeights` naming the tensors of ``state["models"]`` (and, with ``optimizers``, its
+    optimiser states) that are not finite. ``what`` names the file or the run in the message."""
+    bad = nonfinite_tensors(state.get("models", {}), "models.")
+    if optimizers:
+        bad += nonfinite_tensors({k: o.get("state", {}) for k, o in state.get("optimizers", {}).items()}, "optimizers.")
+    if bad:
+        shown = ", ".join(bad[:6]) + (f" and {len(bad) - 6} more" if len(bad) > 6 else "")
+        raise NonFiniteWeights(f"{what}: {len(bad)} tensor(s) hold NaN or infinite values ({shown})")
+
+
+def state_bytes(state: Any) -> int:
+    """The bytes of every tensor in a (nested) checkpoint dictionary: about the size of its file."""
+    if torch.is_tensor(state):
+        return state.numel() * state.element_size()
+    if isinstance(state, dict):
+        return sum(state_bytes(v) for v in state.values())
+    if isinstance(state, (list, tuple)):
+        return sum(state_bytes(v) for v in state)
+    return 0
+
+
 # --------------------------------------------------------------------------- files
 def save_atomic(state: dict, path: str | Path) -> Path:
     """``torch.save`` to a temporary file in the same folder, fsync, then ``os.replace`` onto ``path``.
 
-    A crash at any point leaves either the old file or the new one, never a torn one.
+    A crash at any point leaves either the old file or the new one, never a torn one. Models with a NaN or an
+    infinity are refused (:class:`NonFiniteWeights`); a full disk stops with ``dgnet.fileio.DiskFull``.
     """
-    return replace_atomic(path, lambda fh: torch.save(state, fh))
+    check_finite(state, str(path))
+    return replace_atomic(path, lambda fh: torch.save(state, fh), size_hint=state_bytes(state))
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
@@ -111,15 +155,10 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        ValueError: the file is not a dgnet checkpoint (or is damaged / not weights-only safe).
+        ValueError: the file is not a dgnet checkpoint, is damaged, or holds pickled objects (never loaded).
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure means "not a usable checkpoint"
-        raise ValueError(f"checkpoint {str(path)!r} could not be read as a dgnet checkpoint: {exc}") from exc
+    ckpt = load_weights_only(path, "checkpoint", map_location)
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise ValueError(f"checkpoint {str(path)!r} is not a dgnet checkpoint (expected format {FORMAT!r})")
     if ckpt.get("version") != VERSION:
@@ -164,6 +203,11 @@ class CheckpointManager:
         self.folder = Path(folder)
         self.keep = keep
 
+    def sweep(self) -> list[Path]:
+        """Remove the temporaries that killed writes left in the folder (each up to a checkpoint's size): at the
+        start of a run, before anything is written, so they cannot fill the disk a resume needs."""
+        return remove_stale_temporaries(self.folder)
+
     def path(self, stage: str, iteration: int) -> Path:
         if stage not in STAGE_ORDER:
             raise ValueError(f"stage={stage!r}: expected one of {sorted(STAGE_ORDER)}")
@@ -190,14 +234,54 @@ class CheckpointManager:
         return int(_NAME.match(last.name)["it"]) if last is not None else None
 
     def save(self, state: dict, stage: str, iteration: int) -> Path:
-        """Write ``state`` atomically, then delete this stage's checkpoints beyond the newest ``keep``, and the
-        temporary files of writes that a killed process left behind (they never become checkpoints)."""
-        path = save_atomic(state, self.path(stage, iteration))
+        """Write ``state`` atomically, then delete this stage's checkpoints beyond the newest ``keep`` (and the
+        temporaries of killed writes).
+
+        Refused, before anything is written, when a model or optimiser tensor is not finite
+        (:class:`NonFiniteWeights`). Warns when the folder's free space would not hold two more checkpoints.
+        """
+        path = self.path(stage, iteration)
+        check_finite(state, f"{stage} iteration {iteration}", optimizers=True)
+        need = state_bytes(state)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        free = shutil.disk_usage(self.folder).free
+        if free < 2 * need:
+            warnings.warn(f"{self.folder}: {human_bytes(free)} free, and a checkpoint takes about "
+                          f"{human_bytes(need)}: the next saves may not fit", stacklevel=2)
+        path = save_atomic(state, path)
         for old in self.list(stage)[: -self.keep]:
             old.unlink(missing_ok=True)
-        for stale in self.folder.glob(".*.pt.tmp*"):  # this write's own is already renamed or removed
-            stale.unlink(missing_ok=True)
+        self.sweep()  # and any temporary a killed write left since the run started
         return path
+
+    def newest_intact(self, map_location: str | torch.device = "cpu", before: int | None = None,
+                      stage: str | None = None) -> tuple[Path, dict] | tuple[None, None]:
+        """The newest checkpoint that loads and holds only finite tensors, with its contents (optionally of
+        ``stage`` only, and only below ``before`` iterations of that stage). A torn or damaged one is renamed
+        ``<name>.torn`` and one with non-finite tensors ``<name>.nonfinite`` (kept for a look, never resumed
+        from), each with a warning naming it."""
+        for p in reversed(self.list(stage)):
+            m = _NAME.match(p.name)
+            if before is not None and int(m["it"]) >= before:
+                continue
+            try:
+                ckpt = load_checkpoint(p, map_location)
+                check_finite(ckpt, str(p))
+            except NonFiniteWeights as exc:
+                self.set_aside(p, "nonfinite", str(exc))
+                continue
+            except ValueError as exc:
+                self.set_aside(p, "torn", str(exc))
+                continue
+            return p, ckpt
+        return None, None
+
+    def set_aside(self, path: Path, why: str, detail: str) -> Path:
+        """Rename a checkpoint out of the resume order (``<name>.<why>``), with a warning naming it."""
+        aside = path.with_name(f"{path.name}.{why}")
+        path.replace(aside)
+        warnings.warn(f"{path} set aside as {aside.name}: {detail}", stacklevel=3)
+        return aside
 
 
 def load_state_checked(module: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:

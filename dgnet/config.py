@@ -32,7 +32,7 @@ from typing import Any
 import yaml
 
 from dgnet.data.layouts import DEFAULT_CAMERA_PATTERN, LOADERS
-from dgnet.data.streams import BACKENDS
+from dgnet.data.streams import BACKENDS, PK_INSTANCES
 from dgnet.fileio import write_text_atomic
 from dgnet.losses import GENERATOR_TERMS
 
@@ -591,6 +591,13 @@ def validate(cfg: Config) -> None:
         raise ValueError(f"data.height x data.width = {h}x{w}: expected multiples of 4 (Es halves the image twice, "
                          f"G doubles it twice), at least {_MIN_SIZE[0]}x{_MIN_SIZE[1]}")
     check_alpha(cfg.eval.alpha)
+    # BatchNorm in train mode needs two samples per channel; the teacher's batches hold identities of PK_INSTANCES
+    if cfg.data.batch_size < 2:
+        raise ValueError(f"data.batch_size={cfg.data.batch_size}: expected at least 2 (Ea's BatchNorm trains on "
+                         "batch statistics)")
+    if cfg.data.teacher_batch_size % PK_INSTANCES:
+        raise ValueError(f"data.teacher_batch_size={cfg.data.teacher_batch_size}: expected a multiple of "
+                         f"{PK_INSTANCES} (the teacher's batches hold {PK_INSTANCES} images of each identity)")
 
 
 def config_from_dict(d: dict) -> Config:

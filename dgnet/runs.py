@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from dgnet.checkpoint import load_checkpoint, load_state_checked, model_config_of
+from dgnet.checkpoint import check_finite, load_checkpoint, load_state_checked, model_config_of
 from dgnet.config import Config, ModelConfig, config_from_dict, layout_options
 from dgnet.data import ReidDataset, load_dataset
 from dgnet.runtime import resolve_device
@@ -43,7 +43,9 @@ def prepare_dataset(cfg: Config, verbose: bool = True, generate: bool = True) ->
     elif not root.exists():
         raise FileNotFoundError(
             f"dataset folder {str(root)!r} (data.root, --data-root) does not exist; expected the "
-            f"{cfg.data.dataset} layout there (no dataset is downloaded)"
+            f"{cfg.data.dataset} layout there (no dataset is downloaded"
+            + (", and a trained run's synthetic set is not drawn again elsewhere: pass --data-root" if
+               cfg.data.dataset == "synthetic" else "") + ")"
         )
     ds = load_dataset(cfg.data.dataset, root, verbose=verbose, **layout_options(cfg.data))
     for split in ("train", "query", "gallery"):
@@ -76,17 +78,22 @@ def with_data_ids(cfg: Config, ds: ReidDataset) -> Config:
 
 
 def build_model(ckpt: dict, name: str, device: torch.device | str = "cpu", fused: bool | None = None,
-                fold_upsample: str | None = None) -> torch.nn.Module:
+                fold_upsample: str | None = None, source: str = "the checkpoint") -> torch.nn.Module:
     """Model ``name`` (``"dgnet"`` or ``"teacher"``) of ``ckpt``, built from its own architecture record, its
     weights loaded, in eval mode on ``device``.
 
     ``fused``/``fold_upsample``: the decoder's fast paths (default: the run's ``train.fused`` and
-    ``train.fold_upsample``); they change no value, only which kernels run.
+    ``train.fold_upsample``); they change no value, only which kernels run. ``source`` names the file in errors.
+
+    Raises:
+        ValueError: no such model, or weights with NaN or infinite values (named): evaluating, visualising or
+            exporting them would give plausible-looking garbage.
     """
     from dgnet.models import DGNet, ReidBaseline
 
     if name not in ckpt["models"]:
-        raise ValueError(f"the checkpoint holds no {name} model (it has {sorted(ckpt['models'])})")
+        raise ValueError(f"{source} holds no {name} model (it has {sorted(ckpt['models'])})")
+    check_finite({"models": {name: ckpt["models"][name]}}, f"{source}, model {name}")
     arch = model_config_of(ckpt, name)
     if name == "dgnet":
         train = config_from_dict(ckpt["config"]).train
@@ -100,15 +107,15 @@ def build_model(ckpt: dict, name: str, device: torch.device | str = "cpu", fused
     return model.to(device).eval()
 
 
-def build_models(ckpt: dict, device: torch.device | str = "cpu", which: str = "all",
-                 fused: bool | None = None) -> dict[str, torch.nn.Module]:
+def build_models(ckpt: dict, device: torch.device | str = "cpu", which: str = "all", fused: bool | None = None,
+                 source: str = "the checkpoint") -> dict[str, torch.nn.Module]:
     """The models ``ckpt`` holds (``which``: ``"all"``, ``"dgnet"`` or ``"teacher"``), by :func:`build_model`."""
     if which not in ("all", *MODEL_KINDS):
         raise ValueError(f"which={which!r}: expected all, dgnet or teacher")
     names = [n for n in MODEL_KINDS if n in ckpt["models"] and which in ("all", n)]
     if not names:
         raise ValueError(f"the checkpoint holds no {which} model (it has {sorted(ckpt['models'])})")
-    return {n: build_model(ckpt, n, device, fused) for n in names}
+    return {n: build_model(ckpt, n, device, fused, source=source) for n in names}
 
 
 def teacher_from(ckpt: dict, num_ids: int, device: torch.device) -> torch.nn.Module:
@@ -128,7 +135,7 @@ def load_teacher(path: str | Path, num_ids: int, device: torch.device) -> tuple[
             f"--teacher {str(path)!r} was trained on {ckpt['num_ids']} identities, but the dataset has {num_ids} "
             "train identities; train a teacher on this dataset (omit --teacher)"
         )
-    return build_model(ckpt, "teacher", device), ckpt
+    return build_model(ckpt, "teacher", device, source=f"--teacher {str(path)!r}"), ckpt
 
 
 # ModelConfig keys that change what a weight means without changing its shape: a fine-tune must keep them.
@@ -183,10 +190,10 @@ class Run:
 
     def model(self, name: str = "dgnet") -> torch.nn.Module:
         """Model ``name`` of the checkpoint, in eval mode on the run's device."""
-        return build_model(self.ckpt, name, self.device)
+        return build_model(self.ckpt, name, self.device, source=str(self.checkpoint))
 
     def models(self, which: str = "all") -> dict[str, torch.nn.Module]:
-        return build_models(self.ckpt, self.device, which)
+        return build_models(self.ckpt, self.device, which, source=str(self.checkpoint))
 
     def dataset(self, verbose: bool = False, preflight: bool = True) -> ReidDataset:
         """The run's dataset (never generated here: a missing folder is named, with ``--data-root`` to fix it)."""

@@ -77,12 +77,13 @@ def args_to_overrides(args: argparse.Namespace) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from dgnet.fileio import DiskFull
     from dgnet.training import NonFiniteLoss, train
 
     try:
         cfg = resolve_config(args.config, args_to_overrides(args))
         train(cfg, resume="auto" if args.auto_resume else args.resume, stage=args.stage, evaluate=not args.no_eval)
-    except (ValueError, FileNotFoundError, FileExistsError, NonFiniteLoss) as exc:
+    except (ValueError, FileNotFoundError, FileExistsError, NonFiniteLoss, DiskFull) as exc:
         print(f"dgnet.train: error: {exc}", file=sys.stderr)
         return 2
     except CollectiveFailure as exc:

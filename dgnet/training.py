@@ -26,6 +26,7 @@ The batch and learning-rate rule is documented at ``TrainConfig.sync_bn`` / ``sc
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -38,9 +39,11 @@ import torch
 from dgnet import engine
 from dgnet.checkpoint import (
     CheckpointManager,
+    NonFiniteWeights,
     arch_only,
     build_state,
     check_compatible,
+    check_finite,
     gather_rng,
     load_checkpoint,
     restore_rank,
@@ -64,18 +67,50 @@ class NonFiniteLoss(RuntimeError):
 # loop pieces
 
 
-def _check_finite(out: dict[str, Any], stage: str, iteration: int, mgr: CheckpointManager) -> None:
-    bad = {k: v for k, v in out.items() if isinstance(v, float) and k.startswith("loss") and not math.isfinite(v)}
-    if not bad:
-        return
-    last = mgr.latest()
-    kept = f"the last good checkpoint is {last}" if last else "no checkpoint had been written yet"
-    names = ", ".join(f"{k} = {v}" for k, v in bad.items())
-    raise NonFiniteLoss(
-        f"{stage}: non-finite loss at iteration {iteration + 1}: {names}; training stopped, {kept}. "
+def _stop(mgr: CheckpointManager, stage: str, what: str, good_before: int) -> NonFiniteLoss:
+    """The error that stops a run on a non-finite loss or weights: it names the newest checkpoint of this stage
+    whose weights are finite and gave a finite loss (iteration below ``good_before``), setting newer ones aside.
+
+    A checkpoint at iteration m holds the weights that iteration m + 1 computes its loss with: when the loss of
+    iteration j is not finite, the checkpoint at j - 1 is suspect too (its weights may be finite but huge) and
+    is renamed ``.nonfinite`` so that --resume does not start from it.
+    """
+    rank, _ = world()
+    kept, aside = "no checkpoint had been written yet", []
+    if rank == 0:
+        for p in mgr.list(stage):
+            if int(p.stem.rsplit("_", 1)[1]) >= good_before:
+                aside.append(mgr.set_aside(p, "nonfinite", f"its weights led to the {what}").name)
+        last, _ = mgr.newest_intact(before=good_before, stage=stage)
+        if last is None and stage == "dgnet":
+            last, _ = mgr.newest_intact(stage="teacher")
+        if last is not None:
+            kept = f"the last good checkpoint, {last}, is kept (finite weights that gave a finite loss)"
+    moved = f" (set aside, never resumed from: {', '.join(aside)})" if aside else ""
+    return NonFiniteLoss(
+        f"{stage}: {what}; training stopped, {kept}{moved}. "
         "If fp16 overflowed, resume with --resume --amp bf16 (or off); lower learning rates or loss weights "
         "change the run's fingerprint, so they need a new run (another --output)."
     )
+
+
+def _check_finite(out: dict[str, Any], stage: str, iteration: int, mgr: CheckpointManager) -> None:
+    bad = {k: v for k, v in out.items() if isinstance(v, float) and k.startswith("loss") and not math.isfinite(v)}
+    if bad:
+        names = ", ".join(f"{k} = {v}" for k, v in bad.items())
+        # the weights after `iteration` updates gave it: checkpoints at `iteration` and later are suspect
+        raise _stop(mgr, stage, f"non-finite loss at iteration {iteration + 1}: {names}", good_before=iteration)
+
+
+def _check_weights(mgr: CheckpointManager, models: dict[str, torch.nn.Module], stage: str, iteration: int) -> None:
+    """Before a save, on every rank (their parameters are equal under DDP, so all stop together): stop when the
+    update of ``iteration`` made a parameter or buffer non-finite. Its loss was finite, so the checkpoint before
+    it is good."""
+    try:
+        check_finite({"models": {k: m.state_dict() for k, m in models.items()}}, f"{stage} iteration {iteration}")
+    except NonFiniteWeights as exc:
+        raise _stop(mgr, stage, f"the update of iteration {iteration} made weights non-finite ({exc})",
+                    good_before=iteration) from None
 
 
 def _next_batch(batches: Any) -> dict:
@@ -195,6 +230,7 @@ def train_teacher(cfg: Config, ds, device: torch.device, backend: str, mgr: Chec
     batches = iter(stream)
 
     def save(it: int) -> None:
+        _check_weights(mgr, {"teacher": teacher}, "teacher", it)
         rngs = gather_rng()
         if rank == 0:
             mgr.save(build_state(stage="teacher", iteration=it, cfg=cfg, num_ids=num_ids, models={"teacher": teacher},
@@ -307,6 +343,7 @@ def train_dgnet(cfg: Config, ds, teacher: torch.nn.Module, device: torch.device,
     it_a, it_b = iter(streams["a"]), iter(streams["b"])
 
     def save(it: int, ramps: dict) -> None:
+        _check_weights(mgr, {"dgnet": model}, "dgnet", it)
         rngs = gather_rng()
         if rank == 0:
             mgr.save(build_state(stage="dgnet", iteration=it, cfg=cfg, num_ids=num_ids,
@@ -393,6 +430,12 @@ def _train(cfg: Config, device: torch.device, resume: bool | str, stage: str, ev
     t0 = time.perf_counter()
     rank, size = world()
     out = Path(cfg.train.output)
+    mgr = CheckpointManager(out / "checkpoints", keep=cfg.train.keep_checkpoints)
+    if rank == 0:
+        for stale in mgr.sweep():  # before anything is written: a killed write's temporary can fill the disk
+            print(f"dgnet: removed {stale}, the temporary file of a write that was interrupted")
+    # The data root the run read, absolute in the saved config: its checkpoints find their data from anywhere.
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=str(Path(cfg.data.root).resolve())))
     amp = resolve_amp(cfg.train.amp, device)
     set_determinism(cfg.train.deterministic)
     set_threads(cfg.train.threads)
@@ -403,7 +446,14 @@ def _train(cfg: Config, device: torch.device, resume: bool | str, stage: str, ev
     if size > 1 and rank == 0:
         torch.distributed.barrier()
     cfg = with_data_ids(cfg, ds)
-    mgr = CheckpointManager(out / "checkpoints", keep=cfg.train.keep_checkpoints)
+    if stage in ("all", "dgnet"):
+        from dgnet.data import drop_singletons
+
+        if not drop_singletons(ds.train)[0]:
+            raise ValueError(
+                f"every train identity of {cfg.data.root} has a single image: DG-Net trains on pairs of images of "
+                "one identity (and its positives), so it needs identities with at least 2 images (--stage teacher "
+                "trains the re-id baseline alone)")
 
     latest = mgr.latest()
     if resume == "auto":
@@ -412,6 +462,15 @@ def _train(cfg: Config, device: torch.device, resume: bool | str, stage: str, ev
     if resume:
         if latest is None:
             raise FileNotFoundError(f"--resume: no checkpoint in {mgr.folder}; start without --resume")
+        if rank == 0:
+            latest, _ = mgr.newest_intact()  # a torn or non-finite newest one is set aside, with a warning
+        if size > 1:
+            from dgnet.distributed import all_gather_objects
+
+            latest = all_gather_objects(latest)[0]  # every rank resumes from the checkpoint rank 0 found intact
+        if latest is None:
+            raise FileNotFoundError(f"--resume: no intact checkpoint in {mgr.folder} (the damaged ones were set "
+                                    "aside); start a new run (another --output)")
         ckpt = load_checkpoint(latest, map_location=device)
         check_compatible(ckpt, cfg, latest)
         if rank == 0:

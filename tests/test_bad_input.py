@@ -123,12 +123,16 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(root, tmp_path, capsys, m
 
     monkeypatch.setattr(engine, "teacher_step", step)
     out = tmp_path / "run"
-    err = _fails(capsys, tiny_flags(root, out, "--stage", "teacher", "--iterations", "5",
-                                    "--set", "train.checkpoint_every=1"),
-                 "loss_id = nan", "iteration 3", "teacher_00000002.pt")
+    # iteration 3 computes its loss with the weights of checkpoint 2: that one is set aside (renamed, kept for a
+    # look, never resumed from) and checkpoint 1, whose weights gave the finite loss of iteration 2, is named
+    with pytest.warns(UserWarning, match="teacher_00000002.pt set aside"):
+        err = _fails(capsys, tiny_flags(root, out, "--stage", "teacher", "--iterations", "5",
+                                        "--set", "train.checkpoint_every=1"),
+                     "loss_id = nan", "iteration 3", "teacher_00000001.pt", "teacher_00000002.pt.nonfinite")
     assert "--resume --amp bf16" in err and "new run" in err
     mgr = CheckpointManager(out / "checkpoints")
-    assert [p.name for p in mgr.list()] == ["teacher_00000001.pt", "teacher_00000002.pt"]
+    assert [p.name for p in mgr.list()] == ["teacher_00000001.pt"]
+    assert (out / "checkpoints" / "teacher_00000002.pt.nonfinite").is_file()
     good = load_checkpoint(mgr.latest())
     assert all(torch.isfinite(v).all() for v in good["models"]["teacher"].values() if v.is_floating_point())
     assert not (out / "teacher.pt").exists()

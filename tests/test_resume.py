@@ -97,3 +97,61 @@ def test_resume_is_exact_in_both_stages(root, tmp_path, monkeypatch, mode):
     # the ramps were live (non-zero teacher weight) and the LR decayed within the run
     last = _losses(a, "dgnet")[-1][1]
     assert last["teacher_w"] > 0 and last["lr_gen"] == pytest.approx(1e-5)
+
+
+@pytest.mark.slow
+def test_kill_9_during_checkpoint_writes_then_resume_is_exact(root, tmp_path):
+    """A real process killed with SIGKILL while it writes a checkpoint (a bounded loop of kills at seeded random
+    moments inside the writes), then --auto-resume until done: the same losses and final weights, bit for bit,
+    as an uninterrupted run, and no temporary left behind."""
+    import os
+    import random
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(repo)}
+    flags = ["--iterations", "3", "--no-eval", "--set", "train.checkpoint_every=1", "--set", "train.image_every=100",
+             "--set", "optim.iterations=4", "--set", "optim.teacher_iterations=4", "--set", "loss.warm_iter=1"]
+
+    def cmd(out, *extra):
+        return [sys.executable, "-m", "dgnet.train", *tiny_flags(root, out, *flags), *extra]
+
+    ref = tmp_path / "ref"
+    subprocess.run(cmd(ref), check=True, env=env, capture_output=True)
+
+    out, rng, kills = tmp_path / "killed", random.Random(0), 0
+    watched = [out, out / "checkpoints"]
+    for _ in range(8):  # bounded: every run makes progress, so a handful of starts finishes
+        proc = subprocess.Popen(cmd(out, "--auto-resume"), env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        delay = rng.uniform(0.0, 0.05)
+        writing = None
+        while proc.poll() is None and writing is None:
+            for d in watched:
+                found = [e for e in os.scandir(d) if e.name.startswith(".") and ".tmp" in e.name] if d.is_dir() else []
+                if found:
+                    writing = found[0].name
+                    break
+            time.sleep(0.001)
+        if proc.poll() is None:
+            time.sleep(delay)  # somewhere inside the write (or, rarely, just after it)
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            kills += 1
+            continue
+        assert proc.returncode == 0
+        break
+    else:
+        proc = subprocess.run(cmd(out, "--auto-resume"), env=env, capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
+    assert kills >= 3  # the loop did kill writes, not just run through
+    assert _losses(out, "teacher") == _losses(ref, "teacher") and _losses(out, "dgnet") == _losses(ref, "dgnet")
+    for name in ("teacher.pt", "dgnet.pt"):
+        a, b = load_checkpoint(ref / name), load_checkpoint(out / name)
+        for m in a["models"]:
+            _assert_same_state(a["models"][m], b["models"][m])
+    assert not [p for d in watched for p in d.iterdir() if ".tmp" in p.name]

@@ -19,6 +19,7 @@ from dgnet.data.transforms import apply_erasing, normalize
 
 log = logging.getLogger("dgnet.data")
 BACKENDS = ("auto", "dali", "torch")  # data.loader's choices (dgnet.config.LOADER_CHOICES)
+PK_INSTANCES = 4  # images per identity in a "pk" batch (the teacher's stage): its batch is a multiple of it
 _said: set[str] = set()
 
 
@@ -188,7 +189,7 @@ def train_stream(
     pad: int = 10,
     erasing_p: float = 0.5,
     mode: str = "pairs",
-    num_instances: int = 4,
+    num_instances: int = PK_INSTANCES,
     rank: int = 0,
     world_size: int = 1,
     augment: bool = True,

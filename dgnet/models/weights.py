@@ -83,12 +83,14 @@ def _imagenet_state_dict(name: str) -> dict[str, torch.Tensor]:
 
 
 def _file_state_dict(path: str) -> dict[str, torch.Tensor]:
+    from dgnet.fileio import load_weights_only
+
     p = Path(path)
-    if not p.is_file():
+    if not p.exists():
         raise FileNotFoundError(
             f"backbone_weights={path!r}: no such file; expected 'imagenet', 'none' or a path to a state_dict file"
         )
-    state = torch.load(p, map_location="cpu", weights_only=True)
+    state = load_weights_only(p, "backbone_weights")
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
