@@ -44,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from dgnet.checkpoint import save_atomic
+    from dgnet.fileio import DiskFull
     from dgnet.reference_checkpoints import import_baseline, import_reference
 
     try:
@@ -54,10 +55,10 @@ def main(argv: list[str] | None = None) -> int:
             state = import_reference(args.checkpoints, args.num_ids, args.teacher, args.config, overrides)
         else:
             state = import_baseline(args.weights, args.config, overrides)
-    except (ValueError, FileNotFoundError) as exc:
+        save_atomic(state, args.out)
+    except (ValueError, FileNotFoundError, DiskFull) as exc:
         print(f"dgnet.convert: error: {exc}", file=sys.stderr)
         return 2
-    save_atomic(state, args.out)
     models = " and ".join(sorted(state["models"]))
     test = f"python -m dgnet.test --checkpoint {args.out} --data-root DATA"
     print(f"wrote {args.out}: {models}, {state['num_ids']} identities, config {state['config']['name']} "

@@ -26,7 +26,6 @@ about their format, read from the reference's module structure; none of its code
 from __future__ import annotations
 
 import dataclasses
-import pickle
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -38,6 +37,7 @@ import yaml
 
 from dgnet.checkpoint import build_state
 from dgnet.config import PRESETS, Config, resolve_config
+from dgnet.fileio import load_weights_only
 
 KINDS = ("gen", "id", "dis")
 _FILE = re.compile(r"^(?P<kind>gen|id|dis)_(?P<it>\d{8})\.pt$")
@@ -158,25 +158,15 @@ LAYOUTS = {"gen": gen_layout, "id": id_layout, "dis": dis_layout}
 
 
 # --------------------------------------------------------------------------------------------------- reading
-def read_weights(path: str | Path) -> Any:
-    """``torch.load(path, weights_only=True)`` on the CPU (zip or legacy serialisation).
+def read_weights(path: str | Path, what: str = "file") -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU (zip or legacy serialisation), by
+    :func:`dgnet.fileio.load_weights_only`: a file holding pickled objects is refused and nothing in it runs.
 
     Raises:
-        FileNotFoundError: naming ``path``.
-        ValueError: the file would execute code to unpickle (refused, nothing is run), or is not a PyTorch file.
+        FileNotFoundError: naming ``what`` and ``path``.
+        ValueError: pickled objects other than tensors and plain containers, or not a PyTorch file.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()
-        raise ValueError(f"{path}: refused: unpickling it would run code or build objects other than tensors and "
-                         f"plain containers, which weights-only loading does not do ({first[0] if first else exc}). "
-                         "Only load such a file with code you trust, and re-save its state_dict.") from None
-    except Exception as exc:  # noqa: BLE001 - torn, truncated or not a torch file at all
-        raise ValueError(f"{path}: could not be read as a PyTorch file ({type(exc).__name__}: {exc})") from None
+    return load_weights_only(path, what)
 
 
 def _state_dict(obj: Any, path: Path, wrapped: bool) -> dict[str, torch.Tensor]:
@@ -209,7 +199,8 @@ def map_state(state: dict[str, torch.Tensor], layout: list[Entry], own: dict[str
     absent from old files start at 0 (as BatchNorm's own loader does).
 
     Raises:
-        ValueError: naming ``source``, the first missing, unexpected or mis-shaped key, and both shapes.
+        ValueError: naming ``source``, the first missing, unexpected, mis-shaped (with both shapes) or non-finite
+            key.
     """
     known = {e.ref for e in layout}
     extra = [k for k in state if k not in known and not _UNUSED.search(k)]
@@ -230,6 +221,9 @@ def map_state(state: dict[str, torch.Tensor], layout: list[Entry], own: dict[str
         if tuple(t.shape) != tuple(mine.shape):
             raise ValueError(f"{source}: {e.ref!r} has shape {tuple(t.shape)}, expected {tuple(mine.shape)} "
                              f"(dgnet's {e.ours}){_shape_hint(e, t, mine)}")
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise ValueError(f"{source}: {e.ref!r} holds NaN or infinite values (a diverged run, or an fp16 "
+                             "overflow?); an earlier checkpoint of the run may be intact")
         out[e.ours] = t.detach().to(mine.dtype).clone()
     return out
 
@@ -381,7 +375,7 @@ def import_reference(checkpoints: str | Path, num_ids: int | None = None, teache
             log(f"no dis_{it:08d}.pt: D keeps a fresh initialisation (not used by evaluation or visualisation; a "
                 "fine-tune trains it from there)")
             continue
-        raw = _state_dict(read_weights(paths[kind]), paths[kind], wrapped=True)
+        raw = _state_dict(read_weights(paths[kind], f"DG-Net {kind} file"), paths[kind], wrapped=True)
         state.update(map_state(raw, LAYOUTS[kind](model), own, str(paths[kind])))
         log(f"read {paths[kind]}")
     model.load_state_dict({**own, **state})
@@ -418,11 +412,12 @@ def baseline_opts(weights: Path) -> dict[str, Any]:
     return opts
 
 
-def baseline_state(weights: str | Path) -> dict[str, torch.Tensor]:
+def baseline_state(weights: str | Path, what: str = "--weights") -> dict[str, torch.Tensor]:
     """The state dict of a Person_reID_baseline_pytorch ``ft_net`` file (a bare state dict), with its head's
-    matrices checked to be there (they give the identity count and bottleneck width)."""
+    matrices checked to be there (they give the identity count and bottleneck width). ``what`` names the file's
+    role in errors."""
     weights = Path(weights)
-    state = _state_dict(read_weights(weights), weights, wrapped=False)
+    state = _state_dict(read_weights(weights, what), weights, wrapped=False)
     for key in ("classifier.add_block.0.weight", "classifier.classifier.0.weight"):
         if key not in state or state[key].dim() != 2:
             raise ValueError(f"{weights}: no {key!r} matrix; expected a Person_reID_baseline_pytorch ft_net state "
@@ -440,7 +435,7 @@ def baseline_teacher(weights: str | Path, cfg: Config, log: Any = print,
     from dgnet.models import ReidBaseline
 
     weights = Path(weights)
-    state = baseline_state(weights) if state is None else state
+    state = baseline_state(weights, "--teacher") if state is None else state
     opts = baseline_opts(weights)
     stride = opts.get("stride", 2)
     if stride not in (1, 2):

@@ -165,6 +165,7 @@ def init_dgnet_from(model: torch.nn.Module, path: str | Path, model_cfg: ModelCo
         if getattr(theirs, key) != getattr(model_cfg, key):
             raise ValueError(f"{source} was built with model.{key}={getattr(theirs, key)!r}, this run has "
                              f"{getattr(model_cfg, key)!r}; set --set model.{key}={getattr(theirs, key)}")
+    check_finite({"models": {"dgnet": ckpt["models"]["dgnet"]}}, f"{source}, model dgnet")
     load_state_checked(model, ckpt["models"]["dgnet"], source)
 
 

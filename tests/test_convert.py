@@ -297,8 +297,23 @@ def test_a_pickle_that_would_run_code_is_refused(tmp_path, capsys):
     assert main(["reference", "--checkpoints", str(bad), "--num-ids", "7", "--config", "market1501",
                  "--out", str(tmp_path / "o.pt")]) == 2
     err = capsys.readouterr().err
-    assert "gen_00000001.pt" in err and "refused" in err
+    assert "gen_00000001.pt" in err and "holds pickled Python objects" in err and "never runs code" in err
     assert not marker.exists()
+
+
+def test_non_finite_weights_are_refused_by_name(reference_run, tmp_path, capsys):
+    """A diverged or fp16-overflowed reference run: the first tensor with a NaN is named, nothing is written."""
+    run = tmp_path / "run"
+    run.mkdir()
+    for kind in ("id", "dis"):
+        os.symlink(reference_run["checkpoints"] / f"{kind}_00100000.pt", run / f"{kind}_00100000.pt")
+    gen = reference_gen(reference_run["model"])
+    gen["dec.model.3.norm.gamma"] = gen["dec.model.3.norm.gamma"].clone().fill_(float("nan"))
+    torch.save({"a": gen}, run / "gen_00100000.pt")
+    assert main(["reference", "--checkpoints", str(run), "--num-ids", str(IDS), "--config", "market1501",
+                 "--out", str(tmp_path / "o.pt")]) == 2
+    assert "'dec.model.3.norm.gamma' holds NaN or infinite values" in capsys.readouterr().err
+    assert not (tmp_path / "o.pt").exists()
 
 
 def test_the_run_config_is_read_and_checked(reference_run, tmp_path, capsys):
