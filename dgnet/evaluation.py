@@ -18,10 +18,11 @@ skipped. Distractors (identity ``0`` in Market-1501) are ordinary non-matching i
   published mAP. ``mAP_trapz`` is its mean over valid queries.
 
 With no ``-1`` identities and no distance ties, ``evaluate_rank`` equals torchreid's ``eval_market1501``.
-The fast path is the compiled ``torch.ops.dgnet.evaluate_queries`` (CPU: parallel over queries; CUDA: one
-block per query, on the distance matrix's device). It never sorts a whole gallery row: the rank of a true
-match is one plus the number of kept entries ranked before it (see csrc/include/dgnet/evaluation.h).
-``evaluate_reference`` is the classic per-query argsort loop, kept as the reference of the tests.
+The fast path is the compiled op ``dgnet::evaluate_queries`` (:func:`dgnet.ops.evaluation.evaluate_queries`;
+CPU: parallel over queries; CUDA: one block per query, on the distance matrix's device). It never sorts a
+whole gallery row: the rank of a true match is one plus the number of kept entries ranked before it (see
+csrc/include/dgnet/evaluation.h). ``evaluate_reference`` is the classic per-query argsort loop, kept as the
+reference of the tests.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from dgnet.ops._lib import extension_available, require_extension
+from dgnet.ops.evaluation import evaluate_queries
 
 __all__ = ["RankResult", "evaluate", "evaluate_rank", "evaluate_rank_reference", "evaluate_reference"]
 
@@ -164,8 +165,7 @@ def evaluate(
         ([1.0, 1.0, 1.0], 1.0)
     """
     d, qp, gp, qc, gc, max_rank = _prepare(distmat, q_pids, g_pids, q_camids, g_camids, max_rank)
-    require_extension()
-    ap, inp, first, ap_trapz = torch.ops.dgnet.evaluate_queries(d, qp, gp, qc, gc)
+    ap, inp, first, ap_trapz = evaluate_queries(d, qp, gp, qc, gc)
     valid = first > 0
     num_valid = int(valid.sum())
     if num_valid == 0:
@@ -272,20 +272,3 @@ def evaluate_rank_reference(
     r = evaluate_reference(distmat, q_pids, g_pids, q_camids, g_camids, max_rank)
     return r.cmc, r.mAP
 
-
-if extension_available():
-
-    @torch.library.register_fake("dgnet::evaluate_queries")
-    def _evaluate_queries_fake(distmat, q_pids, g_pids, q_camids, g_camids):
-        torch._check(distmat.dim() == 2, lambda: "evaluate_queries: distmat must be 2-D")
-        torch._check(q_pids.shape == (distmat.shape[0],), lambda: "evaluate_queries: q_pids must be [Q]")
-        torch._check(g_pids.shape == (distmat.shape[1],), lambda: "evaluate_queries: g_pids must be [G]")
-        torch._check(q_camids.shape == (distmat.shape[0],), lambda: "evaluate_queries: q_camids must be [Q]")
-        torch._check(g_camids.shape == (distmat.shape[1],), lambda: "evaluate_queries: g_camids must be [G]")
-        nq = distmat.shape[0]
-        return (
-            distmat.new_empty((nq,), dtype=torch.float64),
-            distmat.new_empty((nq,), dtype=torch.float64),
-            distmat.new_empty((nq,), dtype=torch.int64),
-            distmat.new_empty((nq,), dtype=torch.float64),
-        )

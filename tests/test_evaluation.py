@@ -206,6 +206,15 @@ def test_no_valid_query_is_an_error():
             fn(dist[:1], [1], [1, 1, -1], [0], [0, 0, 1])
 
 
+def test_evaluate_queries_wrapper_is_the_op():
+    from dgnet.ops.evaluation import evaluate_queries
+
+    dist, qp, gp, qc, gc = random_case(12)
+    args = (torch.from_numpy(dist), *(torch.from_numpy(a) for a in (qp, gp, qc, gc)))
+    for a, b in zip(evaluate_queries(*args), torch.ops.dgnet.evaluate_queries(*args), strict=True):
+        torch.testing.assert_close(a, b, equal_nan=True, rtol=0, atol=0)
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("ties", [False, True])
 def test_cuda_matches_cpu(ties):

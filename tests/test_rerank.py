@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
+from dgnet.ops.distance import METRICS
 from dgnet.ops.rerank import re_ranking, re_ranking_features, re_ranking_reference
-from dgnet.ops.retrieval import METRICS
 
 ATOL = 1e-4
 

@@ -1,7 +1,7 @@
-// CUDA kernels of k-reciprocal re-ranking: one translation unit on purpose (each costs about a
-// minute of nvcc on 2 cores). Per-row and per-element logic comes from dgnet/rerank.h, the same
-// code the CPU kernels (csrc/cpu/rerank.cpp) run. Everything stays on the device; the host reads
-// back only sizes (the number of sparse entries) to allocate.
+// CUDA kernels of k-reciprocal re-ranking: one translation unit on purpose (nvcc's cost is mostly fixed
+// per unit; see csrc/cuda/retrieval.cu). Per-row and per-element logic comes from dgnet/rerank.h, the same
+// code the CPU kernels (csrc/cpu/rerank.cpp) run. Everything stays on the device; the host reads back only
+// sizes (the number of sparse entries) to allocate.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>

@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 from dgnet.ops._lib import extension_available, require_extension
-from dgnet.ops.retrieval import METRICS
+from dgnet.ops.distance import METRICS
 
 Array = TypeVar("Array", np.ndarray, torch.Tensor)
 
