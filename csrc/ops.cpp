@@ -4,7 +4,7 @@
 
 TORCH_LIBRARY(dgnet, m) {
   // ---- distance (dgnet/ops/distance.py) ----------------------------------------------
-  // Dense distance matrix [M, N] float32; metric: 0 euclidean, 1 sqeuclidean, 2 cosine;
+  // Dense distance matrix [M, N] float32; metric: 0 euclidean, 1 sqeuclidean, 2 cosine, 3 neg_dot (-<x, y>);
   // chunk_rows <= 0 picks the chunk from a memory budget. Kernels: csrc/cpu/distance.cpp, csrc/cuda/retrieval.cu.
   m.def("pairwise_distance(Tensor x, Tensor y, int metric, int chunk_rows) -> Tensor");
 

@@ -17,6 +17,8 @@ def sample_inputs(device, m=37, n=53, d=19, dtype=torch.float32, seed=0):
 def explicit(x, y, metric):
     """The textbook formulas, independent of both implementations under test (float64)."""
     xd, yd = x.double(), y.double()
+    if metric == "neg_dot":
+        return -(xd[:, None, :] * yd[None, :, :]).sum(-1)
     diff = xd[:, None, :] - yd[None, :, :]
     if metric == "euclidean":
         return diff.square().sum(-1).sqrt()
@@ -39,6 +41,21 @@ def test_matches_reference(metric, chunk_rows):
     assert out.dtype == torch.float32 and out.shape == (37, 53)
     # GEMM-expansion cancellation: absolute error scales with the squared norms (~D = 19 here).
     torch.testing.assert_close(out, pairwise_distance_reference(x, y, metric), atol=2e-5 * 19, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "m, n, d",
+    [
+        (376, 1838, 1024),  # protocol-like: 376 queries, 1,838 gallery images, 1,024-d features
+        (2200, 15300, 256),  # an output (135 MB) over the 128 MiB per call that splits the other metrics' GEMM
+    ],
+)
+def test_neg_dot_is_bit_identical_to_the_protocol_score(m, n, d):
+    """The test protocol ranks by ``-(q @ g.T)``; switching it to the op must not move a single bit."""
+    g = torch.Generator().manual_seed(1)
+    q = F.normalize(torch.randn(m, d, generator=g), dim=1) * 4.0
+    gal = F.normalize(torch.randn(n, d, generator=g), dim=1) * 4.0
+    assert torch.equal(pairwise_distance(q, gal, "neg_dot"), -(q @ gal.T))
 
 
 @pytest.mark.parametrize("metric", sorted(METRICS))

@@ -31,6 +31,7 @@ auto distance_op() {
 // Float64 reference from the definitions (difference form, not the GEMM expansion).
 at::Tensor distance_reference(const at::Tensor& x, const at::Tensor& y, int64_t metric) {
   auto xd = x.to(at::kDouble), yd = y.to(at::kDouble);
+  if (metric == 3) return (-at::mm(xd, yd.t())).to(at::kFloat);
   if (metric == 2) {
     auto xn = xd / xd.norm(2, {1}, true).clamp_min(1e-12);
     auto yn = yd / yd.norm(2, {1}, true).clamp_min(1e-12);
@@ -45,8 +46,8 @@ void test_pairwise_distance() {
   at::manual_seed(0);
   auto x = at::randn({37, 19});
   auto y = at::randn({53, 19});
-  const char* names[] = {"euclidean", "sqeuclidean", "cosine"};
-  for (int64_t metric = 0; metric < 3; ++metric) {
+  const char* names[] = {"euclidean", "sqeuclidean", "cosine", "neg_dot"};
+  for (int64_t metric = 0; metric < 4; ++metric) {
     auto ref = distance_reference(x, y, metric);
     for (int64_t chunk : {0, 1, 8, 36, 100}) {
       auto out = op.call(x, y, metric, chunk);
@@ -61,6 +62,7 @@ void test_pairwise_distance() {
            std::string("pairwise_distance ") + names[metric] + " float16 inputs -> float32");
   }
   expect(at::allclose(op.call(x, y, 0, 0), at::cdist(x, y), 1e-4, 1e-4), "pairwise_distance euclidean vs at::cdist");
+  expect(at::equal(op.call(x, y, 3, 0), -at::mm(x, y.t())), "pairwise_distance neg_dot is bit for bit -(x y^T)");
   auto empty = op.call(x.narrow(0, 0, 0), y, 0, 0);
   expect(empty.size(0) == 0 && empty.size(1) == 53, "pairwise_distance with no query rows gives [0, N]");
   bool threw = false;

@@ -17,7 +17,8 @@ inline at::Tensor prepare_features(const at::Tensor& x, int64_t metric) {
 
 inline void check_knn(const at::Tensor& x, int64_t metric, int64_t k, int64_t num_query) {
   TORCH_CHECK(x.dim() == 2, "rerank_knn: expected x [N, D]");
-  TORCH_CHECK(metric >= 0 && metric <= 2, "rerank_knn: metric must be 0, 1 or 2, got ", metric);
+  TORCH_CHECK(metric >= 0 && metric <= 2, "rerank_knn: metric must be 0 (euclidean), 1 (sqeuclidean) or 2 (cosine), ",
+              "got ", metric, "; re-ranking squares non-negative distances, so neg_dot (3) has no meaning here");
   const int64_t n = x.size(0);
   TORCH_CHECK(k >= 1 && k <= n, "rerank_knn: k=", k, " must be in [1, N=", n, "]");
   TORCH_CHECK(num_query >= 0 && num_query <= n, "rerank_knn: num_query=", num_query, " must be in [0, N=", n, "]");
