@@ -162,6 +162,41 @@ def test_opcheck(op, args):
 
 
 # ---------------------------------------------------------------------------------------------
+# Memory safety of the kernels on any finite input
+# ---------------------------------------------------------------------------------------------
+
+
+def test_neighbour_tables_are_valid_when_every_value_overflows():
+    # The kernels themselves, without the Python front's rescaling: every squared value is inf in float32, yet each
+    # row of the table must name k distinct samples (ties in index order), never an unfilled slot.
+    d = torch.full((9, 9), 1e30, dtype=torch.float64)
+    nbr, colmax = torch.ops.dgnet.rerank_dense_knn(d[:3, 3:], d[:3, :3], d[3:, 3:], 9)
+    assert torch.equal(nbr, torch.arange(9).expand(9, 9)) and torch.isinf(colmax).all()
+    x = torch.full((7, 4), 3e38)
+    nbr, rowmax, _ = torch.ops.dgnet.rerank_knn(x, 0, 7, 3, 2)
+    assert ((nbr >= 0) & (nbr < 7)).all() and torch.equal(nbr.sort(1).values, torch.arange(7).expand(7, 7))
+
+
+def test_sparse_ops_reject_out_of_range_indices():
+    # Direct calls with a corrupt neighbour table or CSR raise instead of reading out of bounds.
+    nbr = torch.tensor([[0, 1], [1, -1], [2, 1]])
+    with pytest.raises(RuntimeError, match="nbr"):
+        torch.ops.dgnet.rerank_expand(nbr, 1)
+    with pytest.raises(RuntimeError, match="nbr"):
+        torch.ops.dgnet.rerank_expand(nbr + 3, 1)
+    good = torch.tensor([[0, 1], [1, 0], [2, 1]])
+    indptr, indices = torch.ops.dgnet.rerank_expand(good, 1)
+    out = torch.zeros(1, 2)
+    dist = torch.zeros(indices.shape[0])
+    with pytest.raises(RuntimeError, match="indices"):
+        torch.ops.dgnet.rerank_jaccard_mix_(out, indptr, indices + 5, dist, good, 1, 0.3)
+    with pytest.raises(RuntimeError, match="nbr"):
+        torch.ops.dgnet.rerank_jaccard_mix_(out, indptr, indices, dist, good - 1, 2, 0.3)
+    with pytest.raises(RuntimeError, match="indptr"):
+        torch.ops.dgnet.rerank_jaccard_mix_(out, indptr.flip(0), indices, dist, good, 1, 0.3)
+
+
+# ---------------------------------------------------------------------------------------------
 # Bad input
 # ---------------------------------------------------------------------------------------------
 
