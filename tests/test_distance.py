@@ -59,13 +59,26 @@ def test_neg_dot_is_bit_identical_to_the_protocol_score(m, n, d):
 
 
 @pytest.mark.parametrize("metric", sorted(METRICS))
-def test_nan_feature_gives_nan_distances(metric):
-    """A NaN feature must not come out at distance 0 from everything (its nearest match): the clamp of the
-    GEMM form's small negative values keeps NaN, in the scalar and the AVX2 columns (53 = 6 x 8 + 5)."""
+def test_kernel_propagates_nan(metric):
+    """The op itself (the public function rejects NaN first): a NaN feature must not come out at distance 0 from
+    everything (its nearest match): the clamp of the GEMM form's small negative values keeps NaN, in the scalar
+    and the AVX2 columns (53 = 6 x 8 + 5)."""
     x, y = sample_inputs("cpu")
     x[3, 0] = float("nan")
-    out = pairwise_distance(x, y, metric)
+    out = torch.ops.dgnet.pairwise_distance(x, y, METRICS[metric], 0)
     assert torch.isnan(out[3]).all() and not torch.isnan(out[torch.arange(37) != 3]).any()
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.float64])
+def test_non_finite_features_rejected(bad, dtype):
+    x, y = sample_inputs("cpu", dtype=dtype)
+    x[3, 0] = x[5, 2] = x[5, 4] = bad
+    with pytest.raises(ValueError, match=r"^x: 2 of 37 rows contain NaN or inf"):
+        pairwise_distance(x, y)
+    y[52, 18] = bad
+    with pytest.raises(ValueError, match=r"^y: 1 of 53 rows contain NaN or inf"):
+        pairwise_distance(x[:3], y, "neg_dot")
 
 
 def test_euclidean_matches_cdist():

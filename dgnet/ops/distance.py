@@ -8,6 +8,8 @@ per-element epilogue (csrc/include/dgnet/distance.h), so the only memory beyond 
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from dgnet.ops._lib import extension_available, require_extension
@@ -58,14 +60,24 @@ def pairwise_distance_reference(x: torch.Tensor, y: torch.Tensor, metric: str = 
     return out.float()
 
 
+def _check_finite(name: str, t: torch.Tensor) -> None:
+    """ValueError naming ``t`` and its count of rows holding NaN or inf. One read pass (min and max propagate
+    NaN and are finite iff every entry is); the per-row count only when that fails."""
+    if t.numel() == 0 or all(map(math.isfinite, (float(v) for v in torch.aminmax(t)))):
+        return
+    bad = int((~torch.isfinite(t)).any(dim=1).sum())
+    raise ValueError(f"{name}: {bad} of {t.shape[0]} rows contain NaN or inf; expected finite features")
+
+
 def pairwise_distance(
     x: torch.Tensor, y: torch.Tensor, metric: str = "euclidean", chunk_rows: int | None = None
 ) -> torch.Tensor:
     """Dense distance matrix between two sets of feature vectors.
 
     Args:
-        x: ``[M, D]`` query features; float16, bfloat16, float32 or float64 (computed in float32), CPU or CUDA.
-        y: ``[N, D]`` gallery features, same device as ``x``.
+        x: ``[M, D]`` query features; float16, bfloat16, float32 or float64 (computed in float32), CPU or CUDA,
+            any strides; finite.
+        y: ``[N, D]`` gallery features, same device as ``x``; finite.
         metric: ``"euclidean"`` (``||x - y||``), ``"sqeuclidean"`` (``||x - y||^2``), ``"cosine"``
             (``1 - <x, y> / (||x|| ||y||)``; a zero vector has distance 1 to everything) or ``"neg_dot"``
             (``-<x, y>``: the test protocol's distance, the negative of its dot-product score; bit for bit
@@ -77,6 +89,11 @@ def pairwise_distance(
 
     Returns:
         float32 ``[M, N]`` on the inputs' device.
+
+    Raises:
+        ValueError: naming ``x`` or ``y`` for bad shapes, dtypes or devices, and for NaN or inf features (with
+            the number of such rows). Under ``torch.compile`` values are unknown when tracing, so that check is
+            skipped there and the op propagates NaN into the affected rows and columns.
 
     Euclidean distances use the GEMM expansion ``||x||^2 + ||y||^2 - 2 <x, y>`` (like ``torch.cdist``'s
     default for large inputs), so distances much smaller than the norms carry float32 cancellation error.
@@ -90,6 +107,9 @@ def pairwise_distance(
         torch.Size([4, 10])
     """
     _check_inputs(x, y, metric, chunk_rows)
+    if not torch.compiler.is_compiling():
+        _check_finite("x", x)
+        _check_finite("y", y)
     require_extension()
     return torch.ops.dgnet.pairwise_distance(x, y, METRICS[metric], 0 if chunk_rows is None else chunk_rows)
 
