@@ -253,7 +253,7 @@ def evaluate_reference(
 ) -> RankResult:
     """The classic loop: per query a stable argsort of the whole gallery row, then cumulative sums.
 
-    Same arguments, result, errors and warning as :func:`evaluate`; slow (a few ms per Market-1501 query, one core).
+    Same arguments, result, errors and warning as :func:`evaluate`; slow (a full sort of every gallery row).
     """
     r = _evaluate_reference(distmat, q_pids, g_pids, q_camids, g_camids, max_rank)
     _warn_skipped("evaluate_reference", r)
