@@ -1,4 +1,5 @@
-"""Pairwise distance: dgnet's chunked GEMM with fused epilogue vs torch.cdist (and the plain cosine formula).
+"""Pairwise distance: dgnet's chunked GEMM with fused epilogue vs torch.cdist (and the plain cosine and
+negative dot product formulas).
 
 Run: ``.venv/bin/python -m pytest benchmarks/bench_distance.py -p no:cacheprovider -s`` (GPU part: ``-m gpu``).
 Records time, the dgnet/torch ratio and the peak memory beyond the [M, N] output of each.
@@ -30,7 +31,15 @@ def cosine_plain(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return 1.0 - F.normalize(x, dim=1) @ F.normalize(y, dim=1).T
 
 
-BASELINES = {"euclidean": ("torch.cdist", torch.cdist), "cosine": ("1 - normalize(x) @ normalize(y).T", cosine_plain)}
+def neg_dot_plain(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return -(x @ y.T)
+
+
+BASELINES = {
+    "euclidean": ("torch.cdist", torch.cdist),
+    "cosine": ("1 - normalize(x) @ normalize(y).T", cosine_plain),
+    "neg_dot": ("-(x @ y.T)", neg_dot_plain),
+}
 
 _CPU_PEAK_CHILD = """
 import json, sys, torch
@@ -46,6 +55,8 @@ if which == "dgnet":
     out = dgnet.ops.pairwise_distance(x, y, metric)
 elif metric == "euclidean":
     out = torch.cdist(x, y)
+elif metric == "neg_dot":
+    out = -(x @ y.T)
 else:
     out = 1.0 - F.normalize(x, dim=1) @ F.normalize(y, dim=1).T
 print(json.dumps({"extra_bytes": max(0, (kib("VmHWM") - base) * 1024 - out.numel() * 4)}))
@@ -129,12 +140,12 @@ def _run(benchmark, metric: str, device: str, size, rounds: int):
     )
 
 
-@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+@pytest.mark.parametrize("metric", ["euclidean", "cosine", "neg_dot"])
 def test_pairwise_distance_cpu(benchmark, metric):
     _run(benchmark, metric, "cpu", CPU_SIZE, rounds=3)
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+@pytest.mark.parametrize("metric", ["euclidean", "cosine", "neg_dot"])
 def test_pairwise_distance_cuda(benchmark, metric):
     _run(benchmark, metric, "cuda", GPU_SIZE, rounds=20)

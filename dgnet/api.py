@@ -39,7 +39,7 @@ def load_model(path: str | Path, which: str = "dgnet", device: str | torch.devic
     """
     if which not in MODEL_KINDS:
         raise ValueError(f"which={which!r}: expected one of {MODEL_KINDS}")
-    return build_model(load_checkpoint(path), which, torch.device(device))
+    return build_model(load_checkpoint(path), which, torch.device(device), source=str(path))
 
 
 def _pil_rgb8(im: Any) -> np.ndarray:
@@ -84,7 +84,7 @@ class FeatureExtractor:
         ckpt = load_checkpoint(self.checkpoint)
         self.cfg = config_from_dict(ckpt["config"])
         self.device = resolve_device("auto" if device is None else str(device))
-        self.model = build_model(ckpt, which, self.device)
+        self.model = build_model(ckpt, which, self.device, source=str(self.checkpoint))
         self.which, self.batch_size = which, batch_size
         self.alpha = self.cfg.eval.alpha
         self.size = (self.cfg.data.height, self.cfg.data.width)
@@ -121,7 +121,8 @@ class FeatureExtractor:
             else:
                 raise ValueError(f"images[{i}]: expected a path, a PIL image or a uint8 (H, W, 3) array, got "
                                  f"{type(im).__name__}")
-            out.append(resize_uint8(torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1), self.size))
+            out.append(resize_uint8(torch.from_numpy(np.array(arr, copy=not arr.flags.writeable)).permute(2, 0, 1),
+                                    self.size))
         return normalize(torch.stack(out).to(self.device))
 
     @torch.no_grad()

@@ -3,8 +3,10 @@
 For each query (identity ``qp``, camera ``qc``), the gallery entries with identity ``qp`` seen by camera
 ``qc`` are removed (the same person in the same view is too easy), and so are the junk entries
 (identity ``-1``). The remaining entries are ranked by distance, ties broken by gallery index (the order
-of a stable argsort). The true matches are the kept entries with identity ``qp``; a query without any is
-skipped. Distractors (identity ``0`` in Market-1501) are ordinary non-matching identities.
+of a stable argsort). The true matches are the kept entries with identity ``qp``. A query without any is
+skipped, as torchreid skips it: it is excluded from every mean below. How many were skipped is
+``RankResult.num_skipped``, and every evaluation that skips queries says so with a ``UserWarning``.
+Distractors (identity ``0`` in Market-1501) are ordinary non-matching identities.
 
 - CMC[k]: the fraction of valid queries whose first true match is within the top ``k + 1``.
 - AP: mean over a query's true matches of the precision at the match's rank; mAP is its mean over valid
@@ -18,20 +20,22 @@ skipped. Distractors (identity ``0`` in Market-1501) are ordinary non-matching i
   published mAP. ``mAP_trapz`` is its mean over valid queries.
 
 With no ``-1`` identities and no distance ties, ``evaluate_rank`` equals torchreid's ``eval_market1501``.
-The fast path is the compiled ``torch.ops.dgnet.evaluate_queries`` (CPU: parallel over queries; CUDA: one
-block per query, on the distance matrix's device). It never sorts a whole gallery row: the rank of a true
-match is one plus the number of kept entries ranked before it (see csrc/include/dgnet/evaluation.h).
-``evaluate_reference`` is the classic per-query argsort loop, kept as the reference of the tests.
+The fast path is the compiled op ``dgnet::evaluate_queries`` (:func:`dgnet.ops.evaluation.evaluate_queries`;
+CPU: parallel over queries; CUDA: one block per query, on the distance matrix's device). It never sorts a
+whole gallery row: the rank of a true match is one plus the number of kept entries ranked before it (see
+csrc/include/dgnet/evaluation.h). ``evaluate_reference`` is the classic per-query argsort loop, kept as the
+reference of the tests.
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from dgnet.ops._lib import extension_available, require_extension
+from dgnet.ops.evaluation import evaluate_queries
 
 __all__ = ["RankResult", "evaluate", "evaluate_rank", "evaluate_rank_reference", "evaluate_reference"]
 
@@ -48,8 +52,9 @@ class RankResult:
         mAP: mean average precision over valid queries.
         mINP: mean inverse negative penalty over valid queries.
         ap: float64 ``[Q]``, each query's average precision; NaN for a query without a true match
-            (such a query is excluded from every mean).
-        valid: bool ``[Q]``, which queries have at least one true match.
+            (such a query is skipped: excluded from every mean).
+        valid: bool ``[Q]``, which queries have at least one true match (``num_valid`` of them; the other
+            ``num_skipped`` are the skipped ones).
         mAP_trapz: mean over valid queries of ``ap_trapz``, the Market-1501 devkit's (trapezoidal) AP.
         ap_trapz: float64 ``[Q]``, each query's trapezoidal AP; NaN where ``ap`` is.
     """
@@ -64,7 +69,13 @@ class RankResult:
 
     @property
     def num_valid(self) -> int:
+        """Queries with at least one true match: those every mean is over."""
         return int(self.valid.sum())
+
+    @property
+    def num_skipped(self) -> int:
+        """Queries without a true match, excluded from every mean (torchreid's semantics)."""
+        return int(self.valid.size - self.valid.sum())
 
 
 # ---- input checking --------------------------------------------------------------------------------
@@ -123,6 +134,17 @@ def _prepare(distmat, q_pids, g_pids, q_camids, g_camids, max_rank):
     )
 
 
+def _warn_skipped(fn: str, r: RankResult) -> None:
+    if r.num_skipped:
+        warnings.warn(
+            f"{fn}: {r.num_skipped} of {r.valid.size} queries have no true match in the gallery (their identity "
+            "is absent, or present only under the query's own camera or as junk -1) and are skipped: CMC, mAP "
+            f"and mINP average the other {r.num_valid} (RankResult.valid, .num_skipped)",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
 def _no_valid_query() -> ValueError:
     return ValueError(
         "q_pids: no query has a true match in the gallery (after removing same-camera matches and junk "
@@ -143,10 +165,14 @@ def evaluate(
 ) -> RankResult:
     """CMC, mAP, mINP and per-query AP under the Market-1501 protocol (see the module docstring).
 
+    Queries without a true match are skipped (excluded from every mean); when there are any, a
+    ``UserWarning`` says how many of how many, and ``RankResult.num_skipped`` counts them.
+
     Args:
         distmat: ``[Q, G]`` distances (smaller is closer), float16/bfloat16/float32/float64, numpy or
-            torch on CPU or CUDA; computed on its device. Must be finite.
-        q_pids, q_camids: ``[Q]`` integer identities and cameras of the queries (numpy or torch, any device).
+            torch on CPU or CUDA, any strides; computed on its device. Must be finite.
+        q_pids, q_camids: ``[Q]`` integer identities and cameras of the queries (numpy or torch, any device
+            and strides).
         g_pids, g_camids: ``[G]`` integer identities and cameras of the gallery; identity -1 is junk.
         max_rank: length of the CMC curve, capped at ``G``.
 
@@ -163,9 +189,14 @@ def evaluate(
         >>> r.cmc.tolist(), r.mAP
         ([1.0, 1.0, 1.0], 1.0)
     """
+    r = _evaluate(distmat, q_pids, g_pids, q_camids, g_camids, max_rank)
+    _warn_skipped("evaluate", r)
+    return r
+
+
+def _evaluate(distmat, q_pids, g_pids, q_camids, g_camids, max_rank) -> RankResult:
     d, qp, gp, qc, gc, max_rank = _prepare(distmat, q_pids, g_pids, q_camids, g_camids, max_rank)
-    require_extension()
-    ap, inp, first, ap_trapz = torch.ops.dgnet.evaluate_queries(d, qp, gp, qc, gc)
+    ap, inp, first, ap_trapz = evaluate_queries(d, qp, gp, qc, gc)
     valid = first > 0
     num_valid = int(valid.sum())
     if num_valid == 0:
@@ -195,7 +226,8 @@ def evaluate_rank(
 ) -> tuple[np.ndarray, float]:
     """``(cmc, mAP)`` under the Market-1501 protocol: torchreid's ``evaluate_rank`` signature and meaning.
 
-    Arguments as :func:`evaluate`. Returns ``cmc`` float32 ``[min(max_rank, G)]`` and ``mAP`` a float.
+    Arguments, errors and the warning about skipped queries as :func:`evaluate`. Returns ``cmc`` float32
+    ``[min(max_rank, G)]`` and ``mAP`` a float.
 
     Example:
         >>> d = np.array([[0.1, 0.5, 0.3], [0.9, 0.2, 0.4]])
@@ -203,7 +235,8 @@ def evaluate_rank(
         >>> float(cmc[0]), mAP
         (1.0, 1.0)
     """
-    r = evaluate(distmat, q_pids, g_pids, q_camids, g_camids, max_rank)
+    r = _evaluate(distmat, q_pids, g_pids, q_camids, g_camids, max_rank)
+    _warn_skipped("evaluate_rank", r)
     return r.cmc, r.mAP
 
 
@@ -220,8 +253,14 @@ def evaluate_reference(
 ) -> RankResult:
     """The classic loop: per query a stable argsort of the whole gallery row, then cumulative sums.
 
-    Same arguments, result and errors as :func:`evaluate`; slow (a few ms per Market-1501 query, one core).
+    Same arguments, result, errors and warning as :func:`evaluate`; slow (a full sort of every gallery row).
     """
+    r = _evaluate_reference(distmat, q_pids, g_pids, q_camids, g_camids, max_rank)
+    _warn_skipped("evaluate_reference", r)
+    return r
+
+
+def _evaluate_reference(distmat, q_pids, g_pids, q_camids, g_camids, max_rank) -> RankResult:
     d, qp, gp, qc, gc, max_rank = _prepare(distmat, q_pids, g_pids, q_camids, g_camids, max_rank)
     dist = (d if d.dtype == torch.float64 else d.float()).cpu().numpy()
     qp, gp, qc, gc = (t.cpu().numpy() for t in (qp, gp, qc, gc))
@@ -269,23 +308,7 @@ def evaluate_rank_reference(
     max_rank: int = 50,
 ) -> tuple[np.ndarray, float]:
     """``(cmc, mAP)`` of :func:`evaluate_reference`: the reference of :func:`evaluate_rank`."""
-    r = evaluate_reference(distmat, q_pids, g_pids, q_camids, g_camids, max_rank)
+    r = _evaluate_reference(distmat, q_pids, g_pids, q_camids, g_camids, max_rank)
+    _warn_skipped("evaluate_rank_reference", r)
     return r.cmc, r.mAP
 
-
-if extension_available():
-
-    @torch.library.register_fake("dgnet::evaluate_queries")
-    def _evaluate_queries_fake(distmat, q_pids, g_pids, q_camids, g_camids):
-        torch._check(distmat.dim() == 2, lambda: "evaluate_queries: distmat must be 2-D")
-        torch._check(q_pids.shape == (distmat.shape[0],), lambda: "evaluate_queries: q_pids must be [Q]")
-        torch._check(g_pids.shape == (distmat.shape[1],), lambda: "evaluate_queries: g_pids must be [G]")
-        torch._check(q_camids.shape == (distmat.shape[0],), lambda: "evaluate_queries: q_camids must be [Q]")
-        torch._check(g_camids.shape == (distmat.shape[1],), lambda: "evaluate_queries: g_camids must be [G]")
-        nq = distmat.shape[0]
-        return (
-            distmat.new_empty((nq,), dtype=torch.float64),
-            distmat.new_empty((nq,), dtype=torch.float64),
-            distmat.new_empty((nq,), dtype=torch.int64),
-            distmat.new_empty((nq,), dtype=torch.float64),
-        )

@@ -216,3 +216,24 @@ def figure_from_checkpoint(checkpoint: str | Path, mode: str, images: list[str] 
     else:
         grid = generation_figure(model, load_images(samples, size, backend, run.device), mode, steps)
     return save_png(grid, out)
+
+
+def captioned_row(images01: list[torch.Tensor], captions: list[str], frames: list[tuple[float, float, float]],
+                  pad: int = 2, caption_height: int = 14) -> Any:
+    """One row of ``(3, H, W)`` [0, 1] images, each framed in its colour with its caption written under it: a PIL
+    RGB image (the search command's rank lists: the query, then its top k with their distances)."""
+    from PIL import Image, ImageDraw
+
+    if len(images01) != len(captions) or len(images01) != len(frames):
+        raise ValueError(f"captioned_row: {len(images01)} images, {len(captions)} captions, {len(frames)} frames")
+    tiles = [framed(img, colour, width=2) for img, colour in zip(images01, frames, strict=True)]
+    grid = image_grid([torch.stack(tiles)], pad=pad, normalized=False)
+    arr = (grid.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    h, w = arr.shape[:2]
+    canvas = Image.new("RGB", (w, h + caption_height), (255, 255, 255))
+    canvas.paste(Image.fromarray(arr), (0, 0))
+    draw = ImageDraw.Draw(canvas)
+    tile_w = images01[0].shape[-1]
+    for i, text in enumerate(captions):
+        draw.text((pad + i * (tile_w + pad), h), text, fill=(0, 0, 0))
+    return canvas

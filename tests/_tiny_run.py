@@ -27,3 +27,28 @@ def make_tiny_set(root: Path) -> Path:
 
     return ensure_dataset(root, verbose=False, seed=0, ids=TINY_SET["synthetic_ids"], cams=TINY_SET["synthetic_cams"],
                           height=TINY_SET["synthetic_height"], width=TINY_SET["synthetic_width"])
+
+
+def make_tiny_checkpoint(base: Path):
+    """A tiny synthetic set under ``base`` and a seeded, untrained DG-Net checkpoint of it (64x32, ResNet-18, with
+    its teacher; BatchNorm statistics moved off their init so eval mode matters). Returns ``(path, ds, cfg)``."""
+    import torch
+
+    from dgnet.checkpoint import arch_only, build_state, save_atomic
+    from dgnet.config import resolve_config
+    from dgnet.data import load_dataset
+    from dgnet.models import DGNet, ReidBaseline
+
+    root = make_tiny_set(base / "syn")
+    ds = load_dataset("synthetic", root, verbose=False)
+    cfg = resolve_config("demo", {"data": {"root": str(root), "workers": 0, "loader": "torch"},
+                                  "model": {"num_ids": ds.num_train_pids}})
+    torch.manual_seed(0)
+    models = {"dgnet": DGNet(arch_only(cfg.model), ds.num_train_pids),
+              "teacher": ReidBaseline(arch_only(cfg.model), ds.num_train_pids)}
+    with torch.no_grad():
+        models["dgnet"].Ea(torch.randn(4, 3, 64, 32))
+        models["teacher"](torch.randn(4, 3, 64, 32))
+    path = save_atomic(build_state(stage="dgnet", iteration=1, cfg=cfg, num_ids=ds.num_train_pids, models=models),
+                       base / "dgnet.pt")
+    return path, ds, cfg

@@ -17,6 +17,8 @@ def sample_inputs(device, m=37, n=53, d=19, dtype=torch.float32, seed=0):
 def explicit(x, y, metric):
     """The textbook formulas, independent of both implementations under test (float64)."""
     xd, yd = x.double(), y.double()
+    if metric == "neg_dot":
+        return -(xd[:, None, :] * yd[None, :, :]).sum(-1)
     diff = xd[:, None, :] - yd[None, :, :]
     if metric == "euclidean":
         return diff.square().sum(-1).sqrt()
@@ -41,14 +43,42 @@ def test_matches_reference(metric, chunk_rows):
     torch.testing.assert_close(out, pairwise_distance_reference(x, y, metric), atol=2e-5 * 19, rtol=1e-5)
 
 
+@pytest.mark.parametrize(
+    "m, n, d",
+    [
+        (376, 1838, 1024),  # protocol-like: 376 queries, 1,838 gallery images, 1,024-d features
+        (2200, 15300, 256),  # an output (135 MB) over the 128 MiB per call that splits the other metrics' GEMM
+    ],
+)
+def test_neg_dot_is_bit_identical_to_the_protocol_score(m, n, d):
+    """The test protocol ranks by ``-(q @ g.T)``; switching it to the op must not move a single bit."""
+    g = torch.Generator().manual_seed(1)
+    q = F.normalize(torch.randn(m, d, generator=g), dim=1) * 4.0
+    gal = F.normalize(torch.randn(n, d, generator=g), dim=1) * 4.0
+    assert torch.equal(pairwise_distance(q, gal, "neg_dot"), -(q @ gal.T))
+
+
 @pytest.mark.parametrize("metric", sorted(METRICS))
-def test_nan_feature_gives_nan_distances(metric):
-    """A NaN feature must not come out at distance 0 from everything (its nearest match): the clamp of the
-    GEMM form's small negative values keeps NaN, in the scalar and the AVX2 columns (53 = 6 x 8 + 5)."""
+def test_kernel_propagates_nan(metric):
+    """The op itself (the public function rejects NaN first): a NaN feature must not come out at distance 0 from
+    everything (its nearest match): the clamp of the GEMM form's small negative values keeps NaN, in the scalar
+    and the AVX2 columns (53 = 6 x 8 + 5)."""
     x, y = sample_inputs("cpu")
     x[3, 0] = float("nan")
-    out = pairwise_distance(x, y, metric)
+    out = torch.ops.dgnet.pairwise_distance(x, y, METRICS[metric], 0)
     assert torch.isnan(out[3]).all() and not torch.isnan(out[torch.arange(37) != 3]).any()
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.float64])
+def test_non_finite_features_rejected(bad, dtype):
+    x, y = sample_inputs("cpu", dtype=dtype)
+    x[3, 0] = x[5, 2] = x[5, 4] = bad
+    with pytest.raises(ValueError, match=r"^x: 2 of 37 rows contain NaN or inf"):
+        pairwise_distance(x, y)
+    y[52, 18] = bad
+    with pytest.raises(ValueError, match=r"^y: 1 of 53 rows contain NaN or inf"):
+        pairwise_distance(x[:3], y, "neg_dot")
 
 
 def test_euclidean_matches_cdist():

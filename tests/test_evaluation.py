@@ -1,12 +1,17 @@
 """dgnet.evaluation (compiled fast path) against the classic per-query argsort loop and hand-computed cases."""
 
 import math
+import warnings
 
 import numpy as np
 import pytest
 import torch
 
 from dgnet.evaluation import evaluate, evaluate_rank, evaluate_rank_reference, evaluate_reference
+
+# The random cases include queries without a true match on purpose; the warning that reports them is checked
+# in test_skipped_queries_are_counted_and_reported.
+pytestmark = pytest.mark.filterwarnings("ignore:.*queries have no true match:UserWarning")
 
 
 def random_case(seed, nq=40, ng=300, n_ids=25, n_cams=4, ties=False, dtype=np.float32):
@@ -31,6 +36,7 @@ def assert_same(fast, ref):
     assert math.isclose(fast.mINP, ref.mINP, rel_tol=0, abs_tol=1e-12)
     np.testing.assert_allclose(fast.ap_trapz, ref.ap_trapz, rtol=0, atol=1e-12)
     assert math.isclose(fast.mAP_trapz, ref.mAP_trapz, rel_tol=0, abs_tol=1e-12)
+    assert fast.num_skipped == ref.num_skipped == int((~ref.valid).sum())
 
 
 def devkit_ap(row, q_pid, q_cam, g_pids, g_cams):
@@ -204,6 +210,88 @@ def test_no_valid_query_is_an_error():
             fn(dist, [5, 6], [1, 1, 2], [0, 0], [0, 0, 0])
         with pytest.raises(ValueError, match="q_pids: no query has a true match"):
             fn(dist[:1], [1], [1, 1, -1], [0], [0, 0, 1])
+
+
+# A query without a true match (id 7): two valid queries, one skipped.
+SKIP_CASE = (
+    np.array([[0.1, 0.5, 0.3], [0.9, 0.2, 0.4], [0.3, 0.3, 0.3]]),
+    [1, 2, 7],  # q_pids
+    [1, 2, 1],  # g_pids
+    [0, 0, 0],  # q_camids
+    [1, 1, 0],  # g_camids: g2 is id 1 under query 0's own camera, removed for it
+)
+
+
+@pytest.mark.parametrize("fn", [evaluate, evaluate_reference])
+def test_skipped_queries_are_counted_and_reported(fn):
+    with pytest.warns(UserWarning, match=rf"^{fn.__name__}: 1 of 3 queries have no true match") as record:
+        r = fn(*SKIP_CASE, max_rank=3)
+    assert record[0].filename == __file__  # points at the caller
+    assert r.num_valid == 2 and r.num_skipped == 1 and r.valid.tolist() == [True, True, False]
+    assert r.mAP == 1.0 and r.cmc.tolist() == [1.0, 1.0, 1.0]  # the means are over the two valid queries
+    assert math.isnan(r.ap[2])
+
+
+@pytest.mark.parametrize("fn", [evaluate_rank, evaluate_rank_reference])
+def test_rank_functions_report_skipped_queries(fn):
+    with pytest.warns(UserWarning, match=rf"^{fn.__name__}: 1 of 3 queries .* average the other 2"):
+        cmc, mAP = fn(*SKIP_CASE, max_rank=3)
+    assert mAP == 1.0
+
+
+def test_no_warning_when_every_query_is_valid():
+    dist, qp, gp, qc, gc = SKIP_CASE
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        r = evaluate(dist[:2], qp[:2], gp, qc[:2], gc, max_rank=3)
+        evaluate_rank(dist[:2], qp[:2], gp, qc[:2], gc, max_rank=3)
+    assert r.num_skipped == 0 and r.num_valid == 2
+
+
+@pytest.mark.parametrize(
+    "dtype,scale",
+    [(np.float32, s) for s in (1e-40, 1e-30, 1e-10, 1e10, 1e30)] + [(np.float64, s) for s in (1e-300, 1e300)],
+)
+def test_any_scale_matches_reference(dtype, scale):
+    dist, qp, gp, qc, gc = random_case(8)
+    d = np.asarray(dist.astype(np.float64) * scale, dtype=dtype)
+    assert np.isfinite(d).all()
+    fast = evaluate(d, qp, gp, qc, gc, max_rank=20)
+    assert np.isfinite(fast.ap[fast.valid]).all() and np.isfinite([fast.mAP, fast.mINP, fast.mAP_trapz]).all()
+    assert_same(fast, evaluate_reference(d, qp, gp, qc, gc, max_rank=20))
+
+
+@pytest.mark.parametrize("value", [0.0, 0.25, 3e38])
+def test_all_equal_distances_rank_by_gallery_index(value):
+    dist, qp, gp, qc, gc = random_case(9)
+    d = np.full(dist.shape, value, dtype=np.float32)
+    assert_same(evaluate(d, qp, gp, qc, gc), evaluate_reference(d, qp, gp, qc, gc))
+
+
+def test_single_query_single_gallery():
+    r = evaluate(np.array([[0.5]]), [1], [1], [0], [1])
+    assert r.cmc.tolist() == [1.0] and r.mAP == 1.0 and r.mINP == 1.0 and r.num_skipped == 0
+    with pytest.raises(ValueError, match="q_pids: no query has a true match"):
+        evaluate(np.array([[0.5]]), [1], [1], [0], [0])  # its only gallery image is under its own camera
+
+
+def test_non_contiguous_ids():
+    dist, qp, gp, qc, gc = random_case(10)
+    expected = evaluate_reference(dist, qp, gp, qc, gc)
+    strided = [torch.from_numpy(np.repeat(a, 2))[::2] for a in (qp, gp, qc, gc)]
+    assert not any(t.is_contiguous() for t in strided)
+    assert_same(evaluate(torch.from_numpy(dist).T.contiguous().T, *strided), expected)
+    reversed_q = (dist[::-1], qp[::-1], gp, qc[::-1], gc)  # numpy views with negative strides
+    assert_same(evaluate(*reversed_q), evaluate_reference(*(np.ascontiguousarray(a) for a in reversed_q)))
+
+
+def test_evaluate_queries_wrapper_is_the_op():
+    from dgnet.ops.evaluation import evaluate_queries
+
+    dist, qp, gp, qc, gc = random_case(12)
+    args = (torch.from_numpy(dist), *(torch.from_numpy(a) for a in (qp, gp, qc, gc)))
+    for a, b in zip(evaluate_queries(*args), torch.ops.dgnet.evaluate_queries(*args), strict=True):
+        torch.testing.assert_close(a, b, equal_nan=True, rtol=0, atol=0)
 
 
 @pytest.mark.gpu

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
 
+from dgnet.ops.distance import METRICS
 from dgnet.ops.rerank import re_ranking, re_ranking_features, re_ranking_reference
-from dgnet.ops.retrieval import METRICS
 
 ATOL = 1e-4
 
@@ -37,6 +41,12 @@ def torch_blocks(q: torch.Tensor, g: torch.Tensor, metric: str):
     code = METRICS[metric]
     d = lambda a, b: torch.ops.dgnet.pairwise_distance(a, b, code, 0)
     return d(q, g), d(q, q), d(g, g)
+
+
+def run_isolated(code: str, *args: str) -> subprocess.CompletedProcess:
+    """Run ``code`` in a fresh interpreter, so that a crash (segfault, abort) fails the test instead of pytest."""
+    env = {**os.environ, "PYTHONFAULTHANDLER": "1"}
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=600, env=env)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -125,7 +135,7 @@ def test_features_numpy_in_numpy_out_matches_reference():
 
 def test_knn_matches_brute_force():
     x = torch.from_numpy(features("random", 53, dim=8, seed=13))
-    for code in METRICS.values():
+    for code in (METRICS[m] for m in ("euclidean", "sqeuclidean", "cosine")):
         for block in (5, 16, 1024):
             nbr, rowmax, qg = torch.ops.dgnet.rerank_knn(x, code, 9, block, 20)
             d = torch.ops.dgnet.pairwise_distance(x, x, code, 0).double()
@@ -134,6 +144,8 @@ def test_knn_matches_brute_force():
             torch.testing.assert_close(nbr, sq.topk(9, largest=False).indices)
             torch.testing.assert_close(qg.double(), sq[:20, 20:], rtol=1e-4, atol=1e-5)
             assert torch.equal(nbr[:, 0], torch.arange(53))  # each sample is its own nearest
+    with pytest.raises(RuntimeError, match="neg_dot"):
+        torch.ops.dgnet.rerank_knn(x, METRICS["neg_dot"], 9, 16, 20)
 
 
 def test_expand_small_hand_case():
@@ -157,6 +169,187 @@ def test_expand_small_hand_case():
 def test_opcheck(op, args):
     x = torch.from_numpy(features("random", 20, seed=14))
     torch.library.opcheck(getattr(torch.ops.dgnet, op), args(x), test_utils=("test_schema", "test_faketensor"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Memory safety and defined results on any finite input
+# ---------------------------------------------------------------------------------------------
+
+_HUGE_LOOP = """
+import sys
+import numpy as np
+from dgnet.ops.rerank import re_ranking, re_ranking_reference
+dtype = sys.argv[1]
+rng = np.random.default_rng(0)
+for scale in (1e19, 1e20):
+    for _ in range(50):
+        x = rng.normal(size=(26, 8))
+        d = np.sqrt(((x[:, None] - x[None]) ** 2).sum(-1))
+        unit = (d[:6, 6:], d[:6, :6], d[6:, 6:])
+        out = re_ranking(*(np.asarray(b * scale, dtype=dtype) for b in unit), k1=5, k2=3)
+        assert np.isfinite(out).all(), f"scale {scale}: non-finite output"
+        # Re-ranking is scale-invariant: the classic result of the unscaled distances.
+        np.testing.assert_allclose(out, re_ranking_reference(*unit, k1=5, k2=3), rtol=0, atol=1e-4)
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_huge_distances_do_not_crash(dtype):
+    # Reported: distances scaled by 1e19 or 1e20 crashed (exit 139 in rerank_expand, once an abort): their squares
+    # overflow float32 to inf, inf never entered a row's top-k, and the unfilled slots' index -1 was read.
+    proc = run_isolated(_HUGE_LOOP, dtype)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", f"exit {proc.returncode}\n{proc.stderr[-3000:]}"
+
+
+def test_neighbour_tables_are_valid_when_every_value_overflows():
+    # The kernels themselves, without the Python front's rescaling: every squared value is inf in float32, yet each
+    # row of the table must name k distinct samples (ties in index order), never an unfilled slot.
+    d = torch.full((9, 9), 1e30, dtype=torch.float64)
+    nbr, colmax = torch.ops.dgnet.rerank_dense_knn(d[:3, 3:], d[:3, :3], d[3:, 3:], 9)
+    assert torch.equal(nbr, torch.arange(9).expand(9, 9)) and torch.isinf(colmax).all()
+    x = torch.full((7, 4), 3e38)
+    nbr, rowmax, _ = torch.ops.dgnet.rerank_knn(x, 0, 7, 3, 2)
+    assert ((nbr >= 0) & (nbr < 7)).all() and torch.equal(nbr.sort(1).values, torch.arange(7).expand(7, 7))
+
+
+def test_sparse_ops_reject_out_of_range_indices():
+    # Direct calls with a corrupt neighbour table or CSR raise instead of reading out of bounds.
+    nbr = torch.tensor([[0, 1], [1, -1], [2, 1]])
+    with pytest.raises(RuntimeError, match="nbr"):
+        torch.ops.dgnet.rerank_expand(nbr, 1)
+    with pytest.raises(RuntimeError, match="nbr"):
+        torch.ops.dgnet.rerank_expand(nbr + 3, 1)
+    good = torch.tensor([[0, 1], [1, 0], [2, 1]])
+    indptr, indices = torch.ops.dgnet.rerank_expand(good, 1)
+    out = torch.zeros(1, 2)
+    dist = torch.zeros(indices.shape[0])
+    with pytest.raises(RuntimeError, match="indices"):
+        torch.ops.dgnet.rerank_jaccard_mix_(out, indptr, indices + 5, dist, good, 1, 0.3)
+    with pytest.raises(RuntimeError, match="nbr"):
+        torch.ops.dgnet.rerank_jaccard_mix_(out, indptr, indices, dist, good - 1, 2, 0.3)
+    with pytest.raises(RuntimeError, match="indptr"):
+        torch.ops.dgnet.rerank_jaccard_mix_(out, indptr.flip(0), indices, dist, good, 1, 0.3)
+
+
+_F32_SCALES = [1e-30, 1e-20, 1e-10, 1.0, 1e10, 1e19, 1e20, 1e30]
+_F64_SCALES = [1e-300, 1e-30, 1e20, 1e30, 1e150, 1e300]
+
+
+@pytest.mark.parametrize(
+    "dtype,scale", [(np.float32, s) for s in _F32_SCALES] + [(np.float64, s) for s in _F64_SCALES]
+)
+def test_re_ranking_any_scale(dtype, scale):
+    x = features("blobs", 36, dim=8, seed=31)
+    unit = blocks(x[:9], x[9:])
+    args = [np.asarray(b * scale, dtype=dtype) for b in unit]
+    assert all(np.isfinite(a).all() for a in args)
+    got = re_ranking(*args, k1=6, k2=3)
+    assert np.isfinite(got).all()
+    np.testing.assert_allclose(got, re_ranking_reference(*unit, k1=6, k2=3), rtol=0, atol=ATOL)
+    got_t = re_ranking(*(torch.from_numpy(a) for a in args), k1=6, k2=3)
+    np.testing.assert_allclose(got_t.numpy(), got, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "sqeuclidean", "cosine"])
+@pytest.mark.parametrize(
+    "dtype,scale", [(torch.float32, s) for s in (1e-30, 1e-12, 1e12, 1e19, 1e30)] + [(torch.float64, 1e-200),
+                                                                                    (torch.float64, 1e200)]
+)
+def test_features_any_scale(metric, dtype, scale):
+    x = torch.from_numpy(features("blobs", 40, dim=8, seed=32)).double()
+    q, g = x[:10], x[10:]
+    expected = re_ranking_features(q.float(), g.float(), k1=6, k2=3, metric=metric)
+    got = re_ranking_features((q * scale).to(dtype), (g * scale).to(dtype), k1=6, k2=3, metric=metric)
+    assert torch.isfinite(got).all()
+    torch.testing.assert_close(got, expected, rtol=0, atol=ATOL)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_ties_follow_index_order(seed):
+    # Points on a small integer grid: many exactly equal distances (and coincident points). Both fast paths rank
+    # equal distances by sample index, as the reference's stable argsort does.
+    rng = np.random.default_rng(seed)
+    pts = rng.integers(0, 3, size=(25, 2)).astype(np.float32)
+    args = blocks(pts[:7], pts[7:])
+    expected = re_ranking_reference(*args, k1=5, k2=3)
+    np.testing.assert_allclose(re_ranking(*args, k1=5, k2=3), expected, rtol=0, atol=ATOL)
+    np.testing.assert_allclose(re_ranking_features(pts[:7], pts[7:], k1=5, k2=3), expected, rtol=0, atol=ATOL)
+
+
+def _equal_blocks(nq: int, ng: int, value: float, dtype=np.float64, zero_diagonal: bool = False):
+    qg, qq, gg = (np.full(s, value, dtype=dtype) for s in ((nq, ng), (nq, nq), (ng, ng)))
+    if zero_diagonal:
+        np.fill_diagonal(qq, 0.0)
+        np.fill_diagonal(gg, 0.0)
+    return qg, qq, gg
+
+
+@pytest.mark.parametrize("value", [0.0, 1e-40, 2.5, 7e25])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_all_equal_distances(value, dtype):
+    # Every pair (the diagonal too) at one distance: the classic result of all-ones for every value > 0 (re-ranking
+    # is scale-invariant), and, by that same rule, for all zeros, where the classic divides 0 by 0.
+    expected = re_ranking_reference(*_equal_blocks(4, 9, 1.0), k1=4, k2=2)
+    with np.errstate(invalid="ignore"):
+        assert np.isnan(re_ranking_reference(*_equal_blocks(4, 9, 0.0), k1=4, k2=2)).all()  # the classic's 0 / 0
+    got = re_ranking(*_equal_blocks(4, 9, value, dtype), k1=4, k2=2)
+    np.testing.assert_allclose(got, expected, rtol=0, atol=ATOL)
+
+
+def test_equidistant_points_match_reference():
+    # Zero diagonal, one distance everywhere else (a regular simplex): the classic result is defined.
+    args = _equal_blocks(5, 11, 3.0, zero_diagonal=True)
+    np.testing.assert_allclose(re_ranking(*args, k1=4, k2=3), re_ranking_reference(*args, k1=4, k2=3), atol=ATOL)
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "sqeuclidean", "cosine"])
+def test_identical_features(metric):
+    # Rows whose distances are exactly 0 in float32 (each row's norm is exact): all distances 0, as all-zero blocks.
+    x = np.full((13, 4), 2.0, dtype=np.float32)
+    expected = re_ranking(*_equal_blocks(4, 9, 0.0), k1=4, k2=2)
+    got = re_ranking_features(x[:4], x[4:], k1=4, k2=2, metric=metric)
+    np.testing.assert_allclose(got, expected, rtol=0, atol=ATOL)
+    # Arbitrary identical rows: distances are float32 rounding noise around 0; the result must still be defined.
+    y = np.tile(features("random", 1, dim=16, seed=33), (13, 1))
+    out = re_ranking_features(y[:4], y[4:], k1=4, k2=2, metric=metric)
+    assert np.isfinite(out).all() and (out >= -1e-6).all() and (out <= 1 + 1e-6).all()
+
+
+@pytest.mark.parametrize("nq,ng", [(1, 1), (1, 2), (2, 1), (1, 6), (3, 2)])
+@pytest.mark.parametrize("k1,k2", [(1, 1), (2, 2), (20, 6), (3, 64)])
+def test_tiny_inputs_and_k_beyond_n(nq, ng, k1, k2):
+    # k1 + 1 or k2 beyond Q + G: the classic code's slices then take all samples, and so do the fast paths.
+    x = features("random", nq + ng, dim=3, seed=nq * 10 + ng)
+    args = blocks(x[:nq], x[nq:])
+    expected = re_ranking_reference(*args, k1=k1, k2=k2)
+    assert np.isfinite(expected).all()
+    np.testing.assert_allclose(re_ranking(*args, k1=k1, k2=k2), expected, rtol=0, atol=ATOL)
+    np.testing.assert_allclose(re_ranking_features(x[:nq], x[nq:], k1=k1, k2=k2), expected, rtol=0, atol=ATOL)
+
+
+def test_single_pair_at_distance_zero():
+    # One query, one gallery sample, at the same place: every distance 0.
+    z = np.zeros((1, 1))
+    got = re_ranking(z, z, z, k1=3, k2=2)
+    np.testing.assert_allclose(got, re_ranking_reference(np.ones((1, 1)), np.ones((1, 1)), np.ones((1, 1)), k1=3,
+                                                         k2=2), rtol=0, atol=ATOL)
+
+
+def test_non_contiguous_arguments():
+    x = features("random", 40, seed=34)
+    qg, qq, gg = blocks(x[:10], x[10:])
+    expected = re_ranking_reference(qg, qq, gg, k1=5, k2=2)
+    t_qg = torch.from_numpy(qg.T.copy()).T  # a transposed view, as a user's distmat.T would be
+    t_qq, t_gg = torch.from_numpy(qq.T.copy()).T, torch.from_numpy(gg.T.copy()).T
+    assert not t_qg.is_contiguous()
+    np.testing.assert_allclose(re_ranking(t_qg, t_qq, t_gg, k1=5, k2=2).numpy(), expected, rtol=0, atol=ATOL)
+    # numpy views with negative strides: the queries in reverse order give the rows in reverse order
+    np.testing.assert_allclose(re_ranking(qg[::-1], qq[::-1, ::-1], gg, k1=5, k2=2), expected[::-1], atol=ATOL)
+    wide = torch.from_numpy(np.repeat(x, 2, axis=1))[:, ::2]  # every other column: strided rows
+    assert not wide.is_contiguous()
+    np.testing.assert_allclose(re_ranking_features(wide[:10], wide[10:], k1=5, k2=2).numpy(), expected, atol=ATOL)
+    np.testing.assert_allclose(re_ranking_features(x[:10][::-1], x[10:], k1=5, k2=2), expected[::-1], atol=ATOL)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -189,8 +382,8 @@ def test_re_ranking_bad_input(mutate, match):
 
 @pytest.mark.parametrize(
     "kwargs,match",
-    [({"k1": 30}, "k1=30"), ({"k1": 0}, "k1=0"), ({"k2": 31}, "k2=31"), ({"k2": 0}, "k2=0"),
-     ({"k1": 2.5}, "k1=2.5"), ({"lambda_value": 1.5}, "lambda_value")],
+    [({"k1": 0}, "k1=0"), ({"k2": 0}, "k2=0"), ({"k1": 2.5}, "k1=2.5"), ({"lambda_value": 1.5}, "lambda_value"),
+     ({"k1": True}, "k1=True"), ({"lambda_value": float("nan")}, "lambda_value")],
 )
 def test_re_ranking_bad_parameters(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -209,8 +402,10 @@ def test_features_bad_input():
         re_ranking_features(x[:10], np.where(x[10:] > 1, np.nan, x[10:]))
     with pytest.raises(ValueError, match="metric"):
         re_ranking_features(x[:10], x[10:], metric="manhattan")
-    with pytest.raises(ValueError, match="k1=30"):
-        re_ranking_features(x[:10], x[10:], k1=30)
+    with pytest.raises(ValueError, match="metric='neg_dot'.*non-negative"):
+        re_ranking_features(x[:10], x[10:], metric="neg_dot")
+    with pytest.raises(ValueError, match="k2=65"):
+        re_ranking_features(x[:10], np.tile(x[10:], (4, 1)), k2=65)
     with pytest.raises(ValueError, match="query"):
         re_ranking_features(x[0], x[10:])
 

@@ -20,7 +20,9 @@ namespace {
 void check_inputs(const at::Tensor& x, const at::Tensor& y, int64_t metric) {
   TORCH_CHECK(x.dim() == 2 && y.dim() == 2 && x.size(1) == y.size(1),
               "pairwise_distance: expected x [M, D] and y [N, D], got ", x.sizes(), " and ", y.sizes());
-  TORCH_CHECK(metric >= 0 && metric <= 2, "pairwise_distance: metric must be 0, 1 or 2, got ", metric);
+  TORCH_CHECK(metric >= 0 && metric < kNumMetrics,
+              "pairwise_distance: metric must be 0 (euclidean), 1 (sqeuclidean), 2 (cosine) or 3 (neg_dot), got ",
+              metric);
   TORCH_CHECK(at::isFloatingType(x.scalar_type()) && at::isFloatingType(y.scalar_type()),
               "pairwise_distance: expected floating inputs, got ", x.scalar_type(), " and ", y.scalar_type());
 }
@@ -28,6 +30,7 @@ void check_inputs(const at::Tensor& x, const at::Tensor& y, int64_t metric) {
 // a_i (or b_j) of dgnet/distance.h for every row; sums of squares accumulate in double.
 at::Tensor row_terms(const at::Tensor& xf, int64_t metric) {
   const int64_t m = xf.size(0), d = xf.size(1);
+  if (!uses_row_terms(metric)) return at::zeros({m}, xf.options());  // read by the epilogue, not used
   auto out = at::empty({m}, xf.options());
   const float* xp = xf.const_data_ptr<float>();
   float* op = out.mutable_data_ptr<float>();
@@ -58,6 +61,7 @@ void epilogue_row(float* o, float a, const float* b, int64_t n) {
     }
   }
 #endif
+  // The other metrics vectorise as written (neg_dot is a sign flip).
 #pragma omp simd
   for (int64_t jj = j; jj < n; ++jj) o[jj] = distance_from_dot<Metric>(a, b[jj], o[jj]);
 }
@@ -82,7 +86,7 @@ at::Tensor pairwise_distance_cpu(const at::Tensor& x, const at::Tensor& y, int64
   const auto a = row_terms(xf, metric);
   const auto b = row_terms(yf, metric);
   const auto yt = yf.t();
-  const int64_t step = chunk_rows > 0 ? chunk_rows : default_chunk_rows(m, n, kCpuChunkBytes);
+  const int64_t step = chunk_rows > 0 ? chunk_rows : default_chunk_rows(m, n, kCpuChunkBytes, metric);
   for (int64_t r0 = 0; r0 < m; r0 += step) {
     const int64_t rows = std::min(m, r0 + step) - r0;
     auto block = out.narrow(0, r0, rows);
@@ -93,7 +97,8 @@ at::Tensor pairwise_distance_cpu(const at::Tensor& x, const at::Tensor& y, int64
     switch (metric) {
       case kEuclidean: epilogue<kEuclidean>(bp, ap, bq, rows, n); break;
       case kSqEuclidean: epilogue<kSqEuclidean>(bp, ap, bq, rows, n); break;
-      default: epilogue<kCosine>(bp, ap, bq, rows, n); break;
+      case kCosine: epilogue<kCosine>(bp, ap, bq, rows, n); break;
+      default: epilogue<kNegDot>(bp, ap, bq, rows, n); break;
     }
   }
   return out;

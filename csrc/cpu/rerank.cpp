@@ -19,12 +19,20 @@
 namespace dgnet {
 namespace {
 
+// Admission bar of a top-k list for the quick test !(v >= bar): NaN, which admits every value (inf and NaN
+// included), until the list is full; then its last value. Columns arrive in increasing index order, so once
+// the list is full a value equal to the bar ranks after it (topk_before) and `v < bar` is the exact test;
+// a NaN passes the quick test and topk_insert ranks it as +inf.
+inline float topk_bar(const float* vals, const int64_t* idx, int k) {
+  return idx[k - 1] == kUnfilled ? std::numeric_limits<float>::quiet_NaN() : vals[k - 1];
+}
+
 // Fold one row of squared distances (columns col0..) into that row's top-k and maximum.
 // Values are tested 8 at a time with a branch-free test the compiler vectorises: after the first
 // few hundred columns almost no block of 8 holds a value that enters the top-k.
 inline void scan_row(const float* v, int64_t n, int64_t col0, int k, float* vals, int64_t* idx, float& rowmax) {
   float m = rowmax;
-  float worst = vals[k - 1];
+  float bar = topk_bar(vals, idx, k);
   int64_t t = 0;
 #if defined(__AVX2__)
   // GCC does not vectorise the max and the test below (the test feeds a branch): spell them out.
@@ -32,11 +40,11 @@ inline void scan_row(const float* v, int64_t n, int64_t col0, int k, float* vals
   for (; t + 8 <= n; t += 8) {
     const __m256 x = _mm256_loadu_ps(v + t);
     vm = _mm256_max_ps(vm, x);
-    if (_mm256_movemask_ps(_mm256_cmp_ps(x, _mm256_set1_ps(worst), _CMP_LT_OQ)) == 0) continue;
+    if (_mm256_movemask_ps(_mm256_cmp_ps(x, _mm256_set1_ps(bar), _CMP_NGE_UQ)) == 0) continue;
     for (int l = 0; l < 8; ++l)
-      if (v[t + l] < worst) {
+      if (!(v[t + l] >= bar)) {
         topk_insert(vals, idx, k, v[t + l], col0 + t + l);
-        worst = vals[k - 1];
+        bar = topk_bar(vals, idx, k);
       }
   }
   float lanes[8];
@@ -47,21 +55,21 @@ inline void scan_row(const float* v, int64_t n, int64_t col0, int k, float* vals
     int hit = 0;
     for (int l = 0; l < 8; ++l) {
       m = v[t + l] > m ? v[t + l] : m;
-      hit |= v[t + l] < worst;
+      hit |= !(v[t + l] >= bar);
     }
     if (hit)
       for (int l = 0; l < 8; ++l)
-        if (v[t + l] < worst) {
+        if (!(v[t + l] >= bar)) {
           topk_insert(vals, idx, k, v[t + l], col0 + t + l);
-          worst = vals[k - 1];
+          bar = topk_bar(vals, idx, k);
         }
   }
 #endif
   for (; t < n; ++t) {
     m = v[t] > m ? v[t] : m;
-    if (v[t] < worst) {
+    if (!(v[t] >= bar)) {
       topk_insert(vals, idx, k, v[t], col0 + t);
-      worst = vals[k - 1];
+      bar = topk_bar(vals, idx, k);
     }
   }
   rowmax = m;
@@ -91,7 +99,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rerank_knn_cpu(const at::Tensor& 
   const auto xf = prepare_features(x, metric);
   const auto xx = xf.pow(2).sum(1).contiguous();
   auto vals = at::full({n, k}, std::numeric_limits<float>::infinity(), xf.options());
-  auto idx = at::full({n, k}, -1, xf.options().dtype(at::kLong));
+  auto idx = at::full({n, k}, kUnfilled, xf.options().dtype(at::kLong));
   auto rowmax = at::zeros({n}, xf.options());
   const int64_t nq = num_query, ng = n - num_query;
   auto qg = at::empty({nq, nq > 0 ? ng : 0}, xf.options());
@@ -145,10 +153,10 @@ namespace {
 constexpr int64_t kDenseTile = 512;  // columns scanned together: 2 KB of each row of a block per pass
 
 // Fold the squared values of `cols` consecutive entries of one row (index j) into the states of
-// `cols` outputs (each one column of the block matrix). worst[t] mirrors vals[t * k + k - 1].
+// `cols` outputs (each one column of the block matrix). bar[t] mirrors topk_bar of output t.
 template <typename T>
 inline void fold_tile_row(const T* __restrict__ row, int64_t cols, int64_t j, int k, float* vals, int64_t* idx,
-                          float* __restrict__ mx, float* __restrict__ worst) {
+                          float* __restrict__ mx, float* __restrict__ bar) {
   float v[kDenseTile];
   for (int64_t t = 0; t < cols; ++t) {  // vectorises
     v[t] = square_to_float(row[t]);
@@ -159,23 +167,23 @@ inline void fold_tile_row(const T* __restrict__ row, int64_t cols, int64_t j, in
   int64_t t0 = 0;
   for (; t0 + 8 <= cols; t0 += 8) {
 #if defined(__AVX2__)
-    if (_mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(v + t0), _mm256_loadu_ps(worst + t0), _CMP_LT_OQ)) == 0)
+    if (_mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(v + t0), _mm256_loadu_ps(bar + t0), _CMP_NGE_UQ)) == 0)
       continue;
 #else
     int hit = 0;
-    for (int l = 0; l < 8; ++l) hit |= v[t0 + l] < worst[t0 + l];
+    for (int l = 0; l < 8; ++l) hit |= !(v[t0 + l] >= bar[t0 + l]);
     if (!hit) continue;
 #endif
     for (int64_t t = t0; t < t0 + 8; ++t)
-      if (v[t] < worst[t]) {
+      if (!(v[t] >= bar[t])) {
         topk_insert(vals + t * k, idx + t * k, k, v[t], j);
-        worst[t] = vals[t * k + k - 1];
+        bar[t] = topk_bar(vals + t * k, idx + t * k, k);
       }
   }
   for (int64_t t = t0; t < cols; ++t)
-    if (v[t] < worst[t]) {
+    if (!(v[t] >= bar[t])) {
       topk_insert(vals + t * k, idx + t * k, k, v[t], j);
-      worst[t] = vals[t * k + k - 1];
+      bar[t] = topk_bar(vals + t * k, idx + t * k, k);
     }
 }
 
@@ -206,14 +214,14 @@ void dense_knn_impl(const T* qg, const T* qq, const T* gg, int64_t q, int64_t g,
       float* v = vals + c0 * k;
       int64_t* ix = idx + c0 * k;
       float* mx = colmax + c0;
-      float worst[kDenseTile];
-      for (int64_t t = 0; t < cols; ++t) worst[t] = std::numeric_limits<float>::infinity();
+      float bar[kDenseTile];
+      for (int64_t t = 0; t < cols; ++t) bar[t] = std::numeric_limits<float>::quiet_NaN();  // lists empty
       if (is_query) {
-        for (int64_t r = 0; r < q; ++r) fold_tile_row(qq + r * q + c0, cols, r, k, v, ix, mx, worst);
+        for (int64_t r = 0; r < q; ++r) fold_tile_row(qq + r * q + c0, cols, r, k, v, ix, mx, bar);
         for (int64_t t = 0; t < cols; ++t) fold_row(qg + (c0 + t) * g, g, q, k, v + t * k, ix + t * k, mx[t]);
       } else {
-        for (int64_t r = 0; r < q; ++r) fold_tile_row(qg + r * g + (c0 - q), cols, r, k, v, ix, mx, worst);
-        for (int64_t r = 0; r < g; ++r) fold_tile_row(gg + r * g + (c0 - q), cols, q + r, k, v, ix, mx, worst);
+        for (int64_t r = 0; r < q; ++r) fold_tile_row(qg + r * g + (c0 - q), cols, r, k, v, ix, mx, bar);
+        for (int64_t r = 0; r < g; ++r) fold_tile_row(gg + r * g + (c0 - q), cols, q + r, k, v, ix, mx, bar);
       }
     }
   });
@@ -231,7 +239,7 @@ std::tuple<at::Tensor, at::Tensor> rerank_dense_knn_cpu(const at::Tensor& q_g, c
   const auto a = q_g.contiguous(), b = q_q.contiguous(), c = g_g.contiguous();
   const auto fopt = a.options().dtype(at::kFloat);
   auto vals = at::full({n, k}, std::numeric_limits<float>::infinity(), fopt);
-  auto idx = at::full({n, k}, -1, fopt.dtype(at::kLong));
+  auto idx = at::full({n, k}, kUnfilled, fopt.dtype(at::kLong));
   auto colmax = at::zeros({n}, fopt);
   AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "rerank_dense_knn", [&] {
     dense_knn_impl<scalar_t>(a.data_ptr<scalar_t>(), b.data_ptr<scalar_t>(), c.data_ptr<scalar_t>(), q, g,
@@ -241,10 +249,10 @@ std::tuple<at::Tensor, at::Tensor> rerank_dense_knn_cpu(const at::Tensor& q_g, c
   return {idx, colmax};
 }
 
-// Normalised value T[i, j] = blocks[j, i]^2 / colmax[i] of every CSR entry (i, j).
+// Normalised value T[i, j] = blocks[j, i]^2 / colmax[i] of every CSR entry (i, j) (dgnet::normalise).
 at::Tensor rerank_dense_gather_cpu(const at::Tensor& q_g, const at::Tensor& q_q, const at::Tensor& g_g,
                                    const at::Tensor& colmax, const at::Tensor& indptr, const at::Tensor& indices) {
-  check_dense_gather(q_g, colmax, indptr);
+  check_dense_gather(q_g, q_q, g_g, colmax, indptr, indices);
   const int64_t q = q_g.size(0), g = q_g.size(1), n = q + g;
   const auto a = q_g.contiguous(), b = q_q.contiguous(), c = g_g.contiguous();
   const auto ip = indptr.contiguous(), ix = indices.contiguous();
@@ -260,7 +268,8 @@ at::Tensor rerank_dense_gather_cpu(const at::Tensor& q_g, const at::Tensor& q_q,
     const scalar_t* cp = c.data_ptr<scalar_t>();
     at::parallel_for(0, n, 256, [&](int64_t s, int64_t e) {
       for (int64_t i = s; i < e; ++i)
-        for (int64_t t = ptr[i]; t < ptr[i + 1]; ++t) op[t] = block_matrix_sq(ap, bp, cp, q, g, col[t], i) / cmp[i];
+        for (int64_t t = ptr[i]; t < ptr[i + 1]; ++t)
+          op[t] = normalise(block_matrix_sq(ap, bp, cp, q, g, col[t], i), cmp[i]);
     });
   });
   return out;
@@ -271,15 +280,15 @@ std::tuple<at::Tensor, at::Tensor> rerank_expand_cpu(const at::Tensor& nbr, int6
   check_expand(nbr, k1);
   const auto nb = nbr.contiguous();
   const int64_t n = nb.size(0), stride = nb.size(1);
-  const int kk1 = static_cast<int>(k1);
-  const int64_t cap = expansion_capacity(kk1);
+  const ExpansionSizes sizes = expansion_sizes(k1, stride);
+  const int64_t cap = expansion_capacity(sizes);
   auto padded = at::empty({n, cap}, nb.options());
   auto counts = at::empty({n}, nb.options());
   const int64_t* np_ = nb.data_ptr<int64_t>();
   int64_t* pp = padded.data_ptr<int64_t>();
   int64_t* cp = counts.data_ptr<int64_t>();
   at::parallel_for(0, n, 64, [&](int64_t s, int64_t e) {
-    for (int64_t i = s; i < e; ++i) cp[i] = expansion_set(np_, stride, i, kk1, pp + i * cap);
+    for (int64_t i = s; i < e; ++i) cp[i] = expansion_set(np_, stride, i, sizes, pp + i * cap);
   });
   auto indptr = at::zeros({n + 1}, nb.options());
   indptr.narrow(0, 1, n).copy_(counts.cumsum(0));
@@ -292,10 +301,10 @@ std::tuple<at::Tensor, at::Tensor> rerank_expand_cpu(const at::Tensor& nbr, int6
   return {indptr, indices};
 }
 
-// Normalised squared distance d(i, j)^2 / rowmax[i] of every CSR entry (i, j), from features.
+// Normalised squared distance d(i, j)^2 / rowmax[i] of every CSR entry (i, j), from features (dgnet::normalise).
 at::Tensor rerank_pair_dist_cpu(const at::Tensor& x, const at::Tensor& indptr, const at::Tensor& indices,
                                 const at::Tensor& rowmax, int64_t metric) {
-  check_pair_dist(x, indptr);
+  check_pair_dist(x, indptr, indices, rowmax);
   const auto xf = prepare_features(x, metric);
   const auto xx = xf.pow(2).sum(1).contiguous();
   const auto ip = indptr.contiguous(), ix = indices.contiguous();
@@ -312,7 +321,7 @@ at::Tensor rerank_pair_dist_cpu(const at::Tensor& x, const at::Tensor& indptr, c
     for (int64_t i = s; i < e; ++i)
       for (int64_t t = ptr[i]; t < ptr[i + 1]; ++t) {
         const int64_t j = col[t];
-        op[t] = rerank_base_sq(xxp[i], xxp[j], dot(xp + i * d, xp + j * d, d), metric) / rmp[i];
+        op[t] = normalise(rerank_base_sq(xxp[i], xxp[j], dot(xp + i * d, xp + j * d, d), metric), rmp[i]);
       }
   });
   return out;
@@ -324,7 +333,7 @@ at::Tensor rerank_pair_dist_cpu(const at::Tensor& x, const at::Tensor& indptr, c
 // entry and the re-ranked distances on return; rows Q.. of the CSR are the gallery.
 void rerank_jaccard_mix_cpu(const at::Tensor& out, const at::Tensor& indptr, const at::Tensor& indices,
                             const at::Tensor& dist, const at::Tensor& nbr, int64_t k2, double lambda_value) {
-  check_jaccard_mix(out, indptr, nbr, k2);
+  check_jaccard_mix(out, indptr, indices, dist, nbr, k2);
   const int64_t q = out.size(0), g = out.size(1), n = q + g;
   const auto ip = indptr.contiguous(), ix = indices.contiguous(), nb = nbr.contiguous();
   const auto dv = dist.to(at::kFloat).contiguous();

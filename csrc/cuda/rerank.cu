@@ -1,7 +1,8 @@
-// CUDA kernels of k-reciprocal re-ranking: one translation unit on purpose (each costs about a
-// minute of nvcc on 2 cores). Per-row and per-element logic comes from dgnet/rerank.h, the same
-// code the CPU kernels (csrc/cpu/rerank.cpp) run. Everything stays on the device; the host reads
-// back only sizes (the number of sparse entries) to allocate.
+// CUDA kernels of k-reciprocal re-ranking: one translation unit on purpose (nvcc's cost is mostly fixed
+// per unit; see csrc/cuda/retrieval.cu). Per-row and per-element logic comes from dgnet/rerank.h, the same
+// code the CPU kernels (csrc/cpu/rerank.cpp) run. Everything stays on the device; the host reads back only
+// sizes (the number of sparse entries) to allocate, and the range checks of direct calls' index arguments
+// (dgnet/rerank_checks.h).
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -55,11 +56,12 @@ void fold_chunk(const at::Tensor& values, int64_t r0, int64_t k, at::Tensor& idx
 
 // ---- sparse core ----------------------------------------------------------------------------
 
-__global__ void expansion_kernel(const int64_t* __restrict__ nbr, int64_t n, int64_t stride, int k1, int64_t cap,
+__global__ void expansion_kernel(const int64_t* __restrict__ nbr, int64_t n, int64_t stride, ExpansionSizes sizes,
+                                 int64_t cap,
                                  int64_t* __restrict__ padded, int64_t* __restrict__ counts) {
   const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (i >= n) return;
-  counts[i] = expansion_set(nbr, stride, i, k1, padded + i * cap);
+  counts[i] = expansion_set(nbr, stride, i, sizes, padded + i * cap);
 }
 
 __global__ void compact_kernel(const int64_t* __restrict__ padded, int64_t n, int64_t cap,
@@ -82,7 +84,7 @@ __global__ void pair_dist_kernel(const float* __restrict__ x, const float* __res
     float s = 0.0f;
     for (int64_t c = lane; c < d; c += 32) s += xi[c] * xj[c];
     for (int off = 16; off > 0; off /= 2) s += __shfl_down_sync(0xffffffffu, s, off);
-    if (lane == 0) out[t] = rerank_base_sq(xx[i], xx[j], s, metric) / rowmax[i];
+    if (lane == 0) out[t] = normalise(rerank_base_sq(xx[i], xx[j], s, metric), rowmax[i]);
   }
 }
 
@@ -93,7 +95,8 @@ __global__ void dense_gather_kernel(const T* __restrict__ qg, const T* __restric
                                     float* __restrict__ out) {
   const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (i >= q + g) return;
-  for (int64_t t = indptr[i]; t < indptr[i + 1]; ++t) out[t] = block_matrix_sq(qg, qq, gg, q, g, indices[t], i) / colmax[i];
+  for (int64_t t = indptr[i]; t < indptr[i + 1]; ++t)
+    out[t] = normalise(block_matrix_sq(qg, qq, gg, q, g, indices[t], i), colmax[i]);
 }
 
 // V: Gaussian weights normalised per row; also each entry's row (for the inverted index).
@@ -210,7 +213,7 @@ std::tuple<at::Tensor, at::Tensor> rerank_dense_knn_cuda(const at::Tensor& q_g, 
 
 at::Tensor rerank_dense_gather_cuda(const at::Tensor& q_g, const at::Tensor& q_q, const at::Tensor& g_g,
                                     const at::Tensor& colmax, const at::Tensor& indptr, const at::Tensor& indices) {
-  check_dense_gather(q_g, colmax, indptr);
+  check_dense_gather(q_g, q_q, g_g, colmax, indptr, indices);
   const int64_t q = q_g.size(0), g = q_g.size(1), n = q + g;
   c10::cuda::CUDAGuard guard(q_g.device());
   const auto a = q_g.contiguous(), bq = q_q.contiguous(), c = g_g.contiguous();
@@ -231,10 +234,11 @@ std::tuple<at::Tensor, at::Tensor> rerank_expand_cuda(const at::Tensor& nbr, int
   c10::cuda::CUDAGuard guard(nbr.device());
   const auto nb = nbr.contiguous();
   const int64_t n = nb.size(0), stride = nb.size(1);
-  const int64_t cap = expansion_capacity(static_cast<int>(k1));
+  const ExpansionSizes sizes = expansion_sizes(k1, stride);
+  const int64_t cap = expansion_capacity(sizes);
   auto padded = at::empty({n, cap}, nb.options());
   auto counts = at::empty({n}, nb.options());
-  expansion_kernel<<<blocks_for(n, 128), 128, 0, stream()>>>(nb.data_ptr<int64_t>(), n, stride, static_cast<int>(k1),
+  expansion_kernel<<<blocks_for(n, 128), 128, 0, stream()>>>(nb.data_ptr<int64_t>(), n, stride, sizes,
                                                               cap, padded.data_ptr<int64_t>(),
                                                               counts.data_ptr<int64_t>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -249,7 +253,7 @@ std::tuple<at::Tensor, at::Tensor> rerank_expand_cuda(const at::Tensor& nbr, int
 
 at::Tensor rerank_pair_dist_cuda(const at::Tensor& x, const at::Tensor& indptr, const at::Tensor& indices,
                                  const at::Tensor& rowmax, int64_t metric) {
-  check_pair_dist(x, indptr);
+  check_pair_dist(x, indptr, indices, rowmax);
   c10::cuda::CUDAGuard guard(x.device());
   const auto xf = prepare_features(x, metric);
   const auto xx = xf.pow(2).sum(1).contiguous();
@@ -268,7 +272,7 @@ at::Tensor rerank_pair_dist_cuda(const at::Tensor& x, const at::Tensor& indptr, 
 
 void rerank_jaccard_mix_cuda(const at::Tensor& out, const at::Tensor& indptr, const at::Tensor& indices,
                              const at::Tensor& dist, const at::Tensor& nbr, int64_t k2, double lambda_value) {
-  check_jaccard_mix(out, indptr, nbr, k2);
+  check_jaccard_mix(out, indptr, indices, dist, nbr, k2);
   const int64_t q = out.size(0), g = out.size(1), n = q + g;
   c10::cuda::CUDAGuard guard(out.device());
   const auto ip = indptr.contiguous(), ix = indices.contiguous(), nb = nbr.contiguous();

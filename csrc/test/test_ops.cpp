@@ -3,11 +3,13 @@
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <string>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 namespace {
@@ -31,6 +33,7 @@ auto distance_op() {
 // Float64 reference from the definitions (difference form, not the GEMM expansion).
 at::Tensor distance_reference(const at::Tensor& x, const at::Tensor& y, int64_t metric) {
   auto xd = x.to(at::kDouble), yd = y.to(at::kDouble);
+  if (metric == 3) return (-at::mm(xd, yd.t())).to(at::kFloat);
   if (metric == 2) {
     auto xn = xd / xd.norm(2, {1}, true).clamp_min(1e-12);
     auto yn = yd / yd.norm(2, {1}, true).clamp_min(1e-12);
@@ -45,8 +48,8 @@ void test_pairwise_distance() {
   at::manual_seed(0);
   auto x = at::randn({37, 19});
   auto y = at::randn({53, 19});
-  const char* names[] = {"euclidean", "sqeuclidean", "cosine"};
-  for (int64_t metric = 0; metric < 3; ++metric) {
+  const char* names[] = {"euclidean", "sqeuclidean", "cosine", "neg_dot"};
+  for (int64_t metric = 0; metric < 4; ++metric) {
     auto ref = distance_reference(x, y, metric);
     for (int64_t chunk : {0, 1, 8, 36, 100}) {
       auto out = op.call(x, y, metric, chunk);
@@ -61,6 +64,7 @@ void test_pairwise_distance() {
            std::string("pairwise_distance ") + names[metric] + " float16 inputs -> float32");
   }
   expect(at::allclose(op.call(x, y, 0, 0), at::cdist(x, y), 1e-4, 1e-4), "pairwise_distance euclidean vs at::cdist");
+  expect(at::equal(op.call(x, y, 3, 0), -at::mm(x, y.t())), "pairwise_distance neg_dot is bit for bit -(x y^T)");
   auto empty = op.call(x.narrow(0, 0, 0), y, 0, 0);
   expect(empty.size(0) == 0 && empty.size(1) == 53, "pairwise_distance with no query rows gives [0, N]");
   bool threw = false;
@@ -155,11 +159,137 @@ void test_evaluation() {
   expect(threw, "evaluate_queries rejects q_pids of the wrong length");
 }
 
+
+// ---- re-ranking: memory safety on any finite input ------------------------------------------------
+// The Python front (dgnet/ops/rerank.py) scales inputs into float32's range; these call the kernels without it,
+// so overflowing squares (inf) and all-zero rows reach them. Under scripts/sanitize.sh (AddressSanitizer) an
+// out-of-bounds access fails the run: the neighbour table once kept index -1 for inf values, read as a sample.
+
+using DenseKnnOp = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                                       int64_t);
+using ExpandOp = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, int64_t);
+using GatherOp = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                            const at::Tensor&, const at::Tensor&);
+using MixOp = void(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                   int64_t, double);
+using KnnOp = std::tuple<at::Tensor, at::Tensor, at::Tensor>(const at::Tensor&, int64_t, int64_t, int64_t, int64_t);
+using PairDistOp = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t);
+
+template <typename F>
+auto op(const char* name) {
+  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<F>();
+}
+
+// A neighbour table names k distinct samples per row, all in [0, N).
+bool valid_table(const at::Tensor& nbr, int64_t n) {
+  if (nbr.min().item<int64_t>() < 0 || nbr.max().item<int64_t>() >= n) return false;
+  if (nbr.size(1) < 2) return true;
+  auto sorted = std::get<0>(nbr.sort(1));
+  const int64_t k = nbr.size(1);
+  return (sorted.narrow(1, 1, k - 1) != sorted.narrow(1, 0, k - 1)).all().item<bool>();
+}
+
+// The sizes the Python front passes: k1 + 1 or k2 beyond N take the whole order (a table of all N columns).
+int64_t table_width(int64_t k1, int64_t k2, int64_t n) { return std::min(std::max(k1 + 1, k2), n); }
+
+// re_ranking's path from distance blocks, as dgnet/ops/rerank.py runs it after its checks and scaling.
+at::Tensor rerank_dense(const at::Tensor& qg, const at::Tensor& qq, const at::Tensor& gg, int64_t k1, int64_t k2,
+                        bool* table_ok) {
+  const int64_t q = qg.size(0), n = q + qg.size(1);
+  auto [nbr, colmax] = op<DenseKnnOp>("dgnet::rerank_dense_knn").call(qg, qq, gg, table_width(k1, k2, n));
+  *table_ok = valid_table(nbr, n);
+  auto [indptr, indices] = op<ExpandOp>("dgnet::rerank_expand").call(nbr, k1);
+  auto dist = op<GatherOp>("dgnet::rerank_dense_gather").call(qg, qq, gg, colmax, indptr, indices);
+  auto cm = colmax.narrow(0, 0, q).unsqueeze(1);
+  auto out = (qg.square().to(at::kFloat) / cm).masked_fill(cm == 0, 1.0).contiguous();
+  op<MixOp>("dgnet::rerank_jaccard_mix_").call(out, indptr, indices, dist, nbr, std::min(k2, n), 0.3);
+  return out;
+}
+
+// re_ranking_features' path.
+at::Tensor rerank_features(const at::Tensor& x, int64_t q, int64_t k1, int64_t k2, bool* table_ok) {
+  const int64_t n = x.size(0);
+  auto [nbr, rowmax, out] = op<KnnOp>("dgnet::rerank_knn").call(x, 0, table_width(k1, k2, n), 3, q);
+  *table_ok = valid_table(nbr, n);
+  auto rm = rowmax.narrow(0, 0, q).unsqueeze(1);
+  out = (out / rm).masked_fill(rm == 0, 1.0).contiguous();
+  auto [indptr, indices] = op<ExpandOp>("dgnet::rerank_expand").call(nbr, k1);
+  auto dist = op<PairDistOp>("dgnet::rerank_pair_dist").call(x, indptr, indices, rowmax, 0);
+  op<MixOp>("dgnet::rerank_jaccard_mix_").call(out, indptr, indices, dist, nbr, std::min(k2, n), 0.3);
+  return out;
+}
+
+bool in_unit_range(const at::Tensor& t) {
+  return at::isfinite(t).all().item<bool>() && t.min().item<float>() >= -1e-6f && t.max().item<float>() <= 1 + 1e-6f;
+}
+
+void test_rerank_memory_safety() {
+  at::manual_seed(2);
+  // Distances between 26 random points (6 queries), at scales whose squares overflow float32 (the reported crash).
+  auto x = at::randn({26, 8}, at::kDouble);
+  auto d = at::cdist(x, x);
+  const std::pair<double, const char*> scales[] = {{1e19, "1e19"}, {1e20, "1e20"}, {1e30, "1e30"}};
+  for (const auto& [scale, scale_name] : scales) {
+    for (auto dtype : {at::kFloat, at::kDouble}) {
+      auto ds = (d * scale).to(dtype);
+      bool table_ok = false;
+      rerank_dense(ds.narrow(0, 0, 6).narrow(1, 6, 20), ds.narrow(0, 0, 6).narrow(1, 0, 6),
+                   ds.narrow(0, 6, 20).narrow(1, 6, 20), 5, 3, &table_ok);
+      const std::string name = dtype == at::kFloat ? " float32" : " float64";
+      expect(table_ok, std::string("rerank dense path at scale ") + scale_name + name +
+                           ": neighbour table in range, no out-of-bounds access");
+    }
+  }
+  // Every value inf: the table is the index order.
+  auto huge = at::full({9, 9}, 1e30, at::kDouble);
+  auto [nbr, colmax] = op<DenseKnnOp>("dgnet::rerank_dense_knn")
+                           .call(huge.narrow(0, 0, 3).narrow(1, 3, 6), huge.narrow(0, 0, 3).narrow(1, 0, 3),
+                                 huge.narrow(0, 3, 6).narrow(1, 3, 6), 9);
+  expect(at::equal(nbr, at::arange(9).expand({9, 9})), "rerank_dense_knn: all-inf rows rank by index");
+
+  // All-zero distances (identical samples): finite, the all-ones result (a zero row normalises to ones).
+  bool ok_zero = false, ok_one = false;
+  auto zeros = at::zeros({13, 13}, at::kDouble), ones = at::ones({13, 13}, at::kDouble);
+  auto z = rerank_dense(zeros.narrow(0, 0, 4).narrow(1, 4, 9), zeros.narrow(0, 0, 4).narrow(1, 0, 4),
+                        zeros.narrow(0, 4, 9).narrow(1, 4, 9), 4, 2, &ok_zero);
+  auto o = rerank_dense(ones.narrow(0, 0, 4).narrow(1, 4, 9), ones.narrow(0, 0, 4).narrow(1, 0, 4),
+                        ones.narrow(0, 4, 9).narrow(1, 4, 9), 4, 2, &ok_one);
+  expect(ok_zero && in_unit_range(z) && at::allclose(z, o, 0, 1e-6), "rerank all-zero distances = all-equal result");
+
+  // Tiny N with k1 and k2 beyond it: one query and one gallery sample 5 apart, dense and from features alike.
+  for (int64_t k1 : {1, 5, 100}) {
+    auto pts = at::tensor({0.0f, 0.0f, 3.0f, 4.0f}).reshape({2, 2});
+    auto dist = at::cdist(pts, pts);
+    bool ok_dense = false, ok_feat = false;
+    auto a = rerank_dense(dist.narrow(0, 0, 1).narrow(1, 1, 1), dist.narrow(0, 0, 1).narrow(1, 0, 1),
+                          dist.narrow(0, 1, 1).narrow(1, 1, 1), k1, 3, &ok_dense);
+    auto b = rerank_features(pts, 1, k1, 3, &ok_feat);
+    expect(ok_dense && ok_feat && in_unit_range(a) && at::allclose(a, b, 0, 1e-6),
+           "rerank 1 query x 1 gallery, k1=" + std::to_string(k1) + " k2=3: dense = from features, in [0, 1]");
+  }
+
+  // Features whose squared norms overflow, and identical features: memory-safe, tables in range.
+  bool ok_huge = false, ok_same = false;
+  rerank_features(at::full({7, 4}, 3e38f), 2, 5, 3, &ok_huge);
+  auto same = rerank_features(at::ones({7, 4}), 2, 5, 3, &ok_same);
+  expect(ok_huge, "rerank_knn: overflowing features give a table in range");
+  expect(ok_same && in_unit_range(same), "rerank from identical features: finite, in [0, 1]");
+
+  // A corrupt table or CSR from a direct call is rejected, never read.
+  bool threw = false;
+  try {
+    op<ExpandOp>("dgnet::rerank_expand").call(at::tensor({0, 1, 1, -1}, at::kLong).reshape({2, 2}), 1);
+  } catch (const c10::Error&) {
+    threw = true;
+  }
+  expect(threw, "rerank_expand rejects a neighbour index of -1");
+}
 }  // namespace
 
 int main() {
   test_pairwise_distance();
   test_evaluation();
+  test_rerank_memory_safety();
   std::printf("%d passed, %d failed\n", passes, failures);
   return failures == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
 }

@@ -29,23 +29,42 @@ step 4 comes from (a dense lookup or a dot product of features); steps 3-7 are t
 csrc/include/dgnet/rerank.h), the same code on CPU and CUDA.
 
 Exactness: results equal the classic algorithm within 1e-4 when no two distances of a row tie
-near its k1+1, round(k1/2)+1 or k2 boundary; with ties the classic result itself depends on
-numpy's unstable argsort. Local query expansion supports k2 <= 64.
+near its k1+1, round(k1/2)+1 or k2 boundary. Ties are ranked by sample index, as a stable sort
+ranks them (the classic code's default argsort is unstable, so there its result depends on numpy;
+``re_ranking_reference`` sorts stably). Local query expansion supports k2 <= 64.
+
+Defined results on any finite input:
+
+- Scale: re-ranking is invariant to scaling all distances (or all features) by one positive
+  factor. Inputs whose squares would leave float32's range (distances beyond about 1e12 or below
+  1e-12; features beyond 2^16 or below 2^-16) are first scaled by a power of two, which is exact,
+  so the result is the classic one of the same distances at a representable scale. Inputs within
+  the range are computed exactly as before.
+- All-equal rows: a row of the normalised matrix whose maximum is 0 holds only zeros (identical
+  samples, all-zero distances) and normalises to ones, like every constant row. So all-equal
+  distances give one result at every scale: the classic result for any constant c > 0, also for
+  c = 0, where the classic code divides 0 by 0 (NaN everywhere).
+- k1 + 1 or k2 beyond N = Q + G: every sample is taken, as the classic code's slices do.
+- Distances are squared, so they must be non-negative distances (euclidean- or cosine-like). A
+  negative score such as ``pairwise_distance(..., "neg_dot")`` has no meaning here: squaring folds
+  its order; ``re_ranking_features`` rejects that metric.
 """
 
 from __future__ import annotations
 
+import math
 from typing import TypeVar
 
 import numpy as np
 import torch
 
 from dgnet.ops._lib import extension_available, require_extension
-from dgnet.ops.retrieval import METRICS
+from dgnet.ops.distance import METRICS
 
 Array = TypeVar("Array", np.ndarray, torch.Tensor)
 
 MAX_K2 = 64  # kMaxQueryExpansion in csrc/include/dgnet/rerank.h
+_RERANK_METRICS = ("euclidean", "sqeuclidean", "cosine")  # distances; METRICS' neg_dot is a score
 
 
 # ---------------------------------------------------------------------------------------------
@@ -67,7 +86,8 @@ def re_ranking_reference(
         q_g_dist: ``[Q, G]`` query-gallery distances; q_q_dist ``[Q, Q]``; g_g_dist ``[G, G]``.
         k1, k2, lambda_value: the paper's parameters (20, 6, 0.3).
     Returns:
-        ``[Q, G]`` float32 re-ranked distances. Memory is O((Q+G)^2): small inputs only.
+        ``[Q, G]`` float32 re-ranked distances. Memory is O((Q+G)^2): small inputs only. Where the
+        classic computation overflows or divides 0 by 0 the result holds inf or NaN, as the classic's does.
     """
     q_g = np.asarray(q_g_dist)
     num_q, n = q_g.shape[0], q_g.shape[0] + q_g.shape[1]
@@ -75,7 +95,7 @@ def re_ranking_reference(
     full = np.power(full, 2).astype(np.float32)
     # Each column divided by its maximum, then transposed: row i is divided by column i's maximum.
     dist = np.transpose(full / np.max(full, axis=0))
-    rank = np.argsort(dist, axis=1)
+    rank = np.argsort(dist, axis=1, kind="stable")  # ties in index order (the classic's default sort is unstable)
 
     def reciprocal(i: int, k: int) -> np.ndarray:
         forward = rank[i, : k + 1]
@@ -135,25 +155,51 @@ def _as_matrix(name: str, value: object) -> torch.Tensor:
         raise ValueError(f"{name}: expected a 2-D matrix, got shape {tuple(t.shape)}")
     if t.numel() == 0:
         raise ValueError(f"{name}: expected a non-empty matrix, got shape {tuple(t.shape)}")
-    # A sum first (NaN and inf propagate into it; one cheap pass), the exact mask only when the sum is
-    # not finite, since huge finite values could overflow the sum.
-    if not bool(torch.isfinite(t.sum())) and not bool(torch.isfinite(t).all()):
-        raise ValueError(f"{name}: contains NaN or inf")
     return t
 
 
-def _check_params(k1: int, k2: int, lambda_value: float, n: int) -> None:
+def _max_abs(name: str, t: torch.Tensor) -> float:
+    """The largest absolute value of ``t`` (one read pass, no temporary), or ValueError if any is NaN or inf."""
+    lo, hi = (float(v) for v in torch.aminmax(t))  # NaN propagates into both
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        bad = int((~torch.isfinite(t)).sum())
+        raise ValueError(f"{name}: contains {bad} NaN or infinite values; expected finite values")
+    return max(-lo, hi)
+
+
+# Distances whose squares stay far inside float32's normal range (about 1.2e-38 to 3.4e38), and features
+# whose squared distances do (also squared once more for sqeuclidean, over any realistic dimension).
+_DIST_RANGE = (2.0**-40, 2.0**40)
+_FEATURE_RANGE = (2.0**-16, 2.0**16)
+
+
+def _scale_exponent(max_abs: float, safe: tuple[float, float]) -> int:
+    """The e with ``max_abs / 2**e`` in [0.5, 1) when ``max_abs`` lies outside ``safe``; else 0 (no scaling)."""
+    if max_abs == 0.0 or safe[0] <= max_abs <= safe[1]:
+        return 0
+    return math.frexp(max_abs)[1]
+
+
+def _scale(t: torch.Tensor, e: int) -> torch.Tensor:
+    """``t / 2**e``, exactly: steps of at most 2**60 keep each factor a normal float32 number, and the values
+    move monotonically towards [0.5, 1), so no step overflows or underflows where the end result does not."""
+    while e != 0:
+        step = max(-60, min(60, e))
+        t = t * 2.0**-step
+        e -= step
+    return t
+
+
+def _check_params(k1: int, k2: int, lambda_value: float, n: int) -> int:
+    """Validate the parameters; returns k2 as the classic code uses it, ``min(k2, n)`` rows (its slice)."""
     for name, k in (("k1", k1), ("k2", k2)):
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise ValueError(f"{name}={k!r}: expected a positive integer")
-    if k1 >= n:
-        raise ValueError(f"k1={k1}: needs k1 + 1 <= Q + G = {n} samples (each row's k1 + 1 nearest)")
-    if k2 > n:
-        raise ValueError(f"k2={k2}: larger than the number of samples Q + G = {n}")
-    if k2 > MAX_K2:
-        raise ValueError(f"k2={k2}: at most {MAX_K2} is supported")
+    if min(k2, n) > MAX_K2:
+        raise ValueError(f"k2={k2}: local query expansion over more than {MAX_K2} rows is not supported")
     if not (isinstance(lambda_value, (int, float)) and 0.0 <= float(lambda_value) <= 1.0):
         raise ValueError(f"lambda_value={lambda_value!r}: expected a number in [0, 1]")
+    return int(min(k2, n))
 
 
 def _same_kind(names: tuple[str, ...], values: tuple[object, ...]) -> bool:
@@ -186,7 +232,14 @@ def _sparse_core(nbr: torch.Tensor, pair_dist, out: torch.Tensor, k1: int, k2: i
 
 
 def _neighbours_needed(k1: int, k2: int, n: int) -> int:
-    return min(max(k1 + 1, k2), n)
+    # All n columns when k1 + 1 > n: rerank_expand then caps the sizes as the classic code's slices do.
+    return int(min(max(k1 + 1, k2), n))
+
+
+def _normalise_rows_(out: torch.Tensor, row_max: torch.Tensor) -> torch.Tensor:
+    """``out[i] / row_max[i]`` in place, a row of zeros (``row_max`` 0) becoming ones (dgnet::normalise)."""
+    row_max = row_max[:, None]
+    return out.div_(row_max).masked_fill_(row_max == 0, 1.0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -205,15 +258,18 @@ def re_ranking(
     """k-reciprocal re-ranking of query-gallery distances, the classic interface.
 
     Args:
-        q_g_dist: ``[Q, G]`` distances from each query to each gallery sample (any float dtype).
+        q_g_dist: ``[Q, G]`` non-negative distances from each query to each gallery sample (any float
+            dtype, any strides; finite).
         q_q_dist: ``[Q, Q]`` distances among queries; g_g_dist ``[G, G]`` among the gallery.
             All three numpy arrays, or all three tensors on one device (CPU or CUDA).
-        k1: size of the k-reciprocal neighbourhood (``k1 < Q + G``); k2: rows averaged by local query
-            expansion (1 turns it off, at most 64); lambda_value: weight of the original distance.
+        k1: size of the k-reciprocal neighbourhood (every sample when ``k1 + 1 > Q + G``); k2: rows averaged
+            by local query expansion (1 turns it off; ``min(k2, Q + G)`` rows, at most 64);
+            lambda_value: weight of the original distance, in [0, 1].
     Returns:
-        ``[Q, G]`` float32 re-ranked distances: a numpy array for numpy inputs, else a tensor on the
-        inputs' device. Equals ``re_ranking_reference`` (and the classic code) within 1e-4 when the
-        inputs have no distance ties.
+        ``[Q, G]`` float32 re-ranked distances in [0, 1]: a numpy array for numpy inputs, else a tensor on
+        the inputs' device. Equals ``re_ranking_reference`` (and the classic code) within 1e-4 when the
+        inputs have no distance ties, and is finite for every finite input (module docstring: scale,
+        all-equal rows).
     Memory:
         The inputs, the output and sparse sets: the (Q+G)^2 block matrix is never built.
 
@@ -235,7 +291,7 @@ def re_ranking(
                          f"got {tuple(gg.shape)}")
     _same_device(names, (qg, qq, gg))
     n = num_q + num_g
-    _check_params(k1, k2, lambda_value, n)
+    k2 = _check_params(k1, k2, lambda_value, n)
     require_extension()
 
     # Steps 1-2 as the classic code, without building the (Q+G)^2 matrix: squares in the inputs'
@@ -243,12 +299,16 @@ def re_ranking(
     # transpose divided by its maximum; only each row's nearest few are kept.
     wide = torch.float64 if torch.float64 in (qg.dtype, qq.dtype, gg.dtype) else torch.float32
     qg, qq, gg = qg.to(wide), qq.to(wide), gg.to(wide)
+    e = _scale_exponent(max(_max_abs(nm, t) for nm, t in zip(names, (qg, qq, gg), strict=True)), _DIST_RANGE)
+    if e:
+        qg, qq, gg = _scale(qg, e), _scale(qq, e), _scale(gg, e)
     nbr, colmax = torch.ops.dgnet.rerank_dense_knn(qg, qq, gg, _neighbours_needed(k1, k2, n))
 
     def lookup(indptr: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
         return torch.ops.dgnet.rerank_dense_gather(qg, qq, gg, colmax, indptr, indices)
 
-    out = qg.square().to(torch.float32).div_(colmax[:num_q, None])
+    # Contiguous whatever q_g_dist's layout: the core writes the result into it row by row.
+    out = _normalise_rows_(qg.square().to(torch.float32).contiguous(), colmax[:num_q])
     _sparse_core(nbr, lookup, out, k1, k2, lambda_value)
     return out.numpy() if as_numpy else out
 
@@ -275,13 +335,14 @@ def re_ranking_features(
 
     Args:
         query: ``[Q, D]`` features; gallery: ``[G, D]``. Both numpy arrays, or both tensors on one
-            device (CPU or CUDA), any float dtype (computed in float32).
+            device (CPU or CUDA), any float dtype and strides (computed in float32); finite.
         k1, k2, lambda_value: as in ``re_ranking``.
         metric: ``"euclidean"``, ``"sqeuclidean"`` or ``"cosine"``: the distance that is squared.
+            ``"neg_dot"`` is rejected: it is a negative score, not a distance.
         block_rows: rows per GEMM block of the neighbour search (default: by device).
     Returns:
-        ``[Q, G]`` float32 re-ranked distances, numpy for numpy inputs, else a tensor on the inputs'
-        device. Memory: the output plus O((Q+G) * (D + k1^2 * k2)) and one GEMM block.
+        ``[Q, G]`` float32 re-ranked distances in [0, 1], numpy for numpy inputs, else a tensor on the
+        inputs' device. Memory: the output plus O((Q+G) * (D + k1^2 * k2)) and one GEMM block.
 
     Example:
         >>> out = re_ranking_features(torch.randn(3, 8), torch.randn(10, 8), k1=4, k2=2)
@@ -294,23 +355,32 @@ def re_ranking_features(
     if q.shape[1] != g.shape[1]:
         raise ValueError(f"gallery: expected feature dimension {q.shape[1]} like query, got {g.shape[1]}")
     device = _same_device(names, (q, g))
-    if metric not in METRICS:
-        raise ValueError(f"metric={metric!r}: expected one of {sorted(METRICS)}")
+    if metric == "neg_dot":
+        raise ValueError(
+            "metric='neg_dot': re-ranking squares non-negative distances, and a negative score's order does not "
+            "survive squaring; use 'euclidean' or 'cosine' (on L2-normalised features both rank as neg_dot does)"
+        )
+    if metric not in _RERANK_METRICS:
+        raise ValueError(f"metric={metric!r}: expected one of {sorted(_RERANK_METRICS)}")
     num_q, num_g = q.shape[0], g.shape[0]
     n = num_q + num_g
-    _check_params(k1, k2, lambda_value, n)
-    if block_rows is not None and (not isinstance(block_rows, int) or block_rows < 1):
+    k2 = _check_params(k1, k2, lambda_value, n)
+    if block_rows is not None and (isinstance(block_rows, bool) or not isinstance(block_rows, int) or block_rows < 1):
         raise ValueError(f"block_rows={block_rows!r}: expected a positive integer")
     require_extension()
     code = METRICS[metric]
 
-    x = torch.cat([q, g], 0).to(torch.float32)
+    x = torch.cat([q, g], 0)
+    if x.dtype != torch.float64:
+        x = x.to(torch.float32)  # exact; float64 is scaled first, as it may not fit float32
+    e = _scale_exponent(max(_max_abs("query", q), _max_abs("gallery", g)), _FEATURE_RANGE)
+    x = _scale(x, e).to(torch.float32)
     # One pass over all pairs (each GEMM block once per unordered pair on CPU): the neighbour table,
     # the row maxima, and the squared query-gallery distances, normalised in place into the output.
     nbr, rowmax, out = torch.ops.dgnet.rerank_knn(
         x, code, _neighbours_needed(k1, k2, n), block_rows or _default_block_rows(n, device), num_q
     )
-    out.div_(rowmax[:num_q, None])
+    _normalise_rows_(out, rowmax[:num_q])
 
     def from_features(indptr: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
         return torch.ops.dgnet.rerank_pair_dist(x, indptr, indices, rowmax, code)
@@ -346,7 +416,10 @@ if extension_available():
 
     @torch.library.register_fake("dgnet::rerank_expand")
     def _rerank_expand_fake(nbr, k1):
-        torch._check(nbr.dim() == 2 and k1 + 1 <= nbr.shape[1], lambda: "rerank_expand: needs K >= k1 + 1")
+        torch._check(
+            nbr.dim() == 2 and (k1 + 1 <= nbr.shape[1] or nbr.shape[1] == nbr.shape[0]),
+            lambda: "rerank_expand: needs K >= k1 + 1 columns or all K = N",
+        )
         nnz = torch.library.get_ctx().new_dynamic_size()
         return nbr.new_empty((nbr.shape[0] + 1,)), nbr.new_empty((nnz,))
 

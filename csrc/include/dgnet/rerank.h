@@ -43,12 +43,21 @@ DGNET_HD float block_matrix_sq(const T* qg, const T* qq, const T* gg, int64_t q,
   return square_to_float(c < q ? qg[c * g + (r - q)] : gg[(r - q) * g + (c - q)]);
 }
 
-// Insert (v, j) into vals/idx, the k smallest so far in ascending order, if it belongs there.
-// Equal values keep the earlier index first, as a stable sort would.
+// Top-k lists (vals, idx), k smallest so far in ascending order, are ordered by (value, index): equal values
+// keep the lower index first, as a stable sort over increasing indices would, and NaN ranks with +inf. A total
+// order, so every list fills with k real entries whatever the values: a list that only took values below its
+// last (+inf) slot once left the slots of overflowed (inf) values unfilled, and their index -1 was later read as
+// a sample (out of bounds). Unfilled slots hold (+inf, kUnfilled), after every real entry.
+constexpr int64_t kUnfilled = INT64_MAX;
+
+DGNET_HD bool topk_before(float v, int64_t j, float w, int64_t l) { return v < w || (v == w && j < l); }
+
+// Insert (v, j) into vals/idx if it belongs there.
 DGNET_HD void topk_insert(float* vals, int64_t* idx, int k, float v, int64_t j) {
-  if (!(v < vals[k - 1])) return;
+  v = v != v ? INFINITY : v;
+  if (!topk_before(v, j, vals[k - 1], idx[k - 1])) return;
   int p = k - 1;
-  while (p > 0 && vals[p - 1] > v) {
+  while (p > 0 && topk_before(v, j, vals[p - 1], idx[p - 1])) {
     vals[p] = vals[p - 1];
     idx[p] = idx[p - 1];
     --p;
@@ -56,6 +65,11 @@ DGNET_HD void topk_insert(float* vals, int64_t* idx, int k, float v, int64_t j) 
   vals[p] = v;
   idx[p] = j;
 }
+
+// Normalised distance: a value over its row's maximum. A row whose maximum is 0 holds only zeros (identical
+// samples) and normalises to ones, like every other constant row: all-equal distances then give one result at
+// every scale, 0 included, where the classic code divides 0 by 0 (NaN).
+DGNET_HD float normalise(float value, float row_max) { return row_max > 0.0f ? value / row_max : 1.0f; }
 
 // Membership in a short list, without an early exit: the lists are a few dozen entries, and a
 // data-dependent branch per entry costs more than the comparisons it saves.
@@ -81,19 +95,28 @@ DGNET_HD bool expansion_accepts(int overlap, int candidate_size) {
   return static_cast<double>(overlap) > (2.0 / 3.0) * static_cast<double>(candidate_size);
 }
 
-// Half of k1 for the candidate sets: round-half-to-even, as numpy's around(k1 / 2).
-DGNET_HD int half_k(int k1) {
-  const int h = k1 / 2;
-  return (k1 % 2 == 1 && h % 2 == 1) ? h + 1 : h;
+// The neighbourhood sizes of E(i) over a table of K columns: k1 for R(i, k1) and round(k1 / 2) (half to even,
+// as numpy's around(k1 / 2)) for the candidates' sets, each capped at K - 1. With K = N, the whole order, the cap
+// is what the classic code's slices rank[i, :k + 1] do for k + 1 > N.
+struct ExpansionSizes {
+  int k;
+  int half;
+};
+
+inline ExpansionSizes expansion_sizes(int64_t k1, int64_t num_cols) {
+  const int64_t h = k1 / 2;
+  const int64_t half = (k1 % 2 == 1 && h % 2 == 1) ? h + 1 : h;
+  const int64_t cap = num_cols - 1;
+  return {static_cast<int>(k1 < cap ? k1 : cap), static_cast<int>(half < cap ? half : cap)};
 }
 
 // Capacity E(i) needs: R(i) plus one candidate set per member of R(i).
-DGNET_HD int64_t expansion_capacity(int k1) { return static_cast<int64_t>(k1 + 1) * (half_k(k1) + 2); }
+DGNET_HD int64_t expansion_capacity(ExpansionSizes s) { return static_cast<int64_t>(s.k + 1) * (s.half + 2); }
 
-// E(i): writes the sorted unique members to out (capacity expansion_capacity(k1)), returns the count.
-DGNET_HD int expansion_set(const int64_t* nbr, int64_t stride, int64_t i, int k1, int64_t* out) {
-  const int r = k_reciprocal(nbr, stride, i, k1, out);  // out[0, r) = R(i, k1), kept intact below
-  const int h = half_k(k1);
+// E(i): writes the sorted unique members to out (capacity expansion_capacity(s)), returns the count.
+DGNET_HD int expansion_set(const int64_t* nbr, int64_t stride, int64_t i, ExpansionSizes s, int64_t* out) {
+  const int r = k_reciprocal(nbr, stride, i, s.k, out);  // out[0, r) = R(i, k1), kept intact below
+  const int h = s.half;
   int len = r;
   for (int c = 0; c < r; ++c) {
     // The candidate's set goes after the accepted ones; it stays only if the rule accepts it.

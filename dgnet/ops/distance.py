@@ -2,17 +2,19 @@
 
 ``pairwise_distance`` runs the compiled ``torch.ops.dgnet.pairwise_distance`` (CPU: csrc/cpu/distance.cpp,
 CUDA: csrc/cuda/retrieval.cu): one GEMM per chunk of rows written straight into the output, then a fused
-per-element epilogue, so the only memory beyond the ``[M, N]`` output is ``O((M + N) * D)``.
-``pairwise_distance_reference`` is the plain PyTorch definition the tests compare against.
+per-element epilogue (csrc/include/dgnet/distance.h), so the only memory beyond the ``[M, N]`` output is
+``O((M + N) * D)``. ``pairwise_distance_reference`` is the plain PyTorch definition the tests compare against.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
 from dgnet.ops._lib import extension_available, require_extension
 
-METRICS: dict[str, int] = {"euclidean": 0, "sqeuclidean": 1, "cosine": 2}
+METRICS: dict[str, int] = {"euclidean": 0, "sqeuclidean": 1, "cosine": 2, "neg_dot": 3}
 """Metric names and their codes in the ``dgnet::pairwise_distance`` schema (csrc/ops.cpp)."""
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -37,13 +39,15 @@ def _check_inputs(x: object, y: object, metric: str, chunk_rows: int | None = No
 
 
 def pairwise_distance_reference(x: torch.Tensor, y: torch.Tensor, metric: str = "euclidean") -> torch.Tensor:
-    """Plain PyTorch definition of :func:`pairwise_distance`, computed in float64.
+    """Plain PyTorch definition of :func:`pairwise_distance`, computed in float64 (NaN and inf propagate).
 
     Returns:
         float32 ``[M, N]`` on the inputs' device.
     """
     _check_inputs(x, y, metric)
     xd, yd = x.double(), y.double()
+    if metric == "neg_dot":
+        return (-(xd @ yd.T)).float()
     if metric == "cosine":
         xn = xd / xd.norm(dim=1, keepdim=True).clamp_min(1e-12)
         yn = yd / yd.norm(dim=1, keepdim=True).clamp_min(1e-12)
@@ -56,25 +60,46 @@ def pairwise_distance_reference(x: torch.Tensor, y: torch.Tensor, metric: str = 
     return out.float()
 
 
+def _check_finite(name: str, t: torch.Tensor) -> None:
+    """ValueError naming ``t`` and its count of rows holding NaN or inf. One read pass (min and max propagate
+    NaN and are finite iff every entry is); the per-row count only when that fails."""
+    if t.numel() == 0 or all(map(math.isfinite, (float(v) for v in torch.aminmax(t)))):
+        return
+    bad = int((~torch.isfinite(t)).any(dim=1).sum())
+    raise ValueError(f"{name}: {bad} of {t.shape[0]} rows contain NaN or inf; expected finite features")
+
+
 def pairwise_distance(
     x: torch.Tensor, y: torch.Tensor, metric: str = "euclidean", chunk_rows: int | None = None
 ) -> torch.Tensor:
     """Dense distance matrix between two sets of feature vectors.
 
     Args:
-        x: ``[M, D]`` query features; float16, bfloat16, float32 or float64 (computed in float32), CPU or CUDA.
-        y: ``[N, D]`` gallery features, same device as ``x``.
-        metric: ``"euclidean"`` (``||x - y||``), ``"sqeuclidean"`` (``||x - y||^2``) or ``"cosine"``
-            (``1 - <x, y> / (||x|| ||y||)``; a zero vector has distance 1 to everything).
+        x: ``[M, D]`` query features; float16, bfloat16, float32 or float64 (computed in float32), CPU or CUDA,
+            any strides; finite.
+        y: ``[N, D]`` gallery features, same device as ``x``; finite.
+        metric: ``"euclidean"`` (``||x - y||``), ``"sqeuclidean"`` (``||x - y||^2``), ``"cosine"``
+            (``1 - <x, y> / (||x|| ||y||)``; a zero vector has distance 1 to everything) or ``"neg_dot"``
+            (``-<x, y>``: the test protocol's distance, the negative of its dot-product score; bit for bit
+            ``-(x @ y.T)``, see below).
         chunk_rows: rows of ``x`` per GEMM call; ``None`` picks it from a budget of output bytes per call
-            (128 MiB on CPU, 1 GiB on CUDA, at least 256 rows; see csrc/include/dgnet/distance.h). The GEMM
-            writes straight into the output, so the chunk bounds one call's size, not the extra memory.
+            (128 MiB on CPU, 1 GiB on CUDA, at least 256 rows; all rows for ``"neg_dot"``; see
+            csrc/include/dgnet/distance.h). The GEMM writes straight into the output, so the chunk bounds one
+            call's size, not the extra memory.
 
     Returns:
         float32 ``[M, N]`` on the inputs' device.
 
+    Raises:
+        ValueError: naming ``x`` or ``y`` for bad shapes, dtypes or devices, and for NaN or inf features (with
+            the number of such rows). Under ``torch.compile`` values are unknown when tracing, so that check is
+            skipped there and the op propagates NaN into the affected rows and columns.
+
     Euclidean distances use the GEMM expansion ``||x||^2 + ||y||^2 - 2 <x, y>`` (like ``torch.cdist``'s
     default for large inputs), so distances much smaller than the norms carry float32 cancellation error.
+    ``neg_dot`` is the GEMM itself, negated (exactly), in one call over all rows by default: float32 inputs
+    give exactly the bits of ``-(x @ y.T)``, the same BLAS call. Splitting it (``chunk_rows < M``) changes
+    results by about an ulp, as BLAS blocks the rows of each call differently.
 
     Example:
         >>> q, g = torch.randn(4, 16), torch.randn(10, 16)
@@ -82,6 +107,9 @@ def pairwise_distance(
         torch.Size([4, 10])
     """
     _check_inputs(x, y, metric, chunk_rows)
+    if not torch.compiler.is_compiling():
+        _check_finite("x", x)
+        _check_finite("y", y)
     require_extension()
     return torch.ops.dgnet.pairwise_distance(x, y, METRICS[metric], 0 if chunk_rows is None else chunk_rows)
 
@@ -92,5 +120,8 @@ if extension_available():
     def _pairwise_distance_fake(x: torch.Tensor, y: torch.Tensor, metric: int, chunk_rows: int) -> torch.Tensor:
         torch._check(x.dim() == 2 and y.dim() == 2, lambda: "pairwise_distance: x and y must be 2-D")
         torch._check(x.shape[1] == y.shape[1], lambda: "pairwise_distance: feature dimensions differ")
-        torch._check(0 <= metric <= 2, lambda: f"pairwise_distance: metric must be 0, 1 or 2, got {metric}")
+        torch._check(
+            0 <= metric < len(METRICS),
+            lambda: f"pairwise_distance: metric must be a code of {METRICS}, got {metric}",
+        )
         return x.new_empty((x.shape[0], y.shape[0]), dtype=torch.float32)
