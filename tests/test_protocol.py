@@ -175,3 +175,37 @@ def test_test_command_takes_alphas_or_alpha():
         with pytest.raises(SystemExit) as e:
             build_parser().parse_args(["--checkpoint", "c.pt", *argv])
         assert e.value.code == 2
+
+
+def test_alpha_rows_equal_single_alpha_runs_and_the_fine_head_alone(tmp_path):
+    """Real numbers: ``--alphas`` row 0.5 is the ``--alpha 0.5`` evaluation, row 0 the primary head alone, and
+    ``fine`` the fine-grained head alone, each ranked here by the plain loop over ``-score``."""
+    from PIL import Image
+
+    from dgnet.config import ModelConfig, resolve_config
+    from dgnet.data import Sample
+    from dgnet.models import DGNet
+
+    gen = torch.Generator().manual_seed(2)
+    query, gallery = [], []
+    for i in range(12):
+        p = tmp_path / f"{i}.png"
+        Image.fromarray((torch.rand(64, 32, 3, generator=gen) * 255).byte().numpy()).save(p)
+        (query if i < 4 else gallery).append(Sample(str(p), i % 4, int(i >= 4)))
+    torch.manual_seed(0)
+    model = DGNet(ModelConfig(backbone="resnet18", backbone_weights="none"), 5).eval()
+    cfg = resolve_config("demo", {"data": {"workers": 0}})
+    ds = type("DS", (), {"query": query, "gallery": gallery})()
+    cpu = torch.device("cpu")
+    rows = protocol.evaluate_models({"dgnet": model}, ds, cfg, cpu, "torch", rerank=False, alphas=(0.0, 0.5, "fine"))
+    single = protocol.evaluate_models({"dgnet": model}, ds, cfg, cpu, "torch", rerank=False, alpha=0.5)
+    for k, v in single["dgnet"]["plain"].items():
+        assert rows["dgnet (alpha 0.5)"]["plain"][k] == pytest.approx(v, abs=1e-6), k
+    qf, qp, qc = protocol.extract(model, "dgnet", query, cfg, "torch", cpu, 1.0)
+    gf, gp, gc = protocol.extract(model, "dgnet", gallery, cfg, "torch", cpu, 1.0)
+    for row, part in (("dgnet (alpha 0)", slice(0, 512)), ("dgnet (fine head)", slice(512, 1024))):
+        want = evaluate_reference(-(qf[:, part] @ gf[:, part].T).double().numpy(), qp, gp, qc, gc)
+        assert rows[row]["plain"]["mAP"] == pytest.approx(want.mAP, abs=1e-6), row
+        assert rows[row]["plain"]["mAP_trapz"] == pytest.approx(want.mAP_trapz, abs=1e-6), row
+        assert rows[row]["plain"]["rank1"] == pytest.approx(float(want.cmc[0])), row
+    assert "| dgnet (fine head) | no |" in protocol.format_table(rows)
