@@ -124,13 +124,13 @@ def _stamp(path: str) -> tuple[int, int]:
 def extract_features(fx: FeatureExtractor, paths: list[str], check: bool = True, progress: bool = False) -> FeatureSet:
     """The features of ``paths`` (in order) by ``fx``; files that do not decode are skipped with a warning.
 
-    ``check``: decode every file first (``dgnet.data.check``, cached for unchanged files) so that a truncated or
-    unsupported file is skipped instead of stopping the run or being silently padded by a decoder. ``progress``:
-    a progress bar on stderr.
+    ``check``: decode every file first (``dgnet.data.check``) so that a truncated or unsupported file is skipped
+    instead of stopping the run or being silently padded by a decoder. Nothing is written into the images'
+    folders (the check's cache is for datasets). ``progress``: a progress bar on stderr.
     """
     from dgnet.data.check import problems
 
-    skipped = {str(p): why for p, why in problems(paths, cache=True).items()} if check else {}
+    skipped = {str(p): why for p, why in problems(paths, cache=False).items()} if check else {}
     if skipped:
         shown = "; ".join(f"{p}: {w}" for p, w in list(skipped.items())[:5])
         warnings.warn(f"skipped {len(skipped)} image(s) that do not decode: {shown}"

@@ -47,6 +47,7 @@ def test_extract_writes_features_paths_and_the_checkpoint(run, tmp_path, capsys)
     fs = FeatureSet.load(out)
     fx = dgnet.FeatureExtractor(path, device="cpu", loader="torch")
     assert fs.identity == fx.fingerprint and fs.paths == sorted(str(p) for p in folders["gallery"].iterdir())
+    assert not [p for p in folders["gallery"].iterdir() if p.name.startswith(".")]  # nothing written beside them
     torch.testing.assert_close(fs.features, fx(fs.paths), rtol=0, atol=1e-6)
     assert "wrote" in capsys.readouterr().out
 
