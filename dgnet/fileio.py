@@ -139,5 +139,6 @@ def load_weights_only(path: str | Path, what: str, map_location: Any = "cpu") ->
         raise ValueError(f"{what} {str(p)!r} is damaged or not a torch file (its pickle stream does not "
                          "decode)") from None
     except Exception as exc:  # noqa: BLE001 - zip reader, truncated stream, wrong magic: all mean "damaged"
-        reason = str(exc).strip().split("\n")[0] or type(exc).__name__
+        first = str(exc).strip().split("\n")[0]
+        reason = first if len(first) > 12 else f"{type(exc).__name__}{': ' + first if first else ''}"
         raise ValueError(f"{what} {str(p)!r} is truncated, damaged or not a torch file ({reason})") from None

@@ -15,11 +15,9 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from dgnet.fileio import write_text_atomic
-
 # The input pipelines normalise with ImageNet statistics (spec: Inputs); grids undo it for display.
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from dgnet.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from dgnet.fileio import write_text_atomic
 
 
 def write_results(data: dict, checkpoint: str | Path, output: str | Path | None, suffix: str) -> Path:

@@ -52,3 +52,16 @@ def make_tiny_checkpoint(base: Path):
     path = save_atomic(build_state(stage="dgnet", iteration=1, cfg=cfg, num_ids=ds.num_train_pids, models=models),
                        base / "dgnet.pt")
     return path, ds, cfg
+
+
+def train_fails(capsys, argv: list[str], *needles: str) -> str:
+    """Run ``python -m dgnet.train argv`` in-process; assert it stops with exit status 2 and a ``dgnet.train:
+    error:`` message containing every needle; return stderr."""
+    from dgnet.train import main
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "dgnet.train: error:" in err
+    for n in needles:
+        assert n in err, (n, err)
+    return err

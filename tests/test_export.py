@@ -205,7 +205,7 @@ def test_bad_input_is_named(ckpts, tmp_path, capsys):
            str(not_ckpt), "is not a dgnet checkpoint")
     text = tmp_path / "notes.txt"
     text.write_text("hello")
-    _fails(capsys, ["--checkpoint", str(text), "--format", "onnx", "--out", out], str(text), "could not be read")
+    _fails(capsys, ["--checkpoint", str(text), "--format", "onnx", "--out", out], str(text), "not a torch file")
     _fails(capsys, ["--checkpoint", str(tmp_path / "absent.pt"), "--format", "onnx", "--out", out],
            "absent.pt", "does not exist")
     teacher = str(ckpts["teacher"])

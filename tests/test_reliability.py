@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from _tiny_run import make_tiny_checkpoint, make_tiny_set, tiny_flags
+from _tiny_run import train_fails as fails
 
 from dgnet.checkpoint import CheckpointManager, NonFiniteWeights, build_state, load_checkpoint, save_atomic
 from dgnet.config import resolve_config
@@ -25,15 +26,6 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def root(tmp_path_factory):
     return make_tiny_set(tmp_path_factory.mktemp("rel") / "syn")
-
-
-def _fails(capsys, argv, *needles) -> str:
-    assert main(argv) == 2
-    err = capsys.readouterr().err
-    assert "dgnet.train: error:" in err
-    for n in needles:
-        assert n in err, (n, err)
-    return err
 
 
 @pytest.fixture
@@ -67,7 +59,7 @@ def test_a_full_disk_stops_with_one_line_and_keeps_what_was_there(small_disk):
 def test_a_full_disk_during_training_is_one_line(root, small_disk, capsys):
     """The CLI's message names the folder and the bytes; no traceback (the old code showed torch's zip-writer
     'enforce fail at inline_container.cc:672' with 'No space left' only further up)."""
-    err = _fails(capsys, tiny_flags(root, small_disk / "run", "--stage", "teacher", "--iterations", "1", "--no-eval"),
+    err = fails(capsys, tiny_flags(root, small_disk / "run", "--stage", "teacher", "--iterations", "1", "--no-eval"),
                  "no space left in", "checkpoints", "are free")
     assert "Traceback" not in err and "inline_container" not in err
     assert not [p for p in (small_disk / "run" / "checkpoints").iterdir() if p.name.startswith(".")]
@@ -138,7 +130,7 @@ def test_a_nan_stop_names_a_checkpoint_that_is_really_good(root, tmp_path, capsy
     """A huge learning rate: the weights blow up. Whatever iteration the stop comes at, the checkpoint it names
     loads, is finite, and resuming starts there (the old code named one holding 96 non-finite tensors)."""
     out = tmp_path / "run"
-    err = _fails(capsys, tiny_flags(root, out, "--iterations", "6", "--no-eval", "--set", "optim.gen_lr=1e4",
+    err = fails(capsys, tiny_flags(root, out, "--iterations", "6", "--no-eval", "--set", "optim.gen_lr=1e4",
                                     "--set", "optim.id_lr_backbone=1e4", "--set", "train.checkpoint_every=1"),
                  "training stopped", "the last good checkpoint")
     named = Path(err.split("the last good checkpoint, ")[1].split(", is kept")[0])
@@ -200,7 +192,7 @@ def test_bad_backbone_weights_are_a_clear_error(root, tmp_path, capsys):
     torch.save({"conv1.weight": torch.zeros(1)}, good)
     (tmp_path / "trunc.pt").write_bytes(good.read_bytes()[:200])
     for name, why in (("evil.pt", "pickled Python objects"), ("trunc.pt", "truncated")):
-        _fails(capsys, tiny_flags(root, tmp_path / name.replace(".", "_"), "--backbone-weights",
+        fails(capsys, tiny_flags(root, tmp_path / name.replace(".", "_"), "--backbone-weights",
                                   str(tmp_path / name), "--stage", "teacher", "--iterations", "1", "--no-eval"),
                name, why)
 
@@ -211,7 +203,7 @@ def test_bad_backbone_weights_are_a_clear_error(root, tmp_path, capsys):
 def test_bad_batch_sizes_fail_before_anything_is_written(root, tmp_path, capsys):
     for key, value, why in (("teacher_batch_size", 1, "multiple of 4"), ("batch_size", 1, "at least 2")):
         out = tmp_path / key
-        _fails(capsys, tiny_flags(root, out, "--set", f"data.{key}={value}"), f"data.{key}={value}", why)
+        fails(capsys, tiny_flags(root, out, "--set", f"data.{key}={value}"), f"data.{key}={value}", why)
         assert not out.exists()
 
 
@@ -225,7 +217,7 @@ def test_single_image_identities_are_refused_before_the_teacher_trains(tmp_path,
             Image.new("RGB", (32, 64), (pid * 20, 40, 90)).save(data / split / str(pid) / f"{pid}_c1_0.png")
     out = tmp_path / "run"
     argv = tiny_flags(data, out, "--set", "data.dataset=folder", "--iterations", "1", "--no-eval")
-    _fails(capsys, argv, "single image", "--stage teacher")
+    fails(capsys, argv, "single image", "--stage teacher")
     assert not (out / "teacher.pt").exists() and not (out / "checkpoints").exists()
 
 
