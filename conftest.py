@@ -1,4 +1,4 @@
-"""Shared test set-up.
+"""Shared set-up of tests/ and benchmarks/ (pytest loads it for both from the repository root).
 
 Without a GPU, Triton kernels run under its interpreter: TRITON_INTERPRET must be set before
 any kernel module is imported, so it is set here, first. Tests marked ``gpu`` are skipped
