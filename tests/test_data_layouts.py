@@ -281,3 +281,36 @@ def test_folder_identity_spelt_twice_in_a_split(tmp_path):
     touch(tmp_path, "train/0012/c_c1_1.jpg")
     with pytest.raises(ValueError, match=r"train/0012 and .*train/12 .*same identity 12"):
         load_dataset("folder", tmp_path, verbose=False)
+
+
+def test_folder_named_identities_keep_junk_out_of_training(tmp_path):
+    """Identity folders given as names, beside a -1 folder: -1 is junk (never an identity to train), as with
+    numbered folders."""
+    from PIL import Image
+
+    for split, names in (("train", ["alice", "bob", "-1"]), ("query", ["carol"]), ("gallery", ["carol", "-1"])):
+        for n in names:
+            (tmp_path / split / n).mkdir(parents=True)
+            Image.new("RGB", (8, 16)).save(tmp_path / split / n / f"{n}_c1_0.png")
+    ds = load_dataset("folder", tmp_path, verbose=False)
+    assert ds.num_train_pids == 2 and all(s.pid >= 0 for s in ds.train)
+    assert sorted(s.pid for s in ds.gallery) == [-1, sorted(s.pid for s in ds.query)[0]]
+
+
+def test_msmt17_lists_with_a_byte_order_mark(tmp_path):
+    """List files saved by an editor that writes a UTF-8 byte-order mark: the first path is read, not mangled."""
+    from PIL import Image
+
+    for split, pid in (("train", 0), ("train", 1), ("test", 5), ("test", 5)):
+        for k in range(2):
+            p = tmp_path / split / f"{pid:04d}" / f"{pid:04d}_{k:03d}_{k + 1:02d}_0303morning_0015_0.jpg"
+            p.parent.mkdir(parents=True, exist_ok=True)
+            Image.new("RGB", (8, 16)).save(p)
+    bom = "\ufeff"
+    (tmp_path / "list_train.txt").write_text(bom + "0000/0000_000_01_0303morning_0015_0.jpg 0\n"
+                                             "0001/0001_001_02_0303morning_0015_0.jpg 1\n", encoding="utf-8")
+    (tmp_path / "list_query.txt").write_text(bom + "0005/0005_000_01_0303morning_0015_0.jpg 5\n", encoding="utf-8")
+    (tmp_path / "list_gallery.txt").write_text(bom + "0005/0005_001_02_0303morning_0015_0.jpg 5\n", encoding="utf-8")
+    ds = load_dataset("msmt17", tmp_path, verbose=False)
+    assert all(Path(s.path).is_file() for s in ds.train + ds.query + ds.gallery)
+    assert [s.camid for s in ds.query + ds.gallery] == [0, 1]

@@ -178,7 +178,8 @@ def _msmt_camid(path: str, where: str) -> int:
 
 def _read_msmt_list(list_path: Path, image_dir: Path) -> list[Sample]:
     samples = []
-    for lineno, line in enumerate(list_path.read_text().splitlines(), 1):
+    # UTF-8 whatever the locale, and without a byte-order mark, which editors on Windows put before the first path
+    for lineno, line in enumerate(list_path.read_text(encoding="utf-8-sig").splitlines(), 1):
         if not line.strip():
             continue
         parts = line.replace(",", " ").split()
@@ -244,6 +245,7 @@ def load_msmt17(
 
 
 DEFAULT_CAMERA_PATTERN = r"c(\d+)"
+JUNK_FOLDER = "-1"  # the identity folder of junk images (never trained on; left out of every ranking)
 CAMID_EXPECTED = "expected a zero-based integer camera (0, 1, 2, ...)"
 
 
@@ -320,7 +322,8 @@ def load_folder(
             raise FileNotFoundError(f"folder: expected {split_dir}/<pid>/<image>; {split_dir} does not exist")
         names[split] = [(d.name, p) for d in sorted(split_dir.iterdir()) if d.is_dir() for p in _images(d)]
     all_names = sorted({n for entries in names.values() for n, _ in entries})
-    numeric = all(re.fullmatch(r"-?\d+", n) for n in all_names)
+    # "-1" is junk in either naming: with named identities it must not be numbered as one more person
+    numeric = all(re.fullmatch(r"-?\d+", n) for n in all_names if n != JUNK_FOLDER)
     if numeric:  # '0012' and '12' would silently become one identity
         for split, entries in names.items():
             spelt: dict[int, str] = {}
@@ -329,7 +332,8 @@ def load_folder(
                     raise ValueError(f"folder: {root / split / spelt[int(name)]} and {root / split / name} name the "
                                      f"same identity {int(name)}; expected one folder per identity")
                 spelt[int(name)] = name
-    to_pid: Callable[[str], int] = int if numeric else {n: i for i, n in enumerate(all_names)}.__getitem__
+    named = {JUNK_FOLDER: -1} | {n: i for i, n in enumerate(n for n in all_names if n != JUNK_FOLDER)}
+    to_pid: Callable[[str], int] = int if numeric else named.__getitem__
     out = {}
     for split, entries in names.items():
         samples = []
@@ -349,7 +353,7 @@ def load_folder(
                 camid = int(m.group(1)) - 1
             samples.append(Sample(str(p), to_pid(name), camid))
         if split == splits[0]:  # junk never trains; 0 is a real identity here (distractors live in the gallery)
-            samples = [s for s in samples if not numeric or s.pid >= 0]
+            samples = [s for s in samples if s.pid >= 0]
         _require_nonempty("folder", split, root / split, samples, "<pid>/0001_c1_0001.jpg")
         out[split] = samples
     train, pid_map = relabel(out[splits[0]])
