@@ -65,9 +65,13 @@ def upsample_conv5(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
     fold = _fold(weight.dtype, weight.device)
     # k[o, py, px, c, i, j] = sum_{d, e} fold[py, i, d] * weight[o, c, d, e] * fold[px, j, e]
     k = torch.einsum("pid,ocde,qje->opqcij", fold, weight, fold).reshape(co * 4, c, 3, 3)
-    z = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), k, None if bias is None else bias.repeat_interleave(4))
-    y = F.pixel_shuffle(z, 2)  # channel o * 4 + py * 2 + px -> pixel (2i + py, 2j + px)
     dev = x.device
+    # Replicate padding by one pixel, as clamped gathers: F.pad(mode="replicate")'s backward has a fake kernel whose
+    # strides disagree with the real one's on a channels-last input, which torch.compile (--compile) gives it.
+    padded = x.index_select(2, torch.arange(-1, h + 1, device=dev).clamp_(0, h - 1))
+    padded = padded.index_select(3, torch.arange(-1, w + 1, device=dev).clamp_(0, w - 1))
+    z = F.conv2d(padded, k, None if bias is None else bias.repeat_interleave(4))
+    y = F.pixel_shuffle(z, 2)  # channel o * 4 + py * 2 + px -> pixel (2i + py, 2j + px)
     # First and last output rows: the five padded rows each reads, across the full padded width.
     rows = torch.cat([_up_reflect_index(h, 0, 5, dev), _up_reflect_index(h, 2 * h - 1, 2 * h + 4, dev)])
     strip = x.index_select(2, rows).index_select(3, _up_reflect_index(w, 0, 2 * w + 4, dev))
