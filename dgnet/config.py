@@ -171,6 +171,10 @@ class TrainConfig:
     # --fused also folds the decoder's upsample + conv5x5 (FOLD_CHOICES): auto (CPU only), on, off
     # (dgnet.models.decoder.fold_applies)
     fold_upsample: str = "auto"
+    # --compile: torch.compile Ea's trunk, Es and G (dgnet.engine.compile_models); CUDA graphs on a GPU. D stays eager:
+    # its R1 penalty differentiates twice, which compiled graphs do not support. Values equal eager's to float
+    # tolerance. On a 2-core CPU it gains nothing and compiles for minutes (README, "Training speed").
+    compile: bool = False
     seed: int = 0
     deterministic: bool = False
     log_every: int = 20
@@ -181,7 +185,9 @@ class TrainConfig:
     max_iterations: int = 0  # --iterations N: caps both stages at N (0: no cap); not part of the fingerprint
     teacher: str = ""  # --teacher PATH: a trained teacher checkpoint; skips stage 1
     grid_samples: int = 4  # fixed images in the training-time PNG grids
-    threads: int = 0  # torch CPU threads (0: torch's default); 1 is far faster on a CPU shared with other jobs
+    # torch's CPU compute threads (0: torch's default, one per core). On a CPU that other jobs also use, 1: OpenMP
+    # threads spin at every barrier while another process holds one of their cores (README, "Training speed").
+    threads: int = 0
     # Multi-process training (torchrun; dgnet.distributed). World size W = number of processes. Rule: the
     # per-process batch stays data.batch_size (data.teacher_batch_size in stage 1), so the global batch is
     # W x batch; gradients are averaged over processes. With scale_lr every learning rate is multiplied by
@@ -223,7 +229,7 @@ SECTIONS = ("data", "model", "loss", "optim", "train", "eval")
 # fingerprint, so a run can be resumed with a different cap, output folder or loader.
 _UNFINGERPRINTED = {
     "data": {"root", "loader", "workers", "skip_corrupt"},  # the synthetic_* keys do count: they define the data
-    "train": {"device", "amp", "fused", "fold_upsample", "log_every", "image_every", "checkpoint_every",
+    "train": {"device", "amp", "fused", "fold_upsample", "compile", "log_every", "image_every", "checkpoint_every",
               "keep_checkpoints", "output", "max_iterations", "teacher", "grid_samples", "threads",
               # act only when W > 1; a resume on another world size says what cannot be exact instead
               "sync_bn", "scale_lr"},
@@ -325,9 +331,8 @@ def preset_demo() -> Config:
     cfg.train.log_every = 10
     cfg.train.image_every = 60
     cfg.train.checkpoint_every = 60
-    # One compute thread, the other core for image loading: on a 2-core CPU that anything else also uses,
-    # two OpenMP threads made a DG-Net iteration 10x slower (spinning at barriers), one thread did not.
-    cfg.train.threads = 1
+    # train.threads stays 0, every core: the loader's decoding is a few milliseconds an iteration, so it does not
+    # contend with the compute threads (README, "Training speed", for a CPU that other jobs share).
     cfg.eval.k1 = 10  # the synthetic gallery holds few images per identity
     cfg.eval.k2 = 3
     return cfg

@@ -131,6 +131,30 @@ def _seed_momentum_buffers(opt: torch.optim.Optimizer, _args, _kwargs) -> None:
                 opt.state[p]["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
 
 
+def compile_models(model: DGNet, device: torch.device) -> str:
+    """``--compile`` (``train.compile``): ``torch.compile`` Ea's trunk, Es and G in place; returns the mode used.
+
+    - Each part compiles its forward and, through AOTAutograd, its backward; names and ``state_dict`` keys are
+      unchanged (``nn.Module.compile``), so checkpoints and resume are those of the eager model.
+    - On CUDA the mode is ``reduce-overhead``: the fixed-shape graphs replay as CUDA graphs, so an iteration
+      stops paying the host's per-operator cost (DG-Net's is host-bound on a GPU). ``dgnet_step(...,
+      compiled=True)`` marks each iteration's start for the graphs' memory reuse.
+    - D stays eager: its R1 penalty takes the gradient of D's output with a graph and differentiates it again,
+      and compiled graphs do not support a double backward.
+    - Ea's trunk (its ResNet, where its compute is), not its heads: a compiled graph gives every parameter it
+      holds a gradient, zeros for an unused output's, and the fine-grained head is unused until its ramp
+      starts. Eager leaves those gradients ``None``, so the optimiser skips the head (no weight decay, no
+      momentum); a zero gradient would decay it.
+    - The trunk runs live and frozen (``frozen``: gradients off, BatchNorm as configured) and under
+      ``no_grad``; each is its own compiled graph (a guard recompiles once per state), as is each batch shape.
+    Values equal eager's to float tolerance (``tests/test_compile.py``); a first iteration pays the compile.
+    """
+    mode = "reduce-overhead" if device.type == "cuda" else "default"
+    for part in (model.Ea.backbone, model.Es, model.G):
+        part.compile(mode=mode, dynamic=False)
+    return mode
+
+
 def build_schedulers(
     optimizers: dict[str, torch.optim.Optimizer], cfg: OptimConfig
 ) -> dict[str, torch.optim.lr_scheduler.LRScheduler]:
@@ -541,6 +565,7 @@ def dgnet_step(
     return_images: bool = False,
     ddp: DDPModels | None = None,
     fused: bool = False,
+    compiled: bool = False,
 ) -> dict:
     """One DG-Net iteration: shared forward, D step on detached fakes, then G + Es + Ea with one backward.
 
@@ -557,6 +582,8 @@ def dgnet_step(
         ddp: the DistributedDataParallel wrappers of ``wrap_ddp`` when training with several processes.
         fused: ``--fused``: Ea's BatchNorm counters are added once per step (:func:`deferred_bn_counts`). The
             other fast paths are the model's own (built with ``fused``) and the optimisers' (``build_optimizers``).
+        compiled: the model went through ``compile_models``; on CUDA this marks the start of an iteration for
+            its CUDA graphs (outputs of the previous iteration's replays may then be overwritten).
         return_images: also return detached ``x_ab``, ``x_ba``, ``x_a_recon``, ``x_b_recon``,
             ``x_a_recon_p``, ``x_b_recon_p``, ``x_aba``, ``x_bab`` (cycle ones once the cycle weight is > 0).
     Returns:
@@ -568,6 +595,8 @@ def dgnet_step(
         _check_batch(batch, name, _IMAGE_KEYS, model.num_ids)
     weights = ramp_weights(iteration, cfg.loss)
     device = batch_a["image"].device
+    if compiled and device.type == "cuda":
+        torch.compiler.cudagraph_mark_step_begin()
     grad_scale = float(scaler.get_scale()) if _scaling(scaler) else None
     model.train()
     gen_opt, dis_opt, id_opt = optimizers["gen"], optimizers["dis"], optimizers["id"]

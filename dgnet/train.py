@@ -28,6 +28,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--fused", action="store_true", default=None,
         help="fast paths: fused AdaIN kernels, batched AdaIN MLPs, fused optimisers, deferred BatchNorm counters",
     )
+    p.add_argument(
+        "--compile", action="store_true", default=None,
+        help="torch.compile Ea's trunk, Es and G (CUDA graphs on a GPU); for GPUs, not small CPUs (README)",
+    )
     p.add_argument("--amp", choices=AMP_CHOICES, help="mixed precision (default: off, i.e. fp32 as the reference, in "
                    "the market1501/dukemtmc/msmt17 presets; auto elsewhere: bf16 on GPUs that support it, fp16 with "
                    "gradient scaling on others, off on CPU)")
@@ -60,6 +64,7 @@ def args_to_overrides(args: argparse.Namespace) -> dict:
         ("data", "root"): args.data_root,
         ("train", "output"): args.output,
         ("train", "fused"): args.fused,
+        ("train", "compile"): args.compile,
         ("train", "amp"): args.amp,
         ("data", "loader"): args.loader,
         ("train", "device"): args.device,

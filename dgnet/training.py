@@ -187,12 +187,16 @@ def fast_paths(cfg: Config, device: torch.device) -> str:
     """One line saying which fast paths this run's models and steps use (``train.fused``, ``fold_upsample``)."""
     from dgnet.models.decoder import fold_applies
 
+    threads = f"; {torch.get_num_threads()} CPU threads" if device.type == "cpu" else ""
+    compiled = ""
+    if cfg.train.compile:
+        compiled = "; --compile: Ea's trunk, Es and G compiled" + (" with CUDA graphs" if device.type == "cuda" else "")
     if not cfg.train.fused:
-        return "plain PyTorch (--fused for the fast paths)"
+        return f"plain PyTorch (--fused for the fast paths){compiled}{threads}"
     adain = "C++" if device.type == "cpu" else "Triton"
     fold = "folded upsample + conv5x5" if fold_applies(cfg.train.fold_upsample, device) else "plain upsampling"
     return (f"--fused: {adain} AdaIN kernels, grouped AdaIN MLPs, fused optimisers, deferred BatchNorm counters, "
-            f"{fold} (train.fold_upsample={cfg.train.fold_upsample})")
+            f"{fold} (train.fold_upsample={cfg.train.fold_upsample}){compiled}{threads}")
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -317,6 +321,8 @@ def train_dgnet(cfg: Config, ds, teacher: torch.nn.Module, device: torch.device,
         from dgnet.distributed import convert_sync_batchnorm
 
         model.Ea = convert_sync_batchnorm(model.Ea, device).to(device)
+    if cfg.train.compile:
+        engine.compile_models(model, device)  # after the weights are in; the first iteration compiles
     opts = engine.build_optimizers(model, cfg.optim, fused=fused)
     _scale_lrs(opts, cfg)
     scheds = engine.build_schedulers(opts, cfg.optim)
@@ -356,7 +362,8 @@ def train_dgnet(cfg: Config, ds, teacher: torch.nn.Module, device: torch.device,
             sched_step(*scheds.values())
             batch_a, batch_b = _next_batch(it_a), _next_batch(it_b)
             o = engine.dgnet_step(model, teacher, opts, batch_a, batch_b, it, cfg, scaler=amp.scaler,
-                                  amp_dtype=amp.dtype, ddp=ddp, fused=fused)
+                                  amp_dtype=amp.dtype, ddp=ddp, fused=fused,
+                                  compiled=cfg.train.compile)
             _check_finite(o, "dgnet", it, mgr)
             done = it + 1
             ramps = engine.ramp_weights(it, cfg.loss)
