@@ -9,10 +9,11 @@ forward reads x (and the residual) and writes y; backward reads dy and x and wri
 gradient is dy itself). The fused/eager and fused/compiled speed-ups are printed and stored in the
 fused row's ``extra_info``, together with the machine, versions and sizes.
 
-    OMP_NUM_THREADS=1 .venv/bin/python -m pytest benchmarks/bench_adain.py -p no:cacheprovider -s   # CPU
+    .venv/bin/python -m pytest benchmarks/bench_adain.py -p no:cacheprovider -s      # CPU, every core
     python3 -m pytest -m gpu benchmarks/bench_adain.py -p no:cacheprovider -s            # GPU
-On a shared, oversubscribed CPU, OpenMP threads stall each other (even a copy ran 50x slower with
-2 threads than with 1 at load 7 on 2 cores): pin OMP_NUM_THREADS there; ``extra_info`` records it.
+On the CPU this runs at the main job's thread count (every core, ``train.threads=0``). Measure on an idle
+machine (``cat /proc/loadavg`` first): on a shared one OpenMP threads spin at barriers while another process
+holds a core (README, "Training speed"), and a figure from there says nothing. ``extra_info`` records the count.
 Targets: CPU >= 2x eager; H100 >= 2.5x eager for forward + backward and >= 70% of 3.35 TB/s.
 
 Figures, with the machine and versions they came from, are kept in README.md (Benchmark records).

@@ -6,6 +6,7 @@
 #   bash scripts/gpu_check.sh tests         # pytest -m gpu tests
 #   bash scripts/gpu_check.sh bench [FILES] # GPU benchmarks (pytest -m gpu benchmarks)
 #   bash scripts/gpu_check.sh profile [ARGS] # host vs device time of a training iteration, per --fused variant
+#   bash scripts/gpu_check.sh train-step    # s/iteration at the spec's size: plain, --fused, --fused --compile
 #   bash scripts/gpu_check.sh dali WHEELDIR # install DALI (+ deps) from local wheels
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -32,6 +33,13 @@ case "${1:-}" in
     $py -m pytest -m gpu $files -p no:cacheprovider -q -s --benchmark-columns=min,median,mean,rounds \
       --benchmark-json="$out/bench.json" 2>&1 | tee "$out/gpu-bench.log" | tail -80
     ;;
+  train-step)
+    # plain, --fused (fold off and on) and --fused --compile (CUDA graphs), fp32 and bf16, 256x128, batch 8; each
+    # variant's ratio to plain is printed (issue #17's target: --fused or compiled at least 1.5x plain)
+    $py -m pytest -m gpu benchmarks/bench_train_step.py -k train_step_gpu -p no:cacheprovider -q -s \
+      --benchmark-columns=min,median,mean,rounds --benchmark-json="$out/train-step.json" 2>&1 \
+      | tee "$out/train-step.log" | grep -E "s/iteration|ratio|passed|failed|Error" | tail -40
+    ;;
   profile)
     shift
     $py benchmarks/profile_step.py --device cuda --trace "$out/traces" "$@" 2>&1 | tee "$out/profile.log" | tail -150
@@ -41,5 +49,5 @@ case "${1:-}" in
     $py -c "import nvidia.dali as d; print('DALI', d.__version__)"
     ;;
   *)
-    echo "usage: $0 build|tests|bench [FILES]|profile [ARGS]|dali WHEELDIR" >&2; exit 2 ;;
+    echo "usage: $0 build|tests|bench [FILES]|train-step|profile [ARGS]|dali WHEELDIR" >&2; exit 2 ;;
 esac
