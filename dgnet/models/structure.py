@@ -46,8 +46,9 @@ class StructureEncoder(nn.Module):
     Init: the reference's kaiming (fan_in) on every conv, zero biases.
 
     Flat codes (a deliberate deviation from the reference, for degenerate inputs only): a sample whose code
-    is spatially constant in every channel, to within one unit of roundoff, is returned as exactly 0 and
-    passes no gradient back. Every other sample is the plain layer stack's, bit for bit, forward and backward.
+    is spatially constant in every channel, to within one unit of roundoff, or whose input is exactly constant
+    (``_constant_samples``), is returned as exactly 0 and passes no gradient back. Every other sample is the
+    plain layer stack's, bit for bit, forward and backward.
 
     Why: a blank (constant) image, or any image that makes the first conv's output constant, makes every
     channel of every InstanceNorm in Es exactly constant. Each such IN outputs 0, so the next conv outputs its
@@ -85,7 +86,17 @@ class StructureEncoder(nn.Module):
             )
         s = self.model(x_gray)
         # where, not a multiply by a mask: the gradient arriving for a flat sample may be inf (0 * inf = NaN)
-        return torch.where(_flat_samples(s), 0.0, s)
+        return torch.where(_flat_samples(s) | _constant_samples(x_gray), 0.0, s)
+
+
+def _constant_samples(x: torch.Tensor) -> torch.Tensor:
+    """``(N, 1, 1, 1)`` bool: samples of ``x`` that are exactly constant (a blank image). Their code is flat by the
+    argument above, but whether the computed one is depends on the CPU's convolution kernel: in float64 on an
+    AVX-512 EPYC the first conv of a constant image leaves 3e-13 of spread across its pixels, which the
+    InstanceNorms (each dividing by ``sqrt(eps)``) amplify to a code of order 1. The input is checked exactly."""
+    with torch.no_grad():
+        lo, hi = x.flatten(1).aminmax(dim=-1)
+        return (hi == lo)[:, None, None, None]
 
 
 def _flat_samples(s: torch.Tensor) -> torch.Tensor:
