@@ -22,3 +22,14 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test, restored after. Small tensors gain nothing from intra-op threads, and on a
+    CPU that other jobs share OpenMP threads spin at barriers while another process holds a core (README,
+    "Training speed"). A file opts in with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -19,13 +19,7 @@ from dgnet.models.layers import LayerNorm
 H, W = 32, 16  # the smallest size every module accepts: these tests run full backward passes
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # small tensors gain nothing from intra-op threads on a shared 2-core machine
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _normalised(rgb: tuple[float, float, float]) -> torch.Tensor:

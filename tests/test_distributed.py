@@ -55,12 +55,7 @@ def _ok(codes: list[int], out: Path) -> None:
     assert codes == [0] * WORLD, f"exit codes {codes}\n{errors}"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # (device, dtype, iterations, tolerances): float32 for two iterations, as training runs; float64 for four, which

@@ -26,14 +26,7 @@ H, W, B, IDS = 64, 32, 2, 5
 SMALL = (32, 16)  # gradient-routing tests backpropagate once per term: smallest size every module accepts
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors gain nothing from intra-op threads, and on a shared machine OpenMP spin-waiting under
-    oversubscription makes them many times slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _cfg(**loss) -> Config:

@@ -15,15 +15,7 @@ from dgnet.config import ModelConfig
 from dgnet.models import DGNet, ReidBaseline, build_backbone, frozen, gray
 from dgnet.models.layers import LayerNorm, reflect_pad
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small tensors gain nothing from intra-op threads; on a shared machine OpenMP spin-waiting under
-    oversubscription makes them many times slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _cfg(backbone: str) -> ModelConfig:
