@@ -25,6 +25,7 @@ import os
 import resource
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -96,8 +97,6 @@ def make_step(backbone: str, h: int, w: int, b: int, device: str, amp_dtype, var
 def _run(benchmark, backbone, h, w, b, device, variant, amp_dtype, rounds, name=None):
     """Time ``variant``'s iteration; ``name`` (default ``variant``) labels it, the first name of a configuration
     being the one the others are compared with."""
-    import time
-
     name = name or variant
     step = make_step(backbone, h, w, b, device, amp_dtype, variant)
     it = iter(range(1, 1_000_000))

@@ -131,8 +131,8 @@ def _seed_momentum_buffers(opt: torch.optim.Optimizer, _args, _kwargs) -> None:
                 opt.state[p]["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
 
 
-def compile_models(model: DGNet, device: torch.device) -> str:
-    """``--compile`` (``train.compile``): ``torch.compile`` Ea's trunk, Es and G in place; returns the mode used.
+def compile_models(model: DGNet, device: torch.device) -> None:
+    """``--compile`` (``train.compile``): ``torch.compile`` Ea's trunk, Es and G in place.
 
     - Each part compiles its forward and, through AOTAutograd, its backward; names and ``state_dict`` keys are
       unchanged (``nn.Module.compile``), so checkpoints and resume are those of the eager model.
@@ -147,12 +147,12 @@ def compile_models(model: DGNet, device: torch.device) -> str:
       momentum); a zero gradient would decay it.
     - The trunk runs live and frozen (``frozen``: gradients off, BatchNorm as configured) and under
       ``no_grad``; each is its own compiled graph (a guard recompiles once per state), as is each batch shape.
-    Values equal eager's to float tolerance (``tests/test_compile.py``); a first iteration pays the compile.
+    Values equal eager's to rounding, a larger rounding than a thread count's (``tests/test_compile.py`` gives
+    how far); a first iteration pays the compile.
     """
     mode = "reduce-overhead" if device.type == "cuda" else "default"
     for part in (model.Ea.backbone, model.Es, model.G):
         part.compile(mode=mode, dynamic=False)
-    return mode
 
 
 def build_schedulers(

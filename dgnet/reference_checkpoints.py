@@ -158,17 +158,6 @@ LAYOUTS = {"gen": gen_layout, "id": id_layout, "dis": dis_layout}
 
 
 # --------------------------------------------------------------------------------------------------- reading
-def read_weights(path: str | Path, what: str = "file") -> Any:
-    """``torch.load(path, weights_only=True)`` on the CPU (zip or legacy serialisation), by
-    :func:`dgnet.fileio.load_weights_only`: a file holding pickled objects is refused and nothing in it runs.
-
-    Raises:
-        FileNotFoundError: naming ``what`` and ``path``.
-        ValueError: pickled objects other than tensors and plain containers, or not a PyTorch file.
-    """
-    return load_weights_only(path, what)
-
-
 def _state_dict(obj: Any, path: Path, wrapped: bool) -> dict[str, torch.Tensor]:
     """The state dict of a loaded file: ``obj['a']`` when ``wrapped`` (the reference's format), else ``obj``."""
     if wrapped:
@@ -375,7 +364,7 @@ def import_reference(checkpoints: str | Path, num_ids: int | None = None, teache
             log(f"no dis_{it:08d}.pt: D keeps a fresh initialisation (not used by evaluation or visualisation; a "
                 "fine-tune trains it from there)")
             continue
-        raw = _state_dict(read_weights(paths[kind], f"DG-Net {kind} file"), paths[kind], wrapped=True)
+        raw = _state_dict(load_weights_only(paths[kind], f"DG-Net {kind} file"), paths[kind], wrapped=True)
         state.update(map_state(raw, LAYOUTS[kind](model), own, str(paths[kind])))
         log(f"read {paths[kind]}")
     model.load_state_dict({**own, **state})
@@ -417,7 +406,7 @@ def baseline_state(weights: str | Path, what: str = "--weights") -> dict[str, to
     matrices checked to be there (they give the identity count and bottleneck width). ``what`` names the file's
     role in errors."""
     weights = Path(weights)
-    state = _state_dict(read_weights(weights, what), weights, wrapped=False)
+    state = _state_dict(load_weights_only(weights, what), weights, wrapped=False)
     for key in ("classifier.add_block.0.weight", "classifier.classifier.0.weight"):
         if key not in state or state[key].dim() != 2:
             raise ValueError(f"{weights}: no {key!r} matrix; expected a Person_reID_baseline_pytorch ft_net state "

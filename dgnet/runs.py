@@ -142,6 +142,13 @@ def load_teacher(path: str | Path, num_ids: int, device: torch.device) -> tuple[
 _SAME_MEANING = ("backbone", "last_stride", "app_pool_h")
 
 
+def require_init_from(path: str | Path) -> None:
+    """``model.init_from`` must name a file: checked by ``init_dgnet_from``, and by training before stage 1."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"model.init_from {str(path)!r} does not exist; expected a dgnet checkpoint (e.g. "
+                                "from dgnet.convert)")
+
+
 def init_dgnet_from(model: torch.nn.Module, path: str | Path, model_cfg: ModelConfig, num_ids: int) -> None:
     """Load the ``dgnet`` weights of checkpoint ``path`` into ``model`` (a fresh ``DGNet`` built from ``model_cfg``
     with ``num_ids`` identities): ``model.init_from``, the start of a fine-tune.
@@ -152,8 +159,7 @@ def init_dgnet_from(model: torch.nn.Module, path: str | Path, model_cfg: ModelCo
             or a tensor of another shape (the first one named, with both shapes).
     """
     source = f"model.init_from {str(path)!r}"
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"{source} does not exist; expected a dgnet checkpoint (e.g. from dgnet.convert)")
+    require_init_from(path)
     ckpt = load_checkpoint(path)
     if "dgnet" not in ckpt["models"]:
         raise ValueError(f"{source}: the checkpoint holds no dgnet model (it has {sorted(ckpt['models'])})")

@@ -53,7 +53,15 @@ from dgnet.config import Config, save_config
 from dgnet.distributed import world
 from dgnet.fileio import write_text_atomic
 from dgnet.logging_utils import RunLogger
-from dgnet.runs import TEACHER_WEIGHTS, init_dgnet_from, load_teacher, prepare_dataset, teacher_from, with_data_ids
+from dgnet.runs import (
+    TEACHER_WEIGHTS,
+    init_dgnet_from,
+    load_teacher,
+    prepare_dataset,
+    require_init_from,
+    teacher_from,
+    with_data_ids,
+)
 from dgnet.runtime import Amp, resolve_amp, resolve_device, seed_everything, seed_rank, set_determinism, set_threads
 
 STAGES = ("all", "teacher", "dgnet")
@@ -496,10 +504,8 @@ def _train(cfg: Config, device: torch.device, resume: bool | str, stage: str, ev
     teacher = model = None
     resumed_stage = ckpt["stage"] if ckpt else None
     init = cfg.model.init_from
-    if init and resumed_stage != "dgnet" and stage in ("all", "dgnet") and not Path(init).is_file():
-        # before stage 1, which may take hours
-        raise FileNotFoundError(f"model.init_from {init!r} does not exist; expected a dgnet checkpoint (e.g. from "
-                                "dgnet.convert)")
+    if init and resumed_stage != "dgnet" and stage in ("all", "dgnet"):
+        require_init_from(init)  # before stage 1, which may take hours
     if resumed_stage == "dgnet" and not cfg.train.teacher:
         _check_teacher_finished(mgr, cfg)
     if resumed_stage == "dgnet":

@@ -244,12 +244,12 @@ def test_converted_model_computes_what_the_original_does(reference_run, converte
 
 
 def test_a_legacy_serialised_file_loads(tmp_path):
-    from dgnet.reference_checkpoints import read_weights
+    from dgnet.fileio import load_weights_only
 
     state = {"a": collections.OrderedDict(w=torch.arange(6.0).view(2, 3), n=torch.tensor(5))}
     torch.save(state, tmp_path / "old.pt", _use_new_zipfile_serialization=False)
     assert not zipfile.is_zipfile(tmp_path / "old.pt")
-    got = read_weights(tmp_path / "old.pt")
+    got = load_weights_only(tmp_path / "old.pt", "file")
     assert list(got) == ["a"] and all(torch.equal(got["a"][k], state["a"][k]) for k in state["a"])
 
 
