@@ -15,7 +15,8 @@ Backends of :func:`adain`:
   raises.
 
 Fused ops save only the per-row mean and rstd for the backward; gradients flow to x, scale, bias and
-residual.
+residual. Fake (meta) kernels and autograd are registered here, so every op works under
+``torch.compile(fullgraph=True)`` and passes ``torch.library.opcheck``.
 
 Constant channels: an (n, c) plane whose values are all exactly equal carries no signal. Every backend outputs
 exactly ``act(bias) [+ residual]`` there (its normalised value is 0, not the rounding residue of its mean times
@@ -25,8 +26,7 @@ about a degenerate point whose projection on a constant change of the plane is 0
 constant (a conv on a constant input, as in G on a blank image's code) has true gradient 0, which the formula's
 rounding turned into up to 1e15 (tests/test_degenerate_inputs.py). What this drops: the gradient that would move a
 plane constant only because the weights producing it are exactly zero (a dead channel), a case that random
-initialisation and training never produce. Every other plane is computed as before, bit for bit. Fake (meta) kernels and autograd are registered here, so every op works under
-``torch.compile(fullgraph=True)`` and passes ``torch.library.opcheck``.
+initialisation and training never produce. Every other plane is computed as before, bit for bit.
 """
 
 from __future__ import annotations
