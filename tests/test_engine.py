@@ -526,19 +526,31 @@ def _assert_adam_first_steps_close(got: torch.Tensor, want: torch.Tensor, lr: fl
     assert diff.max() <= 2 * lr * 1.01 and (diff > 1e-6).float().mean() < 0.01
 
 
-# Tolerance of an autocast step's losses against the fp32 step's on the same weights and batch: autocast runs the
-# convolutions and matmuls in the amp dtype, whose results carry a relative error of a few units of its roundoff u
-# (2^-8 bfloat16, 2^-11 float16) after fp32 accumulation; each loss is a mean or a short sum of such values, so
-# 8u relative, plus 8u absolute for terms near 0, bounds it. A wrong kernel (a lost term, a transposed weight) moves
-# losses by tens of percent; an overflow fails the finiteness check first.
+# An autocast step's losses against the fp32 step's on the same weights and batch. Autocast runs convolutions and
+# matmuls in the amp dtype (unit roundoff u: 2^-8 bfloat16, 2^-11 float16) with fp32 accumulation; the losses come
+# through two chained networks (G's images go through Ea and Es again), and each layer adds a few u of relative
+# error, so the plain amp step is held to 32u relative (plus 32u absolute for terms near 0): it catches a broken
+# cast or a lost term, not rounding (measured on CPU at this size: 0.43% at most for float16, under 32u = 1.6%).
+# The fused amp step is held to the plain amp step's own error by flash-attention's rule: its distance to the fp32
+# losses at most twice the plain amp step's, plus 8u of the loss's magnitude.
 AMP_U = {torch.bfloat16: 2.0**-8, torch.float16: 2.0**-11}
+
+
+def _assert_amp_losses(plain: dict, fused: dict, want: dict, u: float, what: str) -> None:
+    _assert_losses_close(plain, want, 32 * u, 32 * u, f"plain {what}")
+    for k in [*GEN_TERMS, "loss_dis_total"]:
+        if not (math.isfinite(fused[k]) and math.isfinite(plain[k])):
+            continue  # a GradScaler overflow in D's R1 term, checked in _steps
+        err, err_plain = abs(fused[k] - want[k]), abs(plain[k] - want[k])
+        assert err <= 2 * err_plain + 8 * u * max(1.0, abs(want[k])), (f"fused {what}", k, fused[k], plain[k], want[k])
 
 
 @pytest.mark.gpu
 def test_cuda_steps_match_the_plain_fp32_step():
     """On CUDA: the --fused step (Triton AdaIN, grouped MLPs, fused optimisers) gives the plain step's losses and
     updates in fp32 (TF32 off, so both are fp32 arithmetic); bf16 autocast and fp16 with the GradScaler, plain
-    and fused, give the fp32 step's losses within the amp dtype's rounding, and stay finite for two steps."""
+    and fused, give the fp32 step's losses within the amp dtype's rounding (_assert_amp_losses), and stay finite
+    for two steps."""
     dev = torch.device("cuda")
     tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
@@ -549,8 +561,7 @@ def test_cuda_steps_match_the_plain_fp32_step():
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
     _assert_losses_close(got, want, 1e-3, 1e-4, "fused fp32")  # test_fused_step_matches_plain's bound
     _assert_adam_first_steps_close(w_fused, w_plain, cfg.optim.gen_lr)
-    for fused in (False, True):
-        for amp, scaler in ((torch.bfloat16, False), (torch.float16, True)):
-            outs, _, _ = _steps(dev, fused, amp, scaler, steps=2)
-            u = AMP_U[amp]
-            _assert_losses_close(outs[0], want, 8 * u, 8 * u, f"fused={fused} {amp}")
+    for amp, scaler in ((torch.bfloat16, False), (torch.float16, True)):
+        plain, _, _ = _steps(dev, False, amp, scaler, steps=2)
+        fused, _, _ = _steps(dev, True, amp, scaler, steps=2)
+        _assert_amp_losses(plain[0], fused[0], want, AMP_U[amp], str(amp))
