@@ -138,6 +138,7 @@ setup(
     description="DG-Net person re-identification: joint discriminative and generative learning, fast.",
     python_requires=">=3.10",
     packages=["dgnet", "dgnet.ops", "dgnet.data", "dgnet.data.check", "dgnet.data.synthetic", "dgnet.models",
+              "dgnet.training", "dgnet.evaluation", "dgnet.checkpoints", "dgnet.inference", "dgnet.generative",
               "dgnet.kernels"],
     package_dir={"dgnet.kernels": "kernels"},
     install_requires=read_requirements(),

@@ -1,4 +1,4 @@
-"""Training iterations per second and peak memory of one full DG-Net iteration (``dgnet.engine.dgnet_step``).
+"""Training iterations per second and peak memory of one full DG-Net iteration (``dgnet.training.step.dgnet_step``).
 
 - CPU, the demo preset's size (ResNet-18, 64x32, batch 4 per stream), the four variants of issue #17, each with
   its ratio to the first: ``plain`` on one thread (the old demo default, ``--set train.threads=1``), ``plain`` on
@@ -33,7 +33,7 @@ from machine import cpu_name
 
 import dgnet
 from dgnet.config import Config
-from dgnet.engine import build_optimizers, compile_models, dgnet_step
+from dgnet.training.step import build_optimizers, compile_models, dgnet_step
 from dgnet.models import DGNet, ReidBaseline
 from dgnet.profiling import host_op_count
 

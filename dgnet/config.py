@@ -166,12 +166,12 @@ class TrainConfig:
     # reference trains in fp32, and the GAN step is sensitive to precision.
     amp: str = "auto"
     # the fast paths: fused AdaIN kernels (Triton on CUDA, C++ on CPU), the AdaIN MLPs batched, fused optimisers,
-    # BatchNorm counters added once per step (dgnet.engine.deferred_bn_counts)
+    # BatchNorm counters added once per step (dgnet.training.step.deferred_bn_counts)
     fused: bool = False
     # --fused also folds the decoder's upsample + conv5x5 (FOLD_CHOICES): auto (CPU only), on, off
     # (dgnet.models.decoder.fold_applies)
     fold_upsample: str = "auto"
-    # --compile: torch.compile Ea's trunk, Es and G (dgnet.engine.compile_models); CUDA graphs on a GPU. D stays eager:
+    # --compile: torch.compile Ea's trunk, Es and G (dgnet.training.step.compile_models); CUDA graphs on a GPU. D stays eager:
     # its R1 penalty differentiates twice, which compiled graphs do not support. Values equal eager's to rounding
     # (tests/test_compile.py). On a 2-core CPU it gains nothing and compiles for minutes (README, "Training speed").
     compile: bool = False
@@ -295,7 +295,7 @@ def _synthetic_base(name: str) -> Config:
     cfg.data.workers = 1
     cfg.model.backbone = "resnet18"
     # Nothing is downloaded: the teacher trains from scratch, and Ea's trunk starts from the teacher's (a
-    # deviation from the paper's ImageNet start, where no ImageNet weights exist; see dgnet.runs.TEACHER_WEIGHTS).
+    # deviation from the paper's ImageNet start, where no ImageNet weights exist; see dgnet.checkpoints.runs.TEACHER_WEIGHTS).
     cfg.model.backbone_weights = "teacher"
     cfg.model.num_ids = 0  # 0: taken from the generated set
     # The teacher from scratch: no ImageNet features for a 10x lower trunk rate to protect, and a head rate of

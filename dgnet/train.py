@@ -1,5 +1,5 @@
 """``python -m dgnet.train``: stage 1 trains the teacher (the re-id baseline), stage 2 trains DG-Net, then both
-are evaluated (the run and its output folder are described in :mod:`dgnet.training`).
+are evaluated (the run and its output folder are described in :mod:`dgnet.training.loop`).
 
 With no arguments it runs the ``demo`` preset end to end on the embedded synthetic set. ``--iterations N``
 caps both stages at N; ``--resume`` continues exactly from the newest checkpoint in the output folder.
@@ -83,7 +83,7 @@ def args_to_overrides(args: argparse.Namespace) -> dict:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from dgnet.fileio import DiskFull
-    from dgnet.training import NonFiniteLoss, train
+    from dgnet.training.loop import NonFiniteLoss, train
 
     try:
         cfg = resolve_config(args.config, args_to_overrides(args))

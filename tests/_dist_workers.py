@@ -77,7 +77,7 @@ def parity_run(rank: int, world: int, steps: int, ref_world: int, device: torch.
     """``steps`` DG-Net iterations on this rank's rows of the combined batches of ``ref_world`` ranks (all of
     them when ``world`` is 1), models and data in ``dtype``; returns the model's state dict (parameters and
     BatchNorm buffers) and each iteration's losses."""
-    from dgnet.engine import build_optimizers, dgnet_step, wrap_ddp
+    from dgnet.training.step import build_optimizers, dgnet_step, wrap_ddp
     from dgnet.models import DGNet, ReidBaseline
 
     device = device or torch.device("cpu")
@@ -218,7 +218,8 @@ def dying_train_worker(rank: int, world: int, port: int, out: Path, argv: list[s
     """``dgnet.train argv`` where rank 1 crashes at the start of DG-Net iteration ``die_at`` (0-based)."""
 
     def body(rank: int) -> None:
-        from dgnet import engine, train
+        from dgnet import train
+        from dgnet.training import step as engine
 
         join_env(rank, world, port, timeout_s=120)
         step = engine.dgnet_step

@@ -7,8 +7,8 @@ import torch
 from _tiny_run import make_tiny_set, tiny_flags
 from _tiny_run import train_fails as fails
 
-from dgnet import engine
-from dgnet.checkpoint import CheckpointManager, arch_only, build_state, load_checkpoint, save_atomic
+from dgnet.training import step as engine
+from dgnet.checkpoints.format import CheckpointManager, arch_only, build_state, load_checkpoint, save_atomic
 from dgnet.config import resolve_config
 from dgnet.train import main
 

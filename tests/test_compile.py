@@ -1,4 +1,4 @@
-"""``--compile`` (``dgnet.engine.compile_models``): compiled DG-Net iterations against eager ones.
+"""``--compile`` (``dgnet.training.step.compile_models``): compiled DG-Net iterations against eager ones.
 
 The reference is the eager model built from the same seed and fed the same batches and random draws, with every
 loss term ramped in from the first iteration and the learning rates at 0, so that every iteration is an exact
@@ -23,7 +23,7 @@ import pytest
 import torch
 
 from dgnet.config import Config
-from dgnet.engine import build_optimizers, compile_models, dgnet_step
+from dgnet.training.step import build_optimizers, compile_models, dgnet_step
 from dgnet.models import DGNet, ReidBaseline
 
 IDS = 6

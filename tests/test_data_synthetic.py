@@ -110,7 +110,7 @@ def test_generate_refuses_a_folder_holding_files(tmp_path):
 def test_the_set_keeps_its_seed_when_the_training_seed_changes(monkeypatch):
     """train.seed must not regenerate (or refuse) the default data/synthetic: the set has data.synthetic_seed."""
     from dgnet.config import resolve_config
-    from dgnet.runs import prepare_dataset
+    from dgnet.checkpoints.runs import prepare_dataset
 
     seen = {}
 
@@ -133,8 +133,8 @@ def test_cli(tmp_path, capsys):
 
 
 def test_baseline_evaluator_hand_computed():
-    """The histogram baseline scores with dgnet.evaluation (its own numpy evaluator is gone): a hand case."""
-    from dgnet.evaluation import evaluate_rank
+    """The histogram baseline scores with dgnet.evaluation.rank (its own numpy evaluator is gone): a hand case."""
+    from dgnet.evaluation.rank import evaluate_rank
 
     # query pid 1 cam 0. gallery order by distance: [pid 1 cam 0 (ignored: same cam), pid 2, pid 1 cam 1,
     # junk, pid 1 cam 2] -> first true match at rank 2; AP = mean(1/2, 2/3) (junk removed from the ranking)

@@ -12,7 +12,7 @@ import torch
 
 from dgnet.config import Config, ModelConfig
 from dgnet.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from dgnet.engine import build_optimizers, dgnet_step
+from dgnet.training.step import build_optimizers, dgnet_step
 from dgnet.models import DGNet, ReidBaseline, gray
 from dgnet.models.layers import LayerNorm
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from dgnet.config import Config
-from dgnet.engine import (
+from dgnet.training.step import (
     GEN_TERMS,
     build_optimizers,
     build_schedulers,
@@ -249,8 +249,8 @@ def test_fused_step_matches_plain():
 def test_fused_sgd_matches_the_loop_when_a_head_starts_late():
     """Ea's SGD under --fused: a parameter whose first gradient arrives after the others' took steps (a head
     before its loss ramps in) gets the loop's first step (momentum buffer = gradient), over a resume too."""
-    from dgnet.checkpoint import load_optimizer_state
-    from dgnet.engine import _sgd_two_groups
+    from dgnet.checkpoints.format import load_optimizer_state
+    from dgnet.training.step import _sgd_two_groups
 
     cfg = Config().optim
 
@@ -286,7 +286,7 @@ def test_deferred_bn_counts_is_exact(momentum):
     """Train-mode BatchNorm calls inside deferred_bn_counts: the same outputs and running statistics, bit for
     bit, and the same num_batches_tracked on exit (also when the block raises), with none of the per-call
     counter adds; eval-mode and frozen batch-statistics calls count nothing, as in PyTorch."""
-    from dgnet.engine import deferred_bn_counts
+    from dgnet.training.step import deferred_bn_counts
     from dgnet.models import frozen
     from dgnet.profiling import host_op_count
 
@@ -351,7 +351,7 @@ def test_teacher_dropout_switch(dropout):
     """``model.teacher_dropout``: the teacher's soft labels of the fakes vary with the RNG when on (the reference's
     teacher in train mode) and not when off; the same RNG state gives the same labels (what an exact resume
     restores); the teacher's running statistics and modes are untouched either way."""
-    from dgnet.engine import GeneratorInputs
+    from dgnet.training.step import GeneratorInputs
 
     cfg = _cfg()
     cfg.model.teacher_dropout = dropout

@@ -77,8 +77,8 @@ def graph() -> tuple[dict[str, set[str]], set[str]]:
 def test_the_walk_sees_imports_inside_functions(graph):
     """A check that the walk itself works: training imports the protocol only inside a function."""
     edges, commands = graph
-    assert "dgnet.protocol" in edges["dgnet.training"]
-    assert {"dgnet.train", "dgnet.test"} <= commands and "dgnet.training" not in commands
+    assert "dgnet.evaluation.protocol" in edges["dgnet.training.loop"]
+    assert {"dgnet.train", "dgnet.test"} <= commands and "dgnet.training.loop" not in commands
 
 
 def test_no_module_imports_a_command(graph):

@@ -10,7 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from dgnet.config import LossConfig
-from dgnet.engine import ramp_weights
+from dgnet.training.step import ramp_weights
 from dgnet.losses import (
     id_ce,
     lsgan_dis,

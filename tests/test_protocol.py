@@ -1,5 +1,5 @@
-"""The test protocol's data path (dgnet.protocol): features stay on the model's device, and distances,
-re-ranking and evaluation run there through dgnet.ops and dgnet.evaluation, with the metrics the plain
+"""The test protocol's data path (dgnet.evaluation.protocol): features stay on the model's device, and distances,
+re-ranking and evaluation run there through dgnet.ops and dgnet.evaluation.rank, with the metrics the plain
 formulas give."""
 
 from __future__ import annotations
@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from dgnet import ops, protocol
+from dgnet import ops
+from dgnet.evaluation import protocol
 from dgnet.config import EvalConfig
-from dgnet.evaluation import evaluate_reference
+from dgnet.evaluation.rank import evaluate_reference
 from dgnet.ops.rerank import re_ranking_reference
 
 

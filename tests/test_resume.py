@@ -10,8 +10,8 @@ import pytest
 import torch
 from _tiny_run import make_tiny_set, tiny_flags
 
-from dgnet import engine
-from dgnet.checkpoint import load_checkpoint
+from dgnet.training import step as engine
+from dgnet.checkpoints.format import load_checkpoint
 from dgnet.train import main
 
 

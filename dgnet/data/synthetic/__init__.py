@@ -646,12 +646,12 @@ def histogram_baseline(dataset, bins: int = 4, crop: bool = True) -> dict:
     """Nearest neighbour on colour histograms (Hellinger distance) over query x gallery of ``dataset``.
 
     ``dataset``: a :class:`~dgnet.data.layouts.ReidDataset` (or anything with ``query``/``gallery`` lists of
-    samples). Returns ``rank1``, ``rank5``, ``rank10`` and ``mAP`` (fractions) from ``dgnet.evaluation``.
+    samples). Returns ``rank1``, ``rank5``, ``rank10`` and ``mAP`` (fractions) from ``dgnet.evaluation.rank``.
     """
     qf = np.stack([colour_histogram(s.path, bins, crop) for s in dataset.query])
     gf = np.stack([colour_histogram(s.path, bins, crop) for s in dataset.gallery])
     dist = 2 - 2 * qf @ gf.T  # squared distance of unit vectors
-    from dgnet.evaluation import evaluate_rank  # imports torch: only when the baseline is asked for
+    from dgnet.evaluation.rank import evaluate_rank  # imports torch: only when the baseline is asked for
 
     qp, gp = np.array([s.pid for s in dataset.query]), np.array([s.pid for s in dataset.gallery])
     qc, gc = np.array([s.camid for s in dataset.query]), np.array([s.camid for s in dataset.gallery])

@@ -64,8 +64,8 @@ def generate_dataset(model: torch.nn.Module, ds, size: tuple[int, int], out: str
     """
     from PIL import Image
 
-    from dgnet.figures import load_images
-    from dgnet.logging_utils import denormalize
+    from dgnet.generative.figures import load_images
+    from dgnet.training.logger import denormalize
     from dgnet.models import eval_mode
 
     out = Path(out)

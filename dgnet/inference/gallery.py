@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from dgnet import __version__, ops
-from dgnet.api import FeatureExtractor
+from dgnet.inference.extractor import FeatureExtractor
 
 FORMAT = "dgnet-features"
 
@@ -67,7 +67,7 @@ def list_images(source: str | Path) -> list[str]:
 @dataclass
 class FeatureSet:
     """Features of images: ``features`` float32 ``(N, D)`` (on any device), their ``paths``, the ``identity`` of the
-    checkpoint that made them (:func:`dgnet.api.checkpoint_identity`), and the files ``skipped`` (path ->
+    checkpoint that made them (:func:`dgnet.inference.extractor.checkpoint_identity`), and the files ``skipped`` (path ->
     why) because they do not decode."""
 
     features: torch.Tensor
@@ -243,9 +243,9 @@ def search_to_folder(fx: FeatureExtractor, query: str | Path, gallery: str | Pat
     """What ``python -m dgnet.search`` does: the queries' and the gallery's features (the gallery through
     :func:`gallery_features`), :func:`search` with the checkpoint's ``eval`` re-ranking parameters, one rank-list
     PNG per query under ``out/ranklists/`` and ``out/results.json``. Returns a summary (counts)."""
-    from dgnet.figures import BLUE, captioned_row, load_images
+    from dgnet.generative.figures import BLUE, captioned_row, load_images
     from dgnet.fileio import write_text_atomic
-    from dgnet.logging_utils import denormalize
+    from dgnet.training.logger import denormalize
 
     out = Path(out)
     queries = extract_features(fx, list_images(query), progress=False)

@@ -1,7 +1,7 @@
 """The paper's generation figures, training-time image grids and torchreid-style rank lists, as image rows.
 
 ``x_ab = G(s_a, f_b)``: structure of a, appearance of b. Every builder returns a list of rows (each a
-``(N_i, 3, H, W)`` tensor) for :func:`dgnet.logging_utils.image_grid`:
+``(N_i, 3, H, W)`` tensor) for :func:`dgnet.training.logger.image_grid`:
 
 - :func:`swap_rows`: a table; the top row gives the structures, the left column the appearances, cell (i, j) is
   ``G(s_j, f_i)``.
@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from dgnet.logging_utils import blank_like, denormalize, image_grid, save_png
+from dgnet.training.logger import blank_like, denormalize, image_grid, save_png
 from dgnet.models import eval_mode, gray
 
 MODES = ("swap", "rainbow", "interpolate-appearance", "interpolate-structure", "ranklist")
@@ -177,8 +177,8 @@ def figure_from_checkpoint(checkpoint: str | Path, mode: str, images: list[str] 
     features rank the ``ranklist`` (``dgnet`` or ``teacher``); the generation modes use DG-Net.
     """
     from dgnet.data import Sample
-    from dgnet.protocol import extract
-    from dgnet.runs import open_run
+    from dgnet.evaluation.protocol import extract
+    from dgnet.checkpoints.runs import open_run
 
     if mode not in MODES:
         raise ValueError(f"mode {mode!r}: expected one of {MODES}")

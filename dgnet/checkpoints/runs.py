@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from dgnet.checkpoint import check_finite, load_checkpoint, load_state_checked, model_config_of
+from dgnet.checkpoints.format import check_finite, load_checkpoint, load_state_checked, model_config_of
 from dgnet.config import Config, ModelConfig, config_from_dict, layout_options
 from dgnet.data import ReidDataset, load_dataset
 from dgnet.runtime import resolve_device

@@ -167,7 +167,7 @@ def reconstruction_generator(model: torch.nn.Module) -> Generator:
 def teacher_features(teacher: torch.nn.Module, images: torch.Tensor, batch_size: int = 64,
                      device: torch.device | str = "cpu") -> torch.Tensor:
     """The teacher's test-protocol features (image + flip, L2-normalised) ``(N, 512)`` float32 CPU."""
-    from dgnet.protocol import embed
+    from dgnet.evaluation.protocol import embed
 
     teacher.eval()
     out = [embed(teacher, "teacher", images[i : i + batch_size].to(device)).cpu()
@@ -340,9 +340,9 @@ def measure_checkpoint(checkpoint: str | Path, teacher: str | Path | None = None
                        pairs: int = 200, seed: int = 0, device: str = "auto") -> dict:
     """What ``python -m dgnet.quality`` measures: :func:`run` on a synthetic run's checkpoint, with the teacher
     it holds (or the one in ``teacher``), on the synthetic set it trained on. Returns :func:`run`'s dict."""
-    from dgnet.checkpoint import load_checkpoint
+    from dgnet.checkpoints.format import load_checkpoint
     from dgnet.data.synthetic import load_manifest
-    from dgnet.runs import build_model, open_run
+    from dgnet.checkpoints.runs import build_model, open_run
     from dgnet.runtime import set_threads
 
     if pairs < 1:

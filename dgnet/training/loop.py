@@ -36,8 +36,8 @@ from typing import Any
 
 import torch
 
-from dgnet import engine
-from dgnet.checkpoint import (
+from dgnet.training import step as engine
+from dgnet.checkpoints.format import (
     CheckpointManager,
     NonFiniteWeights,
     arch_only,
@@ -52,8 +52,8 @@ from dgnet.checkpoint import (
 from dgnet.config import Config, save_config
 from dgnet.distributed import world
 from dgnet.fileio import write_text_atomic
-from dgnet.logging_utils import RunLogger
-from dgnet.runs import (
+from dgnet.training.logger import RunLogger
+from dgnet.checkpoints.runs import (
     TEACHER_WEIGHTS,
     init_dgnet_from,
     load_teacher,
@@ -280,7 +280,7 @@ def fixed_grid_batches(ds, cfg: Config, backend: str, device: torch.device) -> t
     Read through the test pipeline (no augmentation, no random state consumed), so grids at the
     same iteration of a resumed and an uninterrupted run show the same inputs.
     """
-    from dgnet.figures import load_images
+    from dgnet.generative.figures import load_images
 
     n = cfg.train.grid_samples
     first: dict[int, Any] = {}
@@ -300,7 +300,7 @@ def train_dgnet(cfg: Config, ds, teacher: torch.nn.Module, device: torch.device,
                 mgr: CheckpointManager, resume: dict | None, amp: Amp, out: Path) -> torch.nn.Module:
     """Joint training (spec: Losses, Optimisation) for ``optim.iterations`` (capped); returns DGNet in eval mode."""
     from dgnet.data import drop_singletons, train_stream
-    from dgnet.figures import training_rows
+    from dgnet.generative.figures import training_rows
     from dgnet.models import DGNet
 
     rank, size = world()
@@ -528,7 +528,7 @@ def _train(cfg: Config, device: torch.device, resume: bool | str, stage: str, ev
 
     results: dict = {}
     if evaluate:
-        from dgnet.protocol import evaluate_models, format_table
+        from dgnet.evaluation.protocol import evaluate_models, format_table
 
         # every rank embeds its share of query and gallery (collectives); rank 0 alone gets the metrics
         results = evaluate_models({"teacher": teacher, **({"dgnet": model} if model is not None else {})},

@@ -5,7 +5,7 @@
     >>> feats = fx(["a.jpg", "b.jpg"])                                 # doctest: +SKIP  (2, 1024) float32
     >>> dist = dgnet.ops.pairwise_distance(feats, feats, "neg_dot")   # doctest: +SKIP
 
-The features are the test protocol's (:mod:`dgnet.protocol`): both heads, flip, normalisation, and the
+The features are the test protocol's (:mod:`dgnet.evaluation.protocol`): both heads, flip, normalisation, and the
 fine-grained weight ``eval.alpha`` of the checkpoint's config, so their dot product is the score that
 ``python -m dgnet.test`` ranks by.
 """
@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from dgnet.checkpoint import load_checkpoint
+from dgnet.checkpoints.format import load_checkpoint
 from dgnet.config import config_from_dict
-from dgnet.runs import MODEL_KINDS, build_model
+from dgnet.checkpoints.runs import MODEL_KINDS, build_model
 from dgnet.runtime import resolve_device
 
 ImageInput = str | Path | np.ndarray | Any  # a path, a uint8 HWC RGB array, or a PIL image
@@ -127,7 +127,7 @@ class FeatureExtractor:
 
     @torch.no_grad()
     def __call__(self, images: Sequence[ImageInput] | torch.Tensor) -> torch.Tensor:
-        from dgnet.protocol import embed
+        from dgnet.evaluation.protocol import embed
 
         if isinstance(images, torch.Tensor):
             x = self._check_tensor(images)
@@ -147,7 +147,7 @@ class FeatureExtractor:
         """Features of image files in order, one ``(B, D)`` batch at a time, decoded by the test pipeline
         (``loader``): what ``python -m dgnet.extract`` streams to disk."""
         from dgnet.data import Sample, test_stream
-        from dgnet.protocol import embed
+        from dgnet.evaluation.protocol import embed
 
         for p in paths:
             if not Path(p).is_file():

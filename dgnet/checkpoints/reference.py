@@ -19,7 +19,7 @@ about their format, read from the reference's module structure; none of its code
   both. A file that would need to run code to unpickle is refused.
 
 :func:`import_reference` and :func:`import_baseline` return a dgnet checkpoint dictionary
-(:func:`dgnet.checkpoint.build_state`) that ``dgnet.test``, ``dgnet.visualize``, ``dgnet.load_model``,
+(:func:`dgnet.checkpoints.format.build_state`) that ``dgnet.test``, ``dgnet.visualize``, ``dgnet.load_model``,
 ``dgnet.FeatureExtractor``, ``dgnet.train --teacher`` and ``dgnet.train --init-from`` accept.
 """
 
@@ -35,7 +35,7 @@ from typing import Any
 import torch
 import yaml
 
-from dgnet.checkpoint import build_state
+from dgnet.checkpoints.format import build_state
 from dgnet.config import PRESETS, Config, resolve_config
 from dgnet.fileio import load_weights_only
 

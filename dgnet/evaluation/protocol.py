@@ -11,7 +11,7 @@ score (``dgnet.ops.pairwise_distance``'s ``neg_dot``). Every feature has norm ``
 so re-ranking's squared Euclidean distance is ``2 * norm^2 - 2 * score``: the same order.
 
 Data flows one way and stays on the model's device: images -> features (:func:`extract`) -> distances ->
-re-ranking -> evaluation (:func:`evaluate_features`), all through ``dgnet.ops`` and ``dgnet.evaluation``
+re-ranking -> evaluation (:func:`evaluate_features`), all through ``dgnet.ops`` and ``dgnet.evaluation.rank``
 on the features' device; the only host copy is of the final metrics.
 """
 
@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from dgnet import ops
 from dgnet.config import Config, EvalConfig, check_alpha
-from dgnet.evaluation import evaluate
+from dgnet.evaluation.rank import evaluate
 
 METRIC_KEYS = ("rank1", "rank5", "rank10", "mAP", "mAP_trapz", "mINP")
 KINDS = ("dgnet", "teacher")
@@ -211,7 +211,7 @@ def format_table(results: dict[str, Any]) -> str:
     """A Markdown table (percentages) of :func:`evaluate_models`'s output.
 
     "mAP (devkit)" is the Market-1501 devkit's trapezoidal AP, the one DG-Net's published mAP uses
-    (``dgnet.evaluation``). The reference's published Rank-1 / mAP are the row ``dgnet (alpha 0.5)`` (or
+    (``dgnet.evaluation.rank``). The reference's published Rank-1 / mAP are the row ``dgnet (alpha 0.5)`` (or
     ``dgnet`` at the default alpha 0.5) without re-ranking: Rank-1 and mAP (devkit).
     """
     lines = ["| model | re-ranking | Rank-1 | Rank-5 | Rank-10 | mAP | mAP (devkit) | mINP |",
