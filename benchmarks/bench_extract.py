@@ -28,8 +28,8 @@ from dgnet.config import resolve_config
 from dgnet.data import load_dataset
 from dgnet.data import synthetic as syn
 from dgnet.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from dgnet.models import DGNet
 from dgnet.evaluation.protocol import embed
+from dgnet.models import DGNet
 
 # (backbone, height, width, images): the demo's model on CPU; the spec's on a GPU
 SIZES = {"demo": ("resnet18", 64, 32, 256), "spec": ("resnet50", 256, 128, 1024)}

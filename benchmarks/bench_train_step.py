@@ -33,9 +33,10 @@ from machine import cpu_name
 
 import dgnet
 from dgnet.config import Config
-from dgnet.training.step import build_optimizers, compile_models, dgnet_step
 from dgnet.models import DGNet, ReidBaseline
 from dgnet.profiling import host_op_count
+from dgnet.training.optim import build_optimizers
+from dgnet.training.step import compile_models, dgnet_step
 
 IDS = 16
 _MEANS: dict[tuple, dict[str, float]] = {}
@@ -81,13 +82,12 @@ def make_step(backbone: str, h: int, w: int, b: int, device: str, amp_dtype, var
     if compiled:
         torch._dynamo.reset()
         compile_models(model, torch.device(device))
-    opts = build_optimizers(model, cfg.optim, fused=fused)
+    opts = build_optimizers(model, cfg.optim)
     batches = [(_batch(b, h, w, device, 2 * i), _batch(b, h, w, device, 2 * i + 1)) for i in range(2)]
 
     def step(i: int) -> None:
         a, bb = batches[i % 2]
-        dgnet_step(model, teacher, opts, a, bb, i + 1, cfg, amp_dtype=amp_dtype, fused=fused,
-                   compiled=compiled)  # returns floats
+        dgnet_step(model, teacher, opts, a, bb, i + 1, cfg, amp_dtype=amp_dtype)  # returns floats
         if device == "cuda":
             torch.cuda.synchronize()
 

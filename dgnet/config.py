@@ -171,9 +171,10 @@ class TrainConfig:
     # --fused also folds the decoder's upsample + conv5x5 (FOLD_CHOICES): auto (CPU only), on, off
     # (dgnet.models.decoder.fold_applies)
     fold_upsample: str = "auto"
-    # --compile: torch.compile Ea's trunk, Es and G (dgnet.training.step.compile_models); CUDA graphs on a GPU. D stays eager:
-    # its R1 penalty differentiates twice, which compiled graphs do not support. Values equal eager's to rounding
-    # (tests/test_compile.py). On a 2-core CPU it gains nothing and compiles for minutes (README, "Training speed").
+    # --compile: torch.compile Ea's trunk, Es and G (dgnet.training.step.compile_models); CUDA graphs on a GPU. D
+    # stays eager: its R1 penalty differentiates twice, which compiled graphs do not support. Values equal eager's
+    # to rounding (tests/test_compile.py). On a 2-core CPU it gains nothing and compiles for minutes
+    # (docs/training-speed.md).
     compile: bool = False
     seed: int = 0
     deterministic: bool = False
@@ -295,7 +296,8 @@ def _synthetic_base(name: str) -> Config:
     cfg.data.workers = 1
     cfg.model.backbone = "resnet18"
     # Nothing is downloaded: the teacher trains from scratch, and Ea's trunk starts from the teacher's (a
-    # deviation from the paper's ImageNet start, where no ImageNet weights exist; see dgnet.checkpoints.runs.TEACHER_WEIGHTS).
+    # deviation from the paper's ImageNet start, where no ImageNet weights exist; see
+    # dgnet.checkpoints.runs.TEACHER_WEIGHTS).
     cfg.model.backbone_weights = "teacher"
     cfg.model.num_ids = 0  # 0: taken from the generated set
     # The teacher from scratch: no ImageNet features for a 10x lower trunk rate to protect, and a head rate of

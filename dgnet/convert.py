@@ -13,7 +13,10 @@ from __future__ import annotations
 import argparse
 import sys
 
+from dgnet.checkpoints.format import save_atomic
+from dgnet.checkpoints.reference import import_baseline, import_reference
 from dgnet.config import PRESETS, parse_set, positive_int
+from dgnet.fileio import DiskFull
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,10 +46,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from dgnet.checkpoints.format import save_atomic
-    from dgnet.fileio import DiskFull
-    from dgnet.checkpoints.reference import import_baseline, import_reference
-
     try:
         overrides = parse_set(args.set)
         if args.data_root:

@@ -11,6 +11,8 @@ import argparse
 import sys
 
 from dgnet.config import LOADER_CHOICES, positive_int
+from dgnet.inference.extractor import FeatureExtractor
+from dgnet.inference.gallery import extract_features, list_images
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,9 +31,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from dgnet.inference.extractor import FeatureExtractor
-    from dgnet.inference.gallery import extract_features, list_images
-
     try:
         fx = FeatureExtractor(args.checkpoint, device=args.device, batch_size=args.batch_size, which=args.model,
                               loader=args.loader)

@@ -3,8 +3,8 @@ functions they are made of.
 
 :data:`GENERATOR_TERMS` is the one place a term is defined: its reported name, the name and spec value of
 its weight, whether the weight ramps in, and the function computing it. ``LossConfig``'s weight keys, the
-ramped set (``dgnet.training.step.ramp_weights``) and the weighted total (``dgnet.training.step.generator_total``) are all
-derived from it, so a new term is one entry plus its function.
+ramped set (``dgnet.training.step.ramp_weights``) and the weighted total (``dgnet.training.step.generator_total``)
+are all derived from it, so a new term is one entry plus its function.
 
 Every function computes in at least float32 whatever the dtype of its inputs (autocast's bf16/fp16 outputs
 are promoted; float64 stays float64, so a float64 model is float64 end to end, as its exactness checks need).

@@ -13,6 +13,8 @@ from typing import Any
 
 from dgnet.config import AMP_CHOICES, LOADER_CHOICES, PRESETS, parse_set, resolve_config
 from dgnet.distributed import CollectiveFailure
+from dgnet.fileio import DiskFull
+from dgnet.training.loop import NonFiniteLoss, train
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -82,9 +84,6 @@ def args_to_overrides(args: argparse.Namespace) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from dgnet.fileio import DiskFull
-    from dgnet.training.loop import NonFiniteLoss, train
-
     try:
         cfg = resolve_config(args.config, args_to_overrides(args))
         train(cfg, resume="auto" if args.auto_resume else args.resume, stage=args.stage, evaluate=not args.no_eval)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from dgnet.config import LOADER_CHOICES, positive_int
 from dgnet.generative.figures import MODES as FIGURE_MODES
+from dgnet.generative.figures import figure_from_checkpoint
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,7 +36,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from dgnet.generative.figures import figure_from_checkpoint
 
     try:
         path = figure_from_checkpoint(args.checkpoint, args.mode, images=args.images, num=args.num, steps=args.steps,

@@ -23,8 +23,9 @@ import pytest
 import torch
 
 from dgnet.config import Config
-from dgnet.training.step import build_optimizers, compile_models, dgnet_step
 from dgnet.models import DGNet, ReidBaseline
+from dgnet.training.optim import build_optimizers
+from dgnet.training.step import compile_models, dgnet_step
 
 IDS = 6
 
@@ -62,14 +63,14 @@ def _train(compiled: bool, device: str, fused: bool, iterations: int):
         p.requires_grad_(False)
     if compiled:
         compile_models(model, torch.device(device))
-    opts = build_optimizers(model, cfg.optim, fused=fused)
+    opts = build_optimizers(model, cfg.optim)
     for opt in opts.values():
         for group in opt.param_groups:
             group["lr"] = 0.0
     losses, grads = [], []
     for i, (a, b) in enumerate(_batches(device, iterations)):
         torch.manual_seed(100 + i)  # dropout and the structure-branch coin draw the same in both runs
-        losses.append(dgnet_step(model, teacher, opts, a, b, i, cfg, fused=fused, compiled=compiled))
+        losses.append(dgnet_step(model, teacher, opts, a, b, i, cfg))
         grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
     return model, losses, grads
 

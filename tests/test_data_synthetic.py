@@ -11,6 +11,7 @@ from PIL import Image
 
 from dgnet.data import load_dataset
 from dgnet.data import synthetic as syn
+from dgnet.evaluation.baselines import colour_histogram, histogram_baseline
 
 TINY = dict(ids=10, cams=3, height=64, width=32)
 
@@ -109,8 +110,8 @@ def test_generate_refuses_a_folder_holding_files(tmp_path):
 
 def test_the_set_keeps_its_seed_when_the_training_seed_changes(monkeypatch):
     """train.seed must not regenerate (or refuse) the default data/synthetic: the set has data.synthetic_seed."""
-    from dgnet.config import resolve_config
     from dgnet.checkpoints.runs import prepare_dataset
+    from dgnet.config import resolve_config
 
     seen = {}
 
@@ -146,9 +147,9 @@ def test_baseline_evaluator_hand_computed():
 
 def test_histogram_baseline_outputs(tiny):
     ds = load_dataset("synthetic", tiny, verbose=False)
-    res = syn.histogram_baseline(ds)
+    res = histogram_baseline(ds)
     assert 0.0 <= res["mAP"] <= 1.0 and 0.0 <= res["rank1"] <= res["rank5"] <= res["rank10"] <= 1.0
-    h = syn.colour_histogram(ds.query[0].path)
+    h = colour_histogram(ds.query[0].path)
     assert h.shape == (64,) and np.linalg.norm(h) == pytest.approx(1.0, abs=1e-5)
 
 

@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from dgnet.inference.extractor import FeatureExtractor, checkpoint_identity
 from dgnet.checkpoints.format import arch_only, build_state, load_checkpoint, save_atomic
+from dgnet.checkpoints.runs import build_model
 from dgnet.config import resolve_config
 from dgnet.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from dgnet.inference.export import Generator, ReidFeatures, read_metadata
 from dgnet.export import main
+from dgnet.inference.export import Generator, ReidFeatures, read_metadata
+from dgnet.inference.extractor import FeatureExtractor, checkpoint_identity
 from dgnet.models import DGNet, ReidBaseline
-from dgnet.checkpoints.runs import build_model
 
 NUM_IDS = 6
 SIZE = (64, 32)  # the demo preset's input (height, width)

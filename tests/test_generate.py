@@ -1,4 +1,5 @@
-"""dgnet.generate (dgnet.generative.dataset): the generated set reads back through the folder loader, labels and pixels."""
+"""dgnet.generate (dgnet.generative.dataset): the generated set reads back through the folder loader, labels and
+pixels."""
 
 import csv
 import io
@@ -12,9 +13,9 @@ from PIL import Image
 from dgnet.config import resolve_config
 from dgnet.data import load_dataset
 from dgnet.data.layouts import load_folder
-from dgnet.generative.figures import load_images
+from dgnet.data.streams import load_images
+from dgnet.data.transforms import denormalize
 from dgnet.generative.dataset import draw_pairs, generate_dataset
-from dgnet.training.logger import denormalize
 
 SIZE = (64, 32)  # the model's input size (height, width)
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from dgnet import ops
-from dgnet.evaluation import protocol
 from dgnet.config import EvalConfig
+from dgnet.evaluation import protocol
 from dgnet.evaluation.rank import evaluate_reference
 from dgnet.ops.rerank import re_ranking_reference
 

@@ -9,9 +9,9 @@ import torch
 import torch.nn as nn
 from _tiny_run import make_tiny_set
 
-from dgnet.generative import disentanglement as Q
 from dgnet import quality
 from dgnet.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from dgnet.generative import disentanglement as Q
 
 
 @pytest.fixture(scope="module")

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from dgnet.config import resolve_config
-from dgnet.generative.figures import framed, interpolate_rows, rainbow_rows, ranklist, swap_rows
-from dgnet.training.logger import IMAGENET_MEAN, IMAGENET_STD, image_grid
+from dgnet.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from dgnet.generative.figures import framed, image_grid, interpolate_rows, rainbow_rows, ranklist, swap_rows
 
 
 @pytest.fixture(scope="module")

@@ -38,6 +38,7 @@ import yaml
 from dgnet.checkpoints.format import build_state
 from dgnet.config import PRESETS, Config, resolve_config
 from dgnet.fileio import load_weights_only
+from dgnet.models import DGNet, ReidBaseline
 
 KINDS = ("gen", "id", "dis")
 _FILE = re.compile(r"^(?P<kind>gen|id|dis)_(?P<it>\d{8})\.pt$")
@@ -323,7 +324,6 @@ def import_reference(checkpoints: str | Path, num_ids: int | None = None, teache
     Raises:
         FileNotFoundError, ValueError: naming the file and what was expected.
     """
-    from dgnet.models import DGNet
 
     folder = Path(checkpoints)
     if teacher is not None and not Path(teacher).is_file():  # before reading hundreds of MB
@@ -421,7 +421,6 @@ def baseline_teacher(weights: str | Path, cfg: Config, log: Any = print,
     its identity count and bottleneck width from the file; the rest of its ``ModelConfig`` from ``cfg.model``.
     ``state``: the file's :func:`baseline_state` when already read.
     """
-    from dgnet.models import ReidBaseline
 
     weights = Path(weights)
     state = baseline_state(weights, "--teacher") if state is None else state

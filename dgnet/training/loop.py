@@ -36,7 +36,6 @@ from typing import Any
 
 import torch
 
-from dgnet.training import step as engine
 from dgnet.checkpoints.format import (
     CheckpointManager,
     NonFiniteWeights,
@@ -49,10 +48,6 @@ from dgnet.checkpoints.format import (
     restore_rank,
     save_atomic,
 )
-from dgnet.config import Config, save_config
-from dgnet.distributed import world
-from dgnet.fileio import write_text_atomic
-from dgnet.training.logger import RunLogger
 from dgnet.checkpoints.runs import (
     TEACHER_WEIGHTS,
     init_dgnet_from,
@@ -62,7 +57,25 @@ from dgnet.checkpoints.runs import (
     teacher_from,
     with_data_ids,
 )
+from dgnet.config import Config, save_config
+from dgnet.data import drop_singletons, resolve_backend, train_stream
+from dgnet.distributed import (
+    all_gather_objects,
+    as_collective_failure,
+    convert_sync_batchnorm,
+    destroy,
+    init_from_env,
+    world,
+)
+from dgnet.evaluation.protocol import evaluate_models, format_table
+from dgnet.fileio import write_text_atomic
+from dgnet.generative.figures import load_images, training_rows
+from dgnet.models import DGNet, ReidBaseline
+from dgnet.models.decoder import fold_applies
 from dgnet.runtime import Amp, resolve_amp, resolve_device, seed_everything, seed_rank, set_determinism, set_threads
+from dgnet.training.logger import RunLogger
+from dgnet.training.optim import build_optimizers, build_schedulers, build_teacher_optimizer, build_teacher_scheduler
+from dgnet.training.step import compile_models, dgnet_step, ramp_weights, teacher_step, wrap_ddp
 
 STAGES = ("all", "teacher", "dgnet")
 
@@ -193,7 +206,6 @@ def _ddp(module: torch.nn.Module, device: torch.device) -> torch.nn.Module | Non
 
 def fast_paths(cfg: Config, device: torch.device) -> str:
     """One line saying which fast paths this run's models and steps use (``train.fused``, ``fold_upsample``)."""
-    from dgnet.models.decoder import fold_applies
 
     threads = f"; {torch.get_num_threads()} CPU threads" if device.type == "cpu" else ""
     compiled = ""
@@ -214,19 +226,15 @@ def fast_paths(cfg: Config, device: torch.device) -> str:
 def train_teacher(cfg: Config, ds, device: torch.device, backend: str, mgr: CheckpointManager,
                   resume: dict | None, amp: Amp, out: Path) -> torch.nn.Module:
     """Train the re-id baseline (the teacher) for ``optim.teacher_iterations`` (capped); returns it in eval mode."""
-    from dgnet.data import train_stream
-    from dgnet.models import ReidBaseline
-
     rank, _ = world()
-    fused = cfg.train.fused
     total = stage_iterations(cfg, "teacher")
     seed_everything(cfg.train.seed)
     num_ids = cfg.model.num_ids
     scratch = resume is not None or cfg.model.backbone_weights == TEACHER_WEIGHTS  # the teacher itself starts anew
-    teacher = ReidBaseline(arch_only(cfg.model) if scratch else cfg.model, num_ids).to(device)
-    opt = engine.build_teacher_optimizer(teacher, cfg.optim, fused=fused)
+    teacher = ReidBaseline(arch_only(cfg.model) if scratch else cfg.model, num_ids, fused=cfg.train.fused).to(device)
+    opt = build_teacher_optimizer(teacher, cfg.optim)
     _scale_lrs({"teacher": opt}, cfg)
-    sched = engine.build_teacher_scheduler(opt, cfg.optim)
+    sched = build_teacher_scheduler(opt, cfg.optim)
     ddp = _ddp(teacher, device)
     stream = train_stream(ds.train, backend, mode="pk", augment=True,
                           **_stream_kwargs(cfg, device, cfg.train.seed, cfg.data.teacher_batch_size))
@@ -254,7 +262,7 @@ def train_teacher(cfg: Config, ds, device: torch.device, backend: str, mgr: Chec
         for it in range(start, total):
             sched_step(sched)
             batch = _next_batch(batches)
-            o = engine.teacher_step(teacher, opt, batch, amp.scaler, amp.dtype, ddp=ddp, fused=fused)
+            o = teacher_step(teacher, opt, batch, amp.scaler, amp.dtype, ddp=ddp)
             _check_finite(o, "teacher", it, mgr)
             done = it + 1
             log.step(postfix={k: v for k, v in o.items() if k.startswith("loss")})
@@ -280,7 +288,6 @@ def fixed_grid_batches(ds, cfg: Config, backend: str, device: torch.device) -> t
     Read through the test pipeline (no augmentation, no random state consumed), so grids at the
     same iteration of a resumed and an uninterrupted run show the same inputs.
     """
-    from dgnet.generative.figures import load_images
 
     n = cfg.train.grid_samples
     first: dict[int, Any] = {}
@@ -299,12 +306,7 @@ def fixed_grid_batches(ds, cfg: Config, backend: str, device: torch.device) -> t
 def train_dgnet(cfg: Config, ds, teacher: torch.nn.Module, device: torch.device, backend: str,
                 mgr: CheckpointManager, resume: dict | None, amp: Amp, out: Path) -> torch.nn.Module:
     """Joint training (spec: Losses, Optimisation) for ``optim.iterations`` (capped); returns DGNet in eval mode."""
-    from dgnet.data import drop_singletons, train_stream
-    from dgnet.generative.figures import training_rows
-    from dgnet.models import DGNet
-
     rank, size = world()
-    fused = cfg.train.fused
     total = stage_iterations(cfg, "dgnet")
     # Stage 2 seeds itself, so it is the same whether stage 1 ran in this process or was loaded.
     seed_everything(cfg.train.seed + 1)
@@ -313,7 +315,7 @@ def train_dgnet(cfg: Config, ds, teacher: torch.nn.Module, device: torch.device,
     init = cfg.model.init_from if resume is None else ""
     from_teacher = cfg.model.backbone_weights == TEACHER_WEIGHTS and not init
     model = DGNet(arch_only(cfg.model) if resume is not None or from_teacher or init else cfg.model, num_ids,
-                  fused=fused, fold_upsample=cfg.train.fold_upsample).to(device)
+                  fused=cfg.train.fused, fold_upsample=cfg.train.fold_upsample).to(device)
     if init:
         init_dgnet_from(model, init, cfg.model, num_ids)
         if rank == 0:
@@ -326,15 +328,13 @@ def train_dgnet(cfg: Config, ds, teacher: torch.nn.Module, device: torch.device,
             raise ValueError(f"model.backbone_weights=teacher: the teacher's trunk does not fit Ea's "
                              f"({cfg.model.backbone}): {exc}") from None
     if size > 1 and cfg.train.sync_bn:
-        from dgnet.distributed import convert_sync_batchnorm
-
         model.Ea = convert_sync_batchnorm(model.Ea, device).to(device)
     if cfg.train.compile:
-        engine.compile_models(model, device)  # after the weights are in; the first iteration compiles
-    opts = engine.build_optimizers(model, cfg.optim, fused=fused)
+        compile_models(model, device)  # after the weights are in; the first iteration compiles
+    opts = build_optimizers(model, cfg.optim)
     _scale_lrs(opts, cfg)
-    scheds = engine.build_schedulers(opts, cfg.optim)
-    ddp = engine.wrap_ddp(model, device) if size > 1 else None
+    scheds = build_schedulers(opts, cfg.optim)
+    ddp = wrap_ddp(model, device) if size > 1 else None
     kw = _stream_kwargs(cfg, device, 0, cfg.data.batch_size)
     pairs, _ = drop_singletons(ds.train)  # an identity with one image has no positive to pair with
     streams = {
@@ -369,15 +369,14 @@ def train_dgnet(cfg: Config, ds, teacher: torch.nn.Module, device: torch.device,
         for it in range(start, total):
             sched_step(*scheds.values())
             batch_a, batch_b = _next_batch(it_a), _next_batch(it_b)
-            o = engine.dgnet_step(model, teacher, opts, batch_a, batch_b, it, cfg, scaler=amp.scaler,
-                                  amp_dtype=amp.dtype, ddp=ddp, fused=fused,
-                                  compiled=cfg.train.compile)
+            o = dgnet_step(model, teacher, opts, batch_a, batch_b, it, cfg, scaler=amp.scaler, amp_dtype=amp.dtype,
+                           ddp=ddp)
             _check_finite(o, "dgnet", it, mgr)
             done = it + 1
-            ramps = engine.ramp_weights(it, cfg.loss)
+            ramps = ramp_weights(it, cfg.loss)
             log.step(postfix={k: o[k] for k in ("loss_gen_total", "loss_dis_total") if k in o})
             if done % cfg.train.log_every == 0 or done == total:
-                # ``o`` already holds the ramped weights of this iteration (engine.dgnet_step reports them)
+                # ``o`` already holds the ramped weights of this iteration (dgnet_step reports them)
                 log.scalars(done, {**o, **_lrs(opts), "it_per_s": log.its_per_second(done)})
             if rank == 0 and (done % cfg.train.image_every == 0 or done == total):
                 with torch.random.fork_rng(devices=[]):  # grids never touch the training RNG streams
@@ -421,7 +420,6 @@ def train(cfg: Config, resume: bool | str = False, stage: str = "all", evaluate:
     Under torchrun (``WORLD_SIZE`` set) joins the process group first (``dgnet.distributed.init_from_env``)
     and leaves it at the end.
     """
-    from dgnet.distributed import as_collective_failure, destroy, init_from_env
 
     if stage not in STAGES:
         raise ValueError(f"stage={stage!r}: expected one of {STAGES}")
@@ -440,8 +438,6 @@ def train(cfg: Config, resume: bool | str = False, stage: str = "all", evaluate:
 
 
 def _train(cfg: Config, device: torch.device, resume: bool | str, stage: str, evaluate: bool, verbose: bool) -> dict:
-    from dgnet.data import resolve_backend
-
     t0 = time.perf_counter()
     rank, size = world()
     out = Path(cfg.train.output)
@@ -462,8 +458,6 @@ def _train(cfg: Config, device: torch.device, resume: bool | str, stage: str, ev
         torch.distributed.barrier()
     cfg = with_data_ids(cfg, ds)
     if stage in ("all", "dgnet"):
-        from dgnet.data import drop_singletons
-
         if not drop_singletons(ds.train)[0]:
             raise ValueError(
                 f"every train identity of {cfg.data.root} has a single image: DG-Net trains on pairs of images of "
@@ -480,8 +474,6 @@ def _train(cfg: Config, device: torch.device, resume: bool | str, stage: str, ev
         if rank == 0:
             latest, _ = mgr.newest_intact()  # a torn or non-finite newest one is set aside, with a warning
         if size > 1:
-            from dgnet.distributed import all_gather_objects
-
             latest = all_gather_objects(latest)[0]  # every rank resumes from the checkpoint rank 0 found intact
         if latest is None:
             raise FileNotFoundError(f"--resume: no intact checkpoint in {mgr.folder} (the damaged ones were set "
@@ -528,8 +520,6 @@ def _train(cfg: Config, device: torch.device, resume: bool | str, stage: str, ev
 
     results: dict = {}
     if evaluate:
-        from dgnet.evaluation.protocol import evaluate_models, format_table
-
         # every rank embeds its share of query and gallery (collectives); rank 0 alone gets the metrics
         results = evaluate_models({"teacher": teacher, **({"dgnet": model} if model is not None else {})},
                                   ds, cfg, device, backend)

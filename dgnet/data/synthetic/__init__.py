@@ -14,22 +14,18 @@ condition the way DG-Net's encoders do:
 
 Colours come from a small shared palette, so many identities share colours and differ only in where
 they sit (upper vs lower), in patterns, hair, bag or logo: a global colour histogram cannot tell them
-apart, and the camera's illumination shifts the colours on top (see :func:`histogram_baseline`).
+apart, and the camera's illumination shifts the colours on top (see
+:func:`dgnet.evaluation.baselines.histogram_baseline`).
 
 Everything is a deterministic function of the seed: every identity and every image has its own
 ``numpy`` generator seeded by ``(seed, kind, index)``, so the set does not depend on the number of worker
 processes. Output: ``bounding_box_train/``, ``query/``, ``bounding_box_test/`` (with ``0000`` distractors and
 ``-1`` junk images in the gallery, as in Market-1501) and ``manifest.json`` with every factor.
 
-Default size (``ids=400, cams=6, 128x64``): about 4,000 images, generated in well under a minute on
-two cores. 128x64 is Market-1501's own image size (the pipeline upsamples to 256x128 as for Market);
-400 identities (200 train / 200 test) give about 10 images per identity over 2-6 cameras: enough
-identities for a ranking task with a few thousand gallery images, small enough for CI. Measured on a
-shared 2-core CPU: 10.6 s with 2 processes, 18 s with one (the same bytes either way); 19 MB.
-
-Colour-histogram nearest neighbour on the default set (:func:`histogram_baseline`, 376 queries, 1,838
-gallery images): rank-1 20.5 %, rank-5 35.4 %, rank-10 44.1 %, mAP 9.7 %. Over the whole box with
-8 bins per channel it sits at chance (rank-1 0.0 %, mAP 0.6 %): the camera's scene dominates.
+Default size (``ids=400, cams=6, 128x64``): about 4,000 images. 128x64 is Market-1501's own image size (the
+pipeline upsamples to 256x128 as for Market); 400 identities (200 train / 200 test) give about 10 images per
+identity over 2-6 cameras: a ranking task small enough for CI. Its generation time and the colour-histogram
+baseline's scores are in docs/records.md.
 """
 
 from __future__ import annotations
@@ -618,43 +614,3 @@ def load_manifest(root: str | Path) -> dict[str, dict]:
         pid = rec["pid"]
         out[name] = {**rec, "camera": m["cameras"][str(rec["camid"])], "identity": m["identities"].get(str(pid))}
     return out
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# the colour-histogram baseline
-
-
-def colour_histogram(path: str, bins: int = 4, crop: bool = True) -> np.ndarray:
-    """A joint RGB histogram (``bins**3``, float32), square-rooted and L2-normalised (Hellinger features).
-
-    ``crop`` keeps the central region where the person stands (rows 1/8..15/16, columns 1/4..3/4): over the
-    whole box the camera's background dominates and the baseline sits at chance, which would make it a
-    straw man. Four bins per channel tolerate the cameras' illumination shifts best (measured).
-    """
-    a = np.asarray(Image.open(path).convert("RGB"), dtype=np.int64)
-    if crop:
-        h, w = a.shape[:2]
-        a = a[h // 8 : h - h // 16, w // 4 : w - w // 4]
-    a = a * bins // 256
-    idx = (a[..., 0] * bins + a[..., 1]) * bins + a[..., 2]
-    hist = np.bincount(idx.ravel(), minlength=bins**3).astype(np.float32)
-    hist = np.sqrt(hist / hist.sum())
-    return hist / np.linalg.norm(hist)
-
-
-def histogram_baseline(dataset, bins: int = 4, crop: bool = True) -> dict:
-    """Nearest neighbour on colour histograms (Hellinger distance) over query x gallery of ``dataset``.
-
-    ``dataset``: a :class:`~dgnet.data.layouts.ReidDataset` (or anything with ``query``/``gallery`` lists of
-    samples). Returns ``rank1``, ``rank5``, ``rank10`` and ``mAP`` (fractions) from ``dgnet.evaluation.rank``.
-    """
-    qf = np.stack([colour_histogram(s.path, bins, crop) for s in dataset.query])
-    gf = np.stack([colour_histogram(s.path, bins, crop) for s in dataset.gallery])
-    dist = 2 - 2 * qf @ gf.T  # squared distance of unit vectors
-    from dgnet.evaluation.rank import evaluate_rank  # imports torch: only when the baseline is asked for
-
-    qp, gp = np.array([s.pid for s in dataset.query]), np.array([s.pid for s in dataset.gallery])
-    qc, gc = np.array([s.camid for s in dataset.query]), np.array([s.camid for s in dataset.gallery])
-    cmc, m_ap = evaluate_rank(dist, qp, gp, qc, gc)
-    return {"rank1": float(cmc[0]), "rank5": float(cmc[min(4, len(cmc) - 1)]),
-            "rank10": float(cmc[min(9, len(cmc) - 1)]), "mAP": float(m_ap)}
