@@ -16,7 +16,7 @@ most of it the compiled variant's first iteration), and ``... -m gpu`` on a CUDA
 ``extra_info``; each variant's ratio to the first is printed once the first of that configuration ran.
 Check the load first (``cat /proc/loadavg``): a figure from a loaded machine is not evidence.
 ``benchmarks/profile_step.py`` splits an iteration into host and device time and names the top operators.
-The figures measured so far, with their machines and loads, are in README.md, "Training speed".
+The figures measured so far, with their machines and loads, are in docs/training-speed.md.
 """
 
 from __future__ import annotations

@@ -32,7 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--compile", action="store_true", default=None,
-        help="torch.compile Ea's trunk, Es and G (CUDA graphs on a GPU); for GPUs, not small CPUs (README)",
+        help="torch.compile Ea's trunk, Es and G (CUDA graphs on a GPU); for GPUs, not small CPUs "
+        "(docs/training-speed.md)",
     )
     p.add_argument("--amp", choices=AMP_CHOICES, help="mixed precision (default: off, i.e. fp32 as the reference, in "
                    "the market1501/dukemtmc/msmt17 presets; auto elsewhere: bf16 on GPUs that support it, fp16 with "

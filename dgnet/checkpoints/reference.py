@@ -1,8 +1,8 @@
 """Checkpoints of the DG-Net reference implementation (NVlabs/DG-Net) and of the re-id baseline it takes its
 teacher from (layumi/Person_reID_baseline_pytorch), imported as dgnet checkpoints.
 
-dgnet's modules compute what the reference's compute on the same weights (README, "Coming from the reference
-implementation"), so an import is a renaming of tensors, checked entry by entry. What the files hold (facts
+dgnet's modules compute what the reference's compute on the same weights (docs/reference-compatibility.md), so
+an import is a renaming of tensors, checked entry by entry. What the files hold (facts
 about their format, read from the reference's module structure; none of its code is used here):
 
 - DG-Net, a run's checkpoint folder: ``gen_%08d.pt`` (Es, G and its AdaIN MLPs), ``id_%08d.pt`` (Ea, the

@@ -106,12 +106,12 @@ def deferred_bn_counts(module: nn.Module, enabled: bool = True):
     """Inside, train-mode BatchNorm forwards in ``module`` skip their ``num_batches_tracked.add_(1)``; on exit,
     one multi-tensor add applies every count.
 
-    Each of those adds is a kernel launch on a GPU: Ea's 55 BatchNorms times its 10 train-mode calls (of
-    12; the frozen copy's 2 count nothing) make 550 per DG-Net iteration at the spec's size, a step that is
-    host-bound there. With a ``momentum`` set (dgnet's and PyTorch's default) the counter is only
-    bookkeeping, so deferring it changes nothing else, and the counts after the block equal the plain path's
-    (also when the block raises). A BatchNorm with ``momentum=None`` reads its counter in every forward, so
-    then nothing is deferred; ``nn.SyncBatchNorm`` requires its counter and is left to count as usual.
+    Each of those adds is a kernel launch on a GPU, hundreds per DG-Net iteration (every train-mode call of
+    every BatchNorm in Ea), in a step that is host-bound there. With a ``momentum`` set (dgnet's and PyTorch's
+    default) the counter is only bookkeeping, so deferring it changes nothing else, and the counts after the
+    block equal the plain path's (also when the block raises). A BatchNorm with ``momentum=None`` reads its
+    counter in every forward, so then nothing is deferred; ``nn.SyncBatchNorm`` requires its counter and is
+    left to count as usual.
     """
     from torch.nn.modules.batchnorm import _BatchNorm
 
