@@ -112,7 +112,8 @@ class ModelConfig:
     # The teacher's dropout (0.5, in its head) stays on while it labels the fakes: the reference puts its whole
     # trainer, teacher included, in train mode after its first image grid (iteration 5,000), so every soft label
     # of its teacher phase passed through dropout. The real-dataset presets turn it on (parity); the default
-    # off is what runs before this switch did, and what the demo/synthetic README figures were measured with.
+    # off is what runs before this switch did, and what the demo/synthetic figures in docs/records.md were
+    # measured with.
     teacher_dropout: bool = False
     # Start DG-Net (stage 2) from the "dgnet" weights of this dgnet checkpoint (e.g. one made by dgnet.convert),
     # with fresh optimisers and schedule: fine-tuning. Empty: ImageNet / backbone_weights as usual. Only read
@@ -166,14 +167,15 @@ class TrainConfig:
     # reference trains in fp32, and the GAN step is sensitive to precision.
     amp: str = "auto"
     # the fast paths: fused AdaIN kernels (Triton on CUDA, C++ on CPU), the AdaIN MLPs batched, fused optimisers,
-    # BatchNorm counters added once per step (dgnet.engine.deferred_bn_counts)
+    # BatchNorm counters added once per step (dgnet.training.step.deferred_bn_counts)
     fused: bool = False
     # --fused also folds the decoder's upsample + conv5x5 (FOLD_CHOICES): auto (CPU only), on, off
     # (dgnet.models.decoder.fold_applies)
     fold_upsample: str = "auto"
-    # --compile: torch.compile Ea's trunk, Es and G (dgnet.engine.compile_models); CUDA graphs on a GPU. D stays eager:
-    # its R1 penalty differentiates twice, which compiled graphs do not support. Values equal eager's to rounding
-    # (tests/test_compile.py). On a 2-core CPU it gains nothing and compiles for minutes (README, "Training speed").
+    # --compile: torch.compile Ea's trunk, Es and G (dgnet.training.step.compile_models); CUDA graphs on a GPU. D
+    # stays eager: its R1 penalty differentiates twice, which compiled graphs do not support. Values equal eager's
+    # to rounding (tests/test_compile.py). On a 2-core CPU it gains nothing and compiles for minutes
+    # (docs/training-speed.md).
     compile: bool = False
     seed: int = 0
     deterministic: bool = False
@@ -186,7 +188,7 @@ class TrainConfig:
     teacher: str = ""  # --teacher PATH: a trained teacher checkpoint; skips stage 1
     grid_samples: int = 4  # fixed images in the training-time PNG grids
     # torch's CPU compute threads (0: torch's default, one per core). On a CPU that other jobs also use, 1: OpenMP
-    # threads spin at every barrier while another process holds one of their cores (README, "Training speed").
+    # threads spin at every barrier while another process holds one of their cores (docs/training-speed.md).
     threads: int = 0
     # Multi-process training (torchrun; dgnet.distributed). World size W = number of processes. Rule: the
     # per-process batch stays data.batch_size (data.teacher_batch_size in stage 1), so the global batch is
@@ -295,18 +297,19 @@ def _synthetic_base(name: str) -> Config:
     cfg.data.workers = 1
     cfg.model.backbone = "resnet18"
     # Nothing is downloaded: the teacher trains from scratch, and Ea's trunk starts from the teacher's (a
-    # deviation from the paper's ImageNet start, where no ImageNet weights exist; see dgnet.runs.TEACHER_WEIGHTS).
+    # deviation from the paper's ImageNet start, where no ImageNet weights exist; see
+    # dgnet.checkpoints.runs.TEACHER_WEIGHTS).
     cfg.model.backbone_weights = "teacher"
     cfg.model.num_ids = 0  # 0: taken from the generated set
     # The teacher from scratch: no ImageNet features for a 10x lower trunk rate to protect, and a head rate of
     # 0.1 drove the loss above chance early on, so trunk and head share 0.02. Ea keeps the spec's trunk rate: 0.02
-    # made Ea's activations overflow within two DG-Net iterations. (The measurements: README, "Design records".)
+    # made Ea's activations overflow within two DG-Net iterations. (The measurements: docs/records.md.)
     cfg.optim.teacher_lr_backbone = cfg.optim.teacher_lr_heads = 0.02
     # Ea's heads at the trunk's rate (spec: heads 0.02). The from-scratch trunk's max-pooled features are large
     # (about ten times the squared norm of the teacher's average-pooled ones), and the bottleneck Linear feeds a
     # BatchNorm, so its step relative to its weights grows with that norm: at 0.02 the heads never learned and
     # their gradients wrecked the trunk the teacher handed over. ImageNet-initialised trunks (the real presets)
-    # keep the spec. (The measurements: README, "Design records".)
+    # keep the spec. (The measurements: docs/records.md.)
     cfg.optim.id_lr_heads = cfg.optim.id_lr_backbone
     cfg.train.output = f"outputs/{name}"
     cfg.eval.batch_size = 32
@@ -316,7 +319,7 @@ def _synthetic_base(name: str) -> Config:
 def preset_demo() -> Config:
     """The first run: the embedded synthetic set at 64x32, ResNet-18 trained from scratch, a short schedule.
 
-    Sized for a 2-core CPU (the time it takes there is in the README, with the machine): one DG-Net iteration
+    Sized for a 2-core CPU (its time there: docs/training-speed.md, with the machine): one DG-Net iteration
     runs eight generator passes, three discriminator scales with R1 and twelve Ea passes, and 128x64 at batch 8
     has eight times the pixels of 64x32 at batch 4. The schedule is the spec's scaled down by
     ``scale_schedule`` (ramps and decay points at the same fractions of the run), so every loss term,
@@ -332,7 +335,7 @@ def preset_demo() -> Config:
     cfg.train.image_every = 60
     cfg.train.checkpoint_every = 60
     # train.threads stays 0, every core: the loader's decoding is a few milliseconds an iteration, so it does not
-    # contend with the compute threads (README, "Training speed", for a CPU that other jobs share).
+    # contend with the compute threads (docs/training-speed.md, for a CPU that other jobs share).
     cfg.eval.k1 = 10  # the synthetic gallery holds few images per identity
     cfg.eval.k2 = 3
     return cfg

@@ -1,5 +1,5 @@
-"""``--compile`` (``dgnet.engine.compile_models``): each compiled DG-Net iteration against eager ones from the same
-weights, both held to a float64 eager reference.
+"""``--compile`` (``dgnet.training.step.compile_models``): each compiled DG-Net iteration against eager ones from the
+same weights, both held to a float64 eager reference.
 
 At every iteration the eager models (float32 and float64) are loaded with the compiled model's current weights and
 buffers and fed the same batches and random draws, so all three compute one step from one state; the learning rates
@@ -25,8 +25,9 @@ import torch
 from torch._inductor import config as inductor_config
 
 from dgnet.config import Config
-from dgnet.engine import build_optimizers, compile_models, dgnet_step
 from dgnet.models import DGNet, ReidBaseline
+from dgnet.training.optim import build_optimizers
+from dgnet.training.step import compile_models, dgnet_step
 
 IDS = 6
 NETWORKS = ("Ea.backbone", "Ea.head", "Es", "G", "D")
@@ -63,7 +64,7 @@ class _Run:
     """A DG-Net, its frozen teacher and its optimisers (learning rates 0) in one dtype."""
 
     def __init__(self, device: str, dtype: torch.dtype, fused: bool, compiled: bool, state=None, teacher_state=None):
-        self.cfg, self.device, self.dtype, self.fused, self.compiled = _cfg(), device, dtype, fused, compiled
+        self.cfg, self.dtype = _cfg(), dtype
         torch.manual_seed(0)
         self.model = DGNet(self.cfg.model, IDS, fused=fused)
         self.teacher = ReidBaseline(self.cfg.model, IDS).eval()
@@ -76,7 +77,7 @@ class _Run:
             p.requires_grad_(False)
         if compiled:
             compile_models(self.model, torch.device(device))
-        self.opts = build_optimizers(self.model, self.cfg.optim, fused=fused)
+        self.opts = build_optimizers(self.model, self.cfg.optim)
         for opt in self.opts.values():
             for group in opt.param_groups:
                 group["lr"] = 0.0
@@ -87,8 +88,7 @@ class _Run:
         for opt in self.opts.values():
             opt.zero_grad(set_to_none=True)
         torch.manual_seed(100 + i)  # dropout and the structure-branch coin draw the same in every run
-        losses = dgnet_step(self.model, self.teacher, self.opts, cast(a), cast(b), i, self.cfg, fused=self.fused,
-                            compiled=self.compiled)
+        losses = dgnet_step(self.model, self.teacher, self.opts, cast(a), cast(b), i, self.cfg)
         grads = {n: p.grad.detach().double().cpu() for n, p in self.model.named_parameters() if p.grad is not None}
         return losses, grads
 

@@ -11,6 +11,7 @@ from PIL import Image
 
 from dgnet.data import load_dataset
 from dgnet.data import synthetic as syn
+from dgnet.evaluation.baselines import colour_histogram, histogram_baseline
 
 TINY = dict(ids=10, cams=3, height=64, width=32)
 
@@ -109,8 +110,9 @@ def test_generate_refuses_a_folder_holding_files(tmp_path):
 
 def test_the_set_keeps_its_seed_when_the_training_seed_changes(monkeypatch):
     """train.seed must not regenerate (or refuse) the default data/synthetic: the set has data.synthetic_seed."""
+    from dgnet.checkpoints import runs
+    from dgnet.checkpoints.runs import prepare_dataset
     from dgnet.config import resolve_config
-    from dgnet.runs import prepare_dataset
 
     seen = {}
 
@@ -118,7 +120,7 @@ def test_the_set_keeps_its_seed_when_the_training_seed_changes(monkeypatch):
         seen.update(kwargs)
         raise RuntimeError("captured")
 
-    monkeypatch.setattr(syn, "ensure_dataset", capture)
+    monkeypatch.setattr(runs, "ensure_dataset", capture)  # patched where prepare_dataset calls it
     cfg = resolve_config("demo", {"train": {"seed": 7}})
     with pytest.raises(RuntimeError, match="captured"):
         prepare_dataset(cfg, verbose=False)
@@ -133,8 +135,8 @@ def test_cli(tmp_path, capsys):
 
 
 def test_baseline_evaluator_hand_computed():
-    """The histogram baseline scores with dgnet.evaluation (its own numpy evaluator is gone): a hand case."""
-    from dgnet.evaluation import evaluate_rank
+    """The histogram baseline scores with dgnet.evaluation.rank (its own numpy evaluator is gone): a hand case."""
+    from dgnet.evaluation.rank import evaluate_rank
 
     # query pid 1 cam 0. gallery order by distance: [pid 1 cam 0 (ignored: same cam), pid 2, pid 1 cam 1,
     # junk, pid 1 cam 2] -> first true match at rank 2; AP = mean(1/2, 2/3) (junk removed from the ranking)
@@ -146,9 +148,9 @@ def test_baseline_evaluator_hand_computed():
 
 def test_histogram_baseline_outputs(tiny):
     ds = load_dataset("synthetic", tiny, verbose=False)
-    res = syn.histogram_baseline(ds)
+    res = histogram_baseline(ds)
     assert 0.0 <= res["mAP"] <= 1.0 and 0.0 <= res["rank1"] <= res["rank5"] <= res["rank10"] <= 1.0
-    h = syn.colour_histogram(ds.query[0].path)
+    h = colour_histogram(ds.query[0].path)
     assert h.shape == (64,) and np.linalg.norm(h) == pytest.approx(1.0, abs=1e-5)
 
 

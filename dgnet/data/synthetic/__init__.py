@@ -14,22 +14,18 @@ condition the way DG-Net's encoders do:
 
 Colours come from a small shared palette, so many identities share colours and differ only in where
 they sit (upper vs lower), in patterns, hair, bag or logo: a global colour histogram cannot tell them
-apart, and the camera's illumination shifts the colours on top (see :func:`histogram_baseline`).
+apart, and the camera's illumination shifts the colours on top (see
+:func:`dgnet.evaluation.baselines.histogram_baseline`).
 
 Everything is a deterministic function of the seed: every identity and every image has its own
 ``numpy`` generator seeded by ``(seed, kind, index)``, so the set does not depend on the number of worker
 processes. Output: ``bounding_box_train/``, ``query/``, ``bounding_box_test/`` (with ``0000`` distractors and
 ``-1`` junk images in the gallery, as in Market-1501) and ``manifest.json`` with every factor.
 
-Default size (``ids=400, cams=6, 128x64``): about 4,000 images, generated in well under a minute on
-two cores. 128x64 is Market-1501's own image size (the pipeline upsamples to 256x128 as for Market);
-400 identities (200 train / 200 test) give about 10 images per identity over 2-6 cameras: enough
-identities for a ranking task with a few thousand gallery images, small enough for CI. Measured on a
-shared 2-core CPU: 10.6 s with 2 processes, 18 s with one (the same bytes either way); 19 MB.
-
-Colour-histogram nearest neighbour on the default set (:func:`histogram_baseline`, 376 queries, 1,838
-gallery images): rank-1 20.5 %, rank-5 35.4 %, rank-10 44.1 %, mAP 9.7 %. Over the whole box with
-8 bins per channel it sits at chance (rank-1 0.0 %, mAP 0.6 %): the camera's scene dominates.
+Default size (``ids=400, cams=6, 128x64``): about 4,000 images. 128x64 is Market-1501's own image size (the
+pipeline upsamples to 256x128 as for Market); 400 identities (200 train / 200 test) give about 10 images per
+identity over 2-6 cameras: a ranking task small enough for CI. Its generation time and the colour-histogram
+baseline's scores are in docs/records.md.
 """
 
 from __future__ import annotations
@@ -42,6 +38,7 @@ import shutil
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -261,90 +258,118 @@ def render_person(ident: dict, img: dict, cam: dict, height: int, width: int, wi
     return canvas.resize((width, height), Image.BILINEAR, reducing_gap=None)
 
 
-def _draw_person(canvas: Image.Image, d: ImageDraw.ImageDraw, ident: dict, img: dict, H: int, W: int) -> None:
+@dataclass(frozen=True)
+class _Body:
+    """Where one person's parts sit on the canvas (pixels, supersampled), from its image factors."""
+
+    u: float  # drawing unit: 1/40 of the person's height
+    cx: float
+    view: str
+    side: bool
+    facing: int
+    leg: float
+    torso: float
+    head_r: float
+    hip_y: float
+    sh_y: float
+    lean: float
+    sw: float  # half shoulder width
+    hw: float  # half hip width
+    limb: float
+    stride: float
+    phase: float
+    knee: float
+    swing: float
+    head_c: tuple[float, float]
+
+
+def _body(img: dict, H: int, W: int) -> _Body:
     ph = img["scale"] * H  # person height
     u = ph / 40.0  # drawing unit
     cx = W / 2 + img["cx"] * W
     foot = img["foot"] * H
     view = img["view"]
     side = view in ("left", "right")
-    facing = -1 if view == "left" else 1
     leg = 17.5 * u * img["leg_ratio"]
     torso = 13.0 * u
     head_r = 2.9 * u * img["head"]
     hip_y = foot - leg
     sh_y = hip_y - torso
     lean = img["lean"] * ph
-    sw = (4.6 if not side else 2.6) * u * img["shoulder"]  # half shoulder width
-    hw = (3.6 if not side else 2.4) * u  # half hip width
-    limb = 2.6 * u
-    skin, lower, shoes = ident["skin"], ident["lower"], ident["shoes"]
-    stride, phase, knee = img["stride"], img["phase"], img["knee"]
+    stride = img["stride"]
     if not side:
         stride *= 0.3  # seen from front/back, a stride moves the legs little sideways
+    return _Body(
+        u=u, cx=cx, view=view, side=side, facing=-1 if view == "left" else 1, leg=leg, torso=torso, head_r=head_r,
+        hip_y=hip_y, sh_y=sh_y, lean=lean, sw=(4.6 if not side else 2.6) * u * img["shoulder"],
+        hw=(3.6 if not side else 2.4) * u, limb=2.6 * u, stride=stride, phase=img["phase"], knee=img["knee"],
+        swing=img["arm_swing"] * img["phase"], head_c=(cx + lean, sh_y - head_r * 1.05),
+    )
 
-    def leg_points(hx, angle):
-        kx, ky = hx + math.sin(angle) * leg / 2, hip_y + math.cos(angle) * leg / 2
-        a2 = angle - knee * (1 if not side else facing) * 0.5
-        fx, fy = kx + math.sin(a2) * leg / 2, ky + math.cos(a2) * leg / 2
-        return (hx, hip_y), (kx, ky), (fx, fy)
 
-    def draw_leg(hx, angle, shade):
-        hip, kn, ft = leg_points(hx, angle)
-        top = lower if ident["lower_kind"] == "trousers" else None
-        if ident["lower_kind"] == "trousers":
-            _seg(d, hip, kn, _shade(top, shade), limb * 1.15)
-            _seg(d, kn, ft, _shade(top, shade), limb)
-            if ident["lower_stripe"]:
-                _seg(d, hip, kn, _shade(ident["lower2"], shade), limb * 0.3)
-                _seg(d, kn, ft, _shade(ident["lower2"], shade), limb * 0.3)
-        else:
-            _seg(d, kn, ft, _shade(skin, shade), limb * 0.85)
-            if ident["lower_kind"] == "shorts":
-                _seg(d, hip, kn, _shade(lower, shade), limb * 1.2)
-            else:
-                _seg(d, hip, kn, _shade(skin, shade), limb)
-        fx, fy = ft
-        sx = 1.6 * u if not side else 2.2 * u
-        ox = 0 if not side else facing * 0.8 * u
-        d.ellipse([fx - sx + ox, fy - 1.0 * u, fx + sx + ox, fy + 0.8 * u], fill=_shade(shoes, shade))
-
-    def draw_arm(x, angle, shade):
-        ax, ay = x, sh_y + limb * 0.4
-        ex, ey = ax + math.sin(angle) * 6 * u, ay + math.cos(angle) * 6 * u
-        a2 = angle + 0.25 * (facing if side else 0)
-        hx, hy = ex + math.sin(a2) * 5.5 * u, ey + math.cos(a2) * 5.5 * u
-        up = ident["upper"]
-        _seg(d, (ax, ay), (ex, ey), _shade(up, shade), limb)
-        _seg(d, (ex, ey), (hx, hy), _shade(up if ident["long_sleeves"] else skin, shade), limb * 0.85)
-        d.ellipse([hx - 1.1 * u, hy - 1.1 * u, hx + 1.1 * u, hy + 1.1 * u], fill=_shade(skin, shade))
-        return hx, hy
-
-    swing = img["arm_swing"] * phase
-    bag = ident["bag"]
-    bag_c = tuple(ident["bag_colour"])
-    head_c = (cx + lean, sh_y - head_r * 1.05)
-    # hair that hangs behind the body
-    if ident["hair_style"] == "long" and view != "back":
-        hx0, hy0 = head_c
-        _rect(d, [hx0 - head_r * 1.05, hy0, hx0 + head_r * 1.05, hy0 + head_r * 2.2], fill=tuple(ident["hair"]))
-    # backpack seen from the side sits behind the torso
-    if bag == "backpack" and side:
-        bx = cx + lean * 0.5 - facing * sw * 1.9
-        _rect(d, [bx - 1.8 * u, sh_y + 1 * u, bx + 1.8 * u, sh_y + 9 * u], fill=bag_c)
-    # legs and arms: in side view the far limbs first, darker
-    if side:
-        draw_leg(cx - 0.3 * u, -facing * stride * phase, 0.75)
-        draw_arm(cx + lean * 0.5, facing * swing, 0.75)
+def _draw_leg(d: ImageDraw.ImageDraw, b: _Body, ident: dict, hx: float, angle: float, shade: float) -> None:
+    kx, ky = hx + math.sin(angle) * b.leg / 2, b.hip_y + math.cos(angle) * b.leg / 2
+    a2 = angle - b.knee * (1 if not b.side else b.facing) * 0.5
+    hip, kn, ft = (hx, b.hip_y), (kx, ky), (kx + math.sin(a2) * b.leg / 2, ky + math.cos(a2) * b.leg / 2)
+    skin, lower, limb = ident["skin"], ident["lower"], b.limb
+    if ident["lower_kind"] == "trousers":
+        _seg(d, hip, kn, _shade(lower, shade), limb * 1.15)
+        _seg(d, kn, ft, _shade(lower, shade), limb)
+        if ident["lower_stripe"]:
+            _seg(d, hip, kn, _shade(ident["lower2"], shade), limb * 0.3)
+            _seg(d, kn, ft, _shade(ident["lower2"], shade), limb * 0.3)
     else:
-        draw_leg(cx - hw * 0.55, -stride * phase - 0.05, 1.0)
-        draw_leg(cx + hw * 0.55, stride * phase + 0.05, 1.0)
+        _seg(d, kn, ft, _shade(skin, shade), limb * 0.85)
+        if ident["lower_kind"] == "shorts":
+            _seg(d, hip, kn, _shade(lower, shade), limb * 1.2)
+        else:
+            _seg(d, hip, kn, _shade(skin, shade), limb)
+    fx, fy = ft
+    u = b.u
+    sx = 1.6 * u if not b.side else 2.2 * u
+    ox = 0 if not b.side else b.facing * 0.8 * u
+    d.ellipse([fx - sx + ox, fy - 1.0 * u, fx + sx + ox, fy + 0.8 * u], fill=_shade(ident["shoes"], shade))
+
+
+def _draw_arm(d: ImageDraw.ImageDraw, b: _Body, ident: dict, x: float, angle: float,
+              shade: float) -> tuple[float, float]:
+    """One arm from the shoulder at ``x``; returns where the hand is."""
+    u = b.u
+    ax, ay = x, b.sh_y + b.limb * 0.4
+    ex, ey = ax + math.sin(angle) * 6 * u, ay + math.cos(angle) * 6 * u
+    a2 = angle + 0.25 * (b.facing if b.side else 0)
+    hx, hy = ex + math.sin(a2) * 5.5 * u, ey + math.cos(a2) * 5.5 * u
+    up, skin = ident["upper"], ident["skin"]
+    _seg(d, (ax, ay), (ex, ey), _shade(up, shade), b.limb)
+    _seg(d, (ex, ey), (hx, hy), _shade(up if ident["long_sleeves"] else skin, shade), b.limb * 0.85)
+    d.ellipse([hx - 1.1 * u, hy - 1.1 * u, hx + 1.1 * u, hy + 1.1 * u], fill=_shade(skin, shade))
+    return hx, hy
+
+
+def _draw_behind(d: ImageDraw.ImageDraw, b: _Body, ident: dict) -> None:
+    """What hangs behind the body: long hair, and a backpack seen from the side."""
+    if ident["hair_style"] == "long" and b.view != "back":
+        hx0, hy0 = b.head_c
+        _rect(d, [hx0 - b.head_r * 1.05, hy0, hx0 + b.head_r * 1.05, hy0 + b.head_r * 2.2], fill=tuple(ident["hair"]))
+    if ident["bag"] == "backpack" and b.side:
+        u = b.u
+        bx = b.cx + b.lean * 0.5 - b.facing * b.sw * 1.9
+        _rect(d, [bx - 1.8 * u, b.sh_y + 1 * u, bx + 1.8 * u, b.sh_y + 9 * u], fill=tuple(ident["bag_colour"]))
+
+
+def _draw_hips(d: ImageDraw.ImageDraw, b: _Body, ident: dict) -> None:
+    """A skirt, or the waist of shorts and trousers."""
+    cx, hw, hip_y, u, lower = b.cx, b.hw, b.hip_y, b.u, tuple(ident["lower"])
     if ident["lower_kind"] == "skirt":
-        d.polygon([(cx - hw, hip_y - u), (cx + hw, hip_y - u), (cx + hw * 1.6, hip_y + leg * 0.45),
-                   (cx - hw * 1.6, hip_y + leg * 0.45)], fill=tuple(lower))
+        d.polygon([(cx - hw, hip_y - u), (cx + hw, hip_y - u), (cx + hw * 1.6, hip_y + b.leg * 0.45),
+                   (cx - hw * 1.6, hip_y + b.leg * 0.45)], fill=lower)
     elif ident["lower_kind"] == "shorts" or ident["lower_kind"] == "trousers":
-        _rect(d, [cx - hw, hip_y - u, cx + hw, hip_y + 1.5 * u], fill=tuple(lower))
-    # torso: a trapezoid filled with the upper pattern through a mask
+        _rect(d, [cx - hw, hip_y - u, cx + hw, hip_y + 1.5 * u], fill=lower)
+
+
+def _draw_torso(canvas: Image.Image, b: _Body, ident: dict) -> None:
+    """A trapezoid filled with the upper pattern through a mask."""
+    cx, lean, sw, hw, sh_y, hip_y, u = b.cx, b.lean, b.sw, b.hw, b.sh_y, b.hip_y, b.u
     torso_poly = [(cx + lean - sw, sh_y), (cx + lean + sw, sh_y),
                   (cx + hw, hip_y + 0.5 * u), (cx - hw, hip_y + 0.5 * u)]
     x0 = int(min(p[0] for p in torso_poly)) - 1
@@ -357,41 +382,45 @@ def _draw_person(canvas: Image.Image, d: ImageDraw.ImageDraw, ident: dict, img: 
     mask = Image.new("L", (bw, bh), 0)
     ImageDraw.Draw(mask).polygon([(x - x0, y - y0) for x, y in torso_poly], fill=255)
     canvas.paste(patch, (x0, y0), mask)
-    # chest logo: front only
-    if view == "front" and ident["logo"] != "none":
-        lc, lx, ly, lr = tuple(ident["logo_colour"]), cx + lean * 0.7, sh_y + 0.3 * torso, 1.5 * u
-        if ident["logo"] == "circle":
-            d.ellipse([lx - lr, ly - lr, lx + lr, ly + lr], fill=lc)
-        elif ident["logo"] == "square":
-            _rect(d, [lx - lr, ly - lr, lx + lr, ly + lr], fill=lc)
-        elif ident["logo"] == "triangle":
-            d.polygon([(lx, ly - lr * 1.2), (lx + lr * 1.2, ly + lr), (lx - lr * 1.2, ly + lr)], fill=lc)
-        else:
-            _rect(d, [lx - sw * 0.8, ly - lr * 0.5, lx + sw * 0.8, ly + lr * 0.5], fill=lc)
-    # bags over the torso
+
+
+def _draw_logo(d: ImageDraw.ImageDraw, b: _Body, ident: dict) -> None:
+    """The chest logo, seen from the front only."""
+    if b.view != "front" or ident["logo"] == "none":
+        return
+    lc, lx, ly, lr = tuple(ident["logo_colour"]), b.cx + b.lean * 0.7, b.sh_y + 0.3 * b.torso, 1.5 * b.u
+    if ident["logo"] == "circle":
+        d.ellipse([lx - lr, ly - lr, lx + lr, ly + lr], fill=lc)
+    elif ident["logo"] == "square":
+        _rect(d, [lx - lr, ly - lr, lx + lr, ly + lr], fill=lc)
+    elif ident["logo"] == "triangle":
+        d.polygon([(lx, ly - lr * 1.2), (lx + lr * 1.2, ly + lr), (lx - lr * 1.2, ly + lr)], fill=lc)
+    else:
+        _rect(d, [lx - b.sw * 0.8, ly - lr * 0.5, lx + b.sw * 0.8, ly + lr * 0.5], fill=lc)
+
+
+def _draw_bag(d: ImageDraw.ImageDraw, b: _Body, ident: dict) -> None:
+    """Bags over the torso (a handbag hangs from the near hand: ``_draw_person``)."""
+    bag, bag_c = ident["bag"], tuple(ident["bag_colour"])
+    cx, lean, sw, hw, sh_y, hip_y, u = b.cx, b.lean, b.sw, b.hw, b.sh_y, b.hip_y, b.u
     if bag == "backpack":
-        if view == "back":
+        if b.view == "back":
             _rect(d, [cx + lean - sw * 0.75, sh_y + 1.2 * u, cx + lean + sw * 0.75, sh_y + 10 * u], fill=bag_c)
-        elif view == "front":
+        elif b.view == "front":
             for sgn in (-1, 1):
                 _seg(d, (cx + lean + sgn * sw * 0.6, sh_y), (cx + sgn * sw * 0.55, sh_y + 7 * u), bag_c, 0.8 * u)
     elif bag == "shoulder":
         _seg(d, (cx + lean - sw * 0.8, sh_y + 0.3 * u), (cx + hw * 1.1, hip_y - 0.5 * u), bag_c, 0.8 * u)
-        bx = cx + hw * 1.3 if not side else cx - facing * 0.5 * u
+        bx = cx + hw * 1.3 if not b.side else cx - b.facing * 0.5 * u
         _rect(d, [bx - 2 * u, hip_y - 2.5 * u, bx + 2 * u, hip_y + 1.5 * u], fill=bag_c)
-    # near limbs
-    if side:
-        draw_leg(cx + 0.3 * u, facing * stride * phase, 1.0)
-        hand = draw_arm(cx + lean * 0.5, -facing * swing, 1.0)
-    else:
-        draw_arm(cx + lean - sw, -0.12 - swing * 0.3, 1.0)
-        hand = draw_arm(cx + lean + sw, 0.12 + swing * 0.3, 1.0)
-    if bag == "handbag":
-        hx, hy = hand
-        _rect(d, [hx - 1.6 * u, hy, hx + 1.6 * u, hy + 3.2 * u], fill=bag_c)
-    # neck, head, hair
-    hx0, hy0 = head_c
-    _seg(d, (cx + lean, sh_y), (hx0, hy0), skin, 1.6 * u)
+
+
+def _draw_head(d: ImageDraw.ImageDraw, b: _Body, ident: dict) -> None:
+    """Neck, head, eyes and hair (with a bun or a cap)."""
+    u, head_r, side, facing, view = b.u, b.head_r, b.side, b.facing, b.view
+    skin = ident["skin"]
+    hx0, hy0 = b.head_c
+    _seg(d, (b.cx + b.lean, b.sh_y), (hx0, hy0), skin, 1.6 * u)
     d.ellipse([hx0 - head_r, hy0 - head_r * 1.1, hx0 + head_r, hy0 + head_r * 1.1], fill=tuple(skin))
     hair = tuple(ident["hair"])
     top = [hx0 - head_r * 1.05, hy0 - head_r * 1.2, hx0 + head_r * 1.05, hy0 + head_r * 0.4]
@@ -420,6 +449,35 @@ def _draw_person(canvas: Image.Image, d: ImageDraw.ImageDraw, ident: dict, img: 
             _rect(d, [hx0 - head_r * 1.1, hy0 - head_r * 0.5, hx0 + head_r * 1.1, hy0 - head_r * 0.3], fill=cap)
         elif side:
             _rect(d, [hx0, hy0 - head_r * 0.5, hx0 + facing * head_r * 1.7, hy0 - head_r * 0.3], fill=cap)
+
+
+def _draw_person(canvas: Image.Image, d: ImageDraw.ImageDraw, ident: dict, img: dict, H: int, W: int) -> None:
+    """One person, back to front: what hangs behind, the far limbs (side view, darker), hips, torso, logo,
+    bags, the near limbs, the head."""
+    b = _body(img, H, W)
+    cx, lean, sw, hw, u, facing = b.cx, b.lean, b.sw, b.hw, b.u, b.facing
+    move = b.stride * b.phase
+    _draw_behind(d, b, ident)
+    if b.side:
+        _draw_leg(d, b, ident, cx - 0.3 * u, -facing * move, 0.75)
+        _draw_arm(d, b, ident, cx + lean * 0.5, facing * b.swing, 0.75)
+    else:
+        _draw_leg(d, b, ident, cx - hw * 0.55, -move - 0.05, 1.0)
+        _draw_leg(d, b, ident, cx + hw * 0.55, move + 0.05, 1.0)
+    _draw_hips(d, b, ident)
+    _draw_torso(canvas, b, ident)
+    _draw_logo(d, b, ident)
+    _draw_bag(d, b, ident)
+    if b.side:
+        _draw_leg(d, b, ident, cx + 0.3 * u, facing * move, 1.0)
+        hand = _draw_arm(d, b, ident, cx + lean * 0.5, -facing * b.swing, 1.0)
+    else:
+        _draw_arm(d, b, ident, cx + lean - sw, -0.12 - b.swing * 0.3, 1.0)
+        hand = _draw_arm(d, b, ident, cx + lean + sw, 0.12 + b.swing * 0.3, 1.0)
+    if ident["bag"] == "handbag":
+        hx, hy = hand
+        _rect(d, [hx - 1.6 * u, hy, hx + 1.6 * u, hy + 3.2 * u], fill=tuple(ident["bag_colour"]))
+    _draw_head(d, b, ident)
 
 
 def degrade(im: Image.Image, cam: dict, img: dict) -> Image.Image:
@@ -618,43 +676,3 @@ def load_manifest(root: str | Path) -> dict[str, dict]:
         pid = rec["pid"]
         out[name] = {**rec, "camera": m["cameras"][str(rec["camid"])], "identity": m["identities"].get(str(pid))}
     return out
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# the colour-histogram baseline
-
-
-def colour_histogram(path: str, bins: int = 4, crop: bool = True) -> np.ndarray:
-    """A joint RGB histogram (``bins**3``, float32), square-rooted and L2-normalised (Hellinger features).
-
-    ``crop`` keeps the central region where the person stands (rows 1/8..15/16, columns 1/4..3/4): over the
-    whole box the camera's background dominates and the baseline sits at chance, which would make it a
-    straw man. Four bins per channel tolerate the cameras' illumination shifts best (measured).
-    """
-    a = np.asarray(Image.open(path).convert("RGB"), dtype=np.int64)
-    if crop:
-        h, w = a.shape[:2]
-        a = a[h // 8 : h - h // 16, w // 4 : w - w // 4]
-    a = a * bins // 256
-    idx = (a[..., 0] * bins + a[..., 1]) * bins + a[..., 2]
-    hist = np.bincount(idx.ravel(), minlength=bins**3).astype(np.float32)
-    hist = np.sqrt(hist / hist.sum())
-    return hist / np.linalg.norm(hist)
-
-
-def histogram_baseline(dataset, bins: int = 4, crop: bool = True) -> dict:
-    """Nearest neighbour on colour histograms (Hellinger distance) over query x gallery of ``dataset``.
-
-    ``dataset``: a :class:`~dgnet.data.layouts.ReidDataset` (or anything with ``query``/``gallery`` lists of
-    samples). Returns ``rank1``, ``rank5``, ``rank10`` and ``mAP`` (fractions) from ``dgnet.evaluation``.
-    """
-    qf = np.stack([colour_histogram(s.path, bins, crop) for s in dataset.query])
-    gf = np.stack([colour_histogram(s.path, bins, crop) for s in dataset.gallery])
-    dist = 2 - 2 * qf @ gf.T  # squared distance of unit vectors
-    from dgnet.evaluation import evaluate_rank  # imports torch: only when the baseline is asked for
-
-    qp, gp = np.array([s.pid for s in dataset.query]), np.array([s.pid for s in dataset.gallery])
-    qc, gc = np.array([s.camid for s in dataset.query]), np.array([s.camid for s in dataset.gallery])
-    cmc, m_ap = evaluate_rank(dist, qp, gp, qc, gc)
-    return {"rank1": float(cmc[0]), "rank5": float(cmc[min(4, len(cmc) - 1)]),
-            "rank10": float(cmc[min(9, len(cmc) - 1)]), "mAP": float(m_ap)}

@@ -7,7 +7,7 @@ import argparse
 import sys
 
 from dgnet.data.layouts import load_dataset
-from dgnet.data.synthetic import DEFAULTS, ensure_dataset, histogram_baseline
+from dgnet.data.synthetic import DEFAULTS, ensure_dataset
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,6 +22,9 @@ def main(argv: list[str] | None = None) -> int:
     out = ensure_dataset(a.out, ids=a.ids, cams=a.cams, height=a.height, width=a.width, seed=a.seed,
                          workers=a.workers)
     if a.baseline:
+        # Scoring imports torch; drawing the set does not, so the import waits until the baseline is asked for.
+        from dgnet.evaluation.baselines import histogram_baseline
+
         print("colour-histogram baseline:", histogram_baseline(load_dataset("synthetic", out)))
     return 0
 
