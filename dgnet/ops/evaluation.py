@@ -1,7 +1,7 @@
 """The op front of ranking evaluation: ``dgnet::evaluate_queries``, the per-query kernel behind
 :mod:`dgnet.evaluation.rank` (which holds the protocol, its checks, the CMC/mAP means and the reference).
 
-The kernels (CPU: csrc/cpu/evaluation.cpp, queries in parallel; CUDA: csrc/cuda/retrieval.cu, one block per
+The kernels (CPU: csrc/cpu/evaluation.cpp, queries in parallel; CUDA: csrc/cuda/evaluation.cu, one block per
 query) share the per-query logic of csrc/include/dgnet/evaluation.h: no gallery row is sorted, the rank of a
 true match is one plus the number of kept entries ranked before it. The fake kernel registered here lets the
 op trace under ``torch.compile`` / FakeTensor and pass ``torch.library.opcheck``.

@@ -59,6 +59,7 @@ from dgnet.checkpoints.runs import (
 )
 from dgnet.config import Config, save_config
 from dgnet.data import drop_singletons, resolve_backend, train_stream
+from dgnet.data.streams import load_images
 from dgnet.distributed import (
     all_gather_objects,
     as_collective_failure,
@@ -69,7 +70,7 @@ from dgnet.distributed import (
 )
 from dgnet.evaluation.protocol import evaluate_models, format_table
 from dgnet.fileio import write_text_atomic
-from dgnet.generative.figures import load_images, training_rows
+from dgnet.generative.figures import training_rows
 from dgnet.models import DGNet, ReidBaseline
 from dgnet.models.decoder import fold_applies
 from dgnet.runtime import Amp, resolve_amp, resolve_device, seed_everything, seed_rank, set_determinism, set_threads
@@ -303,13 +304,10 @@ def fixed_grid_batches(ds, cfg: Config, backend: str, device: torch.device) -> t
     return x[:half], x[half : 2 * half]
 
 
-def train_dgnet(cfg: Config, ds, teacher: torch.nn.Module, device: torch.device, backend: str,
-                mgr: CheckpointManager, resume: dict | None, amp: Amp, out: Path) -> torch.nn.Module:
-    """Joint training (spec: Losses, Optimisation) for ``optim.iterations`` (capped); returns DGNet in eval mode."""
+def build_dgnet(cfg: Config, teacher: torch.nn.Module, device: torch.device, resume: dict | None) -> DGNet:
+    """Stage 2's DGNet on ``device``: its starting weights (``model.init_from``, the teacher's trunk, or the
+    config's), SyncBatchNorm under ``train.sync_bn`` with several processes, compiled under ``train.compile``."""
     rank, size = world()
-    total = stage_iterations(cfg, "dgnet")
-    # Stage 2 seeds itself, so it is the same whether stage 1 ran in this process or was loaded.
-    seed_everything(cfg.train.seed + 1)
     num_ids = cfg.model.num_ids
     # model.init_from (a fine-tune) gives every DG-Net weight, so it overrides backbone_weights; a resume has its own.
     init = cfg.model.init_from if resume is None else ""
@@ -331,16 +329,33 @@ def train_dgnet(cfg: Config, ds, teacher: torch.nn.Module, device: torch.device,
         model.Ea = convert_sync_batchnorm(model.Ea, device).to(device)
     if cfg.train.compile:
         compile_models(model, device)  # after the weights are in; the first iteration compiles
+    return model
+
+
+def dgnet_streams(ds, cfg: Config, device: torch.device, backend: str) -> dict[str, Any]:
+    """The two streams of image pairs, a and b, that each DG-Net iteration draws one batch from."""
+    kw = _stream_kwargs(cfg, device, 0, cfg.data.batch_size)
+    pairs, _ = drop_singletons(ds.train)  # an identity with one image has no positive to pair with
+    return {
+        "a": train_stream(pairs, backend, mode="pairs", augment=True, **{**kw, "seed": cfg.train.seed + 11}),
+        "b": train_stream(pairs, backend, mode="pairs", augment=True, **{**kw, "seed": cfg.train.seed + 23}),
+    }
+
+
+def train_dgnet(cfg: Config, ds, teacher: torch.nn.Module, device: torch.device, backend: str,
+                mgr: CheckpointManager, resume: dict | None, amp: Amp, out: Path) -> torch.nn.Module:
+    """Joint training (spec: Losses, Optimisation) for ``optim.iterations`` (capped); returns DGNet in eval mode."""
+    rank, size = world()
+    total = stage_iterations(cfg, "dgnet")
+    # Stage 2 seeds itself, so it is the same whether stage 1 ran in this process or was loaded.
+    seed_everything(cfg.train.seed + 1)
+    num_ids = cfg.model.num_ids
+    model = build_dgnet(cfg, teacher, device, resume)
     opts = build_optimizers(model, cfg.optim)
     _scale_lrs(opts, cfg)
     scheds = build_schedulers(opts, cfg.optim)
     ddp = wrap_ddp(model, device) if size > 1 else None
-    kw = _stream_kwargs(cfg, device, 0, cfg.data.batch_size)
-    pairs, _ = drop_singletons(ds.train)  # an identity with one image has no positive to pair with
-    streams = {
-        "a": train_stream(pairs, backend, mode="pairs", augment=True, **{**kw, "seed": cfg.train.seed + 11}),
-        "b": train_stream(pairs, backend, mode="pairs", augment=True, **{**kw, "seed": cfg.train.seed + 23}),
-    }
+    streams = dgnet_streams(ds, cfg, device, backend)
     start = 0
     _seed_this_rank(cfg.train.seed + 1)
     if resume is not None:
@@ -437,14 +452,10 @@ def train(cfg: Config, resume: bool | str = False, stage: str = "all", evaluate:
             destroy()
 
 
-def _train(cfg: Config, device: torch.device, resume: bool | str, stage: str, evaluate: bool, verbose: bool) -> dict:
-    t0 = time.perf_counter()
+def _set_up(cfg: Config, device: torch.device, stage: str, verbose: bool) -> tuple[Config, Any, Amp, str]:
+    """The process and the data: precision, determinism, threads, the input pipeline, the dataset (generated
+    by rank 0 when absent) and the identity count it gives; returns ``(cfg, ds, amp, backend)``."""
     rank, size = world()
-    out = Path(cfg.train.output)
-    mgr = CheckpointManager(out / "checkpoints", keep=cfg.train.keep_checkpoints)
-    if rank == 0:
-        for stale in mgr.sweep():  # before anything is written: a killed write's temporary can fill the disk
-            print(f"dgnet: removed {stale}, the temporary file of a write that was interrupted")
     # The data root the run read, absolute in the saved config: its checkpoints find their data from anywhere.
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=str(Path(cfg.data.root).resolve())))
     amp = resolve_amp(cfg.train.amp, device)
@@ -463,37 +474,44 @@ def _train(cfg: Config, device: torch.device, resume: bool | str, stage: str, ev
                 f"every train identity of {cfg.data.root} has a single image: DG-Net trains on pairs of images of "
                 "one identity (and its positives), so it needs identities with at least 2 images (--stage teacher "
                 "trains the re-id baseline alone)")
+    return cfg, ds, amp, backend
 
+
+def _checkpoint_to_resume(mgr: CheckpointManager, cfg: Config, resume: bool | str,
+                          device: torch.device) -> dict | None:
+    """The checkpoint ``--resume`` continues from (the newest intact one, as rank 0 found it), or ``None``;
+    refuses to start afresh over an existing run's checkpoints."""
+    rank, size = world()
     latest = mgr.latest()
     if resume == "auto":
         resume = latest is not None
-    ckpt = None
-    if resume:
-        if latest is None:
-            raise FileNotFoundError(f"--resume: no checkpoint in {mgr.folder}; start without --resume")
-        if rank == 0:
-            latest, _ = mgr.newest_intact()  # a torn or non-finite newest one is set aside, with a warning
-        if size > 1:
-            latest = all_gather_objects(latest)[0]  # every rank resumes from the checkpoint rank 0 found intact
-        if latest is None:
-            raise FileNotFoundError(f"--resume: no intact checkpoint in {mgr.folder} (the damaged ones were set "
-                                    "aside); start a new run (another --output)")
-        ckpt = load_checkpoint(latest, map_location=device)
-        check_compatible(ckpt, cfg, latest)
-        if rank == 0:
-            print(f"dgnet: resuming from {latest} (stage {ckpt['stage']}, iteration {ckpt['iteration']})")
-    elif latest is not None:
-        raise FileExistsError(
-            f"{mgr.folder} already holds checkpoints (newest {latest.name}); pass --resume to continue that run, "
-            "or choose another --output"
-        )
+    if not resume:
+        if latest is not None:
+            raise FileExistsError(
+                f"{mgr.folder} already holds checkpoints (newest {latest.name}); pass --resume to continue that "
+                "run, or choose another --output"
+            )
+        return None
+    if latest is None:
+        raise FileNotFoundError(f"--resume: no checkpoint in {mgr.folder}; start without --resume")
     if rank == 0:
-        save_config(cfg, out / "config.yaml")
-        if verbose:
-            print(f"dgnet: device {device}, amp {amp}, loader {backend}, output {out}")
-            print(f"dgnet: {fast_paths(cfg, device)}")
+        latest, _ = mgr.newest_intact()  # a torn or non-finite newest one is set aside, with a warning
+    if size > 1:
+        latest = all_gather_objects(latest)[0]  # every rank resumes from the checkpoint rank 0 found intact
+    if latest is None:
+        raise FileNotFoundError(f"--resume: no intact checkpoint in {mgr.folder} (the damaged ones were set "
+                                "aside); start a new run (another --output)")
+    ckpt = load_checkpoint(latest, map_location=device)
+    check_compatible(ckpt, cfg, latest)
+    if rank == 0:
+        print(f"dgnet: resuming from {latest} (stage {ckpt['stage']}, iteration {ckpt['iteration']})")
+    return ckpt
 
-    teacher = model = None
+
+def _teacher(cfg: Config, ds, device: torch.device, backend: str, mgr: CheckpointManager, ckpt: dict | None,
+             stage: str, amp: Amp, out: Path) -> torch.nn.Module:
+    """Stage 1, or the teacher it made: from a DG-Net checkpoint being resumed, from ``train.teacher``, trained
+    here, or the run's ``teacher.pt`` (``--stage dgnet``). Frozen."""
     resumed_stage = ckpt["stage"] if ckpt else None
     init = cfg.model.init_from
     if init and resumed_stage != "dgnet" and stage in ("all", "dgnet"):
@@ -513,21 +531,43 @@ def _train(cfg: Config, device: torch.device, resume: bool | str, stage: str, ev
         teacher, _ = load_teacher(found, cfg.model.num_ids, device)
     for p in teacher.parameters():
         p.requires_grad_(False)
+    return teacher
 
+
+def _evaluate(models: dict[str, torch.nn.Module], ds, cfg: Config, device: torch.device, backend: str,
+              out: Path) -> dict:
+    """The test protocol on every trained model; rank 0 writes ``results.json`` and ``results.md``."""
+    # every rank embeds its share of query and gallery (collectives); rank 0 alone gets the metrics
+    results = evaluate_models(models, ds, cfg, device, backend)
+    if world()[0] == 0:
+        table = format_table(results)
+        write_text_atomic(out / "results.json", json.dumps(results, indent=2))
+        write_text_atomic(out / "results.md", table + "\n")
+        print(table)
+    return results
+
+
+def _train(cfg: Config, device: torch.device, resume: bool | str, stage: str, evaluate: bool, verbose: bool) -> dict:
+    t0 = time.perf_counter()
+    rank, _ = world()
+    out = Path(cfg.train.output)
+    mgr = CheckpointManager(out / "checkpoints", keep=cfg.train.keep_checkpoints)
+    if rank == 0:
+        for stale in mgr.sweep():  # before anything is written: a killed write's temporary can fill the disk
+            print(f"dgnet: removed {stale}, the temporary file of a write that was interrupted")
+    cfg, ds, amp, backend = _set_up(cfg, device, stage, verbose)
+    ckpt = _checkpoint_to_resume(mgr, cfg, resume, device)
+    if rank == 0:
+        save_config(cfg, out / "config.yaml")
+        if verbose:
+            print(f"dgnet: device {device}, amp {amp}, loader {backend}, output {out}")
+            print(f"dgnet: {fast_paths(cfg, device)}")
+    teacher = _teacher(cfg, ds, device, backend, mgr, ckpt, stage, amp, out)
+    models = {"teacher": teacher}
     if stage in ("all", "dgnet"):
-        model = train_dgnet(cfg, ds, teacher, device, backend, mgr, ckpt if resumed_stage == "dgnet" else None,
-                            amp, out)
-
-    results: dict = {}
-    if evaluate:
-        # every rank embeds its share of query and gallery (collectives); rank 0 alone gets the metrics
-        results = evaluate_models({"teacher": teacher, **({"dgnet": model} if model is not None else {})},
-                                  ds, cfg, device, backend)
-        if rank == 0:
-            table = format_table(results)
-            write_text_atomic(out / "results.json", json.dumps(results, indent=2))
-            write_text_atomic(out / "results.md", table + "\n")
-            print(table)
+        resumed = ckpt if ckpt is not None and ckpt["stage"] == "dgnet" else None
+        models["dgnet"] = train_dgnet(cfg, ds, teacher, device, backend, mgr, resumed, amp, out)
+    results = _evaluate(models, ds, cfg, device, backend, out) if evaluate else {}
     seconds = time.perf_counter() - t0
     if rank == 0 and verbose:
         print(f"dgnet: finished in {seconds / 60:.1f} min; outputs in {out}")
