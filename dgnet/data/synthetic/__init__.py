@@ -26,8 +26,8 @@ The two-camera regime (``train_cams``, ``per_cam``, ``view_tie``; docs/study.md 
 training identity is seen by exactly ``train_cams`` cameras with ``per_cam`` images under each, and with
 probability ``view_tie`` an image shows its camera's own view (camera ``c`` sees people from ``VIEWS[c % 4]``),
 so background, light and viewpoint come with the camera, as in real sets. Test identities are planned as in the
-default set (query from one or two cameras, their other images in the gallery). The defaults (0, 0, 0.0) draw
-the default set, byte for byte.
+default set (the same cameras and counts; query from one or two cameras, their other images in the gallery).
+The defaults (0, 0, 0.0) draw the default set, byte for byte.
 
 Default size (``ids=400, cams=6, 128x64``): about 4,000 images. 128x64 is Market-1501's own image size (the
 pipeline upsamples to 256x128 as for Market); 400 identities (200 train / 200 test) give about 10 images per
@@ -535,7 +535,8 @@ def plan(ids: int, cams: int, seed: int, train_cams: int = 0, per_cam: int = 0,
 
     Identities ``1..ids//2`` train, the rest test. Each identity is seen by 2..cams cameras, 1-4 images each;
     a training identity by exactly ``train_cams`` cameras when it is not 0, with ``per_cam`` images under each
-    when that is not 0 (its own draw decides which cameras, so the test split stays the default set's).
+    when that is not 0 (its own draw decides which cameras, so test identities keep the default set's cameras
+    and counts).
     ``view_tie``: the probability that an image's view is its camera's (:func:`camera_view`).
     Test identities give one query image from each of up to two cameras that keep at least one more image
     of it in the gallery, so every query has a true match in the gallery. The gallery also gets
