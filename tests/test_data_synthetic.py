@@ -110,6 +110,7 @@ def test_generate_refuses_a_folder_holding_files(tmp_path):
 
 def test_the_set_keeps_its_seed_when_the_training_seed_changes(monkeypatch):
     """train.seed must not regenerate (or refuse) the default data/synthetic: the set has data.synthetic_seed."""
+    from dgnet.checkpoints import runs
     from dgnet.checkpoints.runs import prepare_dataset
     from dgnet.config import resolve_config
 
@@ -119,8 +120,7 @@ def test_the_set_keeps_its_seed_when_the_training_seed_changes(monkeypatch):
         seen.update(kwargs)
         raise RuntimeError("captured")
 
-    # the name prepare_dataset calls (dgnet.checkpoints.runs imports it by name)
-    monkeypatch.setattr("dgnet.checkpoints.runs.ensure_dataset", capture)
+    monkeypatch.setattr(runs, "ensure_dataset", capture)  # patched where prepare_dataset calls it
     cfg = resolve_config("demo", {"train": {"seed": 7}})
     with pytest.raises(RuntimeError, match="captured"):
         prepare_dataset(cfg, verbose=False)

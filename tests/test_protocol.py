@@ -155,7 +155,7 @@ def test_evaluate_models_extracts_once_and_scores_every_alpha(monkeypatch):
 
     monkeypatch.setattr(protocol, "extract", fake_extract)
     monkeypatch.setattr(protocol, "evaluate_features", fake_evaluate)
-    monkeypatch.setattr("dgnet.distributed.broadcast_state", lambda model: None)
+    monkeypatch.setattr(protocol, "broadcast_state", lambda model: None)  # patched where evaluate_models calls it
     ds = type("DS", (), {"query": "Q", "gallery": "G"})()
     models = {"teacher": torch.nn.Identity(), "dgnet": torch.nn.Identity()}
     out = protocol.evaluate_models(models, ds, Config(), torch.device("cpu"), "torch", rerank=False,
