@@ -3,7 +3,7 @@
 Every number of the DG-Net spec (``../shared/dgnet-spec.md``) lives here once. The reference's
 names are kept (``gan_w``, ``recon_x_w``, ...) so users of the reference find them.
 
-Layering (lowest to highest): a preset (``PRESETS``: demo, synthetic, market1501, dukemtmc,
+Layering (lowest to highest): a preset (``PRESETS``: demo, synthetic, twocam, market1501, dukemtmc,
 msmt17), then a YAML file, then command-line flags. A YAML file is a nested mapping of the
 sections below and may name its base preset with a top-level ``preset:`` key (default ``demo``).
 An unknown section or key anywhere is an error that names it. ``resolve_config`` does the
@@ -63,6 +63,11 @@ class DataConfig:
     synthetic_height: int = 128
     synthetic_width: int = 64
     synthetic_seed: int = 0  # the set's own seed: train.seed changes the run, not the data
+    # The two-camera regime (docs/study.md; dgnet.data.synthetic.plan): cameras per training identity (0: 2..cams at
+    # random), images under each (0: 1..4 at random), the probability that an image shows its camera's view.
+    synthetic_train_cams: int = 0
+    synthetic_per_cam: int = 0
+    synthetic_view_tie: float = 0.0
     # Layout options (LAYOUT_OPTIONS says which layout reads each; dgnet.data.load_dataset documents them).
     camera_pattern: str = DEFAULT_CAMERA_PATTERN  # folder: regex whose first group is the 1-based camera of a name
     camera_csv: str = ""  # folder: CSV path,camid (zero-based), relative to root; "": root/cameras.csv if present
@@ -128,6 +133,10 @@ class _LossSchedule:
     warm_step: float = 0.0005  # per iteration, up to each cap
     r1_w: float = 0.01  # R1 penalty in the D step
     structure_live_p: float = 0.5  # p that the live Es sees the detached x_ab
+    # The paper's ablation of primary feature learning: off sets loss_teacher's weight to 0 while the fine-grained
+    # term keeps its ramp (fine_w = ramped teacher_w * B_w), which the weights alone cannot express (teacher_w 0
+    # turns both off). dgnet.study's arm "fine" uses it.
+    primary_on: bool = True
 
 
 # The loss weights: one key per generator term of dgnet.losses.GENERATOR_TERMS (its spec value as the default; a
@@ -358,9 +367,42 @@ def preset_synthetic() -> Config:
     return cfg
 
 
+def preset_twocam() -> Config:
+    """The study's regime (docs/study.md): each training identity seen by exactly two of six cameras, two images
+    under each, 80% of images showing their camera's view; the demo's 64x32 images and batch 4.
+
+    Sized for one run (teacher, DG-Net, evaluation) within about 15 minutes on two idle cores, from the demo's
+    per-iteration cost (docs/training-speed.md): 600 teacher and 600 DG-Net iterations. The generator's
+    settings are the study's hypothesis for a G that learns visibly in that budget (docs/study.md): Adam rates
+    5e-4 for G and D (five times the spec's, whose 1e-4 is meant for 100k iterations), the first decay at 75% of
+    the run instead of 60%, and the generated-data terms starting at 40% of the run instead of 30%, so that Ea
+    learns from images G has had time to form. The same for every arm of the study, the control included.
+    """
+    cfg = _synthetic_base("twocam")
+    cfg.data.root = "data/synthetic_twocam"  # another set than the default one at data/synthetic
+    cfg.data.synthetic_train_cams = 2
+    cfg.data.synthetic_per_cam = 2
+    cfg.data.synthetic_view_tie = 0.8
+    cfg.data.height, cfg.data.width = 64, 32
+    cfg.data.pad = 3
+    cfg.data.batch_size = 4
+    scale_schedule(cfg, iterations=600, teacher_iterations=600)
+    cfg.loss.warm_iter = 240
+    cfg.optim.gen_lr = cfg.optim.dis_lr = 5e-4
+    cfg.optim.milestones = (450, 570, 630)  # the first decay at 75% instead of 60%: G keeps its rate longer
+    cfg.train.log_every = 20
+    cfg.train.image_every = 200
+    cfg.train.checkpoint_every = 100  # a killed study loses at most 100 iterations of a run
+    cfg.train.keep_checkpoints = 1  # a study holds many runs: one resumable checkpoint each
+    cfg.eval.k1 = 10
+    cfg.eval.k2 = 3
+    return cfg
+
+
 PRESETS: dict[str, typing.Callable[[], Config]] = {
     "demo": preset_demo,
     "synthetic": preset_synthetic,
+    "twocam": preset_twocam,
     "market1501": preset_market1501,
     "dukemtmc": preset_dukemtmc,
     "msmt17": preset_msmt17,

@@ -120,6 +120,7 @@ LAYERS = (
     {"config", "losses", "fileio", "runtime", "distributed", "profiling", "data", "models"},
     {"checkpoints", "evaluation"},
     {"training", "inference", "generative"},
+    {"studies"},  # whole runs (training, generation, evaluation) over arms and seeds
 )
 # Top-level modules that are not commands: the few every layer needs. Everything else lives in a folder.
 SHARED = {"config", "losses", "fileio", "runtime", "distributed", "profiling"}

@@ -39,7 +39,9 @@ def prepare_dataset(cfg: Config, verbose: bool = True, generate: bool = True) ->
     root = Path(cfg.data.root)
     if cfg.data.dataset == "synthetic" and generate:
         ensure_dataset(root, verbose=verbose, ids=cfg.data.synthetic_ids, cams=cfg.data.synthetic_cams,
-                       height=cfg.data.synthetic_height, width=cfg.data.synthetic_width, seed=cfg.data.synthetic_seed)
+                       height=cfg.data.synthetic_height, width=cfg.data.synthetic_width, seed=cfg.data.synthetic_seed,
+                       train_cams=cfg.data.synthetic_train_cams, per_cam=cfg.data.synthetic_per_cam,
+                       view_tie=cfg.data.synthetic_view_tie)
     elif not root.exists():
         raise FileNotFoundError(
             f"dataset folder {str(root)!r} (data.root, --data-root) does not exist; expected the "

@@ -50,7 +50,8 @@ def ramp_weights(iteration: int, loss_cfg: LossConfig) -> dict[str, float]:
     ``min(cap, max(0, iteration - warm_iter) * warm_step)`` with the cap its ``LossConfig`` value: 0 up to
     and including ``warm_iter``, then ``warm_step`` more per iteration (the reference adds ``warm_scale``
     when ``iteration > warm_iter``, before using the weight). ``fine_w = teacher_w * B_w`` is the weight of
-    the fine-grained terms. A pure function of the iteration: resume restores the ramps by construction.
+    the fine-grained terms. ``primary_on`` off zeroes ``teacher_w`` alone (the paper's fine-grained-only ablation).
+    A pure function of the iteration: resume restores the ramps by construction.
     """
     if iteration < 0:
         raise ValueError(f"iteration={iteration}: expected >= 0")
@@ -58,6 +59,8 @@ def ramp_weights(iteration: int, loss_cfg: LossConfig) -> dict[str, float]:
     w = {k: min(float(getattr(loss_cfg, k)), steps * loss_cfg.warm_step) for k in RAMPED}
     for name, (base, factor) in DERIVED_WEIGHTS.items():
         w[name] = w[base] * getattr(loss_cfg, factor)
+    if not loss_cfg.primary_on:  # after the derived weights: fine_w keeps the teacher's ramp (LossConfig.primary_on)
+        w["teacher_w"] = 0.0
     return w
 
 

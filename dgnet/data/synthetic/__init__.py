@@ -22,6 +22,13 @@ Everything is a deterministic function of the seed: every identity and every ima
 processes. Output: ``bounding_box_train/``, ``query/``, ``bounding_box_test/`` (with ``0000`` distractors and
 ``-1`` junk images in the gallery, as in Market-1501) and ``manifest.json`` with every factor.
 
+The two-camera regime (``train_cams``, ``per_cam``, ``view_tie``; docs/study.md gives its rationale): each
+training identity is seen by exactly ``train_cams`` cameras with ``per_cam`` images under each, and with
+probability ``view_tie`` an image shows its camera's own view (camera ``c`` sees people from ``VIEWS[c % 4]``),
+so background, light and viewpoint come with the camera, as in real sets. Test identities are planned as in the
+default set (the same cameras and counts; query from one or two cameras, their other images in the gallery).
+The defaults (0, 0, 0.0) draw the default set, byte for byte.
+
 Default size (``ids=400, cams=6, 128x64``): about 4,000 images. 128x64 is Market-1501's own image size (the
 pipeline upsamples to 256x128 as for Market); 400 identities (200 train / 200 test) give about 10 images per
 identity over 2-6 cameras: a ranking task small enough for CI. Its generation time and the colour-histogram
@@ -46,7 +53,10 @@ from PIL import Image, ImageDraw, ImageFilter
 
 VERSION = 1
 MANIFEST = "manifest.json"
-DEFAULTS = dict(ids=400, cams=6, height=128, width=64, seed=0)
+DEFAULTS = dict(ids=400, cams=6, height=128, width=64, seed=0, train_cams=0, per_cam=0, view_tie=0.0)
+# The regime's options and the value that leaves the default set as it was (a manifest written before they
+# existed holds none of them: it was drawn with these).
+REGIME_DEFAULTS = dict(train_cams=0, per_cam=0, view_tie=0.0)
 
 # A small shared palette (RGB); identities jitter it slightly, so colours are shared but not identical.
 PALETTE = np.array(
@@ -503,16 +513,38 @@ def render(ident: dict | None, img: dict, cam: dict, height: int, width: int) ->
 # the dataset plan
 
 
-def plan(ids: int, cams: int, seed: int) -> tuple[dict, dict, list[dict]]:
+def camera_view(cam: int) -> str:
+    """The view camera ``cam`` sees people from in the two-camera regime (``view_tie``)."""
+    return VIEWS[cam % len(VIEWS)]
+
+
+def check_regime(cams: int, train_cams: int, per_cam: int, view_tie: float) -> None:
+    """The regime options' ranges, named in the error."""
+    if not (train_cams == 0 or 1 <= train_cams <= cams):
+        raise ValueError(f"synthetic: train_cams={train_cams}: expected 0 (the default draw of 2..cams) or 1..cams "
+                         f"({cams})")
+    if per_cam < 0:
+        raise ValueError(f"synthetic: per_cam={per_cam}: expected 0 (the default draw of 1..4) or a positive count")
+    if not 0.0 <= view_tie <= 1.0:
+        raise ValueError(f"synthetic: view_tie={view_tie}: expected a probability in [0, 1]")
+
+
+def plan(ids: int, cams: int, seed: int, train_cams: int = 0, per_cam: int = 0,
+         view_tie: float = 0.0) -> tuple[dict, dict, list[dict]]:
     """Identities, cameras and the list of images (file name, split, pid, camera, factors) of a set.
 
-    Identities ``1..ids//2`` train, the rest test. Each identity is seen by 2..cams cameras, 1-4 images each.
+    Identities ``1..ids//2`` train, the rest test. Each identity is seen by 2..cams cameras, 1-4 images each;
+    a training identity by exactly ``train_cams`` cameras when it is not 0, with ``per_cam`` images under each
+    when that is not 0 (its own draw decides which cameras, so test identities keep the default set's cameras
+    and counts).
+    ``view_tie``: the probability that an image's view is its camera's (:func:`camera_view`).
     Test identities give one query image from each of up to two cameras that keep at least one more image
     of it in the gallery, so every query has a true match in the gallery. The gallery also gets
     distractors (``0000``: empty scenes, 4% of it) and junk (``-1``: heavily cropped, 2%).
     """
     if ids < 4 or cams < 2:
         raise ValueError(f"synthetic: need ids >= 4 and cams >= 2, got ids={ids}, cams={cams}")
+    check_regime(cams, train_cams, per_cam, view_tie)
     identities = {pid: identity_factors(seed, pid) for pid in range(1, ids + 1)}
     cameras = {c: camera_factors(seed, c) for c in range(cams)}
     n_train = ids // 2
@@ -529,6 +561,12 @@ def plan(ids: int, cams: int, seed: int) -> tuple[dict, dict, list[dict]]:
         k = int(r.integers(2, cams + 1))
         views = sorted(r.choice(cams, size=k, replace=False).tolist())
         counts = [int(r.integers(1, 5)) for _ in views]
+        if pid <= n_train and (train_cams or per_cam):
+            # The regime's own draw (kind 7): the default draws above still run, so the test split is unchanged.
+            rr = _rng(seed, 7, pid)
+            if train_cams:
+                views = sorted(rr.choice(cams, size=train_cams, replace=False).tolist())
+            counts = [per_cam or int(rr.integers(1, 5)) for _ in views]
         if pid <= n_train:
             for cam, n in zip(views, counts, strict=True):
                 for _ in range(n):
@@ -546,7 +584,45 @@ def plan(ids: int, cams: int, seed: int) -> tuple[dict, dict, list[dict]]:
         add(-1, int(r.integers(cams)), "bounding_box_test", "junk")
     for im in images:
         im["factors"] = image_factors(seed, im["index"])
+        if view_tie and _rng(seed, 6, im["index"]).random() < view_tie:
+            im["factors"]["view"] = camera_view(im["camid"])
     return identities, cameras, images
+
+
+def design(images: list[dict], cams: int, train_cams: int, per_cam: int, view_tie: float) -> dict:
+    """What the manifest records of a set's design, counted from its plan: cameras per training identity
+    (a histogram), images per (training identity, camera), the cameras of the train, query and gallery splits,
+    the share of queries with a true match in another camera, and the share of images whose view is their
+    camera's (:func:`camera_view`)."""
+    persons = [im for im in images if im["kind"] == "person"]
+    train_cams_of: dict[int, set] = {}
+    per: dict[tuple[int, int], int] = {}
+    q_cams: dict[int, set] = {}
+    g_cams: dict[int, set] = {}
+    for im in persons:
+        pid, cam, split = im["pid"], im["camid"], im["split"]
+        if split == "bounding_box_train":
+            train_cams_of.setdefault(pid, set()).add(cam)
+            per[pid, cam] = per.get((pid, cam), 0) + 1
+        else:
+            (q_cams if split == "query" else g_cams).setdefault(pid, set()).add(cam)
+    hist: dict[str, int] = {}
+    for cs in train_cams_of.values():
+        hist[str(len(cs))] = hist.get(str(len(cs)), 0) + 1
+    tied = sum(im["factors"]["view"] == camera_view(im["camid"]) for im in persons)
+    return {
+        "train_cams": train_cams, "per_cam": per_cam, "view_tie": view_tie,
+        "camera_views": {str(c): camera_view(c) for c in range(cams)} if view_tie else {},
+        "train_identities_by_camera_count": dict(sorted(hist.items())),
+        "train_images_per_identity_camera": sorted(set(per.values())),
+        "split_cameras": {split: sorted({im["camid"] for im in persons if im["split"] == split})
+                          for split in ("bounding_box_train", "query", "bounding_box_test")},
+        # the test protocol ignores a query's same-camera matches: what it scores is matching across cameras
+        "queries_with_a_match_in_another_camera": round(sum(
+            bool(g_cams.get(im["pid"], set()) - {im["camid"]}) for im in persons if im["split"] == "query"
+        ) / max(1, sum(im["split"] == "query" for im in persons)), 4),
+        "view_is_camera_view": round(tied / max(1, len(persons)), 4),
+    }
 
 
 def _junk_identity(seed: int, index: int) -> dict:
@@ -574,12 +650,16 @@ def generate(
     seed: int = DEFAULTS["seed"],
     workers: int | None = None,
     verbose: bool = False,
+    train_cams: int = 0,
+    per_cam: int = 0,
+    view_tie: float = 0.0,
 ) -> Path:
     """Write a synthetic set to ``out`` (created; must not hold another set) and return ``out``.
 
     Images are ``height x width`` RGB JPEGs in the Market-1501 layout; ``out/manifest.json`` holds the
     parameters, every identity's appearance, every camera's conditions and every image's factors.
-    ``workers`` processes render (default: up to 2); the result is the same for any number.
+    ``workers`` processes render (default: up to 2); the result is the same for any number. ``train_cams``,
+    ``per_cam``, ``view_tie``: the two-camera regime (:func:`plan`).
     """
     if height < 32 or width < 16:
         raise ValueError(f"synthetic: image size {height}x{width} too small; expected at least 32x16")
@@ -588,7 +668,7 @@ def generate(
         raise ValueError(f"synthetic: {out} is not empty; generate into a new or empty folder (images of "
                          "another set would mix with this one's)")
     t0 = time.perf_counter()
-    identities, cameras, images = plan(ids, cams, seed)
+    identities, cameras, images = plan(ids, cams, seed, train_cams, per_cam, view_tie)
     for split in ("bounding_box_train", "query", "bounding_box_test"):
         (out / split).mkdir(parents=True, exist_ok=True)
     items = []
@@ -610,7 +690,9 @@ def generate(
             list(pool.map(_render_chunk, jobs))
     manifest = {
         "version": VERSION,
-        "params": {"ids": ids, "cams": cams, "height": height, "width": width, "seed": seed},
+        "params": {"ids": ids, "cams": cams, "height": height, "width": width, "seed": seed,
+                   "train_cams": train_cams, "per_cam": per_cam, "view_tie": view_tie},
+        "design": design(images, cams, train_cams, per_cam, view_tie),
         "identities": {str(k): v for k, v in identities.items()},
         "cameras": {str(k): v for k, v in cameras.items()},
         "images": {
@@ -636,6 +718,8 @@ def ensure_dataset(root: str | Path, verbose: bool = True, **kwargs) -> Path:
     params = {**DEFAULTS, **{k: v for k, v in kwargs.items() if k in DEFAULTS}}
     if (root / MANIFEST).exists():
         have = json.loads((root / MANIFEST).read_text()).get("params")
+        if have is not None:
+            have = {**REGIME_DEFAULTS, **have}  # a manifest from before the regime options: drawn with their defaults
         if have == params:
             return root
         raise ValueError(
