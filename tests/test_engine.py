@@ -9,12 +9,15 @@ import pytest
 import torch
 
 from dgnet.config import Config
-from dgnet.engine import (
-    GEN_TERMS,
+from dgnet.models import DGNet, ReidBaseline
+from dgnet.training.optim import (
     build_optimizers,
     build_schedulers,
     build_teacher_optimizer,
     build_teacher_scheduler,
+)
+from dgnet.training.step import (
+    GEN_TERMS,
     dgnet_step,
     discriminator_losses,
     generator_losses,
@@ -22,7 +25,6 @@ from dgnet.engine import (
     shared_forward,
     teacher_step,
 )
-from dgnet.models import DGNet, ReidBaseline
 
 H, W, B, IDS = 64, 32, 2, 5
 SMALL = (32, 16)  # gradient-routing tests backpropagate once per term: smallest size every module accepts
@@ -55,7 +57,7 @@ def _build(cfg: Config, seed: int = 0, fused: bool = False):
     torch.manual_seed(seed)
     model = DGNet(cfg.model, IDS, fused=fused)
     teacher = ReidBaseline(cfg.model, IDS)
-    return model, teacher, build_optimizers(model, cfg.optim, fused=fused)
+    return model, teacher, build_optimizers(model, cfg.optim)
 
 
 def _groups(model: DGNet, teacher) -> dict[str, list[torch.nn.Parameter]]:
@@ -235,7 +237,7 @@ def test_fused_step_matches_plain():
         model, teacher, opts = _build(cfg, seed=3, fused=fused)
         assert all(bool(g.get("fused")) is fused for o in opts.values() for g in o.param_groups)
         torch.manual_seed(5)
-        out = dgnet_step(model, teacher, opts, _batch(1, SMALL), _batch(2, SMALL), 4, cfg, fused=fused)
+        out = dgnet_step(model, teacher, opts, _batch(1, SMALL), _batch(2, SMALL), 4, cfg)
         counters = {n: b.item() for n, b in model.named_buffers() if n.endswith("num_batches_tracked")}
         results.append((out, model.G.up[1].conv.weight.detach().clone(), counters))
     (o1, w1, c1), (o2, w2, c2) = results
@@ -251,8 +253,8 @@ def test_fused_step_matches_plain():
 def test_fused_sgd_matches_the_loop_when_a_head_starts_late():
     """Ea's SGD under --fused: a parameter whose first gradient arrives after the others' took steps (a head
     before its loss ramps in) gets the loop's first step (momentum buffer = gradient), over a resume too."""
-    from dgnet.checkpoint import load_optimizer_state
-    from dgnet.engine import _sgd_two_groups
+    from dgnet.checkpoints.format import load_optimizer_state
+    from dgnet.training.optim import _sgd_two_groups
 
     cfg = Config().optim
 
@@ -288,9 +290,9 @@ def test_deferred_bn_counts_is_exact(momentum):
     """Train-mode BatchNorm calls inside deferred_bn_counts: the same outputs and running statistics, bit for
     bit, and the same num_batches_tracked on exit (also when the block raises), with none of the per-call
     counter adds; eval-mode and frozen batch-statistics calls count nothing, as in PyTorch."""
-    from dgnet.engine import deferred_bn_counts
     from dgnet.models import frozen
     from dgnet.profiling import host_op_count
+    from dgnet.training.step import deferred_bn_counts
 
     def make():
         torch.manual_seed(0)
@@ -353,7 +355,7 @@ def test_teacher_dropout_switch(dropout):
     """``model.teacher_dropout``: the teacher's soft labels of the fakes vary with the RNG when on (the reference's
     teacher in train mode) and not when off; the same RNG state gives the same labels (what an exact resume
     restores); the teacher's running statistics and modes are untouched either way."""
-    from dgnet.engine import GeneratorInputs
+    from dgnet.training.step import GeneratorInputs
 
     cfg = _cfg()
     cfg.model.teacher_dropout = dropout
@@ -490,7 +492,7 @@ def _steps(device: torch.device, fused: bool, amp_dtype=None, scaler: bool = Fal
     model, teacher, _ = _build(cfg, seed=3, fused=fused)
     model.to(device)
     teacher.to(device)
-    opts = build_optimizers(model, cfg.optim, fused=fused)
+    opts = build_optimizers(model, cfg.optim)  # the model's fused choice picks the implementation
     grad_scaler = torch.amp.GradScaler(device.type) if scaler else None
     to = lambda b: {k: v.to(device) for k, v in b.items()}
     outs, weight = [], None
@@ -498,7 +500,7 @@ def _steps(device: torch.device, fused: bool, amp_dtype=None, scaler: bool = Fal
         torch.manual_seed(5 + i)
         scale_before = grad_scaler.get_scale() if grad_scaler is not None else None
         out = dgnet_step(model, teacher, opts, to(_batch(1 + 2 * i, hw)), to(_batch(2 + 2 * i, hw)), 4 + i, cfg,
-                         grad_scaler, amp_dtype, fused=fused)
+                         grad_scaler, amp_dtype)
         bad = [k for k in (*GEN_TERMS, "loss_dis_total") if not math.isfinite(out[k])]
         # D's loss holds the R1 penalty of gradients scaled by the GradScaler: an overflow there is the scaler's
         # to handle (it skips the step and halves the scale), and only there

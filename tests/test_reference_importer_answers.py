@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 
-from dgnet.api import load_model
+from dgnet import load_model
 from dgnet.convert import main
 from dgnet.models import gray
 

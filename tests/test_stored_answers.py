@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from dgnet.evaluation import evaluate, evaluate_rank
+from dgnet.evaluation.rank import evaluate, evaluate_rank
 from dgnet.ops.evaluation import evaluate_queries
 from dgnet.ops.rerank import re_ranking, re_ranking_features
 
