@@ -148,7 +148,10 @@ def _adain_bwd_kernel(
 ):
     # With z = (x - mean) * a + bias, a = scale * rstd (as the forward computed it), g = dy * act'(z)
     # and xhat = (x - mean) * rstd:
-    #   dbias = sum(g), dscale = sum(g * xhat), dx = rstd * scale * (g - mean(g) - xhat * mean(g * xhat)).
+    #   dbias = sum(g), dscale = sum(g * xhat), dx = rstd * scale * (g - mean(g) - xhat * mean(g * xhat)),
+    # except dx = 0 on an exactly constant row, where every x equals the mean (the forward returns a constant row's
+    # value exactly): such a row passes x no gradient (dgnet/ops/adain.py, "Constant channels"). A NaN row's sum of
+    # |x - mean| is NaN, never 0.
     row = tl.program_id(0)
     base = row.to(tl.int64) * HW
     s = tl.load(SCALE + (row // C) * stride_sn + (row % C) * stride_sc).to(tl.float32)
@@ -165,11 +168,13 @@ def _adain_bwd_kernel(
         xhat = (x - mean) * rstd
         sum_g = tl.sum(g, axis=0)
         sum_gx = tl.sum(g * xhat, axis=0)
-        dx = rstd * s * (g - sum_g / HW - xhat * (sum_gx / HW))
+        constant = tl.sum(tl.where(mask, tl.abs(x - mean), 0.0), axis=0) == 0
+        dx = tl.where(constant, 0.0, rstd * s * (g - sum_g / HW - xhat * (sum_gx / HW)))
         tl.store(DX + base + cols, dx.to(DX.dtype.element_ty), mask=mask)
     else:
         acc_g = tl.zeros((BLOCK,), tl.float32)
         acc_gx = tl.zeros((BLOCK,), tl.float32)
+        acc_dev = tl.zeros((BLOCK,), tl.float32)
         for start in range(0, HW, BLOCK):
             offs = start + cols
             mask = offs < HW
@@ -178,8 +183,10 @@ def _adain_bwd_kernel(
             g = dy * _activation_grad((x - mean) * a + b, slope, ACT)
             acc_g += g
             acc_gx += g * ((x - mean) * rstd)
+            acc_dev += tl.where(mask, tl.abs(x - mean), 0.0)
         sum_g = tl.sum(acc_g, axis=0)
         sum_gx = tl.sum(acc_gx, axis=0)
+        constant = tl.sum(acc_dev, axis=0) == 0
         for start in range(0, HW, BLOCK):
             offs = start + cols
             mask = offs < HW
@@ -187,7 +194,7 @@ def _adain_bwd_kernel(
             dy = tl.load(DY + base + offs, mask=mask, other=0.0).to(tl.float32)
             g = dy * _activation_grad((x - mean) * a + b, slope, ACT)
             xhat = (x - mean) * rstd
-            dx = rstd * s * (g - sum_g / HW - xhat * (sum_gx / HW))
+            dx = tl.where(constant, 0.0, rstd * s * (g - sum_g / HW - xhat * (sum_gx / HW)))
             tl.store(DX + base + offs, dx.to(DX.dtype.element_ty), mask=mask)
     tl.store(DSCALE + row, sum_gx.to(DSCALE.dtype.element_ty))
     tl.store(DBIAS + row, sum_g.to(DBIAS.dtype.element_ty))

@@ -333,3 +333,128 @@ def test_triton_gpu_is_deterministic():
     second = forward_backward(adain, x, scale, bias, res, dy, activation="lrelu", backend="triton")
     for a, b in zip(first, second, strict=True):
         assert torch.equal(a, b)
+
+
+# ---- Independent reference: F.instance_norm + affine ----------------------------------------------------
+#
+# adain_reference (the plain path) is itself under test here: every backend, the plain one included, is held to
+# torch.nn.functional.instance_norm (ATen's batch-norm kernels, no code shared with dgnet) followed by the affine
+# map, the activation and the residual. Ground truth: that formula in float64. Rule (flash-attention's): a path
+# passes when its error against the float64 truth is at most twice the error of the F.instance_norm formula run
+# in the same dtype, plus atol = 8 * u * sqrt(H*W) * max(1, max|truth|) with u the dtype's unit roundoff. Why that
+# atol: every output and gradient goes through sums over a row of H*W elements (mean, variance, sum(g),
+# sum(g * xhat)); summed in another order, such a sum's rounding differs by about u * sqrt(H*W) of the
+# magnitude (the statistical bound for a sum of H*W roundings), and 8 covers the few sums chained per value. A
+# result off by 1e-3 relative (a wrong formula, a lost term) fails it by orders of magnitude.
+
+INDEPENDENT_SHAPES = [(2, 3, 5, 7), (1, 128, 4, 4), (2, 4, 64, 32), (1, 2, 91, 91)]
+
+
+def instance_norm_affine(x, scale, bias, residual=None, activation=None, eps=1e-5, negative_slope=0.2):
+    """The independent formula: F.instance_norm, then scale and bias per (n, c), the activation, the residual."""
+    y = F.instance_norm(x, eps=eps) * scale[:, :, None, None] + bias[:, :, None, None]
+    if activation == "relu":
+        y = F.relu(y)
+    elif activation == "lrelu":
+        y = F.leaky_relu(y, negative_slope)
+    return y if residual is None else y + residual
+
+
+def check_against_instance_norm(fn, x, scale, bias, res, dy, activation):
+    """The rule above on the output and every gradient of ``fn`` (an AdaIN callable)."""
+    as_double = (t.double() if t is not None else None for t in (x, scale, bias, res, dy))
+    truth = forward_backward(instance_norm_affine, *as_double, activation=activation)
+    plain = forward_backward(instance_norm_affine, x, scale, bias, res, dy, activation=activation)
+    got = forward_backward(fn, x, scale, bias, res, dy, activation=activation)
+    u = torch.finfo(x.dtype).eps / 2
+    hw = x.shape[2] * x.shape[3]
+    for name, t, p, f in zip(NAMES, truth, plain, got, strict=False):
+        assert f.dtype == x.dtype and f.shape == t.shape, name
+        assert torch.isfinite(f).all(), f"{name}: not finite"
+        atol = 8 * u * hw**0.5 * max(1.0, t.abs().max().item())
+        err, err_plain = (f.double() - t).abs().max().item(), (p.double() - t).abs().max().item()
+        assert err <= 2 * err_plain + atol, f"{name}: error {err:.3g} vs F.instance_norm's {err_plain:.3g} + {atol:.3g}"
+
+
+def _backend_fn(backend):
+    return lambda *a, **kw: adain(*a, **kw, backend=backend)
+
+
+@pytest.mark.parametrize("shape", INDEPENDENT_SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("activation", ACTS)
+@pytest.mark.parametrize("residual", [False, True], ids=["plain", "residual"])
+@pytest.mark.parametrize("backend", ["torch", "cpu"])
+def test_matches_instance_norm_affine(backend, residual, activation, dtype, shape):
+    check_against_instance_norm(_backend_fn(backend), *make_inputs(shape, dtype=dtype, residual=residual), activation)
+
+
+def test_adain_reference_itself_matches_instance_norm_affine():
+    """The function every fast path's own tests compare with, called directly (not through the dispatcher)."""
+    for dtype in (torch.float32, torch.float64):
+        for activation in ACTS:
+            check_against_instance_norm(adain_reference, *make_inputs((2, 4, 64, 32), dtype=dtype), activation)
+
+
+@needs_interpreter
+@pytest.mark.parametrize("shape", [(2, 3, 5, 7), (1, 2, 64, 32), (1, 2, 91, 91)], ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("activation,residual", [(None, False), ("relu", True), ("lrelu", True)], ids=str)
+def test_triton_interpreted_matches_instance_norm_affine(shape, activation, residual):
+    """Triton has no float64: float32 only (91x91 takes the looped path)."""
+    check_against_instance_norm(_backend_fn("triton"), *make_inputs(shape, residual=residual), activation)
+
+
+# ---- Exactly constant channels: output act(bias) [+ residual], no gradient to x ---------------------------
+
+CONSTANT_BACKENDS = ["torch", "cpu", pytest.param("triton", marks=needs_interpreter)]
+
+
+@pytest.mark.parametrize("backend", CONSTANT_BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("activation", ACTS)
+@pytest.mark.parametrize("value", [0.1, 2.0, -3.7], ids=str)
+def test_constant_channel_is_bias_and_passes_no_gradient_to_x(backend, dtype, activation, value):
+    """A channel that is exactly constant carries no signal: its output is exactly ``act(bias) [+ residual]`` (its
+    normalised value is 0, not a rounding residue of the mean times 1/sqrt(eps); 0.1 is a value whose mean over a
+    row is not exact in binary) and x receives no gradient there (the plain formula's gradient there is the
+    linearisation about a degenerate point, 1/sqrt(eps) = 316 times the upstream, whose projection on a constant
+    change is 0: what any layer feeding the channel a constant would receive in exact arithmetic, and what its
+    rounding turned into up to 1e15 in G, tests/test_degenerate_inputs.py). The other channels are untouched:
+    their output and gradients are those of the same rows computed without the constant ones."""
+    if backend == "triton" and dtype == torch.float64:
+        pytest.skip("Triton has no float64")
+    x, scale, bias, res, dy = make_inputs((2, 4, 6, 5), dtype=dtype)
+    flat = torch.zeros(2, 4, dtype=torch.bool)
+    flat[0, 1] = flat[1, 3] = True
+    x[flat] = torch.tensor(value, dtype=dtype)
+    y, gx, gs, gb, gr = forward_backward(_backend_fn(backend), x, scale, bias, res, dy, activation=activation)
+    act = {None: lambda t: t, "relu": torch.relu, "lrelu": lambda t: F.leaky_relu(t, 0.2)}[activation]
+    want_y = act(bias[flat][:, None, None].expand(-1, 6, 5)) + res[flat]
+    assert torch.equal(y[flat], want_y)
+    assert torch.equal(gx[flat], torch.zeros_like(gx[flat]))
+    assert torch.equal(gs[flat], torch.zeros_like(gs[flat]))  # sum(g * xhat) with xhat = 0
+    g = dy[flat] * {None: 1.0, "relu": (want_y - res[flat] > 0).to(dtype),
+                    "lrelu": torch.where(want_y - res[flat] > 0, 1.0, 0.2).to(dtype)}[activation]
+    torch.testing.assert_close(gb[flat], g.sum(dim=(1, 2)))
+    assert torch.equal(gr, dy)
+    # The ordinary channels: the same as computing them alone (one sample at a time keeps rows whole).
+    for n in range(2):
+        keep = ~flat[n]
+        alone = forward_backward(_backend_fn(backend), x[n:n + 1, keep], scale[n:n + 1, keep], bias[n:n + 1, keep],
+                                 res[n:n + 1, keep], dy[n:n + 1, keep], activation=activation)
+        for name, whole, part in zip(NAMES[:4], (y, gx, gs, gb), alone, strict=False):
+            torch.testing.assert_close(whole[n:n + 1, keep], part, rtol=0, atol=0, msg=name)
+
+
+@pytest.mark.parametrize("backend", CONSTANT_BACKENDS)
+def test_constant_channel_gives_a_conv_feeding_it_zero_gradient(backend):
+    """A conv on a constant input feeds AdaIN a constant per channel whatever its weights: the true gradient of
+    its weights and bias is exactly 0, and so is the computed one (it was the rounding of sum(dx) times
+    scale / sqrt(eps))."""
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(3, 4, 3, padding=1, padding_mode="reflect")
+    x = torch.full((2, 3, 8, 6), 0.1)
+    scale, bias = torch.randn(2, 4) * 3, torch.randn(2, 4)
+    y = adain(conv(x), scale, bias, activation="lrelu", backend=backend)
+    grads = torch.autograd.grad((y * torch.randn_like(y)).sum(), list(conv.parameters()))
+    assert all(torch.equal(g, torch.zeros_like(g)) for g in grads)

@@ -201,6 +201,30 @@ def test_erasing_and_pad_crop_reference():
             assert torch.equal(pad_crop(img, (oy, ox), 2).float(), padded[:, oy : oy + 4, ox : ox + 5])
 
 
+# nvJPEG's IDCT and chroma upsampling differ from libjpeg-turbo by a few levels on some pixels: a mean difference
+# under 0.02 in normalised units (about one level, ONE_LEVEL ~ 0.0175) per tensor bounds that, and a wrong image
+# (another index, another crop or flip, a missed normalisation) differs by about 1 on average.
+NVJPEG_MEAN = 0.02
+
+
+def assert_gpu_batch_matches(x: dict, y: dict, keys: set[str]) -> None:
+    """Every output tensor of a DALI batch ``y`` against the torch pipeline's ``x`` on one device: integer tensors
+    (identities, cameras, indices) equal; each image tensor finite and within ``NVJPEG_MEAN``; the erased copies
+    erased at the same pixels (an erased pixel is exactly 0, which no normalised uint8 level is)."""
+    assert set(x) == set(y) == keys
+    for k in sorted(keys):
+        a, b = x[k], y[k]
+        assert a.shape == b.shape and a.dtype == b.dtype and a.device == b.device, k
+        if not a.is_floating_point():
+            assert torch.equal(a, b), k
+            continue
+        assert torch.isfinite(b).all(), k
+        diff = (a - b).abs().mean().item()
+        assert diff < NVJPEG_MEAN, (k, diff)
+    for k in sorted(keys & {"image_erased", "positive_erased"}):
+        assert torch.equal(x[k] == 0, y[k] == 0), f"{k}: erased at other pixels"
+
+
 @needs_dali
 @pytest.mark.gpu
 @pytest.mark.parametrize("augment", [False, True])
@@ -210,10 +234,7 @@ def test_dali_gpu_matches_torch(ds, augment):
     b = take(train_stream(ds.train, backend="dali", workers=2, **kw), 2)
     for x, y in zip(a, b, strict=True):
         assert x["image"].is_cuda and y["image"].is_cuda
-        # nvJPEG's IDCT and chroma upsampling differ from libjpeg-turbo by a few levels on some pixels
-        assert (x["image"] - y["image"]).abs().mean() < 0.02
-        assert_batches_close({**x, "image": y["image"], "positive": y["positive"], "image_erased": y["image_erased"],
-                              "positive_erased": y["positive_erased"]}, y, 0)
+        assert_gpu_batch_matches(x, y, KEYS)
 
 
 @needs_dali
@@ -221,9 +242,10 @@ def test_dali_gpu_matches_torch(ds, augment):
 def test_dali_gpu_test_stream(ds):
     a = list(test_stream(ds.gallery, backend="torch", batch_size=32, size=(128, 64), device="cuda"))
     b = list(test_stream(ds.gallery, backend="dali", batch_size=32, size=(128, 64), device="cuda"))
+    assert len(a) == len(b) > 0
     for x, y in zip(a, b, strict=True):
-        assert y["image"].is_cuda and (x["image"] - y["image"]).abs().mean() < 0.02
-        assert torch.equal(x["index"], y["index"])
+        assert y["image"].is_cuda
+        assert_gpu_batch_matches(x, y, set(x))
 
 
 def _graph_ops(outputs) -> list:

@@ -493,12 +493,45 @@ def test_decoder_fold_off_is_the_plain_upsample(net18, monkeypatch):
     torch.testing.assert_close(fast, plain, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.gpu
-def test_dgnet_cuda_shapes_spec_size():
-    torch.manual_seed(0)
-    net = DGNet(_cfg("resnet50"), num_ids=7).cuda().eval()
-    x = torch.randn(2, 3, 256, 128, device="cuda")
+def _encode_decode(net: DGNet, x: torch.Tensor) -> dict[str, torch.Tensor]:
     with torch.no_grad():
         f, s, p1, p2 = net.encode(x)
-        y = net.decode(s, f)
-    assert f.shape == (2, 8192) and s.shape == (2, 128, 64, 32) and y.shape == (2, 3, 256, 128)
+        return {"f": f, "s": s, "p1": p1, "p2": p2, "y": net.decode(s, f)}
+
+
+def check_device_against_float64(device: str, fused: bool) -> None:
+    """DGNet at the spec size on ``device`` (built ``fused`` or plain) against the plain float64 model on the CPU.
+    Rule (flash-attention's, as tests/test_adain.py): each output's error against the float64 truth is at most
+    twice the plain float32 CPU model's error plus atol = 64 u max(1, max|truth|), u = 2^-24: the device kernels
+    sum in other orders (and the fused ones by other formulas), so their rounding is of the same size as the CPU's;
+    the atol covers outputs where the CPU's happens to be small. Non-finite output fails."""
+    torch.manual_seed(0)
+    plain = DGNet(_cfg("resnet50"), num_ids=7).eval()
+    x = torch.randn(2, 3, 256, 128)
+    truth = _encode_decode(copy.deepcopy(plain).double(), x.double())
+    cpu = _encode_decode(plain, x)
+    net = DGNet(_cfg("resnet50"), num_ids=7, fused=fused).eval()
+    net.load_state_dict(plain.state_dict())
+    got = _encode_decode(net.to(device), x.to(device))
+    shapes = {"f": (2, 8192), "s": (2, 128, 64, 32), "y": (2, 3, 256, 128), "p1": (2, 7), "p2": (2, 7)}
+    for k, t in truth.items():
+        g = got[k]
+        assert tuple(g.shape) == shapes[k] and g.dtype == torch.float32 and g.device.type == device, k
+        assert torch.isfinite(g).all(), f"{k}: not finite"
+        err = (g.cpu().double() - t).abs().max().item()
+        err_cpu = (cpu[k].double() - t).abs().max().item()
+        atol = 64 * 2.0**-24 * max(1.0, t.abs().max().item())
+        assert err <= 2 * err_cpu + atol, f"{k}: error {err:.3g} vs the CPU's {err_cpu:.3g} + {atol:.3g}"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("fused", [False, True], ids=["plain", "fused"])
+def test_dgnet_cuda_matches_float64_spec_size(fused):
+    """Encode and decode on CUDA, plain and --fused (Triton AdaIN, grouped MLPs, folded upsample), in fp32 with
+    TF32 off (TF32 rounds products to 10 bits: another arithmetic, not another order)."""
+    tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        check_device_against_float64("cuda", fused)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32

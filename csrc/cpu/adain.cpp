@@ -146,6 +146,15 @@ void row_grad_sums(const acc_t* g, const scalar_t* x, int64_t n, acc_t mean, acc
   }
 }
 
+// True when every element of the row equals `mean`, i.e. the row is exactly constant (row_mean returns a constant
+// row's value exactly). An ordinary row leaves the loop at its first or second element.
+template <typename scalar_t, typename acc_t>
+bool constant_row(const scalar_t* x, int64_t n, acc_t mean) {
+  for (int64_t i = 0; i < n; ++i)
+    if (!(static_cast<acc_t>(x[i]) == mean)) return false;  // a NaN row is not constant
+  return true;
+}
+
 template <typename scalar_t, int64_t ACT>
 void backward_rows(const scalar_t* dy, const scalar_t* x, const at::opmath_type<scalar_t>* scale,
                    const at::opmath_type<scalar_t>* bias, const at::opmath_type<scalar_t>* mean_in,
@@ -174,6 +183,13 @@ void backward_rows(const scalar_t* dy, const scalar_t* x, const at::opmath_type<
     const acc_t sum_gx = sum_gd * rstd;  // sum(g * xhat)
     dscale[r] = sum_gx;
     dbias[r] = sum_g;
+    // An exactly constant row carries no signal and passes x no gradient (dgnet/ops/adain.py, "Constant
+    // channels"): its formula gradient, scale / sqrt(eps) * (g - mean(g)), has true projection 0 on every constant
+    // change, which rounding would turn into noise amplified by 1 / sqrt(eps).
+    if (constant_row<in_t, acc_t>(xr, hw, mean)) {
+      std::fill(dxr, dxr + hw, out_t(0));
+      return;
+    }
     const acc_t mean_g = sum_g / count, mean_gx = sum_gx / count;
     for (int64_t k = 0; k < hw; ++k) {
       const acc_t xhat = (static_cast<acc_t>(xr[k]) - mean) * rstd;

@@ -18,6 +18,16 @@ Backends of :func:`adain`:
 Fused ops save only the per-row mean and rstd for the backward; gradients flow to x, scale, bias and
 residual. Fake (meta) kernels and autograd are registered here, so every op works under
 ``torch.compile(fullgraph=True)`` and passes ``torch.library.opcheck``.
+
+Constant channels: an (n, c) plane whose values are all exactly equal carries no signal. Every backend outputs
+exactly ``act(bias) [+ residual]`` there (its normalised value is 0, not the rounding residue of its mean times
+``1 / sqrt(eps)``) and passes x no gradient there; scale's gradient there is 0 and bias's and residual's are the
+formula's. The formula's own gradient at such a plane, ``scale / sqrt(eps) * (g - mean(g))``, is a linearisation
+about a degenerate point whose projection on a constant change of the plane is 0: a layer that feeds the plane a
+constant (a conv on a constant input, as in G on a blank image's code) has true gradient 0, which the formula's
+rounding turned into up to 1e15 (tests/test_degenerate_inputs.py). What this drops: the gradient that would move a
+plane constant only because the weights producing it are exactly zero (a dead channel), a case that random
+initialisation and training never produce. Every other plane is computed as before, bit for bit.
 """
 
 from __future__ import annotations
@@ -66,7 +76,9 @@ def adain_reference(
     sf = scale.to(xf.dtype)[:, :, None, None]
     bf = bias.to(xf.dtype)[:, :, None, None]
     var, mean = torch.var_mean(xf, dim=(2, 3), unbiased=False, keepdim=True)
-    y = (xf - mean) * torch.rsqrt(var + eps) * sf + bf
+    # where, not a multiply by a mask: the normalised value of an exactly constant channel is 0 (not its mean's
+    # rounding residue times 1/sqrt(eps)) and x gets no gradient there (module docstring, "Constant channels").
+    y = torch.where(_constant_channels(xf), 0.0, (xf - mean) * torch.rsqrt(var + eps)) * sf + bf
     if activation == "relu":
         y = F.relu(y)
     elif activation == "lrelu":
@@ -76,6 +88,14 @@ def adain_reference(
     if residual is not None:
         y = y + residual.to(xf.dtype)
     return y.to(x.dtype)
+
+
+def _constant_channels(x: torch.Tensor) -> torch.Tensor:
+    """``(N, C, 1, 1)`` bool: the (n, c) planes of ``x`` whose values are all equal (a NaN plane is not)."""
+    with torch.no_grad():
+        lo, hi = x.flatten(2).aminmax(dim=-1)
+        # an all-inf plane is not constant here: its mean is inf and the output NaN, as in the fused kernels
+        return ((lo == hi) & lo.isfinite())[:, :, None, None]
 
 
 # ---- C++ kernels (CPU): fake kernels and autograd for the schemas of csrc/ops.cpp -------------------
@@ -114,17 +134,20 @@ def _setup_context(ctx, inputs, output):
     ctx.residual_dtype = residual.dtype if residual is not None else None
 
 
+def _backward(ctx, grad_y, backward_op):
+    """Gradients of ``(x, scale, bias, residual, activation, eps, negative_slope)`` from a fused backward op."""
+    if grad_y is None:  # y itself unused by the loss (gradients are not materialised, see _setup_context)
+        return None, None, None, None, None, None, None
+    x, scale, bias, mean, rstd = ctx.saved_tensors
+    grad_x, grad_scale, grad_bias = backward_op(grad_y, x, scale, bias, mean, rstd, ctx.activation, ctx.negative_slope)
+    grad_res = grad_y.to(ctx.residual_dtype) if ctx.residual_dtype is not None else None
+    return grad_x, grad_scale, grad_bias, grad_res, None, None, None
+
+
 def _make_backward(backward_op):
     def backward(ctx, grad_y, _grad_mean, _grad_rstd):
         # mean and rstd are saved statistics, not differentiable outputs: their gradients are ignored.
-        if grad_y is None:  # y itself unused by the loss
-            return None, None, None, None, None, None, None
-        x, scale, bias, mean, rstd = ctx.saved_tensors
-        grad_x, grad_scale, grad_bias = backward_op(
-            grad_y, x, scale, bias, mean, rstd, ctx.activation, ctx.negative_slope
-        )
-        grad_res = grad_y.to(ctx.residual_dtype) if ctx.residual_dtype is not None else None
-        return grad_x, grad_scale, grad_bias, grad_res, None, None, None
+        return _backward(ctx, grad_y, backward_op)
 
     return backward
 
@@ -202,14 +225,11 @@ class _TritonAdain(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_y):
-        if grad_y is None:  # y unused by the loss (gradients are not materialised, see _setup_context)
-            return None, None, None, None, None, None, None
-        x, scale, bias, mean, rstd = ctx.saved_tensors
-        grad_x, grad_scale, grad_bias = _triton_kernels.adain_backward(
-            grad_y, x, scale, bias, mean, rstd, ctx.activation, ctx.negative_slope, traced=False
-        )
-        grad_res = grad_y.to(ctx.residual_dtype) if ctx.residual_dtype is not None else None
-        return grad_x, grad_scale, grad_bias, grad_res, None, None, None
+        return _backward(ctx, grad_y, _eager_triton_backward)
+
+
+def _eager_triton_backward(*args):
+    return _triton_kernels.adain_backward(*args, traced=False)
 
 
 # ---- dispatch ----------------------------------------------------------------------------------------
