@@ -11,6 +11,7 @@ import math
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from PIL import Image
@@ -18,6 +19,9 @@ from PIL import Image
 # The input pipelines normalise with ImageNet statistics (spec: Inputs); grids undo it for display.
 from dgnet.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from dgnet.fileio import write_text_atomic
+
+if TYPE_CHECKING:
+    from dgnet.figures import Figure
 
 
 def write_results(data: dict, checkpoint: str | Path, output: str | Path | None, suffix: str) -> Path:
@@ -165,12 +169,18 @@ class RunLogger:
             for k, v in values.items():
                 self._tb.add_scalar(f"{self.stage}/{k}", float(v), iteration)
 
-    def grid(self, iteration: int, rows: list[torch.Tensor], name: str = "samples") -> Path | None:
-        """Save ``rows`` (see ``image_grid``) as ``images/<stage>_<name>_<iteration>.png`` and to TensorBoard."""
+    def grid(self, iteration: int, rows: list[torch.Tensor] | Figure, name: str = "samples") -> Path | None:
+        """Save a labelled figure (:func:`dgnet.figures.training_figure`), or plain ``rows`` (see ``image_grid``),
+        as ``images/<stage>_<name>_<iteration>.png`` and to TensorBoard."""
         if not self.enabled:
             return None
-        g = image_grid(rows)
-        path = save_png(g, self.folder / "images" / f"{self.stage}_{name}_{iteration:08d}.png")
+        path = self.folder / "images" / f"{self.stage}_{name}_{iteration:08d}.png"
+        if isinstance(rows, list):
+            g = image_grid(rows)
+            save_png(g, path)
+        else:
+            g = rows.tensor()
+            rows.save(path)
         if self._tb is not None:
             self._tb.add_image(f"{self.stage}/{name}", g, iteration)
         return path

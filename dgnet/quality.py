@@ -6,12 +6,16 @@ from __future__ import annotations
 import argparse
 import sys
 
+from dgnet.disentanglement import explain_table, format_table, measure_checkpoint
 from dgnet.logging_utils import write_results
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m dgnet.quality",
-                                description="Disentanglement of a DG-Net checkpoint on the synthetic set.")
+                                description="Disentanglement of a DG-Net checkpoint on the synthetic set: does "
+                                            "x_ab = G(s_a, f_b) take b's appearance and keep a's pose? The "
+                                            "table (docs/figures.md) is read as follows.",
+                                epilog=explain_table(), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="dgnet.pt (or a dgnet_*.pt checkpoint) of a synthetic run")
     p.add_argument("--teacher", help="checkpoint holding the teacher (default: --checkpoint, which holds it)")
     p.add_argument("--data-root", help="synthetic set folder (default: the one the checkpoint was trained on)")
@@ -20,7 +24,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="auto")
     p.add_argument("--output", help="JSON file (default: next to the checkpoint, <name>.quality.json)")
     args = p.parse_args(argv)
-    from dgnet.disentanglement import format_table, measure_checkpoint
 
     try:
         res = measure_checkpoint(args.checkpoint, args.teacher, args.data_root, args.pairs, args.seed, args.device)

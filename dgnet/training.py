@@ -300,7 +300,7 @@ def train_dgnet(cfg: Config, ds, teacher: torch.nn.Module, device: torch.device,
                 mgr: CheckpointManager, resume: dict | None, amp: Amp, out: Path) -> torch.nn.Module:
     """Joint training (spec: Losses, Optimisation) for ``optim.iterations`` (capped); returns DGNet in eval mode."""
     from dgnet.data import drop_singletons, train_stream
-    from dgnet.figures import training_rows
+    from dgnet.figures import training_figure
     from dgnet.models import DGNet
 
     rank, size = world()
@@ -381,7 +381,7 @@ def train_dgnet(cfg: Config, ds, teacher: torch.nn.Module, device: torch.device,
                 log.scalars(done, {**o, **_lrs(opts), "it_per_s": log.its_per_second(done)})
             if rank == 0 and (done % cfg.train.image_every == 0 or done == total):
                 with torch.random.fork_rng(devices=[]):  # grids never touch the training RNG streams
-                    log.grid(done, training_rows(model, grid_a, grid_b))
+                    log.grid(done, training_figure(model, grid_a, grid_b, f"DG-Net iteration {done}"))
             if done % cfg.train.checkpoint_every == 0 or done == total:
                 save(done, ramps)
     finally:
