@@ -151,18 +151,23 @@ def font(size: int = FONT_SIZE) -> ImageFont.ImageFont:
 
 @lru_cache(maxsize=4096)
 def fit_text(text: str, width: float, size: int = FONT_SIZE) -> str:
-    """``text`` cut from the left (``…`` + its end, where file names differ) until it is ``width`` pixels wide."""
+    """``text`` with its middle replaced by ``…`` until it is ``width`` pixels wide: a file name keeps its start
+    (an identity prefix, say) and its end."""
     f = font(size)
     if f.getlength(text) <= width:
         return text
-    lo, hi = 1, len(text)  # the fewest characters to drop: bisect on the (monotone) width of the rest
+
+    def cut(k):  # k characters kept, the start getting the extra one
+        return text[: (k + 1) // 2] + "…" + text[len(text) - k // 2 :]
+
+    lo, hi = 0, len(text) - 1  # the most characters kept: bisect on the (monotone) width
     while lo < hi:
-        mid = (lo + hi) // 2
-        if f.getlength("…" + text[mid:]) <= width:
-            hi = mid
+        mid = (lo + hi + 1) // 2
+        if f.getlength(cut(mid)) <= width:
+            lo = mid
         else:
-            lo = mid + 1
-    return "…" + text[lo:]
+            hi = mid - 1
+    return cut(lo)
 
 
 @lru_cache(maxsize=4096)
@@ -185,7 +190,7 @@ def _number_mask(text: str, size: int) -> np.ndarray:
 
 
 def put_text(canvas: np.ndarray, x: float, y: int, text: str, size: int = FONT_SIZE, center: bool = False) -> None:
-    """Write ``text`` (lines split at ``\n``) in black into ``canvas`` ``(H, W, 3)`` uint8 at ``(x, y)``, the
+    """Write ``text`` (its lines one under the other) in black into ``canvas`` ``(H, W, 3)`` uint8 at ``(x, y)``, the
     top-left corner (or the top centre with ``center``); clipped at the canvas's edges."""
     for k, line in enumerate(_lines(text)):
         m = _number_mask(line, size) if _NUMBER.fullmatch(line) else text_mask(line, size)
