@@ -297,7 +297,7 @@ def measure(generator: Generator, teacher: torch.nn.Module, probe: Probe, means:
 # The table's rows in printed order: (name, how to read it). The ideal render is the ceiling DG-Net's swap is
 # measured against, chance the floor; the real images and the reconstruction are references.
 ROWS = (("ideal x_ab (rendered)", "ceiling: b's identity drawn by the generator in a's pose, scene and camera"),
-        ("swap G(s_a,f_b)", "DG-Net's cross-identity images, the row being judged"),
+        ("swap G(s_a,f_b)", "judged: DG-Net's cross-identity images, read between the ceiling and the floor"),
         ("chance", "floor: a guess that knows nothing (identity 1 / identities, AUC 0.5, IoU of a random mask)"),
         ("recon G(s_a,f_a)", "reference: the generator's own structure ceiling"),
         ("real x_a", "reference: structure ceiling (a itself)"),
