@@ -17,8 +17,8 @@ and captions through :func:`draw_grid`, upsampled by an integer factor to about 
   :func:`search_figure`: the same for ``dgnet.search`` (file names, grey frames: no identities are known).
 
 Rank lists are drawn straight from the image files at display size (:class:`Thumbnails` decodes each file
-once), with Pillow only: a rank list costs a few milliseconds, so a search draws every query's list.
-docs/figures.md describes every figure.
+once), with Pillow and numpy only (text from cached glyph masks; many rank lists are saved as JPEG, a tenth of
+a PNG's encoding time). docs/figures.md describes every figure.
 """
 
 from __future__ import annotations
