@@ -1,13 +1,13 @@
 """``python -m dgnet.quality``: disentanglement of a DG-Net checkpoint on the synthetic set, measured with the set's
-true factors (the measures are described in :mod:`dgnet.disentanglement`)."""
+true factors (the measures are described in :mod:`dgnet.generative.disentanglement`)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from dgnet.disentanglement import explain_table, format_table, measure_checkpoint
-from dgnet.logging_utils import write_results
+from dgnet.fileio import write_results
+from dgnet.generative.disentanglement import explain_table, format_table, measure_checkpoint
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,6 +1,6 @@
 """``python -m dgnet.search --checkpoint CK --query IMG|DIR --gallery DIR|features.npz --out DIR``: rank a
 gallery of your own images for each query image by the test protocol's distance (optionally k-reciprocal
-re-ranking), with the same retrieval ops as ``dgnet.test``, on the same device (:mod:`dgnet.gallery`).
+re-ranking), with the same retrieval ops as ``dgnet.test``, on the same device (:mod:`dgnet.inference.gallery`).
 
 Writes ``DIR/results.json`` (every query's ranking) and ``DIR/ranklists/<n>_<query name>.jpg`` for the first
 ``--ranklists`` queries (default 50; ``all``): the query, then its top k with rank, distance and file name. A
@@ -14,7 +14,8 @@ import argparse
 import sys
 
 from dgnet.config import LOADER_CHOICES, positive_int
-from dgnet.gallery import RANKLISTS
+from dgnet.inference.extractor import FeatureExtractor
+from dgnet.inference.gallery import RANKLISTS, search_to_folder
 
 
 def _count_or_all(text: str) -> int | None:
@@ -50,9 +51,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from dgnet.api import FeatureExtractor
-    from dgnet.gallery import search_to_folder
-
     try:
         fx = FeatureExtractor(args.checkpoint, device=args.device, batch_size=args.batch_size, which=args.model,
                               loader=args.loader)

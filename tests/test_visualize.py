@@ -7,10 +7,10 @@ import torch
 from _tiny_run import make_tiny_checkpoint
 from PIL import Image, ImageDraw
 
-from dgnet import figures as FG
 from dgnet.config import resolve_config
-from dgnet.figures import interpolate_rows, rainbow_rows, ranklist, swap_rows
-from dgnet.logging_utils import IMAGENET_MEAN, IMAGENET_STD, image_grid
+from dgnet.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from dgnet.generative import figures as FG
+from dgnet.generative.figures import image_grid, interpolate_rows, rainbow_rows, ranklist, swap_rows
 
 MEAN = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
 STD = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
@@ -18,7 +18,7 @@ STD = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
 
 @pytest.fixture(scope="module")
 def model():
-    from dgnet.checkpoint import arch_only
+    from dgnet.checkpoints.format import arch_only
     from dgnet.models import DGNet
 
     cfg = resolve_config("demo")
@@ -295,7 +295,7 @@ def test_image_grid_sizes():
 
 
 def test_logger_saves_a_figure(tmp_path):
-    from dgnet.logging_utils import RunLogger
+    from dgnet.training.logger import RunLogger
 
     fig = FG.draw_grid([[np.full((8, 4, 3), 7, np.uint8)]], title="t")
     log = RunLogger(tmp_path, "dgnet", 1, progress=False, tensorboard=False)
