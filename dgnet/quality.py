@@ -7,12 +7,15 @@ import argparse
 import sys
 
 from dgnet.fileio import write_results
-from dgnet.generative.disentanglement import format_table, measure_checkpoint
+from dgnet.generative.disentanglement import explain_table, format_table, measure_checkpoint
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m dgnet.quality",
-                                description="Disentanglement of a DG-Net checkpoint on the synthetic set.")
+                                description="Disentanglement of a DG-Net checkpoint on the synthetic set: does "
+                                            "x_ab = G(s_a, f_b) take b's appearance and keep a's pose? The "
+                                            "table (docs/figures.md) is read as follows.",
+                                epilog=explain_table(), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="dgnet.pt (or a dgnet_*.pt checkpoint) of a synthetic run")
     p.add_argument("--teacher", help="checkpoint holding the teacher (default: --checkpoint, which holds it)")
     p.add_argument("--data-root", help="synthetic set folder (default: the one the checkpoint was trained on)")

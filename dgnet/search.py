@@ -2,9 +2,10 @@
 gallery of your own images for each query image by the test protocol's distance (optionally k-reciprocal
 re-ranking), with the same retrieval ops as ``dgnet.test``, on the same device (:mod:`dgnet.inference.gallery`).
 
-Writes ``DIR/ranklists/<n>_<query name>.png`` (the query, then its top k with their distances) and
-``DIR/results.json``. A gallery folder's features are cached (``$DGNET_CACHE``, default ``~/.cache/dgnet``), so
-a second search over it extracts only new or changed images.
+Writes ``DIR/results.json`` (every query's ranking) and ``DIR/ranklists/<n>_<query name>.jpg`` for the first
+``--ranklists`` queries (default 50; ``all``): the query, then its top k with rank, distance and file name. A
+gallery folder's features are cached (``$DGNET_CACHE``, default ``~/.cache/dgnet``), so a second search over it
+extracts only new or changed images.
 """
 
 from __future__ import annotations
@@ -14,7 +15,19 @@ import sys
 
 from dgnet.config import LOADER_CHOICES, positive_int
 from dgnet.inference.extractor import FeatureExtractor
-from dgnet.inference.gallery import search_to_folder
+from dgnet.inference.gallery import RANKLISTS, search_to_folder
+
+
+def _count_or_all(text: str) -> int | None:
+    if text == "all":
+        return None
+    try:
+        n = int(text)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a count >= 0 or 'all'")
+    return n
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, help="dgnet.pt, teacher.pt or any checkpoint of a run")
     p.add_argument("--query", required=True, help="a query image, a folder of them or a .txt list")
     p.add_argument("--gallery", required=True, help="a folder of images, a .txt list, or a .npz from dgnet.extract")
-    p.add_argument("--out", required=True, help="output folder (ranklists/*.png, results.json)")
+    p.add_argument("--out", required=True, help="output folder (ranklists/*.jpg, results.json)")
     p.add_argument("--topk", type=positive_int, default=10, help="gallery images per query (default 10)")
     p.add_argument("--rerank", action="store_true", help="k-reciprocal re-ranking (the checkpoint's eval.k1/k2)")
     p.add_argument("--model", choices=("dgnet", "teacher"), default="dgnet", help="whose features (default dgnet)")
@@ -30,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--loader", choices=LOADER_CHOICES, help="image decoding (default: the checkpoint's)")
     p.add_argument("--device", default="auto")
     p.add_argument("--no-cache", action="store_true", help="extract the gallery afresh and cache nothing")
+    p.add_argument("--ranklists", type=_count_or_all, default=RANKLISTS, metavar="N|all",
+                   help=f"draw the rank lists of the first N queries (default {RANKLISTS}; 0: none; all: every "
+                        "query); results.json holds every ranking either way")
     return p
 
 
@@ -39,12 +55,13 @@ def main(argv: list[str] | None = None) -> int:
         fx = FeatureExtractor(args.checkpoint, device=args.device, batch_size=args.batch_size, which=args.model,
                               loader=args.loader)
         summary = search_to_folder(fx, args.query, args.gallery, args.out, topk=args.topk, rerank=args.rerank,
-                                   cache=not args.no_cache)
+                                   cache=not args.no_cache, ranklists=args.ranklists)
     except (ValueError, FileNotFoundError) as exc:
         print(f"dgnet.search: error: {exc}", file=sys.stderr)
         return 2
     print(f"searched {summary['queries']} queries over {summary['gallery']} gallery images "
-          f"({summary['extracted']} extracted now); wrote {args.out}/results.json and {summary['queries']} rank lists")
+          f"({summary['extracted']} extracted now); wrote {args.out}/results.json and {summary['ranklists']} rank lists"
+          + (" (--ranklists all draws every query's)" if summary["ranklists"] < summary["queries"] else ""))
     return 0
 
 

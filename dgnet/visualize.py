@@ -4,7 +4,9 @@ Modes (``x_ab = G(s_a, f_b)``: structure of a, appearance of b; the rows are bui
 ``swap``, ``rainbow``, ``interpolate-appearance``, ``interpolate-structure`` and ``ranklist``.
 
 Images come from ``--images`` (paths) or, by default, the first image of each of the first query
-identities of the checkpoint's dataset.
+identities of the checkpoint's dataset. Every figure is labelled (which row gives the appearance, which column
+the structure; rank, distance, identity and green/red match frames on rank lists) and upsampled for display;
+docs/figures.md describes each one.
 """
 
 from __future__ import annotations
@@ -27,10 +29,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="images (or queries for ranklist) when --images is not given")
     p.add_argument("--steps", type=positive_int, default=6, help="interpolation steps")
     p.add_argument("--model", choices=("dgnet", "teacher"), default="dgnet", help="ranklist: whose features")
+    p.add_argument("--topk", type=positive_int, default=10, help="ranklist: gallery images per query (default 10)")
+    p.add_argument("--per-query", action="store_true",
+                   help="ranklist: one PNG per query (torchreid's visualize_ranked_results) in the folder --output "
+                        "(default <checkpoint folder>/visuals/ranklist/) instead of one grid")
     p.add_argument("--data-root")
     p.add_argument("--loader", choices=LOADER_CHOICES)
     p.add_argument("--device", default="auto")
-    p.add_argument("--output", help="PNG file (default: <checkpoint folder>/visuals/<mode>.png)")
+    p.add_argument("--output", help="PNG file, or folder with --per-query (default: <checkpoint folder>/visuals/"
+                                    "<mode>.png)")
     return p
 
 
@@ -40,7 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         path = figure_from_checkpoint(args.checkpoint, args.mode, images=args.images, num=args.num, steps=args.steps,
                          which=args.model, data_root=args.data_root, loader=args.loader, device=args.device,
-                         output=Path(args.output) if args.output else None)
+                         output=Path(args.output) if args.output else None, per_query=args.per_query,
+                         topk=args.topk)
     except (ValueError, FileNotFoundError) as exc:
         print(f"dgnet.visualize: error: {exc}", file=sys.stderr)
         return 2

@@ -47,6 +47,39 @@ def test_silhouette_auc_matches_pairwise_count():
         torch.ones(2, 2), torch.zeros(2, 2, dtype=torch.bool))  # nan: undefined for an empty mask
 
 
+def test_chance_row_hand_case_and_random_masks():
+    """The floor: 1 / identities for the nearest identity, AUC 0.5, and a random mask's IoU, checked against masks
+    drawn at random with the silhouette's area."""
+    masks = torch.zeros(2, 4, 4, dtype=torch.bool)
+    masks[0, :1] = True  # area 1/4
+    masks[1, :2] = True  # area 1/2
+    r = Q.chance_row(masks, 5)
+    assert r["followed_b"] == r["leaked_a"] == r["chance"] == pytest.approx(0.2)
+    assert r["followed_b"] + r["leaked_a"] + r["other"] == pytest.approx(1.0)
+    assert r["silhouette_auc"] == 0.5
+    assert r["silhouette_iou"] == pytest.approx(((1 / 4) / (7 / 4) + (1 / 2) / (3 / 2)) / 2)
+    g = torch.Generator().manual_seed(0)
+    sil = torch.rand(1, 64, 32, generator=g) < 0.3
+    guesses = torch.rand(400, 64, 32, generator=g) < sil.float().mean()
+    iou = ((guesses & sil).flatten(1).sum(1) / (guesses | sil).flatten(1).sum(1)).mean().item()
+    assert Q.chance_row(sil, 7)["silhouette_iou"] == pytest.approx(iou, abs=0.005)
+    with pytest.raises(ValueError, match="identities=0"):
+        Q.chance_row(masks, 0)
+
+
+def test_table_says_what_good_is():
+    rows = {name: {"followed_b": 0.5, "leaked_a": 0.25, "silhouette_auc": 0.75, "silhouette_iou": 0.5}
+            for name, _ in Q.ROWS}
+    table = Q.format_table(rows).splitlines()
+    assert table[0].startswith("| images | role | nearest id = b (%) ↑ | nearest id = a (%) ↓ | silhouette AUC ↑")
+    assert "| ideal x_ab (rendered) | ceiling | 50.0 | 25.0 | 0.750 | 50.0 |" in table
+    assert "| chance | floor | 50.0 | 25.0 | 0.750 | 50.0 |" in table
+    help_text = Q.explain_table()
+    for header, _, _ in Q.COLUMNS:
+        assert header in help_text
+    assert "ceiling" in help_text and "floor" in help_text
+
+
 def test_nearest_class_mean_hand_case():
     # gallery: identity 5 around +x, identity 9 around +y (two images each, not unit length)
     gal = torch.tensor([[2.0, 0.0], [3.0, 1.0], [0.0, 1.0], [1.0, 4.0]])
@@ -182,9 +215,12 @@ def test_cli_on_tiny_checkpoint(tiny, tmp_path, capsys):
     ckpt = _tiny_checkpoint(root, tmp_path / "dgnet.pt")
     assert quality.main(["--checkpoint", str(ckpt), "--pairs", "12", "--device", "cpu"]) == 0
     out = capsys.readouterr().out
-    assert "| swap G(s_a,f_b) |" in out and "| real x_a |" in out
+    assert "| swap G(s_a,f_b) |" in out and "| real x_a |" in out and "| chance | floor |" in out
     res = json.loads((tmp_path / "dgnet.quality.json").read_text())
-    assert res["pairs"] == 12 and set(res["rows"]) == {name for name, _ in Q.ROWS}
+    assert res["pairs"] == 12 and list(res["rows"]) == [name for name, _ in Q.ROWS]
+    # the floor is computed: 1 / identities, and a random mask's IoU is below the real a's own
+    assert res["rows"]["chance"]["followed_b"] == pytest.approx(1 / res["identities"])
+    assert res["rows"]["chance"]["silhouette_iou"] < res["rows"]["real x_a"]["silhouette_iou"]
     for row in res["rows"].values():
         assert 0 <= row["followed_b"] <= 1 and 0 <= row["leaked_a"] <= 1 and 0 <= row["silhouette_iou"] <= 1
         assert row["followed_b"] + row["leaked_a"] + row["other"] == pytest.approx(1.0)

@@ -108,8 +108,34 @@ def test_search_ranks_as_the_evaluation_does_on_the_same_distances(run, tmp_path
         want = np.argsort(dist[i], kind="stable")[:5]
         assert [x["path"] for x in r["results"]] == [g[j] for j in want]
         np.testing.assert_allclose([x["distance"] for x in r["results"]], dist[i][want], rtol=1e-5, atol=1e-5)
-        assert Image.open(r["ranklist"]).size[0] == 6 * (32 + 2) + 2  # query + top 5
     assert res["extracted"] == len(g)
+    # the rank-list file is the labelled figure of that query's results (JPEG: equal up to compression)
+    from dgnet.generative.figures import Thumbnails, search_figure
+
+    thumbs = Thumbnails((256, 128))
+    for r in res["ranked"][:2]:
+        paths, dists = [x["path"] for x in r["results"]], [x["distance"] for x in r["results"]]
+        want = np.asarray(search_figure(r["query"], paths, dists, thumbs, "negative dot product").image, float)
+        got = np.asarray(Image.open(r["ranklist"]).convert("RGB"), float)
+        assert got.shape == want.shape and want.shape[0] > 256  # tiles shown 256 x 128, not at 64 x 32
+        assert np.abs(got - want).mean() < 2
+
+
+def test_search_draws_the_first_queries_unless_asked_for_all(run, tmp_path, monkeypatch):
+    monkeypatch.setenv("DGNET_CACHE", str(tmp_path / "cache"))
+    path, folders = run
+    base = ["--checkpoint", str(path), "--query", str(folders["query"]), "--gallery", str(folders["gallery"]),
+            "--device", "cpu", "--loader", "torch", "--topk", "2"]
+    n = len(list(folders["query"].iterdir()))
+    for flag, drawn in (("2", 2), ("all", n), ("0", 0)):
+        out = tmp_path / flag
+        assert search.main([*base, "--out", str(out), "--ranklists", flag]) == 0
+        res = json.loads((out / "results.json").read_text())
+        assert len(res["ranked"]) == n and res["ranklists"] == drawn
+        files = sorted((out / "ranklists").glob("*.jpg"))
+        assert [r["ranklist"] for r in res["ranked"]] == [str(f) for f in files] + [None] * (n - drawn)
+    with pytest.raises(SystemExit):
+        search.build_parser().parse_args([*base, "--out", "o", "--ranklists", "-1"])
 
 
 def test_the_gallery_cache_is_reused_and_updated(run, tmp_path, monkeypatch, capsys):

@@ -45,6 +45,7 @@ appearance perfectly and keeps no structure; ``lambda a, b: a`` the reverse).
 from __future__ import annotations
 
 import io
+import textwrap
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -294,17 +295,68 @@ def measure(generator: Generator, teacher: torch.nn.Module, probe: Probe, means:
     return measure_fakes(fakes, teacher, probe, means, ids, ia, ib, device, batch_size)
 
 
-ROWS = (("real x_b", "appearance ceiling / structure floor"), ("real x_a", "structure ceiling"),
-        ("ideal x_ab (rendered)", "what a perfect swap scores: b's identity drawn in a's pose, scene and camera"),
-        ("recon G(s_a,f_a)", "the generator's own structure ceiling"), ("swap G(s_a,f_b)", "cross-identity images"))
+# The table's rows in printed order: (name, how to read it). The ideal render is the ceiling DG-Net's swap is
+# measured against, chance the floor; the real images and the reconstruction are references.
+ROWS = (("ideal x_ab (rendered)", "ceiling: b's identity drawn by the generator in a's pose, scene and camera"),
+        ("swap G(s_a,f_b)", "judged: DG-Net's cross-identity images, read between the ceiling and the floor"),
+        ("chance", "floor: a guess that knows nothing (identity 1 / identities, AUC 0.5, IoU of a random mask)"),
+        ("recon G(s_a,f_a)", "reference: the generator's own structure ceiling"),
+        ("real x_a", "reference: structure ceiling (a itself)"),
+        ("real x_b", "reference: appearance ceiling / structure floor (b itself)"))
+
+# The table's columns: (header, key in a row, how to read it). One place for --help, the table and the docs.
+COLUMNS = (
+    ("nearest id = b (%) ↑", "followed_b", "share of x_ab whose nearest identity (the teacher's nearest class "
+     "mean) is b, the appearance source: higher = the appearance was followed"),
+    ("nearest id = a (%) ↓", "leaked_a", "share whose nearest identity is a, the structure source: lower = less of "
+     "a's identity leaked through the structure code (high for the real x_a and the reconstruction, as it should)"),
+    ("silhouette AUC ↑", "silhouette_auc", "how well |x_ab - a's empty scene| singles out a's true silhouette "
+     "pixels (ROC AUC): 1 = a person exactly in a's pose on a's background, 0.5 = chance"),
+    ("silhouette IoU (%) ↑", "silhouette_iou", f"IoU of the pixels that differ from a's empty scene by more than "
+     f"{IOU_TAU} with a's silhouette: higher = a's pose kept (a fixed threshold, so AUC is the primary figure)"),
+)
+
+
+def explain_table() -> str:
+    """What each row and column of :func:`format_table` means, and which direction is good (for ``--help``)."""
+    def item(head, why):
+        return textwrap.fill(f"{head}: {why}", width, initial_indent="  ", subsequent_indent="    ")
+
+    width = 100
+    cols = "\n".join(item(h, why) for h, _, why in COLUMNS)
+    rows = "\n".join(item(name, why) for name, why in ROWS)
+    return (textwrap.fill("x_ab = G(s_a, f_b): structure of a, appearance of b, for cross-identity pairs (a, b) of "
+                          "query images.", width)
+            + f"\n\ncolumns (↑ higher is better, ↓ lower is better, for the swap row):\n{cols}\n\nrows:\n{rows}\n\n"
+            + "Read the swap row between the ceiling above it and the chance floor below it.")
+
+
+def chance_row(masks: torch.Tensor, identities: int) -> dict[str, float]:
+    """The table's floor, computed for the pairs' structure sources: a nearest identity drawn at random (``1 /
+    identities`` for b and for a), the AUC of a score that cannot tell pixels apart (all ties), and the expected
+    IoU of a random mask with the silhouette's own area ``m`` (independent pixels: ``m / (2 - m)``).
+
+    ``masks``: ``(n, H, W)`` bool silhouettes of the pairs' ``a`` images; ``identities``: how many identities the
+    nearest-identity search chooses from."""
+    if identities < 1:
+        raise ValueError(f"chance_row: identities={identities}; expected at least 1")
+    flat = torch.zeros(masks.shape[-2:], dtype=torch.float64)
+    aucs = [silhouette_auc(flat, m) for m in masks]
+    aucs = [a for a in aucs if a == a]
+    area = masks.flatten(1).double().mean(1)
+    p = 1.0 / identities
+    return {"followed_b": p, "leaked_a": p, "other": 1.0 - 2 * p if identities > 1 else 0.0, "chance": p,
+            "silhouette_auc": float(np.mean(aucs)) if aucs else float("nan"),
+            "silhouette_iou": float((area / (2 - area)).mean())}
 
 
 def format_table(results: dict[str, dict[str, float]]) -> str:
-    """A Markdown table (percentages, AUC as a fraction) of :func:`run`'s ``rows``."""
-    lines = ["| images | nearest id = b (%) | nearest id = a (%) | silhouette AUC | silhouette IoU (%) |",
-             "|---|---|---|---|---|"]
+    """A Markdown table (percentages, AUC as a fraction) of :func:`run`'s ``rows``, with each row's role
+    (:data:`ROWS`) and each column's good direction (:data:`COLUMNS`)."""
+    role = {name: why.split(":")[0] for name, why in ROWS}
+    lines = ["| images | role | " + " | ".join(h for h, _, _ in COLUMNS) + " |", "|---|---|---|---|---|---|"]
     for name, m in results.items():
-        lines.append(f"| {name} | {100 * m['followed_b']:.1f} | {100 * m['leaked_a']:.1f} | "
+        lines.append(f"| {name} | {role.get(name, '')} | {100 * m['followed_b']:.1f} | {100 * m['leaked_a']:.1f} | "
                      f"{m['silhouette_auc']:.3f} | {100 * m['silhouette_iou']:.1f} |")
     return "\n".join(lines)
 
@@ -313,7 +365,8 @@ def run(model: torch.nn.Module, teacher: torch.nn.Module, query: Sequence, galle
         size: tuple[int, int], pairs: int = 200, seed: int = 0, device: torch.device | str = "cpu",
         batch_size: int = 32) -> dict:
     """The CLI's work: identity means from ``gallery`` (pid > 0), pairs from ``query`` (pid > 0), and the
-    measures for real ``x_b``, real ``x_a``, DG-Net's reconstruction and its swap. Returns a JSON-able dict."""
+    measures of every row of :data:`ROWS` (the ideal render, DG-Net's swap, chance, DG-Net's reconstruction, real
+    ``x_a`` and ``x_b``), in that order. Returns a JSON-able dict."""
     query = [s for s in query if s.pid > 0]
     gallery = [s for s in gallery if s.pid > 0]
     if not query or not gallery:
@@ -329,9 +382,9 @@ def run(model: torch.nn.Module, teacher: torch.nn.Module, query: Sequence, galle
                                   "swap G(s_a,f_b)": swap_generator(model)}
     rows = {name: measure(g, teacher, probe, means, ids, ia, ib, device, batch_size) for name, g in gens.items()}
     ideal = render_ideal(query, manifest, ia, ib, size)
-    rows = {**{k: rows[k] for k in ("real x_b", "real x_a")},
-            "ideal x_ab (rendered)": measure_fakes(ideal, teacher, probe, means, ids, ia, ib, device, batch_size),
-            **{k: rows[k] for k in ("recon G(s_a,f_a)", "swap G(s_a,f_b)")}}
+    rows["ideal x_ab (rendered)"] = measure_fakes(ideal, teacher, probe, means, ids, ia, ib, device, batch_size)
+    rows["chance"] = chance_row(probe.masks[ia], len(ids))
+    rows = {name: rows[name] for name, _ in ROWS}
     return {"rows": rows, "pairs": len(ia), "seed": seed, "query_images": len(query),
             "identities": len(ids), "size": list(size), "iou_tau": IOU_TAU,
             "nearest_identity": "nearest class mean (cosine) of the teacher's features of the test gallery"}

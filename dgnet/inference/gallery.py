@@ -25,16 +25,14 @@ import numpy as np
 import torch
 
 from dgnet import __version__, ops
-from dgnet.data import Sample
 from dgnet.data.check import problems
 from dgnet.data.layouts import IMAGE_EXTENSIONS, is_image_file
-from dgnet.data.streams import load_images
-from dgnet.data.transforms import denormalize
 from dgnet.fileio import replace_atomic, write_text_atomic
-from dgnet.generative.figures import BLUE, captioned_row
+from dgnet.generative.figures import Thumbnails, display_scale, search_figure
 from dgnet.inference.extractor import FeatureExtractor
 
 FORMAT = "dgnet-features"
+RANKLISTS = 50  # rank-list figures a search draws by default (the first queries'); results.json holds every ranking
 
 
 def list_images(source: str | Path) -> list[str]:
@@ -243,10 +241,14 @@ def search(qf: torch.Tensor, gf: torch.Tensor, topk: int = 10, rerank: bool = Fa
 
 
 def search_to_folder(fx: FeatureExtractor, query: str | Path, gallery: str | Path, out: str | Path, topk: int = 10,
-                     rerank: bool = False, cache: bool = True, progress: bool = True) -> dict:
+                     rerank: bool = False, cache: bool = True, progress: bool = True,
+                     ranklists: int | None = RANKLISTS) -> dict:
     """What ``python -m dgnet.search`` does: the queries' and the gallery's features (the gallery through
-    :func:`gallery_features`), :func:`search` with the checkpoint's ``eval`` re-ranking parameters, one rank-list
-    PNG per query under ``out/ranklists/`` and ``out/results.json``. Returns a summary (counts)."""
+    :func:`gallery_features`), :func:`search` with the checkpoint's ``eval`` re-ranking parameters,
+    ``out/results.json`` with every query's ranking, and a labelled rank-list figure (``.jpg``,
+    :func:`dgnet.generative.figures.search_figure`) under ``out/ranklists/`` for each of the first ``ranklists``
+    queries (``None``: all). The cap keeps drawing from dominating a search of many queries; results.json holds
+    them all. Returns a summary (counts)."""
     out = Path(out)
     queries = extract_features(fx, list_images(query), progress=False)
     if not queries.paths:
@@ -257,21 +259,23 @@ def search_to_folder(fx: FeatureExtractor, query: str | Path, gallery: str | Pat
     e = fx.cfg.eval
     res = search(queries.features, gal.features, topk, rerank, e.k1, e.k2, e.lambda_value)
     (out / "ranklists").mkdir(parents=True, exist_ok=True)
-    grey = (0.6, 0.6, 0.6)
     records = []
-
-    sample = lambda p: Sample(p, -1, -1)  # noqa: E731
+    scale = display_scale(fx.size[0])
+    thumbs = Thumbnails((fx.size[0] * scale, fx.size[1] * scale))  # each gallery file decoded once for all queries
+    distance = "k-reciprocal re-ranking distance" if rerank else "negative dot product"
     for i, qpath in enumerate(queries.paths):
         idx, dist = res.indices[i].tolist(), res.distances[i].tolist()
         shown = [gal.paths[j] for j in idx]
-        pixels = denormalize(load_images([sample(p) for p in [qpath, *shown]], fx.size, "torch", torch.device("cpu")))
-        png = out / "ranklists" / f"{i:04d}_{Path(qpath).stem}.png"
-        captioned_row(list(pixels), ["query", *(f"{d:.3f}" for d in dist)], [BLUE] + [grey] * len(shown)).save(png)
-        records.append({"query": qpath, "ranklist": str(png),
+        png = None
+        if ranklists is None or i < ranklists:
+            png = str(search_figure(qpath, shown, dist, thumbs, distance).save(
+                out / "ranklists" / f"{i:04d}_{Path(qpath).stem}.jpg"))
+        records.append({"query": qpath, "ranklist": png,
                         "results": [{"path": p, "distance": d} for p, d in zip(shown, dist, strict=True)]})
     summary = {"checkpoint": str(fx.checkpoint), "identity": fx.fingerprint, "model": fx.which,
                "distance": "k-reciprocal re-ranking" if rerank else "negative dot product of test features",
                "queries": len(queries.paths), "gallery": len(gal.paths), "extracted": extracted,
-               "skipped": {**queries.skipped, **gal.skipped}, "topk": topk}
+               "skipped": {**queries.skipped, **gal.skipped}, "topk": topk,
+               "ranklists": len(queries.paths) if ranklists is None else min(ranklists, len(queries.paths))}
     write_text_atomic(out / "results.json", json.dumps({**summary, "ranked": records}, indent=2))
     return summary

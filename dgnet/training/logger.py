@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from dgnet.fileio import write_text_atomic
-from dgnet.generative.figures import image_grid, save_png
+from dgnet.generative.figures import Figure, image_grid, save_png
 
 
 class RunLogger:
@@ -106,12 +106,18 @@ class RunLogger:
             for k, v in values.items():
                 self._tb.add_scalar(f"{self.stage}/{k}", float(v), iteration)
 
-    def grid(self, iteration: int, rows: list[torch.Tensor], name: str = "samples") -> Path | None:
-        """Save ``rows`` (see ``image_grid``) as ``images/<stage>_<name>_<iteration>.png`` and to TensorBoard."""
+    def grid(self, iteration: int, rows: list[torch.Tensor] | Figure, name: str = "samples") -> Path | None:
+        """Save a labelled figure (:func:`dgnet.generative.figures.training_figure`), or plain ``rows`` (see
+        ``image_grid``), as ``images/<stage>_<name>_<iteration>.png`` and to TensorBoard."""
         if not self.enabled:
             return None
-        g = image_grid(rows)
-        path = save_png(g, self.folder / "images" / f"{self.stage}_{name}_{iteration:08d}.png")
+        path = self.folder / "images" / f"{self.stage}_{name}_{iteration:08d}.png"
+        if isinstance(rows, list):
+            g = image_grid(rows)
+            save_png(g, path)
+        else:
+            g = rows.tensor()
+            rows.save(path)
         if self._tb is not None:
             self._tb.add_image(f"{self.stage}/{name}", g, iteration)
         return path

@@ -70,7 +70,7 @@ from dgnet.distributed import (
 )
 from dgnet.evaluation.protocol import evaluate_models, format_table
 from dgnet.fileio import write_text_atomic
-from dgnet.generative.figures import training_rows
+from dgnet.generative.figures import training_figure
 from dgnet.models import DGNet, ReidBaseline
 from dgnet.models.decoder import fold_applies
 from dgnet.runtime import Amp, resolve_amp, resolve_device, seed_everything, seed_rank, set_determinism, set_threads
@@ -395,7 +395,7 @@ def train_dgnet(cfg: Config, ds, teacher: torch.nn.Module, device: torch.device,
                 log.scalars(done, {**o, **_lrs(opts), "it_per_s": log.its_per_second(done)})
             if rank == 0 and (done % cfg.train.image_every == 0 or done == total):
                 with torch.random.fork_rng(devices=[]):  # grids never touch the training RNG streams
-                    log.grid(done, training_rows(model, grid_a, grid_b))
+                    log.grid(done, training_figure(model, grid_a, grid_b, f"DG-Net iteration {done}"))
             if done % cfg.train.checkpoint_every == 0 or done == total:
                 save(done, ramps)
     finally:
