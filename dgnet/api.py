@@ -44,8 +44,9 @@ def load_model(path: str | Path, which: str = "dgnet", device: str | torch.devic
 
 def _pil_rgb8(im: Any) -> np.ndarray:
     """A PIL image as ``(H, W, 3)`` uint8, read as the pipelines read files (``dgnet.data.decoding``)."""
-    from dgnet.data.decoding import EXPECTED, MODES_16BIT_GREY, scale16, unsupported
+    from dgnet.data.decoding import EXPECTED, MODES_16BIT_GREY, refuse_too_large, scale16, unsupported
 
+    refuse_too_large(im.size, f"PIL image of size {im.size}")
     why = unsupported(im)
     if why is not None:
         raise ValueError(f"PIL image in mode {im.mode}: {why}; {EXPECTED}")
@@ -147,11 +148,13 @@ class FeatureExtractor:
         """Features of image files in order, one ``(B, D)`` batch at a time, decoded by the test pipeline
         (``loader``): what ``python -m dgnet.extract`` streams to disk."""
         from dgnet.data import Sample, test_stream
+        from dgnet.data.decoding import check_file_size
         from dgnet.protocol import embed
 
         for p in paths:
             if not Path(p).is_file():
                 raise FileNotFoundError(f"image {p!r} does not exist")
+            check_file_size(p)  # the commands' decompression-bomb limit, whichever decoder runs
         stream = test_stream([Sample(str(p), -1, -1) for p in paths], self.backend, batch_size=self.batch_size,
                              size=self.size, device=self.device, workers=self.cfg.data.workers)
         with torch.no_grad():
