@@ -7,6 +7,7 @@ import errno
 import os
 import re
 import shutil
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -39,13 +40,14 @@ def human_bytes(n: float) -> str:
     return f"{n} bytes"
 
 
-def replace_atomic(path: str | Path, write: Callable[[BinaryIO], object], size_hint: int | None = None) -> Path:
+def replace_atomic(path: str | Path, write: Callable[[BinaryIO], object], size_hint: int | None = None,
+                   advice: str = "Free some space and run again") -> Path:
     """Call ``write(fh)`` on a temporary file beside ``path``, fsync it, ``os.replace`` it onto ``path`` and
     fsync the folder (so the rename itself survives a power cut). Returns ``path``.
 
     On any failure the temporary is removed and ``path`` is as it was. A failure for lack of space raises
-    :class:`DiskFull` naming the folder, the bytes needed (``size_hint``, else what had been written) and the
-    bytes free.
+    :class:`DiskFull` naming the folder, the bytes needed (``size_hint``; without one, more than what had been
+    written), the bytes free, and ``advice`` (what the caller's user should do: only training can resume).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -61,10 +63,12 @@ def replace_atomic(path: str | Path, write: Callable[[BinaryIO], object], size_h
         tmp.unlink(missing_ok=True)
         if _no_space(exc):
             free = shutil.disk_usage(path.parent).free
-            need = max(size_hint or 0, written)
-            raise DiskFull(errno.ENOSPC, f"no space left in {path.parent} to write {path.name}: it needs about "
-                           f"{human_bytes(need)} and {human_bytes(free)} are free; {path.name} was not replaced "
-                           "and nothing was left behind. Free some space and run again (--resume continues)") from None
+            # What had been written is what fitted, about the free space: not what the file needs.
+            need = (f"about {human_bytes(size_hint)}" if size_hint is not None and size_hint > written
+                    else f"more than the {human_bytes(written)} written when the disk filled")
+            raise DiskFull(errno.ENOSPC, f"no space left in {path.parent} to write {path.name}: it needs {need}, and "
+                           f"{human_bytes(free)} are free; {path.name} was not replaced and nothing was left behind. "
+                           f"{advice}") from None
         raise
     try:
         fd = os.open(path.parent, os.O_RDONLY)
@@ -107,6 +111,21 @@ def remove_stale_temporaries(folder: str | Path) -> list[Path]:
     return removed
 
 
+def _program_kind(path: Path) -> str | None:
+    """``"a TorchScript program"`` or ``"an ExportedProgram"`` when ``path`` is such an archive (read from its zip
+    directory only), else ``None``."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = z.namelist()
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return None
+    if any(n.endswith("/constants.pkl") or "/code/" in n for n in names):
+        return "a TorchScript program"
+    if any(n.endswith("/archive_format") or n.endswith("/models/model.json") for n in names):
+        return "an ExportedProgram"
+    return None
+
+
 def load_weights_only(path: str | Path, what: str, map_location: Any = "cpu") -> Any:
     """``torch.load(path, weights_only=True)`` with errors that name ``what`` and the file and say why: missing,
     a folder, empty, truncated or damaged, or holding pickled Python objects (which are never loaded: a
@@ -127,6 +146,11 @@ def load_weights_only(path: str | Path, what: str, map_location: Any = "cpu") ->
         raise ValueError(f"{what} {str(p)!r} is a folder; expected a file written by torch.save")
     if p.stat().st_size == 0:
         raise ValueError(f"{what} {str(p)!r} is empty (0 bytes); expected a file written by torch.save")
+    program = _program_kind(p)
+    if program is not None:
+        raise ValueError(f"{what} {str(p)!r} is {program} (a model's graph, such as python -m dgnet.export writes), "
+                         "not weights; expected tensors written by torch.save (a dgnet checkpoint: dgnet.pt, "
+                         "teacher.pt or a run's checkpoints/*.pt)")
     try:
         return torch.load(p, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -140,5 +164,7 @@ def load_weights_only(path: str | Path, what: str, map_location: Any = "cpu") ->
                          "decode)") from None
     except Exception as exc:  # noqa: BLE001 - zip reader, truncated stream, wrong magic: all mean "damaged"
         first = str(exc).strip().split("\n")[0]
+        if "weights_only" in first:  # torch's advice to load unsafely, which dgnet never follows
+            first = ""
         reason = first if len(first) > 12 else f"{type(exc).__name__}{': ' + first if first else ''}"
         raise ValueError(f"{what} {str(p)!r} is truncated, damaged or not a torch file ({reason})") from None
