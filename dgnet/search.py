@@ -28,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--loader", choices=LOADER_CHOICES, help="image decoding (default: the checkpoint's)")
     p.add_argument("--device", default="auto")
     p.add_argument("--no-cache", action="store_true", help="extract the gallery afresh and cache nothing")
+    p.add_argument("--force", action="store_true", help="replace an earlier search's results in --out")
     return p
 
 
@@ -35,14 +36,15 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from dgnet.api import FeatureExtractor
     from dgnet.gallery import search_to_folder
+    from dgnet.outputs import unwritable
 
     try:
         fx = FeatureExtractor(args.checkpoint, device=args.device, batch_size=args.batch_size, which=args.model,
                               loader=args.loader)
         summary = search_to_folder(fx, args.query, args.gallery, args.out, topk=args.topk, rerank=args.rerank,
-                                   cache=not args.no_cache)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"dgnet.search: error: {exc}", file=sys.stderr)
+                                   cache=not args.no_cache, force=args.force)
+    except (ValueError, FileNotFoundError, OSError) as exc:
+        print(f"dgnet.search: error: {unwritable(exc, args.out, '--out') or exc}", file=sys.stderr)
         return 2
     print(f"searched {summary['queries']} queries over {summary['gallery']} gallery images "
           f"({summary['extracted']} extracted now); wrote {args.out}/results.json and {summary['queries']} rank lists")
