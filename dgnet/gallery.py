@@ -27,7 +27,7 @@ import torch
 
 from dgnet import __version__, ops
 from dgnet.api import FeatureExtractor
-from dgnet.outputs import check_replace, check_writable, image_folders, is_inside, refuse_inputs
+from dgnet.outputs import check_replace, check_writable, image_folders, is_inside, real, refuse_inputs
 from dgnet.runlock import LockHeld, acquire
 
 FORMAT = "dgnet-features"
@@ -134,8 +134,10 @@ class FeatureSet:
                  dict(zip([str(p) for p in arrays["skipped"]], [str(r) for r in arrays["reasons"]], strict=True)),
                  [tuple(int(v) for v in s) for s in arrays["stamps"]], meta.get("checkpoint"), meta.get("model"))
         if identity is not None and fs.identity != identity:
-            made = f"checkpoint {fs.checkpoint!r}" if fs.checkpoint else "another checkpoint"
             this = f"{str(checkpoint)!r}" if checkpoint is not None else "this checkpoint"
+            made = f"checkpoint {fs.checkpoint!r}" if fs.checkpoint else "another checkpoint"
+            if fs.checkpoint and checkpoint is not None and real(fs.checkpoint) == real(checkpoint):
+                made = f"an earlier {this} (the file has been replaced since)"
             raise ValueError(f"feature file {str(path)!r} holds features of {made}, not of {this} (their weights "
                              "or test settings differ, and features of two models do not compare); extract the "
                              f"gallery again with {this}")
