@@ -27,7 +27,15 @@ import torch
 
 from dgnet import __version__, ops
 from dgnet.api import FeatureExtractor
-from dgnet.outputs import check_replace, check_writable, image_folders, is_inside, real, refuse_inputs
+from dgnet.outputs import (
+    OutputRefused,
+    check_replace,
+    check_writable,
+    image_folders,
+    is_inside,
+    real,
+    refuse_inputs,
+)
 from dgnet.runlock import LockHeld, acquire
 
 FORMAT = "dgnet-features"
@@ -385,8 +393,6 @@ def check_search_out(out: str | Path, query: str | Path, gallery: str | Path, ch
     gallery images (the next search would rank its rank lists), holding no ``results.json`` or ``ranklists/``
     that dgnet did not write, nor an earlier search's unless ``force``. Returns the earlier rank lists that
     ``force`` replaces. Raises :class:`dgnet.outputs.OutputRefused`."""
-    from dgnet.outputs import OutputRefused
-
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise OutputRefused(f"--out {str(out)!r} is a file; expected the folder to write rank lists and results.json "
