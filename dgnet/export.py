@@ -1,15 +1,16 @@
 """``python -m dgnet.export``: a trained model's re-id features or generator as an ONNX, TorchScript or
-ExportedProgram file (:mod:`dgnet.deploy` describes the inputs, outputs and metadata)."""
+ExportedProgram file (:mod:`dgnet.inference.export` describes the inputs, outputs and metadata)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
+from dgnet.fileio import unwritable
+from dgnet.inference.export import FORMATS, PARTS, export_checkpoint
+
 
 def main(argv: list[str] | None = None) -> int:
-    from dgnet.deploy import FORMATS, PARTS
-
     p = argparse.ArgumentParser(prog="python -m dgnet.export",
                                 description="Export a dgnet checkpoint's re-id features or generator for deployment.")
     p.add_argument("--checkpoint", required=True, help="dgnet.pt, teacher.pt or a run's *_NNNNNNNN.pt checkpoint")
@@ -22,8 +23,6 @@ def main(argv: list[str] | None = None) -> int:
                    "export)")
     p.add_argument("--force", action="store_true", help="replace an earlier export at --out")
     args = p.parse_args(argv)
-    from dgnet.deploy import export_checkpoint
-    from dgnet.outputs import unwritable
 
     if args.fmt == "torchscript":
         print("dgnet.export: note: PyTorch deprecates TorchScript; exported-program and onnx are its maintained "

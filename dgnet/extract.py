@@ -1,5 +1,5 @@
 """``python -m dgnet.extract --checkpoint CK --images DIR|LIST.txt --out features.npz``: the test protocol's
-features of your own images (:mod:`dgnet.gallery`), with their paths and the checkpoint's identity.
+features of your own images (:mod:`dgnet.inference.gallery`), with their paths and the checkpoint's identity.
 
 Images that do not decode are skipped with a warning and listed in the file. On a CUDA device the images are
 decoded on the GPU by DALI (``--loader auto``, where DALI imports), on the CPU otherwise.
@@ -11,6 +11,9 @@ import argparse
 import sys
 
 from dgnet.config import LOADER_CHOICES, positive_int
+from dgnet.fileio import unwritable
+from dgnet.inference.extractor import FeatureExtractor
+from dgnet.inference.gallery import check_features_out, extract_features, list_images
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,10 +34,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from dgnet.api import FeatureExtractor
-    from dgnet.gallery import check_features_out, extract_features, list_images
-    from dgnet.outputs import unwritable
-
     try:
         paths = list_images(args.images)
         check_features_out(args.out, args.images, args.checkpoint, args.force)  # before the model loads

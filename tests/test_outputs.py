@@ -19,8 +19,14 @@ from PIL import Image
 
 import dgnet
 from dgnet import export, extract, search
-from dgnet.evaluation import evaluate_rank
-from dgnet.gallery import FeatureSet
+from dgnet.checkpoints.format import load_checkpoint
+from dgnet.data import dali_status
+from dgnet.data.check import problems
+from dgnet.evaluation.rank import evaluate_rank
+from dgnet.fileio import human_bytes
+from dgnet.inference.export import part_module
+from dgnet.inference.gallery import FeatureSet
+from dgnet.runlock import acquire
 
 
 @pytest.fixture(scope="module")
@@ -189,8 +195,6 @@ def test_search_replaces_an_earlier_search_only_with_force(run, tmp_path, monkey
 def test_the_gallery_cache_has_one_writer(run, tmp_path, monkeypatch):
     """While another process holds the cache folder's lock, a search writes no cache entry (it says so and its
     results are complete); once the lock is free, it does."""
-    from dgnet.runlock import acquire
-
     monkeypatch.setenv("DGNET_CACHE", str(tmp_path / "cache"))
     path, folders = run
     cache = tmp_path / "cache" / "galleries"
@@ -348,10 +352,6 @@ def test_read_only_output_folders_are_one_line(run, mount, capsys):
 def test_export_on_a_full_disk_says_what_it_needs_without_resume_advice(run, mount, capsys):
     """The old message said 'needs about 15.8 MiB and 15.8 MiB are free ... (--resume continues)': the bytes
     written when the disk filled, not the export's size, and advice only training can follow."""
-    from dgnet.checkpoint import load_checkpoint
-    from dgnet.deploy import part_module
-    from dgnet.fileio import human_bytes
-
     path, _ = run
     disk = mount("size=2m")
     rc, err = _rc(capsys, export.main, ["--checkpoint", str(path), "--format", "torchscript", "--out",
@@ -365,9 +365,6 @@ def test_export_on_a_full_disk_says_what_it_needs_without_resume_advice(run, mou
 def test_the_feature_extractor_refuses_a_decompression_bomb_as_the_commands_do(run, tmp_path):
     """90 million pixels (above Pillow's 89,478,485 but under twice it, where Pillow only warns): the commands'
     decode check refused it, while FeatureExtractor decoded it (DALI applies no limit; Pillow only warned)."""
-    from dgnet.data import dali_status
-    from dgnet.data.check import problems
-
     path, _ = run
     bomb = tmp_path / "bomb.png"
     Image.new("1", (10_000, 9_000)).save(bomb)  # a few kB on disk

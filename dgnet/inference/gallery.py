@@ -26,8 +26,12 @@ import numpy as np
 import torch
 
 from dgnet import __version__, ops
-from dgnet.api import FeatureExtractor
-from dgnet.outputs import (
+from dgnet.data import Sample
+from dgnet.data.check import problems
+from dgnet.data.layouts import IMAGE_EXTENSIONS, is_image_file
+from dgnet.data.streams import load_images
+from dgnet.data.transforms import denormalize
+from dgnet.fileio import (
     OutputRefused,
     check_replace,
     check_writable,
@@ -35,7 +39,11 @@ from dgnet.outputs import (
     is_inside,
     real,
     refuse_inputs,
+    replace_atomic,
+    write_text_atomic,
 )
+from dgnet.generative.figures import BLUE, captioned_row
+from dgnet.inference.extractor import FeatureExtractor
 from dgnet.runlock import LockHeld, acquire
 
 FORMAT = "dgnet-features"
@@ -52,7 +60,6 @@ def list_images(source: str | Path) -> list[str]:
         FileNotFoundError: ``source``, or a listed path, does not exist.
         ValueError: no image found (the message names the folder or list and the extensions looked for).
     """
-    from dgnet.data.layouts import IMAGE_EXTENSIONS, is_image_file
 
     src = Path(source)
     if not src.exists():
@@ -84,9 +91,9 @@ def list_images(source: str | Path) -> list[str]:
 @dataclass
 class FeatureSet:
     """Features of images: ``features`` float32 ``(N, D)`` (on any device), their ``paths``, the ``identity`` of the
-    checkpoint that made them (:func:`dgnet.api.checkpoint_identity`), and the files ``skipped`` (path ->
-    why) because they do not decode; ``checkpoint`` and ``model``: the checkpoint file and model that made them,
-    when known (error messages name them)."""
+    checkpoint that made them (:func:`dgnet.inference.extractor.checkpoint_identity`), and the files ``skipped``
+    (path -> why) because they do not decode; ``checkpoint`` and ``model``: the checkpoint file and model that
+    made them, when known (error messages name them)."""
 
     features: torch.Tensor
     paths: list[str]
@@ -98,7 +105,6 @@ class FeatureSet:
 
     def save(self, path: str | Path) -> Path:
         """Write ``.npz`` (arrays and strings only: it loads without pickles) atomically."""
-        from dgnet.fileio import replace_atomic
 
         stamps = np.asarray(self.stamps if self.stamps is not None else [(-1, -1)] * len(self.paths), np.int64)
         arrays = {"features": self.features.detach().float().cpu().numpy(), "paths": np.asarray(self.paths, str),
@@ -198,7 +204,7 @@ def _invalid(a: dict[str, np.ndarray]) -> str | None:
 def check_features_out(out: str | Path, images: str | Path, checkpoint: str | Path, force: bool = False) -> None:
     """Where ``python -m dgnet.extract`` may write its feature file ``out``: a ``.npz`` name, not an input (the
     checkpoint, the list, the image) nor inside the folder of images it reads, not a file dgnet did not write,
-    and an earlier feature file only with ``force``. Raises :class:`dgnet.outputs.OutputRefused`."""
+    and an earlier feature file only with ``force``. Raises :class:`dgnet.fileio.OutputRefused`."""
     if Path(out).suffix.lower() != ".npz":
         raise ValueError(f"--out {str(out)!r}: expected a file name ending in .npz (the feature file to write)")
     refuse_inputs(out, "--out", {"--checkpoint": checkpoint, "--images": images}, {"--images": image_folders(images)})
@@ -239,7 +245,6 @@ def extract_features(fx: FeatureExtractor, paths: list[str], check: bool = True,
     instead of stopping the run or being silently padded by a decoder. Nothing is written into the images'
     folders (the check's cache is for datasets). ``progress``: a progress bar on stderr.
     """
-    from dgnet.data.check import problems
 
     skipped = {str(p): why for p, why in problems(paths, cache=False).items()} if check else {}
     if skipped:
@@ -392,7 +397,7 @@ def check_search_out(out: str | Path, query: str | Path, gallery: str | Path, ch
     """Where :func:`search_to_folder` may write: a folder that is no input and lies in no folder of query or
     gallery images (the next search would rank its rank lists), holding no ``results.json`` or ``ranklists/``
     that dgnet did not write, nor an earlier search's unless ``force``. Returns the earlier rank lists that
-    ``force`` replaces. Raises :class:`dgnet.outputs.OutputRefused`."""
+    ``force`` replaces. Raises :class:`dgnet.fileio.OutputRefused`."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise OutputRefused(f"--out {str(out)!r} is a file; expected the folder to write rank lists and results.json "
@@ -417,10 +422,6 @@ def search_to_folder(fx: FeatureExtractor, query: str | Path, gallery: str | Pat
 
     ``out`` is checked first (:func:`check_search_out`); with ``force`` an earlier search's rank lists there are
     deleted before the new ones are written."""
-    from dgnet.figures import BLUE, captioned_row, load_images
-    from dgnet.fileio import write_text_atomic
-    from dgnet.logging_utils import denormalize
-
     out = Path(out)
     earlier = check_search_out(out, query, gallery, fx.checkpoint, force)
     queries = extract_features(fx, list_images(query), progress=False)
@@ -436,7 +437,6 @@ def search_to_folder(fx: FeatureExtractor, query: str | Path, gallery: str | Pat
     (out / "ranklists").mkdir(parents=True, exist_ok=True)
     grey = (0.6, 0.6, 0.6)
     records = []
-    from dgnet.data import Sample
 
     sample = lambda p: Sample(p, -1, -1)  # noqa: E731
     for i, qpath in enumerate(queries.paths):
