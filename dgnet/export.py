@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from dgnet.fileio import unwritable
 from dgnet.inference.export import FORMATS, PARTS, export_checkpoint
 
 
@@ -18,16 +19,18 @@ def main(argv: list[str] | None = None) -> int:
                    help="reid: images -> test-protocol features (default); generator: structure, appearance -> image")
     p.add_argument("--model", choices=("dgnet", "teacher"),
                    help="--part reid from this model (default: dgnet when the checkpoint holds it, else its teacher)")
-    p.add_argument("--out", required=True, help="the file to write (replaced atomically)")
+    p.add_argument("--out", required=True, help="the file to write (never the checkpoint, nor a file dgnet did not "
+                   "export)")
+    p.add_argument("--force", action="store_true", help="replace an earlier export at --out")
     args = p.parse_args(argv)
 
     if args.fmt == "torchscript":
         print("dgnet.export: note: PyTorch deprecates TorchScript; exported-program and onnx are its maintained "
               "formats", file=sys.stderr)
     try:
-        done = export_checkpoint(args.checkpoint, args.fmt, args.out, args.part, args.model)
-    except (ValueError, FileNotFoundError, ImportError) as exc:
-        print(f"dgnet.export: error: {exc}", file=sys.stderr)
+        done = export_checkpoint(args.checkpoint, args.fmt, args.out, args.part, args.model, force=args.force)
+    except (ValueError, FileNotFoundError, ImportError, OSError) as exc:
+        print(f"dgnet.export: error: {unwritable(exc, args.out, '--out') or exc}", file=sys.stderr)
         return 2
     m = done.metadata
     shapes = lambda d: ", ".join(f"{k} {tuple(v)}" for k, v in d.items())

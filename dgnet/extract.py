@@ -11,15 +11,18 @@ import argparse
 import sys
 
 from dgnet.config import LOADER_CHOICES, positive_int
+from dgnet.fileio import unwritable
 from dgnet.inference.extractor import FeatureExtractor
-from dgnet.inference.gallery import extract_features, list_images
+from dgnet.inference.gallery import check_features_out, extract_features, list_images
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m dgnet.extract", description="Features of images from a checkpoint.")
     p.add_argument("--checkpoint", required=True, help="dgnet.pt, teacher.pt or any checkpoint of a run")
     p.add_argument("--images", required=True, help="a folder of images (searched recursively) or a .txt list")
-    p.add_argument("--out", required=True, help="the .npz to write (features, paths, skipped files)")
+    p.add_argument("--out", required=True, help="the .npz to write (features, paths, skipped files); never inside "
+                   "a folder of the images")
+    p.add_argument("--force", action="store_true", help="replace an earlier feature file at --out")
     p.add_argument("--model", choices=("dgnet", "teacher"), default="dgnet", help="whose features (default dgnet)")
     p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument("--loader", choices=LOADER_CHOICES, help="image decoding (default: the checkpoint's)")
@@ -32,12 +35,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        paths = list_images(args.images)
+        check_features_out(args.out, args.images, args.checkpoint, args.force)  # before the model loads
         fx = FeatureExtractor(args.checkpoint, device=args.device, batch_size=args.batch_size, which=args.model,
                               loader=args.loader)
-        fs = extract_features(fx, list_images(args.images), check=not args.no_check, progress=True)
+        fs = extract_features(fx, paths, check=not args.no_check, progress=True)
         fs.save(args.out)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"dgnet.extract: error: {exc}", file=sys.stderr)
+    except (ValueError, FileNotFoundError, OSError) as exc:
+        print(f"dgnet.extract: error: {unwritable(exc, args.out, '--out') or exc}", file=sys.stderr)
         return 2
     print(f"wrote {len(fs.paths)} features of dimension {fx.dim} to {args.out}"
           + (f" ({len(fs.skipped)} image(s) skipped: they do not decode)" if fs.skipped else ""))

@@ -14,6 +14,7 @@ import argparse
 import sys
 
 from dgnet.config import LOADER_CHOICES, positive_int
+from dgnet.fileio import unwritable
 from dgnet.inference.extractor import FeatureExtractor
 from dgnet.inference.gallery import RANKLISTS, search_to_folder
 
@@ -46,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ranklists", type=_count_or_all, default=RANKLISTS, metavar="N|all",
                    help=f"draw the rank lists of the first N queries (default {RANKLISTS}; 0: none; all: every "
                         "query); results.json holds every ranking either way")
+    p.add_argument("--force", action="store_true", help="replace an earlier search's results in --out")
     return p
 
 
@@ -55,9 +57,9 @@ def main(argv: list[str] | None = None) -> int:
         fx = FeatureExtractor(args.checkpoint, device=args.device, batch_size=args.batch_size, which=args.model,
                               loader=args.loader)
         summary = search_to_folder(fx, args.query, args.gallery, args.out, topk=args.topk, rerank=args.rerank,
-                                   cache=not args.no_cache, ranklists=args.ranklists)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"dgnet.search: error: {exc}", file=sys.stderr)
+                                   cache=not args.no_cache, ranklists=args.ranklists, force=args.force)
+    except (ValueError, FileNotFoundError, OSError) as exc:
+        print(f"dgnet.search: error: {unwritable(exc, args.out, '--out') or exc}", file=sys.stderr)
         return 2
     print(f"searched {summary['queries']} queries over {summary['gallery']} gallery images "
           f"({summary['extracted']} extracted now); wrote {args.out}/results.json and {summary['ranklists']} rank lists"

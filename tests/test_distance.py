@@ -159,3 +159,22 @@ def test_cuda_matches_cpu(metric, dtype):
     assert out.device.type == "cuda" and out.dtype == torch.float32
     torch.testing.assert_close(out.cpu(), pairwise_distance(x, y, metric), atol=1e-3, rtol=1e-4)
     torch.library.opcheck(torch.ops.dgnet.pairwise_distance.default, (x.cuda()[:20], y.cuda()[:30], METRICS[metric], 7))
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+def test_huge_finite_inputs_give_finite_distances_as_the_plain_formula(metric):
+    """Features of magnitude 1e19 are finite, and so are their float64 plain-formula distances; the kernel's float32
+    squared norms used to overflow (euclidean inf, cosine NaN). Rows of very different size (1e-6) included."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(6, 96, generator=g) * 1e19
+    y = torch.randn(9, 96, generator=g) * 1e19
+    y[0] *= 1e-25  # a row of ordinary size among huge ones
+    got, want = pairwise_distance(x, y, metric), pairwise_distance_reference(x, y, metric)
+    assert torch.isfinite(want).all() and torch.isfinite(got).all()
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6 * float(want.abs().max()))
+    # float64 inputs beyond float32's range: the same
+    got64 = pairwise_distance(x.double() * 1e30, y.double() * 1e30, metric)
+    want64 = pairwise_distance_reference(x.double() * 1e30, y.double() * 1e30, metric)
+    assert torch.equal(torch.isfinite(got64), torch.isfinite(want64))
+    if metric == "cosine":
+        torch.testing.assert_close(got64, want64, rtol=1e-5, atol=1e-6)

@@ -123,7 +123,7 @@ LAYERS = (
     {"studies"},  # whole runs (training, generation, evaluation) over arms and seeds
 )
 # Top-level modules that are not commands: the few every layer needs. Everything else lives in a folder.
-SHARED = {"config", "losses", "fileio", "runtime", "distributed", "profiling"}
+SHARED = {"config", "losses", "fileio", "runtime", "distributed", "profiling", "runlock"}
 
 
 def _layer(module: str) -> int | None:

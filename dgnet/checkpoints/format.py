@@ -149,7 +149,8 @@ def save_atomic(state: dict, path: str | Path) -> Path:
     infinity are refused (:class:`NonFiniteWeights`); a full disk stops with ``dgnet.fileio.DiskFull``.
     """
     check_finite(state, str(path))
-    return replace_atomic(path, lambda fh: torch.save(state, fh), size_hint=state_bytes(state))
+    return replace_atomic(path, lambda fh: torch.save(state, fh), size_hint=state_bytes(state),
+                          advice="Free some space and run again (--resume continues)")
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:

@@ -20,6 +20,7 @@ the formats the layouts' extensions name. EXIF orientation is ignored by both pi
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +40,37 @@ EXPECTED = (
 
 class UnsupportedImage(ValueError):
     """An image that decodes but whose pixels have no agreed 8-bit RGB reading; the message names the file."""
+
+
+class ImageTooLarge(ValueError):
+    """An image whose header declares more pixels than Pillow's decompression-bomb limit
+    (``PIL.Image.MAX_IMAGE_PIXELS``), the limit every dgnet reader applies; the message names the file."""
+
+
+def refuse_too_large(size: tuple[int, int], name: str) -> None:
+    """Raise :class:`ImageTooLarge` when an image of ``size`` (width, height) is over the limit that
+    ``python -m dgnet.data.check`` and the commands apply (Pillow's ``MAX_IMAGE_PIXELS``; ``None`` turns it off)."""
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit and size[0] * size[1] > limit:
+        raise ImageTooLarge(f"{name}: {size[0]}x{size[1]} = {size[0] * size[1]:,} pixels is over the "
+                            f"decompression-bomb limit of {limit:,} pixels (PIL.Image.MAX_IMAGE_PIXELS); refused "
+                            "before decoding")
+
+
+def check_file_size(path: str | Path) -> None:
+    """Read only the header of the image file ``path`` and raise :class:`ImageTooLarge` when it is over the limit
+    (a decoder that does not apply Pillow's, such as DALI's, would otherwise decode gigabytes). Files whose header
+    does not parse are left to the decoder to report."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            with Image.open(path) as im:
+                size = im.size
+        except Image.DecompressionBombError as exc:  # over twice the limit: Pillow refuses to open it at all
+            raise ImageTooLarge(f"{path}: {exc}") from None
+        except Exception:  # noqa: BLE001 - not an image, truncated header...: the decoder names those
+            return
+    refuse_too_large(size, str(path))
 
 
 def scale16(v: np.ndarray) -> np.ndarray:
@@ -79,10 +111,18 @@ def _png16_colour(path: str | Path, rawmode: str) -> np.ndarray:
 def rgb8(path: str | Path) -> np.ndarray:
     """The image file ``path`` as ``(H, W, 3)`` uint8 RGB, as DALI reads it.
 
-    Raises :class:`UnsupportedImage` for modes without an agreed reading, and Pillow's own errors
+    Raises :class:`UnsupportedImage` for modes without an agreed reading, :class:`ImageTooLarge` over the
+    decompression-bomb limit, and Pillow's own errors
     (``OSError``, ``Image.DecompressionBombError``...) for files that do not decode.
     """
-    with Image.open(path) as im:
+    try:
+        with warnings.catch_warnings():  # one open: the size is checked below, against the same limit
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(path)
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLarge(f"{path}: {exc}") from None
+    with im:
+        refuse_too_large(im.size, str(path))
         why = unsupported(im)
         if why is not None:
             raise UnsupportedImage(f"{path}: {im.format} image in mode {im.mode}: {why}; {EXPECTED}")

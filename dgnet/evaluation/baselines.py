@@ -38,6 +38,6 @@ def histogram_baseline(dataset, bins: int = 4, crop: bool = True) -> dict:
     dist = 2 - 2 * qf @ gf.T  # squared distance of unit vectors
     qp, gp = np.array([s.pid for s in dataset.query]), np.array([s.pid for s in dataset.gallery])
     qc, gc = np.array([s.camid for s in dataset.query]), np.array([s.camid for s in dataset.gallery])
-    cmc, m_ap = evaluate_rank(dist, qp, gp, qc, gc)
+    cmc, m_ap = evaluate_rank(dist, qp, gp, qc, gc, max_rank=min(50, len(gp)))  # torchreid's 50, or the gallery
     return {"rank1": float(cmc[0]), "rank5": float(cmc[min(4, len(cmc) - 1)]),
             "rank10": float(cmc[min(9, len(cmc) - 1)]), "mAP": float(m_ap)}

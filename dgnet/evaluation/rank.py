@@ -145,6 +145,13 @@ def _warn_skipped(fn: str, r: RankResult) -> None:
         )
 
 
+def _warn_short_gallery(fn: str, max_rank: int, r: RankResult) -> None:
+    # torchreid's evaluate_rank says so too ("number of gallery samples is quite small") and goes on likewise
+    if max_rank > len(r.cmc):
+        warnings.warn(f"{fn}: max_rank={max_rank} is above the gallery size {len(r.cmc)}; the CMC curve stops at "
+                      f"rank {len(r.cmc)}", UserWarning, stacklevel=3)
+
+
 def _no_valid_query() -> ValueError:
     return ValueError(
         "q_pids: no query has a true match in the gallery (after removing same-camera matches and junk "
@@ -227,7 +234,8 @@ def evaluate_rank(
     """``(cmc, mAP)`` under the Market-1501 protocol: torchreid's ``evaluate_rank`` signature and meaning.
 
     Arguments, errors and the warning about skipped queries as :func:`evaluate`. Returns ``cmc`` float32
-    ``[min(max_rank, G)]`` and ``mAP`` a float.
+    ``[min(max_rank, G)]`` and ``mAP`` a float; a ``max_rank`` above the gallery size ``G`` warns (as torchreid's
+    does) and the curve stops at ``G``.
 
     Example:
         >>> d = np.array([[0.1, 0.5, 0.3], [0.9, 0.2, 0.4]])
@@ -237,6 +245,7 @@ def evaluate_rank(
     """
     r = _evaluate(distmat, q_pids, g_pids, q_camids, g_camids, max_rank)
     _warn_skipped("evaluate_rank", r)
+    _warn_short_gallery("evaluate_rank", max_rank, r)
     return r.cmc, r.mAP
 
 
@@ -310,5 +319,6 @@ def evaluate_rank_reference(
     """``(cmc, mAP)`` of :func:`evaluate_reference`: the reference of :func:`evaluate_rank`."""
     r = _evaluate_reference(distmat, q_pids, g_pids, q_camids, g_camids, max_rank)
     _warn_skipped("evaluate_rank_reference", r)
+    _warn_short_gallery("evaluate_rank_reference", max_rank, r)
     return r.cmc, r.mAP
 

@@ -26,6 +26,7 @@ loaded; their values equal the plain paths' up to float rounding (``tests/test_a
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import time
 import warnings
@@ -43,7 +44,7 @@ from dgnet.checkpoints.runs import build_model
 from dgnet.config import check_alpha, config_from_dict
 from dgnet.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from dgnet.evaluation.protocol import KINDS, embed
-from dgnet.fileio import replace_atomic
+from dgnet.fileio import check_replace, check_writable, refuse_inputs, replace_atomic
 from dgnet.inference.extractor import checkpoint_identity
 from dgnet.models import Decoder, DGNet, gray
 
@@ -232,6 +233,10 @@ def export_module(module: ReidFeatures | Generator, fmt: str, out: str | Path, m
     module = module.eval()
     args = example_inputs(module)
     text = json.dumps(meta, sort_keys=True)
+    # The weights dominate every format's file: what a full disk's message says the export needs.
+    write = functools.partial(replace_atomic, size_hint=sum(t.numel() * t.element_size()
+                                                            for t in module.state_dict().values()),
+                              advice="Free some space and export again")
     if fmt == "onnx":
         try:
             import onnx  # noqa: F401  (the exporter needs both; a clear message beats its own)
@@ -247,7 +252,7 @@ def export_module(module: ReidFeatures | Generator, fmt: str, out: str | Path, m
                                         dynamic_shapes=_dynamic_batch(module), external_data=False, verbose=False)
         program.model.metadata_props[METADATA_KEY] = text
         blob = program.model_proto.SerializeToString()
-        return replace_atomic(out, lambda fh: fh.write(blob))
+        return write(out, lambda fh: fh.write(blob))
     if fmt == "torchscript":
         with warnings.catch_warnings():
             # PyTorch deprecates TorchScript; the format is still asked for (C++ runtimes, older stacks), and the
@@ -261,9 +266,9 @@ def export_module(module: ReidFeatures | Generator, fmt: str, out: str | Path, m
             with torch.no_grad():
                 # check_trace reruns the same inputs; the tests check other batch sizes against eager PyTorch.
                 traced = torch.jit.trace(module, args, check_trace=False)
-            return replace_atomic(out, lambda fh: torch.jit.save(traced, fh, _extra_files={METADATA_FILE: text}))
+            return write(out, lambda fh: torch.jit.save(traced, fh, _extra_files={METADATA_FILE: text}))
     program = torch.export.export(module, args, dynamic_shapes=_dynamic_batch(module))
-    return replace_atomic(out, lambda fh: torch.export.save(program, fh, extra_files={METADATA_FILE: text}))
+    return write(out, lambda fh: torch.export.save(program, fh, extra_files={METADATA_FILE: text}))
 
 
 @dataclass
@@ -276,17 +281,24 @@ class Exported:
 
 
 def export_checkpoint(checkpoint: str | Path, fmt: str, out: str | Path, part: str = "reid",
-                      which: str | None = None) -> Exported:
+                      which: str | None = None, force: bool = False) -> Exported:
     """Export ``part`` of a dgnet checkpoint to ``out`` in ``fmt``: :func:`part_module`, then
     :func:`export_module` with :func:`metadata`. On the CPU; the file runs on any device its runtime supports.
 
+    ``out`` is never the checkpoint itself nor a file dgnet did not export; an earlier export is replaced only
+    with ``force`` (:mod:`dgnet.fileio`).
+
     Raises:
         FileNotFoundError: ``checkpoint`` does not exist.
-        ValueError: not a dgnet checkpoint, or an unknown format, part or model, or one it lacks (named).
+        ValueError: not a dgnet checkpoint, or an unknown format, part or model, or one it lacks (named);
+            ``out`` refused (:class:`dgnet.fileio.OutputRefused`).
         ImportError: ``fmt="onnx"`` without the onnx packages.
     """
 
     _check_out(fmt, out)  # before the checkpoint is read: a wrong name fails at once
+    refuse_inputs(out, "--out", {"--checkpoint": checkpoint})
+    check_replace(out, "--out", "model export", is_export, force)
+    check_writable(out, "--out")
     if part not in PARTS:
         raise ValueError(f"part={part!r}: expected one of {PARTS}")
     start = time.perf_counter()
@@ -296,6 +308,15 @@ def export_checkpoint(checkpoint: str | Path, fmt: str, out: str | Path, part: s
     meta["export_format"] = fmt
     path = export_module(module, fmt, out, meta)
     return Exported(path, meta, time.perf_counter() - start)
+
+
+def is_export(path: str | Path) -> bool:
+    """Whether ``path`` is a file :func:`export_module` wrote (it carries dgnet metadata)."""
+    try:
+        read_metadata(path)
+    except (ValueError, OSError, zipfile.BadZipFile):
+        return False
+    return True
 
 
 def read_metadata(path: str | Path) -> dict[str, Any]:

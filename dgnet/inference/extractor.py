@@ -23,7 +23,15 @@ from dgnet.checkpoints.format import load_checkpoint
 from dgnet.checkpoints.runs import MODEL_KINDS, build_model
 from dgnet.config import config_from_dict
 from dgnet.data import Sample, resolve_backend, test_stream
-from dgnet.data.decoding import EXPECTED, MODES_16BIT_GREY, rgb8, scale16, unsupported
+from dgnet.data.decoding import (
+    EXPECTED,
+    MODES_16BIT_GREY,
+    check_file_size,
+    refuse_too_large,
+    rgb8,
+    scale16,
+    unsupported,
+)
 from dgnet.data.transforms import normalize, resize_uint8
 from dgnet.evaluation.protocol import embed
 from dgnet.runtime import resolve_device
@@ -49,6 +57,7 @@ def load_model(path: str | Path, which: str = "dgnet", device: str | torch.devic
 def _pil_rgb8(im: Any) -> np.ndarray:
     """A PIL image as ``(H, W, 3)`` uint8, read as the pipelines read files (``dgnet.data.decoding``)."""
 
+    refuse_too_large(im.size, f"PIL image of size {im.size}")
     why = unsupported(im)
     if why is not None:
         raise ValueError(f"PIL image in mode {im.mode}: {why}; {EXPECTED}")
@@ -146,6 +155,7 @@ class FeatureExtractor:
         for p in paths:
             if not Path(p).is_file():
                 raise FileNotFoundError(f"image {p!r} does not exist")
+            check_file_size(p)  # the commands' decompression-bomb limit, whichever decoder runs
         stream = test_stream([Sample(str(p), -1, -1) for p in paths], self.backend, batch_size=self.batch_size,
                              size=self.size, device=self.device, workers=self.cfg.data.workers)
         with torch.no_grad():

@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import warnings
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,12 +28,25 @@ import torch
 from dgnet import __version__, ops
 from dgnet.data.check import problems
 from dgnet.data.layouts import IMAGE_EXTENSIONS, is_image_file
-from dgnet.fileio import replace_atomic, write_text_atomic
+from dgnet.fileio import (
+    OutputRefused,
+    check_replace,
+    check_writable,
+    image_folders,
+    is_inside,
+    real,
+    refuse_inputs,
+    replace_atomic,
+    write_text_atomic,
+)
 from dgnet.generative.figures import Thumbnails, display_scale, search_figure
 from dgnet.inference.extractor import FeatureExtractor
+from dgnet.runlock import LockHeld, acquire
 
 FORMAT = "dgnet-features"
 RANKLISTS = 50  # rank-list figures a search draws by default (the first queries'); results.json holds every ranking
+SEARCH_FORMAT = "dgnet-search"  # results.json of python -m dgnet.search
+_KEYS = ("features", "paths", "skipped", "reasons", "stamps", "meta")
 
 
 def list_images(source: str | Path) -> list[str]:
@@ -61,8 +75,12 @@ def list_images(source: str | Path) -> list[str]:
     elif src.is_file():
         paths = [str(src)] if is_image_file(src) else []
     else:
-        paths = [str(p) for p in sorted(src.rglob("*"))
-                 if is_image_file(p) and not any(part.startswith(".") for part in p.relative_to(src).parts)]
+        found = sorted(src.rglob("*"))
+        # an earlier search's rank lists (``<out>/ranklists/*.png`` beside its results.json) are not gallery images
+        own = [r.parent / "ranklists" for r in found if r.name == "results.json" and is_search_output(r.parent)]
+        paths = [str(p) for p in found
+                 if is_image_file(p) and not any(part.startswith(".") for part in p.relative_to(src).parts)
+                 and not any(o in p.parents for o in own)]
     if not paths:
         raise ValueError(f"{src}: no image found; expected files ending in {', '.join(IMAGE_EXTENSIONS)}")
     return paths
@@ -72,13 +90,16 @@ def list_images(source: str | Path) -> list[str]:
 class FeatureSet:
     """Features of images: ``features`` float32 ``(N, D)`` (on any device), their ``paths``, the ``identity`` of the
     checkpoint that made them (:func:`dgnet.inference.extractor.checkpoint_identity`), and the files ``skipped``
-    (path -> why) because they do not decode."""
+    (path -> why) because they do not decode; ``checkpoint`` and ``model``: the checkpoint file and model that
+    made them, when known (error messages name them)."""
 
     features: torch.Tensor
     paths: list[str]
     identity: str
     skipped: dict[str, str] = field(default_factory=dict)
     stamps: list[tuple[int, int]] | None = None  # (size, mtime_ns) per path, when known: what a cache compares
+    checkpoint: str | None = None
+    model: str | None = None
 
     def save(self, path: str | Path) -> Path:
         """Write ``.npz`` (arrays and strings only: it loads without pickles) atomically."""
@@ -87,40 +108,131 @@ class FeatureSet:
         arrays = {"features": self.features.detach().float().cpu().numpy(), "paths": np.asarray(self.paths, str),
                   "skipped": np.asarray(list(self.skipped), str),
                   "reasons": np.asarray(list(self.skipped.values()), str), "stamps": stamps.reshape(-1, 2),
-                  "meta": np.asarray(json.dumps({"format": FORMAT, "identity": self.identity,
-                                                 "dgnet": __version__}))}
-        return replace_atomic(Path(path), lambda fh: np.savez(fh, **arrays))
+                  "meta": np.asarray(json.dumps({"format": FORMAT, "identity": self.identity, "dgnet": __version__,
+                                                 "checkpoint": self.checkpoint, "model": self.model}))}
+        return replace_atomic(Path(path), lambda fh: np.savez(fh, **arrays),
+                              size_hint=sum(a.nbytes for a in arrays.values()))
 
     @classmethod
-    def load(cls, path: str | Path, identity: str | None = None) -> FeatureSet:
-        """Read a file :meth:`save` wrote; with ``identity``, refuse features another checkpoint made.
+    def load(cls, path: str | Path, identity: str | None = None, checkpoint: str | Path | None = None) -> FeatureSet:
+        """Read a file :meth:`save` wrote, checking every array (keys, shapes, row counts, dtypes, finite
+        features); with ``identity``, refuse features another checkpoint made (``checkpoint``: that checkpoint's
+        file, named in the message). No pickle is ever loaded.
 
         Raises:
             FileNotFoundError: ``path`` does not exist.
-            ValueError: not a dgnet feature file, or made by another checkpoint (both identities named).
+            ValueError: not a dgnet feature file, damaged (truncated, empty, altered: what is wrong and what was
+                expected), or made by another checkpoint (the files named).
         """
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"feature file {str(path)!r} does not exist")
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                meta = json.loads(str(z["meta"]))
-                fs = cls(torch.from_numpy(z["features"]), [str(p) for p in z["paths"]], meta["identity"],
-                         dict(zip([str(p) for p in z["skipped"]], [str(r) for r in z["reasons"]], strict=True)),
-                         [tuple(int(v) for v in s) for s in z["stamps"]])
-        except (KeyError, ValueError, OSError) as exc:
-            raise ValueError(f"{path}: not a dgnet feature file ({type(exc).__name__}: {exc}); expected the .npz "
-                             "that python -m dgnet.extract writes") from None
-        if meta.get("format") != FORMAT:
-            raise ValueError(f"{path}: format {meta.get('format')!r}, expected {FORMAT!r}")
+        expected = "expected the .npz that python -m dgnet.extract writes"
+        why = _not_a_zip(path)
+        if why is None:
+            try:
+                with np.load(path, allow_pickle=False) as z:
+                    missing = [k for k in _KEYS if k not in z.files]
+                    arrays = {k: z[k] for k in _KEYS if k in z.files}
+                why = f"it lacks the array(s) {', '.join(missing)}" if missing else _invalid(arrays)
+            except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError, RuntimeError) as exc:
+                reason = str(exc).split("\n")[0] if "allow_pickle" not in str(exc) else "it holds pickled objects"
+                why = f"it is truncated or damaged ({type(exc).__name__}: {reason})"
+        if why is not None:
+            raise ValueError(f"feature file {str(path)!r} is unusable: {why}; {expected}")
+        meta = json.loads(str(arrays["meta"]))
+        fs = cls(torch.from_numpy(arrays["features"].astype(np.float32, copy=False)),
+                 [str(p) for p in arrays["paths"]], meta["identity"],
+                 dict(zip([str(p) for p in arrays["skipped"]], [str(r) for r in arrays["reasons"]], strict=True)),
+                 [tuple(int(v) for v in s) for s in arrays["stamps"]], meta.get("checkpoint"), meta.get("model"))
         if identity is not None and fs.identity != identity:
-            raise ValueError(f"{path} holds features of checkpoint {fs.identity}, but this checkpoint is {identity}; "
-                             "extract the gallery again with this checkpoint (features of two models do not compare)")
+            this = f"{str(checkpoint)!r}" if checkpoint is not None else "this checkpoint"
+            made = f"checkpoint {fs.checkpoint!r}" if fs.checkpoint else "another checkpoint"
+            if fs.checkpoint and checkpoint is not None and real(fs.checkpoint) == real(checkpoint):
+                made = f"an earlier {this} (the file has been replaced since)"
+            raise ValueError(f"feature file {str(path)!r} holds features of {made}, not of {this} (their weights "
+                             "or test settings differ, and features of two models do not compare); extract the "
+                             f"gallery again with {this}")
         return fs
 
 
+def _not_a_zip(path: Path) -> str | None:
+    """Why ``path`` is not a zip archive (a .npz is one), from its first bytes; ``None`` when it may be one."""
+    with path.open("rb") as fh:
+        head = fh.read(6)
+    if not head:
+        return "it is empty (0 bytes)"
+    if head[:2] == b"PK":
+        return None
+    if head[:1] == b"\x80":
+        return "it is a Python pickle, not a .npz archive (dgnet never loads pickles)"
+    if head == b"\x93NUMPY":
+        return "it is a single .npy array, not a .npz archive"
+    return f"it is not a .npz (zip) archive (it starts with {head!r})"
+
+
+def _invalid(a: dict[str, np.ndarray]) -> str | None:
+    """What is wrong with the arrays of a feature file, or ``None``."""
+    try:
+        meta = json.loads(str(a["meta"])) if a["meta"].ndim == 0 and a["meta"].dtype.kind == "U" else None
+    except ValueError:
+        meta = None
+    if not isinstance(meta, dict) or not isinstance(meta.get("identity"), str):
+        return "its meta record is not the JSON object with an identity that dgnet writes"
+    if meta.get("format") != FORMAT:
+        return f"format {meta.get('format')!r}, expected {FORMAT!r}"
+    f, paths = a["features"], a["paths"]
+    if f.ndim != 2 or f.dtype.kind != "f":
+        return f"features are {f.dtype} of shape {f.shape}, expected floats of shape (rows, dimension)"
+    if paths.ndim != 1 or (paths.dtype.kind != "U" and paths.size):
+        return f"paths are {paths.dtype} of shape {paths.shape}, expected a list of strings"
+    if len(f) != len(paths):
+        return f"{len(f)} feature rows for {len(paths)} paths, expected one row per path"
+    st = a["stamps"]
+    if st.dtype.kind not in "iu" or st.shape != (len(paths), 2):
+        return f"stamps are {st.dtype} of shape {st.shape}, expected integers of shape ({len(paths)}, 2)"
+    if a["skipped"].ndim != 1 or a["reasons"].shape != a["skipped"].shape:
+        return f"{a['skipped'].size} skipped files for {a['reasons'].size} reasons, expected one reason per file"
+    bad = int((~np.isfinite(f)).any(axis=1).sum()) if f.size else 0
+    if bad:
+        return f"{bad} of {len(f)} feature rows hold NaN or inf, expected finite features"
+    return None
+
+
+def check_features_out(out: str | Path, images: str | Path, checkpoint: str | Path, force: bool = False) -> None:
+    """Where ``python -m dgnet.extract`` may write its feature file ``out``: a ``.npz`` name, not an input (the
+    checkpoint, the list, the image) nor inside the folder of images it reads, not a file dgnet did not write,
+    and an earlier feature file only with ``force``. Raises :class:`dgnet.fileio.OutputRefused`."""
+    if Path(out).suffix.lower() != ".npz":
+        raise ValueError(f"--out {str(out)!r}: expected a file name ending in .npz (the feature file to write)")
+    refuse_inputs(out, "--out", {"--checkpoint": checkpoint, "--images": images}, {"--images": image_folders(images)})
+    check_replace(out, "--out", "feature file", _is_feature_file, force)
+    check_writable(out, "--out")
+
+
+def _is_feature_file(path: Path) -> bool:
+    try:
+        FeatureSet.load(path)
+    except (ValueError, OSError):
+        return False
+    return True
+
+
+def is_search_output(folder: str | Path) -> bool:
+    """Whether ``folder`` holds the ``results.json`` of a search (what :func:`search_to_folder` writes)."""
+    try:
+        res = json.loads((Path(folder) / "results.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    # files written before the format key have the same record without it
+    return isinstance(res, dict) and (res.get("format") == SEARCH_FORMAT or {"identity", "ranked"} <= res.keys())
+
+
 def _stamp(path: str) -> tuple[int, int]:
-    st = os.stat(path)
+    try:
+        st = os.stat(path)
+    except OSError:  # gone, or a loop of links: the decode check names it, and it is never cached
+        return -1, -1
     return st.st_size, st.st_mtime_ns
 
 
@@ -149,11 +261,13 @@ def extract_features(fx: FeatureExtractor, paths: list[str], check: bool = True,
             bar.update(len(f))
         bar.close()
         feats = torch.cat(parts)
-    return FeatureSet(feats, good, fx.fingerprint, skipped, [_stamp(p) for p in good])
+    return FeatureSet(feats, good, fx.fingerprint, skipped, [_stamp(p) for p in good], str(fx.checkpoint), fx.which)
 
 
-def _cache_path(folder: Path, identity: str, cache_dir: Path) -> Path:
-    key = hashlib.sha256(f"{folder.resolve()}|{identity}".encode()).hexdigest()[:20]
+def _cache_path(folder: Path, identity: str, cache_dir: Path, which: str = "dgnet") -> Path:
+    # the teacher's features (512-d) are another cache than the DG-Net model's of the same checkpoint
+    key = hashlib.sha256(f"{folder.resolve()}|{identity}{'' if which == 'dgnet' else '|' + which}".encode())
+    key = key.hexdigest()[:20]
     return cache_dir / f"{key}.npz"
 
 
@@ -169,22 +283,36 @@ def gallery_features(fx: FeatureExtractor, source: str | Path, cache: bool = Tru
     images of a folder or list, with ``cache`` through a file keyed by the folder and the checkpoint in
     ``cache_dir`` (default :func:`default_cache_dir`).
 
+    Every feature file is checked as it is read (:meth:`FeatureSet.load`, and its width against ``fx.dim``): a
+    damaged or foreign ``.npz`` given as ``source`` is an error naming it; a damaged cache entry is named in a
+    warning, deleted and rebuilt.
+
     Returns ``(features, how many images were extracted now)``: 0 when every feature came from the cache.
     """
     src = Path(source)
-    if src.suffix == ".npz":
-        fs = FeatureSet.load(src, fx.fingerprint)
-        return FeatureSet(fs.features.to(fx.device), fs.paths, fs.identity, fs.skipped, fs.stamps), 0
+    if src.suffix.lower() == ".npz":
+        fs = FeatureSet.load(src, fx.fingerprint, fx.checkpoint)
+        why = _wrong_width(fs, fx)
+        if why is not None:
+            raise ValueError(f"feature file {str(src)!r}: {why}; extract the gallery again with --model {fx.which}")
+        return FeatureSet(fs.features.to(fx.device), fs.paths, fs.identity, fs.skipped, fs.stamps, fs.checkpoint,
+                          fs.model), 0
     paths = list_images(src)
-    cache_file = _cache_path(src, fx.fingerprint, Path(cache_dir or default_cache_dir())) if cache else None
+    cache_file = _cache_path(src, fx.fingerprint, Path(cache_dir or default_cache_dir()), fx.which) if cache else None
     known: dict[str, tuple[tuple[int, int], int]] = {}
     old = None
-    if cache_file is not None and cache_file.is_file():
+    if cache_file is not None and os.path.lexists(cache_file):
         try:
             old = FeatureSet.load(cache_file, fx.fingerprint)
-            known = {p: (s, i) for i, (p, s) in enumerate(zip(old.paths, old.stamps or [], strict=False))}
-        except ValueError:
-            old = None  # an unreadable or foreign cache is only a lost speed-up
+            why = _wrong_width(old, fx)
+            if why is not None:
+                raise ValueError(f"feature file {str(cache_file)!r}: {why}")
+            known = {p: (s, i) for i, (p, s) in enumerate(zip(old.paths, old.stamps or [], strict=True))}
+        except (ValueError, OSError) as exc:  # a damaged cache is only a lost speed-up: say so, and rebuild it
+            warnings.warn(f"gallery cache of {src}: {exc}; it is deleted and the gallery is extracted again",
+                          stacklevel=2)
+            _write_cache(cache_file, None)
+            old = None
     stamps = [_stamp(p) for p in paths]
     reuse = {p: known[p][1] for p, s in zip(paths, stamps, strict=True) if p in known and known[p][0] == s}
     todo = [p for p in paths if p not in reuse]
@@ -202,11 +330,33 @@ def gallery_features(fx: FeatureExtractor, source: str | Path, cache: bool = Tru
         kept.append(p)
         kept_stamps.append(s)
     feats = torch.stack(rows) if rows else torch.zeros(0, fx.dim, device=fx.device)
-    fs = FeatureSet(feats, kept, fx.fingerprint, skipped, kept_stamps)
+    fs = FeatureSet(feats, kept, fx.fingerprint, skipped, kept_stamps, str(fx.checkpoint), fx.which)
     if cache_file is not None and todo:
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        fs.save(cache_file)
+        _write_cache(cache_file, fs)
     return fs, len(todo)
+
+
+def _write_cache(cache_file: Path, fs: FeatureSet | None) -> None:
+    """Save ``fs`` as ``cache_file`` (``None``: delete it) under the cache folder's one-writer lock
+    (:mod:`dgnet.runlock`). When another process holds it, nothing is written: a warning says so, and the
+    search goes on (a cache is a speed-up; its writes are atomic, so readers never see a torn file)."""
+    try:
+        with acquire(cache_file.parent, "gallery cache writer"):
+            if fs is None:
+                cache_file.unlink(missing_ok=True)
+            else:
+                fs.save(cache_file)
+    except (LockHeld, OSError) as exc:  # LockHeld first: it is an OSError too
+        warnings.warn(f"gallery cache {cache_file} was not {'updated' if fs is not None else 'deleted'}: {exc}",
+                      stacklevel=3)
+
+
+def _wrong_width(fs: FeatureSet, fx: FeatureExtractor) -> str | None:
+    if fs.features.shape[1] == fx.dim or len(fs.paths) == 0:
+        return None
+    made = f" (--model {fs.model})" if fs.model else ""
+    return (f"its features are {fs.features.shape[1]} wide{made}, but this checkpoint's {fx.which} features are "
+            f"{fx.dim} wide")
 
 
 @dataclass
@@ -240,16 +390,42 @@ def search(qf: torch.Tensor, gf: torch.Tensor, topk: int = 10, rerank: bool = Fa
     return SearchResult(order.cpu(), torch.gather(dist, 1, order).float().cpu(), rerank)
 
 
+def check_search_out(out: str | Path, query: str | Path, gallery: str | Path, checkpoint: str | Path,
+                     force: bool = False) -> list[Path]:
+    """Where :func:`search_to_folder` may write: a folder that is no input and lies in no folder of query or
+    gallery images (the next search would rank its rank lists), holding no ``results.json`` or ``ranklists/``
+    that dgnet did not write, nor an earlier search's unless ``force``. Returns the earlier rank lists that
+    ``force`` replaces. Raises :class:`dgnet.fileio.OutputRefused`."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise OutputRefused(f"--out {str(out)!r} is a file; expected the folder to write rank lists and results.json "
+                            "into")
+    refuse_inputs(out, "--out", {"--checkpoint": checkpoint, "--query": query, "--gallery": gallery},
+                  {"--query": image_folders(query), "--gallery": image_folders(gallery)})
+    old: list[Path] = []
+    if (out / "results.json").exists() or (out / "ranklists").exists():
+        check_replace(out, "--out", "search output", is_search_output, force)
+        ranked = json.loads((out / "results.json").read_text(encoding="utf-8")).get("ranked", [])
+        old = [Path(r["ranklist"]) for r in ranked if isinstance(r, dict) and r.get("ranklist")]
+        old = [p for p in old if is_inside(p, out / "ranklists") and p.suffix in (".png", ".jpg")]
+    check_writable(out / "results.json", "--out")
+    return old
+
+
 def search_to_folder(fx: FeatureExtractor, query: str | Path, gallery: str | Path, out: str | Path, topk: int = 10,
                      rerank: bool = False, cache: bool = True, progress: bool = True,
-                     ranklists: int | None = RANKLISTS) -> dict:
+                     ranklists: int | None = RANKLISTS, force: bool = False) -> dict:
     """What ``python -m dgnet.search`` does: the queries' and the gallery's features (the gallery through
     :func:`gallery_features`), :func:`search` with the checkpoint's ``eval`` re-ranking parameters,
     ``out/results.json`` with every query's ranking, and a labelled rank-list figure (``.jpg``,
     :func:`dgnet.generative.figures.search_figure`) under ``out/ranklists/`` for each of the first ``ranklists``
     queries (``None``: all). The cap keeps drawing from dominating a search of many queries; results.json holds
-    them all. Returns a summary (counts)."""
+    them all. Returns a summary (counts).
+
+    ``out`` is checked first (:func:`check_search_out`); with ``force`` an earlier search's rank lists there are
+    deleted before the new ones are written."""
     out = Path(out)
+    earlier = check_search_out(out, query, gallery, fx.checkpoint, force)
     queries = extract_features(fx, list_images(query), progress=False)
     if not queries.paths:
         raise ValueError(f"{query}: none of the query images decodes ({len(queries.skipped)} skipped)")
@@ -258,6 +434,8 @@ def search_to_folder(fx: FeatureExtractor, query: str | Path, gallery: str | Pat
         raise ValueError(f"{gallery}: the gallery holds no image that decodes")
     e = fx.cfg.eval
     res = search(queries.features, gal.features, topk, rerank, e.k1, e.k2, e.lambda_value)
+    for p in earlier:
+        p.unlink(missing_ok=True)
     (out / "ranklists").mkdir(parents=True, exist_ok=True)
     records = []
     scale = display_scale(fx.size[0])
@@ -272,7 +450,7 @@ def search_to_folder(fx: FeatureExtractor, query: str | Path, gallery: str | Pat
                 out / "ranklists" / f"{i:04d}_{Path(qpath).stem}.jpg"))
         records.append({"query": qpath, "ranklist": png,
                         "results": [{"path": p, "distance": d} for p, d in zip(shown, dist, strict=True)]})
-    summary = {"checkpoint": str(fx.checkpoint), "identity": fx.fingerprint, "model": fx.which,
+    summary = {"format": SEARCH_FORMAT, "checkpoint": str(fx.checkpoint), "identity": fx.fingerprint, "model": fx.which,
                "distance": "k-reciprocal re-ranking" if rerank else "negative dot product of test features",
                "queries": len(queries.paths), "gallery": len(gal.paths), "extracted": extracted,
                "skipped": {**queries.skipped, **gal.skipped}, "topk": topk,

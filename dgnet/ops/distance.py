@@ -60,13 +60,46 @@ def pairwise_distance_reference(x: torch.Tensor, y: torch.Tensor, metric: str = 
     return out.float()
 
 
-def _check_finite(name: str, t: torch.Tensor) -> None:
+def _check_finite(name: str, t: torch.Tensor) -> float:
     """ValueError naming ``t`` and its count of rows holding NaN or inf. One read pass (min and max propagate
-    NaN and are finite iff every entry is); the per-row count only when that fails."""
-    if t.numel() == 0 or all(map(math.isfinite, (float(v) for v in torch.aminmax(t)))):
-        return
+    NaN and are finite iff every entry is); the per-row count only when that fails. Returns ``max |t|``."""
+    if t.numel() == 0:
+        return 0.0
+    lo, hi = (float(v) for v in torch.aminmax(t))
+    if math.isfinite(lo) and math.isfinite(hi):
+        return max(-lo, hi)
     bad = int((~torch.isfinite(t)).any(dim=1).sum())
     raise ValueError(f"{name}: {bad} of {t.shape[0]} rows contain NaN or inf; expected finite features")
+
+
+_FLOAT32_MAX = torch.finfo(torch.float32).max
+
+
+def _overflows(maxabs: float, dim: int) -> bool:
+    """Whether the kernel's float32 squared norms (``||x||^2 + ||y||^2``, up to ``4 D max|v|^2``) can overflow."""
+    return maxabs * maxabs * 4 * max(dim, 1) > _FLOAT32_MAX / 4
+
+
+def _pow2_at_least(v: torch.Tensor | float) -> torch.Tensor | float:
+    """The smallest power of two >= ``v`` (1 for 0): dividing by it is exact, so only the overflow goes."""
+    if isinstance(v, torch.Tensor):
+        m, e = torch.frexp(v)
+        return torch.where(v > 0, torch.ldexp(torch.ones_like(v), e - (m == 0.5).to(e.dtype)), torch.ones_like(v))
+    m, e = math.frexp(v)
+    return 1.0 if v <= 0 else math.ldexp(1.0, e - (m == 0.5))
+
+
+def _scaled(x: torch.Tensor, y: torch.Tensor, metric: str) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """``x`` and ``y`` scaled by powers of two so the kernel's float32 norms stay finite, and the factor to
+    multiply the result by: for ``cosine`` each row by its own max-abs (cosine ignores a row's scale), for the
+    euclidean metrics both by their common max-abs (the distance scales with it)."""
+    dt = torch.float64 if torch.float64 in (x.dtype, y.dtype) else torch.float32
+    x, y = x.to(dt), y.to(dt)
+    if metric == "cosine":
+        return (x / _pow2_at_least(x.abs().amax(dim=1, keepdim=True)),
+                y / _pow2_at_least(y.abs().amax(dim=1, keepdim=True)), 1.0)
+    s = _pow2_at_least(max(float(x.abs().max()), float(y.abs().max())))
+    return x / s, y / s, (s if metric == "euclidean" else s * s)
 
 
 def pairwise_distance(
@@ -107,11 +140,14 @@ def pairwise_distance(
         torch.Size([4, 10])
     """
     _check_inputs(x, y, metric, chunk_rows)
+    factor = 1.0
     if not torch.compiler.is_compiling():
-        _check_finite("x", x)
-        _check_finite("y", y)
+        big = max(_check_finite("x", x), _check_finite("y", y))
+        if metric != "neg_dot" and _overflows(big, x.shape[1]):  # rare: features of magnitude ~1e17 and more
+            x, y, factor = _scaled(x, y, metric)
     require_extension()
-    return torch.ops.dgnet.pairwise_distance(x, y, METRICS[metric], 0 if chunk_rows is None else chunk_rows)
+    out = torch.ops.dgnet.pairwise_distance(x, y, METRICS[metric], 0 if chunk_rows is None else chunk_rows)
+    return out if factor == 1.0 else out * factor
 
 
 if extension_available():

@@ -15,6 +15,7 @@ CLI: ``python -m dgnet.data.check ROOT [--no-cache]`` lists bad files and exits 
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -72,7 +73,8 @@ def _files(root_or_paths: str | Path | Iterable[str | Path]) -> tuple[Path, list
     files = [Path(p) for p in root_or_paths]
     if not files:
         return Path("."), []
-    return Path(os.path.commonpath([str(p.resolve().parent) for p in files])), files
+    # realpath, not Path.resolve: it never raises, even on a loop of links (which the scan then reports)
+    return Path(os.path.commonpath([os.path.dirname(os.path.realpath(p)) for p in files])), files
 
 
 def _read_cache(cache_path: Path) -> dict[str, list[int]]:
@@ -99,9 +101,12 @@ def problems(root_or_paths: str | Path | Iterable[str | Path], cache: bool = Tru
     for p in files:
         try:
             st = p.stat()
-        except OSError as e:  # a listed file that is gone, or a link to one: report it with the others
-            bad[p] = (f"missing: a link to {os.readlink(p)}, which does not exist" if p.is_symlink()
-                      else f"missing: {e.strerror}")
+        except OSError as e:  # a listed file that is gone, a link to one, or a loop of links: report it
+            if e.errno == errno.ELOOP:
+                bad[p] = f"a loop of symbolic links (it points to {os.readlink(p)}, which leads back to it)"
+            else:
+                bad[p] = (f"missing: a link to {os.readlink(p)}, which does not exist" if p.is_symlink()
+                          else f"missing: {e.strerror}")
             if verbose:
                 print(f"bad image: {p}: {bad[p]}")
             continue
