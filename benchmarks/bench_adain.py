@@ -184,6 +184,7 @@ def test_adain_gpu(benchmark, shape, dtype, config, mode, impl):
 def test_adain_gpu_kernels_bandwidth(benchmark, shape, dtype, config):
     """The forward and backward kernels alone (no autograd, no Python op layers): achieved bandwidth."""
     import triton.testing
+
     from dgnet.kernels import adain as kernels
 
     g = torch.Generator(device="cuda").manual_seed(0)
