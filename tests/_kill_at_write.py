@@ -17,7 +17,8 @@ import signal
 import sys
 from pathlib import Path
 
-from dgnet import checkpoint, train
+from dgnet import train
+from dgnet.checkpoints import format as checkpoint_format
 
 PHASES = ("torn", "written", "renamed")
 
@@ -27,7 +28,7 @@ def _die() -> None:
 
 
 def kill_at(name: str, phase: str) -> None:
-    real = checkpoint.replace_atomic
+    real = checkpoint_format.replace_atomic
 
     def replace_atomic(path, write, size_hint=None):
         if Path(path).name != name:
@@ -49,7 +50,7 @@ def kill_at(name: str, phase: str) -> None:
 
         return real(path, partial, size_hint)
 
-    checkpoint.replace_atomic = replace_atomic
+    checkpoint_format.replace_atomic = replace_atomic  # what save_atomic calls
 
 
 if __name__ == "__main__":

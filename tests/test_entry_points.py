@@ -118,7 +118,7 @@ def test_training_through_the_dali_loader(tmp_path: Path) -> None:
     with finite losses, the run evaluates, and the checkpoint records the loader."""
     from _tiny_run import make_tiny_set
 
-    from dgnet.checkpoint import load_checkpoint
+    from dgnet.checkpoints.format import load_checkpoint
 
     root = make_tiny_set(tmp_path / "syn")
     out = tmp_path / "run"
