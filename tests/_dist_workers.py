@@ -73,10 +73,11 @@ def global_batch(step: int, stream: int, world: int) -> dict:
 
 
 def parity_run(rank: int, world: int, steps: int, ref_world: int, device: torch.device | None = None,
-               dtype: torch.dtype = torch.float32) -> tuple[dict[str, torch.Tensor], list[dict]]:
-    """``steps`` DG-Net iterations on this rank's rows of the combined batches of ``ref_world`` ranks (all of
-    them when ``world`` is 1), models and data in ``dtype``; returns the model's state dict (parameters and
-    BatchNorm buffers) and each iteration's losses."""
+               dtype: torch.dtype = torch.float32, start: int = 0) -> tuple[dict[str, torch.Tensor], list[dict]]:
+    """``steps`` DG-Net iterations from the seeded initial weights, numbered from ``start`` (which picks the ramps
+    and the batches), on this rank's rows of the combined batches of ``ref_world`` ranks (all of them when
+    ``world`` is 1), models and data in ``dtype``; returns the model's state dict (parameters and BatchNorm
+    buffers) and each iteration's losses."""
     from dgnet.models import DGNet, ReidBaseline
     from dgnet.training.optim import build_optimizers
     from dgnet.training.step import dgnet_step, wrap_ddp
@@ -105,7 +106,7 @@ def parity_run(rank: int, world: int, steps: int, ref_world: int, device: torch.
         ddp = wrap_ddp(model, device)
     rows = slice(0, PER_RANK * ref_world) if world == 1 else slice(rank * PER_RANK, (rank + 1) * PER_RANK)
     losses = []
-    for it in range(steps):
+    for it in range(start, start + steps):
         a, b = (global_batch(it, s, ref_world) for s in (0, 1))
         a, b = ({k: v[rows].to(device, dtype if v.is_floating_point() else None) for k, v in x.items()}
                 for x in (a, b))
@@ -114,16 +115,20 @@ def parity_run(rank: int, world: int, steps: int, ref_world: int, device: torch.
     return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}, losses
 
 
-def parity_worker(rank: int, world: int, port: int, out: Path, steps: int, device: str = "cpu",
+def parity_worker(rank: int, world: int, port: int, out: Path, starts: list[int], device: str = "cpu",
                   dtype: torch.dtype = torch.float32) -> None:
+    """One iteration from the initial weights for each iteration number in ``starts``; each result to
+    ``out/state_<rank>_<start>.pt``."""
+
     def body(rank: int) -> None:
         from dgnet.distributed import destroy, init_from_env
 
         join_env(rank, world, port, timeout_s=120)
         ctx = init_from_env(device)  # cuda -> cuda:LOCAL_RANK with NCCL
         try:
-            state, losses = parity_run(rank, world, steps, world, ctx.device, dtype)
-            torch.save({"state": state, "losses": losses}, out / f"state_{rank}.pt")
+            for start in starts:
+                state, losses = parity_run(rank, world, 1, world, ctx.device, dtype, start)
+                torch.save({"state": state, "losses": losses}, out / f"state_{rank}_{start}.pt")
         finally:
             destroy()
 
@@ -180,14 +185,20 @@ def broadcast_worker(rank: int, world: int, port: int, out: Path) -> None:
 
 # --------------------------------------------------------------------------------------------- failure
 def dying_worker(rank: int, world: int, port: int, out: Path, stall_s: float = 0.0) -> None:
-    """Rank 1 dies after joining (or, with ``stall_s``, stalls that long first: alive but silent, the case only a
-    timeout catches); rank 0 runs a collective and records the error it gets and when."""
+    """Rank 1 dies after joining, or, with ``stall_s``, stays alive but silent (the case only a timeout catches)
+    until rank 0 has recorded its error, and at most ``stall_s`` seconds. It then exits with status 3 when rank 0
+    gave up while it was still alive, 4 when it stopped waiting first. Rank 0 runs a collective and records the
+    error it gets."""
     from dgnet.distributed import init_from_env
 
     join_env(rank, world, port, timeout_s=10 if stall_s == 0 else 3)
     init_from_env("cpu")
     if rank == 1:
-        time.sleep(stall_s)
+        deadline = time.monotonic() + stall_s
+        while stall_s and not (out / "rank0.txt").exists():
+            if time.monotonic() > deadline:
+                os._exit(4)
+            time.sleep(0.05)
         os._exit(3)  # a crash: no cleanup, no goodbye to the group
     t0 = time.perf_counter()
     try:

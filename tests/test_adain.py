@@ -9,7 +9,9 @@ device checks of Triton, including bf16/fp16 and the decoder's shapes, are marke
 from __future__ import annotations
 
 import importlib
+import os
 
+import _optional
 import pytest
 import torch
 import torch.nn.functional as F
@@ -144,8 +146,11 @@ def test_cpu_kernel_under_torch_compile_fullgraph():
 
 # ---- Triton kernels under the interpreter (CPU, fp32, small) ----------------------------------------
 
+# Skipped where Triton is not installed (outside CI) or where conftest.py leaves the interpreter off (a GPU is
+# visible); a Triton that is installed but fails to import runs these tests, which then fail (tests/_optional.py).
 needs_interpreter = pytest.mark.skipif(
-    not adain_module.triton_available("cpu"), reason="Triton on CPU needs TRITON_INTERPRET=1 and triton"
+    (_optional.not_installed("triton") and not _optional.in_ci()) or os.environ.get("TRITON_INTERPRET") != "1",
+    reason="needs triton, and the interpreter (TRITON_INTERPRET=1, set by conftest.py where no GPU is visible)",
 )
 
 
@@ -249,8 +254,8 @@ def test_default_backend_is_the_reference_and_fused_picks_the_device_kernel():
 
 
 def test_triton_on_cpu_without_interpreter_is_an_error(monkeypatch):
-    if adain_module._triton_kernels is None:
-        pytest.skip("triton not installed")
+    if _optional.not_installed("triton") and not _optional.in_ci():
+        pytest.skip("triton is not installed")
     monkeypatch.setattr(adain_module._triton_kernels, "INTERPRET", False)
     x, scale, bias, _, _ = make_inputs((1, 2, 3, 3))
     with pytest.raises(RuntimeError, match="TRITON_INTERPRET"):

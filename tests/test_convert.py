@@ -409,3 +409,16 @@ def test_convert_runs_as_a_command(reference_run, tmp_path):
                        env=env, cwd=REPO, timeout=300)
     assert p.returncode == 0, p.stderr
     assert "teacher" in p.stdout and (tmp_path / "t.pt").is_file()
+
+
+def test_convert_reference_runs_as_a_command(reference_run, tmp_path):
+    """README's ``python -m dgnet.convert reference --checkpoints RUN/checkpoints --out dgnet.pt`` in a fresh
+    process: exit status 0 and a dgnet checkpoint holding both models."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    out = tmp_path / "dgnet.pt"
+    p = subprocess.run([sys.executable, "-m", "dgnet.convert", "reference", "--checkpoints",
+                        str(reference_run["checkpoints"]), "--teacher", str(reference_run["net_last"]), "--num-ids",
+                        str(IDS), "--config", "market1501", "--out", str(out)], capture_output=True, text=True,
+                       env=env, cwd=REPO, timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert set(load_checkpoint(out)["models"]) == {"dgnet", "teacher"}

@@ -16,15 +16,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _optional import skip_unless_installed
 from PIL import Image
 
-from dgnet.data import Sample, check, dali_status, test_stream
+from dgnet.data import Sample, check, test_stream
 from dgnet.data.decoding import UnsupportedImage, rgb8
 from dgnet.data.pipeline_torch import decode
 from dgnet.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 H, W = 24, 12
-needs_dali = pytest.mark.skipif(not dali_status()[0], reason=f"DALI unavailable: {dali_status()[1]}")
+needs_dali = skip_unless_installed("dali")  # a broken DALI install fails these tests (tests/_optional.py)
 
 
 def _chunk(kind: bytes, data: bytes) -> bytes:

@@ -11,15 +11,16 @@ import logging
 import numpy as np
 import pytest
 import torch
+from _optional import skip_unless_installed
 
-from dgnet.data import dali_status, load_dataset, resolve_backend, test_stream, train_stream
+from dgnet.data import load_dataset, resolve_backend, test_stream, train_stream
 from dgnet.data import synthetic as syn
 from dgnet.data.transforms import IMAGENET_MEAN, IMAGENET_STD, apply_erasing, pad_crop
 
 ONE_LEVEL = 1 / 255 / min(IMAGENET_STD)
 RESIZED = 2 * ONE_LEVEL + 1e-5
 KEYS = {"image", "positive", "image_erased", "positive_erased", "pid", "camid", "index"}
-needs_dali = pytest.mark.skipif(not dali_status()[0], reason=f"DALI unavailable: {dali_status()[1]}")
+needs_dali = skip_unless_installed("dali")  # a broken DALI install fails these tests (tests/_optional.py)
 BACKENDS = ["torch", pytest.param("dali", marks=needs_dali)]
 
 

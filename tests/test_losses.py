@@ -32,9 +32,16 @@ def test_recon_l1_hand_case_and_detached_target():
     torch.testing.assert_close(x.grad, torch.tensor([0.25, -0.25, 0.0, 0.25]))
 
 
-def test_recon_l1_fp32_on_half_inputs():
-    x = torch.full((4,), 1.0009765625, dtype=torch.bfloat16)
-    assert recon_l1(x, torch.ones(4)).dtype == torch.float32
+def test_recon_l1_in_float32_on_16_bit_inputs():
+    """A bfloat16 output against a float32 target: |x - t| is 2^-8 at every element, so the loss is exactly 2^-8
+    in float32. Had the target been rounded to bfloat16 (8 significant bits: 1 + 2^-8 ties to 1), the differences
+    would be 2^-7, 2^-7, 2^-7, 2^-8 and the loss 7 * 2^-10."""
+    x = torch.tensor([1 + 2**-7, 1 + 2**-7, 1 + 2**-7, 1.0], dtype=torch.bfloat16)
+    t = torch.tensor([1 + 2**-8, 1 + 2**-8, 1 + 2**-8, 1 - 2**-8])
+    assert x.tolist() == [1 + 2**-7] * 3 + [1.0]  # the inputs are exact in bfloat16
+    loss = recon_l1(x, t)
+    assert loss.dtype == torch.float32 and loss.item() == 2**-8
+    assert recon_l1(x, t.to(torch.bfloat16)).item() == 7 * 2**-10
 
 
 def test_lsgan_gen_hand_case():
@@ -121,10 +128,30 @@ def test_teacher_soft_labels_average_of_image_and_flip():
 
 
 def test_id_ce_explicit():
-    z = torch.tensor([[2.0, 0.0, -1.0]], dtype=torch.bfloat16)
-    expected = -(2.0 - math.log(math.exp(2.0) + 1.0 + math.exp(-1.0)))
-    out = id_ce(z, torch.tensor([0]))
-    assert out.dtype == torch.float32 and out.item() == pytest.approx(expected, rel=1e-3)
+    """bfloat16 logits (exact: 2, 0, -1) give the float32 cross-entropy: within float32's rounding of a few
+    operations (rel 1e-6), where bfloat16 arithmetic would be off by up to 2^-9 (rel 2e-3) from its rounding."""
+    z = torch.tensor([[2.0, 0.0, -1.0], [0.5, -0.25, 3.0]], dtype=torch.bfloat16)
+    labels = torch.tensor([0, 1])
+    expected = (-(2.0 - math.log(math.exp(2.0) + 1.0 + math.exp(-1.0)))
+                - (-0.25 - math.log(math.exp(0.5) + math.exp(-0.25) + math.exp(3.0)))) / 2
+    out = id_ce(z, labels)
+    assert out.dtype == torch.float32 and out.item() == pytest.approx(expected, rel=1e-6)
+    assert id_ce(z.float(), labels).item() == out.item()
+
+
+def test_half_precision_adversarial_terms_are_computed_in_float32():
+    """The LSGAN terms on float16 discriminator outputs equal the hand-computed float32 values (exact here: every
+    input and square is a short binary fraction), and come back as float32."""
+    outs = [torch.tensor([[0.0, 2.0]], dtype=torch.float16), torch.tensor([[1.5, 0.5]], dtype=torch.float16)]
+    # 2 * mean((o - 1)^2): scale 0: 2 * (1 + 1) / 2 = 2; scale 1: 2 * (0.25 + 0.25) / 2 = 0.5
+    gen = lsgan_gen(outs)
+    assert gen.dtype == torch.float32 and gen.item() == 2.5
+    real = [torch.tensor([[1.0, 3.0]], dtype=torch.float16), torch.tensor([[0.0, 1.0]], dtype=torch.float16)]
+    # mean(fake^2) + mean((real - 1)^2): scale 0: (0 + 4) / 2 + (0 + 4) / 2 = 4; scale 1: (2.25 + 0.25) / 2 + 0.5
+    dis = lsgan_dis(outs, real)
+    assert dis.dtype == torch.float32 and dis.item() == 4.0 + 1.25 + 0.5
+    # a float16 square of 300 overflows (65504 is float16's largest value): in float32 it is 90000
+    assert lsgan_gen([torch.tensor([301.0], dtype=torch.float16)]).item() == 2 * 300.0**2
 
 
 def test_ramp_weights_spec_schedule():

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <optional>
 #include <string>
 #include <tuple>
 #include <utility>
@@ -284,12 +285,131 @@ void test_rerank_memory_safety() {
   }
   expect(threw, "rerank_expand rejects a neighbour index of -1");
 }
+
+// ---- fused AdaIN ------------------------------------------------------------------------------------
+// A case worked by hand (eps = 0, so every number is closed-form), then odd shapes in every dtype against the
+// plain ATen formula: rows of 1, 35 and 37 elements cover the 16-lane loops' tails and the float16 staging
+// buffers, which is what scripts/sanitize.sh checks for out-of-bounds reads and writes.
+
+using AdainForward = std::tuple<at::Tensor, at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
+                                                                     const at::Tensor&,
+                                                                     const std::optional<at::Tensor>&, int64_t,
+                                                                     double, double);
+using AdainBackward = std::tuple<at::Tensor, at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
+                                                                      const at::Tensor&, const at::Tensor&,
+                                                                      const at::Tensor&, const at::Tensor&, int64_t,
+                                                                      double);
+
+at::Tensor nchw(std::vector<double> v, int64_t c, at::ScalarType dtype) {
+  return at::tensor(v, at::kDouble).reshape({1, c, 2, 2}).to(dtype);
+}
+
+void test_adain_hand_case() {
+  auto fwd = op<AdainForward>("dgnet::adain_forward");
+  auto bwd = op<AdainBackward>("dgnet::adain_backward");
+  const double r5 = 1.0 / std::sqrt(5.0);
+  // Channel 0: 0 2 0 2, mean 1, variance 1, so xhat = -1 1 -1 1. Channel 1: 1 3 5 7, mean 4, variance 5, so
+  // xhat = (-3 -1 1 3) / sqrt(5). scale (3, -2), bias (0.5, 1): z = scale * xhat + bias.
+  const std::vector<double> z = {-2.5, 3.5, -2.5, 3.5, 1 + 6 * r5, 1 + 2 * r5, 1 - 2 * r5, 1 - 6 * r5};
+  // Upstream gradient: one element per channel. With g = dy * act'(z): d bias = sum g, d scale = sum g xhat and
+  // dx = rstd * scale * (g - mean(g) - xhat * mean(g xhat)). For act = identity:
+  //   channel 0, g = (1 0 0 0): dx = 3 * ((1 0 0 0) - 1/4 + (-1 1 -1 1) / 4) = (1.5 0 -1.5 0), d scale = -1;
+  //   channel 1, g = (0 0 0 1), mean(g xhat) = 3 / (4 sqrt(5)): dx = -2/sqrt(5) * ((0 0 0 1) - 1/4 - (-9 -3 3 9) / 20)
+  //   = (-0.4 0.2 0.8 -0.6) / sqrt(5), d scale = 3 / sqrt(5).
+  const std::vector<double> dx_none = {1.5, 0, -1.5, 0, -0.4 * r5, 0.2 * r5, 0.8 * r5, -0.6 * r5};
+  for (auto dtype : {at::kDouble, at::kFloat}) {
+    const double tol = dtype == at::kDouble ? 1e-14 : 2e-6;
+    const std::string name = dtype == at::kDouble ? " float64" : " float32";
+    auto x = nchw({0, 2, 0, 2, 1, 3, 5, 7}, 2, dtype);
+    auto scale = at::tensor({3.0, -2.0}, at::kDouble).reshape({1, 2}).to(dtype);
+    auto bias = at::tensor({0.5, 1.0}, at::kDouble).reshape({1, 2}).to(dtype);
+    auto res = nchw({1, 1, 1, 1, 0, 0, 0, 0}, 2, dtype);
+    auto dy = nchw({1, 0, 0, 0, 0, 0, 0, 1}, 2, dtype);
+    for (int64_t act : {0, 1, 2}) {
+      const double slope = 0.2;
+      std::vector<double> y(8), g_scale(8);
+      for (int i = 0; i < 8; ++i) {
+        g_scale[i] = act == 0 || z[i] > 0 ? 1.0 : (act == 1 ? 0.0 : slope);  // act'(z)
+        y[i] = z[i] * g_scale[i] + (i < 4 ? 1.0 : 0.0);  // act(z) = act'(z) z for these piecewise-linear acts
+      }
+      auto [out, mean, rstd] = fwd.call(x, scale, bias, res, act, 0.0, slope);
+      const std::string what = "adain hand case act=" + std::to_string(act) + name;
+      expect(at::allclose(out.to(at::kDouble), nchw(y, 2, at::kDouble), 0, tol), what + ": y");
+      expect(at::allclose(mean.to(at::kDouble), at::tensor({1.0, 4.0}, at::kDouble).reshape({1, 2}), 0, tol) &&
+                 at::allclose(rstd.to(at::kDouble), at::tensor({1.0, r5}, at::kDouble).reshape({1, 2}), 0, tol),
+             what + ": mean and rstd");
+      // dy touches z[0] (< 0) and z[7] (< 0): the activation scales the whole identity-case gradient of its
+      // channel by act'(z) there (0 for relu, 0.2 for leaky relu).
+      auto [dx, dscale, dbias] = bwd.call(dy, x, scale, bias, mean, rstd, act, slope);
+      std::vector<double> dx_want(8);
+      for (int i = 0; i < 8; ++i) dx_want[i] = dx_none[i] * g_scale[i < 4 ? 0 : 7];
+      const double k0 = g_scale[0], k1 = g_scale[7];
+      expect(at::allclose(dx.to(at::kDouble), nchw(dx_want, 2, at::kDouble), 0, tol) &&
+                 at::allclose(dscale.to(at::kDouble), at::tensor({-k0, 3 * r5 * k1}, at::kDouble).reshape({1, 2}),
+                              0, tol) &&
+                 at::allclose(dbias.to(at::kDouble), at::tensor({k0, k1}, at::kDouble).reshape({1, 2}), 0, tol),
+             what + ": grad_x, grad_scale, grad_bias");
+    }
+  }
+}
+
+// The plain formula with ATen, in float64 from the (rounded) inputs.
+at::Tensor adain_aten(const at::Tensor& x, const at::Tensor& scale, const at::Tensor& bias, const at::Tensor& res,
+                      double eps) {
+  auto xd = x.to(at::kDouble);
+  auto mean = xd.mean({2, 3}, true);
+  auto var = (xd - mean).square().mean({2, 3}, true);
+  auto z = (xd - mean) / (var + eps).sqrt() * scale.to(at::kDouble).unsqueeze(2).unsqueeze(3) +
+           bias.to(at::kDouble).unsqueeze(2).unsqueeze(3);
+  return at::leaky_relu(z, 0.2) + res.to(at::kDouble);
+}
+
+void test_adain_shapes_and_dtypes() {
+  auto fwd = op<AdainForward>("dgnet::adain_forward");
+  auto bwd = op<AdainBackward>("dgnet::adain_backward");
+  at::manual_seed(3);
+  const std::vector<std::vector<int64_t>> shapes = {{2, 3, 5, 7}, {1, 2, 1, 37}, {3, 1, 1, 1}, {1, 40, 16, 8}};
+  for (const auto& shape : shapes) {
+    for (auto dtype : {at::kDouble, at::kFloat, at::kHalf, at::kBFloat16}) {
+      auto x = (at::randn(shape, at::kDouble) * 2 + 0.5).to(dtype);
+      auto scale = at::randn({shape[0], shape[1]}, at::kDouble).to(dtype);
+      auto bias = at::randn({shape[0], shape[1]}, at::kDouble).to(dtype);
+      auto res = at::randn(shape, at::kDouble).to(dtype);
+      auto [y, mean, rstd] = fwd.call(x, scale, bias, res, 2, 1e-5, 0.2);
+      // float16 and bfloat16 are computed in float32 and rounded once: within half a unit in the last place,
+      // 2^-11 |y| (float16) or 2^-8 |y| (bfloat16), plus float32's own error, which is relative to the terms
+      // (|scale xhat|, |bias|, |residual| of order 10 here), not to y: 1e-6 of that, times ten for margin.
+      const double rtol = dtype == at::kHalf ? 0x1p-11 : dtype == at::kBFloat16 ? 0x1p-8 : 0.0;
+      const double atol = dtype == at::kDouble ? 1e-12 : 1e-4;
+      auto want = adain_aten(x, scale, bias, res, 1e-5);
+      const bool fwd_ok = y.scalar_type() == dtype && at::allclose(y.to(at::kDouble), want, rtol, atol);
+      auto dy = at::randn(shape, at::kDouble).to(dtype);
+      auto [dx, dscale, dbias] = bwd.call(dy, x, scale, bias, mean, rstd, 2, 0.2);
+      const bool bwd_ok = dx.sizes() == x.sizes() && dx.scalar_type() == dtype && at::isfinite(dx).all().item<bool>() &&
+                          dscale.sizes() == scale.sizes() && at::isfinite(dscale).all().item<bool>() &&
+                          at::isfinite(dbias).all().item<bool>();
+      expect(fwd_ok && bwd_ok, "adain lrelu+residual " + std::string(c10::toString(dtype)) + " shape " +
+                                   std::to_string(shape[0]) + "x" + std::to_string(shape[1]) + "x" +
+                                   std::to_string(shape[2]) + "x" + std::to_string(shape[3]) +
+                                   " vs ATen float64; backward finite, shaped");
+    }
+  }
+  bool threw = false;
+  try {
+    fwd.call(at::randn({2, 3, 4}), at::randn({2, 3}), at::randn({2, 3}), std::nullopt, 0, 1e-5, 0.2);
+  } catch (const c10::Error&) {
+    threw = true;
+  }
+  expect(threw, "adain_forward rejects a 3-d x");
+}
 }  // namespace
 
 int main() {
   test_pairwise_distance();
   test_evaluation();
   test_rerank_memory_safety();
+  test_adain_hand_case();
+  test_adain_shapes_and_dtypes();
   std::printf("%d passed, %d failed\n", passes, failures);
   return failures == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
 }
