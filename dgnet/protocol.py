@@ -158,31 +158,45 @@ def rank_metrics(distmat: torch.Tensor, qp, gp, qc, gc) -> dict[str, float]:
             "mINP": float(r.mINP)}
 
 
+METRICS = ("neg_dot", "cosine", "euclidean")  # --metric: neg_dot is the spec's (the score is the dot product)
+
+
+def rerank_metric(metric: str) -> str:
+    """The distance k-reciprocal re-ranking starts from for ``metric``: ``neg_dot`` is a score, not a distance, so
+    re-ranking squares the Euclidean distance instead (on features of one norm, the same order)."""
+    if metric not in METRICS:
+        raise ValueError(f"metric={metric!r}: expected one of {METRICS}")
+    return "euclidean" if metric == "neg_dot" else metric
+
+
 def evaluate_features(qf: torch.Tensor, gf: torch.Tensor, qp, gp, qc, gc, eval_cfg: EvalConfig,
-                      rerank: bool = True) -> dict[str, dict[str, float]]:
+                      rerank: bool = True, metric: str = "neg_dot") -> dict[str, dict[str, float]]:
     """``{"plain": metrics, "rerank": metrics}`` (the second only with ``rerank``); metrics in [0, 1].
 
     ``qf`` ``(Q, D)`` and ``gf`` ``(G, D)`` are test-protocol features on one device; distances, re-ranking
     and the evaluation run on that device. ``eval_cfg`` gives re-ranking's ``k1``, ``k2``, ``lambda_value``.
+    ``metric``: the distance (:data:`METRICS`; the spec's ``neg_dot`` by default; ``cosine`` ranks the same, as
+    every feature has one norm; ``euclidean`` does too, for the same reason, up to rounding).
     """
-    dist = ops.pairwise_distance(qf, gf, metric="neg_dot")  # the spec's score is the dot product
+    rmetric = rerank_metric(metric)
+    dist = ops.pairwise_distance(qf, gf, metric=metric)
     out = {"plain": rank_metrics(dist, qp, gp, qc, gc)}
     if rerank:
         e = eval_cfg
-        rdist = ops.re_ranking_features(qf, gf, k1=e.k1, k2=e.k2, lambda_value=e.lambda_value, metric="euclidean")
+        rdist = ops.re_ranking_features(qf, gf, k1=e.k1, k2=e.k2, lambda_value=e.lambda_value, metric=rmetric)
         out["rerank"] = rank_metrics(rdist, qp, gp, qc, gc)
     return out
 
 
 def evaluate_models(models: dict[str, torch.nn.Module], ds, cfg: Config, device: torch.device, backend: str,
                     rerank: bool | None = None, alpha: float | None = None,
-                    alphas: tuple[Alpha, ...] | None = None) -> dict[str, Any]:
+                    alphas: tuple[Alpha, ...] | None = None, metric: str = "neg_dot") -> dict[str, Any]:
     """Evaluate each of ``{"teacher": ..., "dgnet": ...}`` on ``ds``'s query/gallery.
 
     Returns ``{name: {"plain": {rank1, rank5, rank10, mAP, mAP_trapz, mINP}, "rerank": {...}}}``. With ``alphas``
     (:func:`parse_alphas`) DG-Net has one row per entry, named by :func:`alpha_row` (``dgnet (alpha 0.5)``), all
     scored from one feature pass (:func:`weigh_heads`); otherwise one ``dgnet`` row at ``alpha`` (default
-    ``eval.alpha``).
+    ``eval.alpha``). ``metric``: the distance (:func:`evaluate_features`).
     Under torchrun every rank must call it: each first takes rank 0's parameters and buffers (the ranks'
     BatchNorm running statistics differ after training without ``train.sync_bn``; rank 0's are saved), then
     extracts its share of the features, and rank 0 alone evaluates (the other ranks return ``{}``).
@@ -190,6 +204,7 @@ def evaluate_models(models: dict[str, torch.nn.Module], ds, cfg: Config, device:
     from dgnet.distributed import broadcast_state, world
 
     rerank = cfg.eval.rerank if rerank is None else rerank
+    rerank_metric(metric)  # a bad name fails before any feature is extracted
     results = {}
     for name, model in models.items():
         broadcast_state(model)
@@ -199,11 +214,11 @@ def evaluate_models(models: dict[str, torch.nn.Module], ds, cfg: Config, device:
         if world()[0] != 0:
             continue
         if not per_alpha:
-            results[name] = evaluate_features(qf, gf, qp, gp, qc, gc, cfg.eval, rerank=rerank)
+            results[name] = evaluate_features(qf, gf, qp, gp, qc, gc, cfg.eval, rerank=rerank, metric=metric)
             continue
         for a in alphas:
             results[alpha_row(name, a)] = evaluate_features(weigh_heads(qf, a), weigh_heads(gf, a), qp, gp, qc, gc,
-                                                            cfg.eval, rerank=rerank)
+                                                            cfg.eval, rerank=rerank, metric=metric)
     return results
 
 
