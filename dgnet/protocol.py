@@ -22,7 +22,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from dgnet import ops
 from dgnet.config import Config, EvalConfig, check_alpha
@@ -35,31 +34,21 @@ FINE = "fine"
 Alpha = float | str  # a weight >= 0, or FINE
 
 
-def _head_features(model: torch.nn.Module, kind: str, x: torch.Tensor) -> list[torch.Tensor]:
-    """The model's post-BN features as a list of ``(N, 512)`` float32 tensors (2 for DG-Net, 1 for the teacher)."""
-    if kind == "dgnet":
-        primary, fine = model.Ea.features(x)
-        return [primary.float(), fine.float()]
-    if kind == "teacher":
-        return [model.features(x).float()]
-    raise ValueError(f"kind={kind!r}: expected one of {KINDS}")
-
-
 @torch.no_grad()
 def embed(model: torch.nn.Module, kind: str, x: torch.Tensor, alpha: float = 0.5) -> torch.Tensor:
     """Test-protocol features of a batch ``x`` ``(N, 3, H, W)`` (normalised images, model's device).
 
     Returns ``(N, 1024)`` for ``kind="dgnet"`` (primary, then ``sqrt(alpha)`` * fine: the dot product of
     two such features is ``p . p' + alpha * f . f'``) or ``(N, 512)`` for ``kind="teacher"``; float32, on
-    ``x``'s device. Call it with the model in eval mode.
+    ``x``'s device. Call it with the model in eval mode. The computation is the models' own ``Ea.embed`` and
+    ``ReidBaseline.embed`` (image and mirror in one forward).
     """
     check_alpha(alpha)
-    heads = [F.normalize(f, dim=1) for f in _head_features(model, kind, x)]
-    flipped = [F.normalize(f, dim=1) for f in _head_features(model, kind, x.flip(3))]
-    parts = [F.normalize(a + b, dim=1) for a, b in zip(heads, flipped, strict=True)]
-    if len(parts) == 2:
-        parts[1] = parts[1] * math.sqrt(alpha)
-    return torch.cat(parts, dim=1)
+    if kind == "dgnet":
+        return model.Ea.embed(x, alpha)
+    if kind == "teacher":
+        return model.embed(x)
+    raise ValueError(f"kind={kind!r}: expected one of {KINDS}")
 
 
 def parse_alphas(text: str) -> tuple[Alpha, ...]:
