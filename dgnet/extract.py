@@ -18,7 +18,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, help="dgnet.pt, teacher.pt or any checkpoint of a run")
     p.add_argument("--images", required=True, help="a folder of images (searched recursively) or a .txt list")
     p.add_argument("--out", required=True, help="the .npz to write (features, paths, skipped files)")
-    p.add_argument("--model", choices=("dgnet", "teacher"), default="dgnet", help="whose features (default dgnet)")
+    p.add_argument("--model", choices=("dgnet", "teacher"),
+                   help="whose features (default: the checkpoint's DG-Net, or its teacher when it holds only one)")
     p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument("--loader", choices=LOADER_CHOICES, help="image decoding (default: the checkpoint's)")
     p.add_argument("--device", default="auto")

@@ -8,8 +8,9 @@
   ``.npz`` (no pickles) and refused when loaded for another checkpoint.
 - :func:`gallery_features`: a folder's features through a cache that a second search reuses (files that
   changed, or are new, are extracted again; removed ones are dropped).
-- :func:`search`: distances on the features' device through ``dgnet.ops`` (the same ops as ``dgnet.test``),
-  optionally k-reciprocal re-ranking, and each query's top k.
+- :func:`search`: distances on the features' device through ``dgnet.ops`` (the same ops as ``dgnet.test``;
+  cosine distance by default, which ranks as the protocol's score), optionally k-reciprocal re-ranking, and each
+  query's top k.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import torch
 
 from dgnet import __version__, ops
 from dgnet.api import FeatureExtractor
+from dgnet.protocol import rerank_metric
 
 FORMAT = "dgnet-features"
 
@@ -210,39 +212,56 @@ def gallery_features(fx: FeatureExtractor, source: str | Path, cache: bool = Tru
 @dataclass
 class SearchResult:
     """Each query's top ``k`` gallery entries: ``indices`` int64 ``(Q, k)`` and ``distances`` float32 ``(Q, k)``
-    (ascending; host tensors), and whether they were re-ranked."""
+    (ascending; host tensors), whether they were re-ranked, and the metric."""
 
     indices: torch.Tensor
     distances: torch.Tensor
     reranked: bool
+    metric: str = "cosine"
+
+
+def describe_distance(metric: str, rerank: bool) -> str:
+    """What :func:`search`'s distances are, in words (``results.json`` and the command's output say it)."""
+    plain = {"cosine": "cosine distance 1 - cos, in [0, 2]", "euclidean": "Euclidean distance",
+             "neg_dot": "negative dot product (negative: the protocol's score with its sign turned)"}[metric]
+    if rerank:
+        return (f"k-reciprocal re-ranked distance in [0, 1] (Jaccard distance mixed with lambda x the "
+                f"{rerank_metric(metric)} distance); smaller is closer")
+    return f"{plain}; smaller is closer"
 
 
 def search(qf: torch.Tensor, gf: torch.Tensor, topk: int = 10, rerank: bool = False, k1: int = 20, k2: int = 6,
-           lambda_value: float = 0.3) -> SearchResult:
+           lambda_value: float = 0.3, metric: str = "cosine") -> SearchResult:
     """Rank the gallery ``gf`` ``(G, D)`` for every query ``qf`` ``(Q, D)`` (test-protocol features on one device).
 
-    The distance is the protocol's, the negative dot product (``ops.pairwise_distance(..., "neg_dot")``); with
-    ``rerank``, k-reciprocal re-ranking (``ops.re_ranking_features``, parameters as ``eval.k1/k2/lambda_value``).
-    Both run on the features' device; ties keep gallery order.
+    ``metric`` (``dgnet.protocol.METRICS``): ``cosine`` (default: ``1 - cos``, in [0, 2]) ranks exactly as the
+    protocol's negative dot product (every test-protocol feature has one norm) but reads as a distance; with
+    ``rerank``, k-reciprocal re-ranking (``ops.re_ranking_features``, parameters as ``eval.k1/k2/lambda_value``),
+    whose distances lie in [0, 1] (:func:`describe_distance`). Both run on the features' device; ties keep
+    gallery order.
     """
     if topk < 1:
         raise ValueError(f"topk={topk}: expected an integer >= 1")
     if len(qf) == 0 or len(gf) == 0:
         raise ValueError(f"search: {len(qf)} query and {len(gf)} gallery features; expected at least one of each")
     if rerank:
-        dist = ops.re_ranking_features(qf, gf, k1=k1, k2=k2, lambda_value=lambda_value, metric="euclidean")
+        dist = ops.re_ranking_features(qf, gf, k1=k1, k2=k2, lambda_value=lambda_value, metric=rerank_metric(metric))
     else:
-        dist = ops.pairwise_distance(qf, gf, metric="neg_dot")
+        rerank_metric(metric)  # names a bad metric
+        dist = ops.pairwise_distance(qf, gf, metric=metric)
     k = min(topk, dist.shape[1])
     order = torch.sort(dist, dim=1, stable=True).indices[:, :k]
-    return SearchResult(order.cpu(), torch.gather(dist, 1, order).float().cpu(), rerank)
+    return SearchResult(order.cpu(), torch.gather(dist, 1, order).float().cpu(), rerank, metric)
 
 
 def search_to_folder(fx: FeatureExtractor, query: str | Path, gallery: str | Path, out: str | Path, topk: int = 10,
-                     rerank: bool = False, cache: bool = True, progress: bool = True) -> dict:
+                     rerank: bool | None = None, cache: bool = True, progress: bool = True,
+                     metric: str = "cosine") -> dict:
     """What ``python -m dgnet.search`` does: the queries' and the gallery's features (the gallery through
-    :func:`gallery_features`), :func:`search` with the checkpoint's ``eval`` re-ranking parameters, one rank-list
-    PNG per query under ``out/ranklists/`` and ``out/results.json``. Returns a summary (counts)."""
+    :func:`gallery_features`), :func:`search` with the checkpoint's ``eval`` re-ranking parameters (``rerank``
+    default: its ``eval.rerank``), one rank-list PNG per query under ``out/ranklists/`` and ``out/results.json``.
+    Returns a summary (counts, and ``distance``: what the distances are)."""
+    rerank = fx.cfg.eval.rerank if rerank is None else rerank
     from dgnet.figures import BLUE, captioned_row, load_images
     from dgnet.fileio import write_text_atomic
     from dgnet.logging_utils import denormalize
@@ -255,7 +274,7 @@ def search_to_folder(fx: FeatureExtractor, query: str | Path, gallery: str | Pat
     if not gal.paths:
         raise ValueError(f"{gallery}: the gallery holds no image that decodes")
     e = fx.cfg.eval
-    res = search(queries.features, gal.features, topk, rerank, e.k1, e.k2, e.lambda_value)
+    res = search(queries.features, gal.features, topk, rerank, e.k1, e.k2, e.lambda_value, metric)
     (out / "ranklists").mkdir(parents=True, exist_ok=True)
     grey = (0.6, 0.6, 0.6)
     records = []
@@ -271,7 +290,7 @@ def search_to_folder(fx: FeatureExtractor, query: str | Path, gallery: str | Pat
         records.append({"query": qpath, "ranklist": str(png),
                         "results": [{"path": p, "distance": d} for p, d in zip(shown, dist, strict=True)]})
     summary = {"checkpoint": str(fx.checkpoint), "identity": fx.fingerprint, "model": fx.which,
-               "distance": "k-reciprocal re-ranking" if rerank else "negative dot product of test features",
+               "distance": describe_distance(metric, rerank), "metric": metric, "reranked": rerank,
                "queries": len(queries.paths), "gallery": len(gal.paths), "extracted": extracted,
                "skipped": {**queries.skipped, **gal.skipped}, "topk": topk}
     write_text_atomic(out / "results.json", json.dumps({**summary, "ranked": records}, indent=2))
