@@ -24,6 +24,12 @@ import torch
 
 from dgnet.checkpoint import load_checkpoint
 from dgnet.config import Config, config_from_dict
+from dgnet.data import Sample, resolve_backend, test_stream
+from dgnet.data.check import is_corrupt
+from dgnet.data.decoding import EXPECTED, MODES_16BIT_GREY, orient, orientation, rgb8, scale16, unsupported
+from dgnet.data.transforms import normalize, resize_uint8
+from dgnet.models import DGNet, ReidBaseline, eval_mode
+from dgnet.protocol import embed
 from dgnet.runs import MODEL_KINDS, build_model
 from dgnet.runtime import resolve_device
 
@@ -48,8 +54,6 @@ def load_model(path: str | Path, which: str = "dgnet", device: str | torch.devic
 def _pil_rgb8(im: Any) -> np.ndarray:
     """A PIL image as ``(H, W, 3)`` uint8, read as the pipelines read files (``dgnet.data.decoding``): upright by
     its EXIF orientation (an image opened from a file keeps its tag)."""
-    from dgnet.data.decoding import EXPECTED, MODES_16BIT_GREY, orient, orientation, scale16, unsupported
-
     why = unsupported(im)
     if why is not None:
         raise ValueError(f"PIL image in mode {im.mode}: {why}; {EXPECTED}")
@@ -130,8 +134,6 @@ class FeatureExtractor:
     def __init__(self, model_or_path: str | Path | torch.nn.Module, device: str | torch.device | None = None,
                  batch_size: int = 64, which: str | None = None, loader: str | None = None, *,
                  config: Config | None = None, skip_errors: bool = False) -> None:
-        from dgnet.models import DGNet, ReidBaseline
-
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size={batch_size!r}: expected an integer >= 1")
         if which is not None and which not in MODEL_KINDS:
@@ -169,8 +171,6 @@ class FeatureExtractor:
         self.size = (self.cfg.data.height, self.cfg.data.width)
         self.skipped: dict[str, str] = {}
         self.kept: list[int] = []
-        from dgnet.data import resolve_backend
-
         self.backend = resolve_backend(loader or self.cfg.data.loader, self.device)
 
     @property
@@ -188,9 +188,6 @@ class FeatureExtractor:
         return 2 * n if self.which == "dgnet" else n
 
     def _embed(self, x: torch.Tensor) -> torch.Tensor:
-        from dgnet.models import eval_mode
-        from dgnet.protocol import embed
-
         with eval_mode(self.model):
             return embed(self.model, self.which, x, self.alpha)
 
@@ -203,8 +200,6 @@ class FeatureExtractor:
         return self._normalised(self._pixels(images))
 
     def _normalised(self, pixels: list[np.ndarray]) -> torch.Tensor:
-        from dgnet.data.transforms import normalize, resize_uint8
-
         out = [resize_uint8(torch.from_numpy(np.array(a, copy=True)).permute(2, 0, 1), self.size) for a in pixels]
         if not out:
             return torch.zeros(0, 3, *self.size, device=self.device)
@@ -217,8 +212,6 @@ class FeatureExtractor:
         return [a for i, im in enumerate(self._as_list(images)) for a in self._image(im, f"images[{i}]")]
 
     def _image(self, im: Any, where: str) -> list[np.ndarray]:
-        from dgnet.data.decoding import rgb8
-
         if isinstance(im, (str, Path)):
             self._require_file(im)
             try:
@@ -308,9 +301,6 @@ class FeatureExtractor:
         (:func:`dgnet.data.check.is_corrupt`) to name it: a ``ValueError`` lists each with its reason, or with
         ``skip_errors`` they are recorded in :attr:`skipped` and the stream goes on without them.
         """
-        from dgnet.data import Sample, test_stream
-        from dgnet.data.check import is_corrupt
-
         for p in paths:
             self._require_file(p)
         todo = [str(p) for p in paths]
