@@ -248,19 +248,20 @@ class FeatureExtractor:
             x = self._check_tensor(torch.stack(items))  # a list of preprocessed images
             self.kept = list(range(len(x)))
             return self._embed_batches(x)
-        good, kept = [], []
+        feats, pending, kept = [], [], []
         for i, im in enumerate(items):  # one at a time, so that a file that cannot be read names itself
             try:
-                good.append(self._normalised(self._image(im, f"images[{i}]")))
+                pending += self._image(im, f"images[{i}]")
                 kept.append(i)
             except (ValueError, OSError) as e:
                 if not (self.skip_errors and isinstance(im, (str, Path))):
                     raise
                 self.skipped[str(im)] = str(e)
+            if len(pending) >= self.batch_size or (i == len(items) - 1 and pending):
+                feats.append(self._embed(self._normalised(pending)))  # a batch at a time: bounded memory
+                pending = []
         self.kept = kept
-        if not good:
-            return torch.zeros(0, self.dim, device=self.device)
-        return self._embed_batches(torch.cat(good))
+        return torch.cat(feats) if feats else torch.zeros(0, self.dim, device=self.device)
 
     def _embed_batches(self, x: torch.Tensor) -> torch.Tensor:
         if len(x) == 0:
