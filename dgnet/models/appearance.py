@@ -89,11 +89,12 @@ class AppearanceEncoder(nn.Module):
         """
         check_alpha(alpha)
         primary, fine = self.features(torch.cat([x, x.flip(3)]))  # image and mirror: one pass over the weights
-        return torch.cat([mirror_sum(primary, len(x)), mirror_sum(fine, len(x)) * math.sqrt(alpha)], dim=1)
+        return torch.cat([mirror_sum(primary), mirror_sum(fine) * math.sqrt(alpha)], dim=1)
 
 
-def mirror_sum(features: torch.Tensor, n: int) -> torch.Tensor:
+def mirror_sum(features: torch.Tensor) -> torch.Tensor:
     """``features`` ``(2n, D)`` of n images then their mirrors -> float32 ``(n, D)``: normalise each, add each
-    image's to its mirror's, normalise the sum (the test protocol's flip augmentation)."""
-    f = F.normalize(features.float(), dim=1)
-    return F.normalize(f[:n] + f[n:], dim=1)
+    image's to its mirror's, normalise the sum (the test protocol's flip augmentation). The halves are split by
+    a reshape, not by slicing at ``n``, so that an exported graph keeps its batch size dynamic."""
+    image, mirror = F.normalize(features.float(), dim=1).unflatten(0, (2, -1))
+    return F.normalize(image + mirror, dim=1)

@@ -37,4 +37,4 @@ class ReidBaseline(nn.Module):
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """The test protocol's feature (``dgnet.protocol.embed``): float32 ``(N, 512)``, the image's and its
         mirror's post-BN features, each L2-normalised, summed and normalised again. Call in eval mode."""
-        return mirror_sum(self.features(torch.cat([x, x.flip(3)])), len(x))
+        return mirror_sum(self.features(torch.cat([x, x.flip(3)])))
