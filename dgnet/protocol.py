@@ -26,6 +26,7 @@ import torch
 from dgnet import ops
 from dgnet.config import Config, EvalConfig, check_alpha
 from dgnet.evaluation import evaluate
+from dgnet.models.appearance import mirror_sum
 
 METRIC_KEYS = ("rank1", "rank5", "rank10", "mAP", "mAP_trapz", "mINP")
 KINDS = ("dgnet", "teacher")
@@ -41,13 +42,13 @@ def embed(model: torch.nn.Module, kind: str, x: torch.Tensor, alpha: float = 0.5
     Returns ``(N, 1024)`` for ``kind="dgnet"`` (primary, then ``sqrt(alpha)`` * fine: the dot product of
     two such features is ``p . p' + alpha * f . f'``) or ``(N, 512)`` for ``kind="teacher"``; float32, on
     ``x``'s device. Call it with the model in eval mode. The computation is the models' own ``Ea.embed`` and
-    ``ReidBaseline.embed`` (image and mirror in one forward).
+    ``ReidBaseline.embed`` (image and mirror in one forward; a teacher needs only ``features``).
     """
     check_alpha(alpha)
     if kind == "dgnet":
         return model.Ea.embed(x, alpha)
-    if kind == "teacher":
-        return model.embed(x)
+    if kind == "teacher":  # what ReidBaseline.embed does, through the one method every teacher has
+        return mirror_sum(model.features(torch.cat([x, x.flip(3)])))
     raise ValueError(f"kind={kind!r}: expected one of {KINDS}")
 
 
