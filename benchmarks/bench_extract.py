@@ -1,8 +1,8 @@
 """Feature extraction throughput: ``dgnet.FeatureExtractor`` against the plain loop a user would write.
 
 The plain loop, per image: PIL decode, PIL bicubic resize to the model's size, to tensor, ImageNet
-normalisation, then the protocol's feature (``dgnet.protocol.embed``: the image and its horizontal flip in one
-forward, normalisations and concatenation). ``FeatureExtractor`` decodes and resizes through the test
+normalisation, then the protocol's feature (``dgnet.evaluation.protocol.embed``: the image and its horizontal
+flip in one forward, normalisations and concatenation). ``FeatureExtractor`` decodes and resizes through the test
 pipeline in batches (DALI where it imports, on the GPU with a CUDA device; the torch DataLoader otherwise)
 and embeds whole batches. Images per second count query images; the files are a synthetic set at
 Market-1501's own size (128x64 JPEGs), the models seeded and untrained (speed does not depend on training).
@@ -14,7 +14,7 @@ Each figure records the machine, threads, versions, size and backbone; the ratio
 loop is printed and stored with the FeatureExtractor row.
 
 ``test_index_gallery_cpu``: what ``python -m dgnet.search`` does to a new gallery folder of 2,000 images
-(``dgnet.gallery.gallery_features`` without its cache: the decode check, then the extractor at full batches)
+(``dgnet.inference.gallery.gallery_features`` without its cache: the decode check, then the extractor at full batches)
 against the extractor alone on the same files; the ratio is the cost of the check.
 """
 
@@ -27,13 +27,13 @@ from machine import machine
 from PIL import Image
 
 import dgnet
-from dgnet.checkpoint import arch_only, build_state, save_atomic
+from dgnet.checkpoints.format import arch_only, build_state, save_atomic
 from dgnet.config import resolve_config
 from dgnet.data import load_dataset
 from dgnet.data import synthetic as syn
 from dgnet.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from dgnet.evaluation.protocol import embed
 from dgnet.models import DGNet
-from dgnet.protocol import embed
 
 # (backbone, height, width, images): the demo's model on CPU; the spec's on a GPU
 SIZES = {"demo": ("resnet18", 64, 32, 256), "spec": ("resnet50", 256, 128, 1024)}
@@ -122,7 +122,7 @@ def _gallery(tmp_path_factory, images, n: int):
 
 @pytest.mark.parametrize("how", ["extractor", "gallery"])
 def test_index_gallery_cpu(benchmark, tmp_path_factory, images, how):
-    from dgnet.gallery import gallery_features, list_images
+    from dgnet.inference.gallery import gallery_features, list_images
 
     n = 2000
     folder = _gallery(tmp_path_factory, images, n)

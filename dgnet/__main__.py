@@ -15,6 +15,7 @@ COMMANDS: dict[str, str] = {
     "dgnet.search": "rank a gallery of your own images for query images (rank-list PNGs and results.json)",
     "dgnet.export": "a model's re-id features or generator as ONNX, TorchScript or ExportedProgram",
     "dgnet.convert": "checkpoints of the DG-Net reference implementation as dgnet checkpoints",
+    "dgnet.study": "an ablation study: arms x seeds of whole runs, resumable, with its report",
     "dgnet.data.check": "list corrupt, truncated or unsupported images under a dataset folder",
     "dgnet.data.synthetic": "draw the embedded synthetic pedestrian dataset into a folder",
 }

@@ -19,8 +19,8 @@ def run(tmp_path_factory):
 
 
 def _protocol_features(path, ds, cfg, which, samples):
-    """What dgnet.test computes for these samples: the checkpoint's model through dgnet.protocol.extract."""
-    from dgnet.protocol import extract
+    """What dgnet.test computes for these samples: the checkpoint's model through dgnet.evaluation.protocol.extract."""
+    from dgnet.evaluation.protocol import extract
 
     model = dgnet.load_model(path, which)
     return extract(model, which, samples, cfg, "torch", torch.device("cpu"))[0]
@@ -166,7 +166,7 @@ def test_a_model_in_memory_gives_its_checkpoints_features(run, which):
 
 
 def test_a_checkpoint_with_only_a_teacher_gives_the_teachers_features(run, tmp_path):
-    from dgnet.checkpoint import build_state, save_atomic
+    from dgnet.checkpoints.format import build_state, save_atomic
 
     path, ds, cfg = run
     teacher = dgnet.load_model(path, "teacher")
@@ -231,10 +231,10 @@ def test_exif_orientation_reaches_the_features(run, tmp_path):
 
 
 def test_ea_embed_and_the_reid_wrapper_are_the_protocols_features(run):
-    """torchreid's habit, model.eval(); feats = model(x): Ea.embed, ReidBaseline.embed and dgnet.deploy.ReidFeatures
-    equal dgnet.protocol.embed, and the formula written out here."""
-    from dgnet.deploy import ReidFeatures
-    from dgnet.protocol import embed
+    """torchreid's habit, model.eval(); feats = model(x): Ea.embed, ReidBaseline.embed and
+    dgnet.inference.export.ReidFeatures equal dgnet.evaluation.protocol.embed, and the formula written out here."""
+    from dgnet.evaluation.protocol import embed
+    from dgnet.inference.export import ReidFeatures
 
     path, _, cfg = run
     x = torch.randn(3, 3, 64, 32, generator=torch.Generator().manual_seed(5))

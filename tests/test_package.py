@@ -23,16 +23,19 @@ def test_sub_modules_are_attributes_of_a_freshly_imported_package():
         "import sys, dgnet\n"
         "assert 'torch' not in sys.modules, 'import dgnet alone must stay light'\n"
         "assert 'dgnet.evaluation' not in sys.modules\n"
-        "print(dgnet.evaluation.evaluate_rank.__name__, dgnet.deploy.read_metadata.__name__,\n"
+        "print(dgnet.evaluation.rank.evaluate_rank.__name__, dgnet.inference.export.read_metadata.__name__,\n"
         "      dgnet.ops.pairwise_distance.__name__, dgnet.data.load_dataset.__name__, dgnet.models.DGNet.__name__,\n"
-        "      dgnet.protocol.embed.__name__)\n"
-        "assert {'evaluation', 'deploy', 'ops', 'data', 'models'} <= set(dir(dgnet))\n"
+        "      dgnet.evaluation.protocol.embed.__name__, dgnet.data.check.is_corrupt.__name__,\n"
+        "      dgnet.inference.gallery.search.__name__, dgnet.checkpoints.runs.build_model.__name__)\n"
+        "assert {'evaluation', 'inference', 'ops', 'data', 'models'} <= set(dir(dgnet))\n"
+        "assert {'rank', 'protocol'} <= set(dir(dgnet.evaluation))\n"
         "try:\n"
         "    dgnet.no_such_thing\n"
         "except AttributeError as e:\n"
         "    print('AttributeError', e)\n")
     assert r.returncode == 0, r.stderr
-    assert r.stdout.split("\n")[0] == "evaluate_rank read_metadata pairwise_distance load_dataset DGNet embed"
+    assert r.stdout.split("\n")[0] == ("evaluate_rank read_metadata pairwise_distance load_dataset DGNet embed "
+                                        "is_corrupt search build_model")
     assert "no attribute 'no_such_thing'" in r.stdout
 
 

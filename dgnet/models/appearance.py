@@ -80,8 +80,8 @@ class AppearanceEncoder(nn.Module):
         return self.head_primary.embed(v), self.head_fine.embed(v)
 
     def embed(self, x: torch.Tensor, alpha: float = 0.5) -> torch.Tensor:
-        """The test protocol's feature (``dgnet.protocol.embed``), torchreid's ``model.eval(); model(x)`` habit:
-        ``x`` ``(N, 3, H, W)`` normalised -> float32 ``(N, 2 * 512)``.
+        """The test protocol's feature (``dgnet.evaluation.protocol.embed``), torchreid's ``model.eval();
+        model(x)`` habit: ``x`` ``(N, 3, H, W)`` normalised -> float32 ``(N, 2 * 512)``.
 
         Each head's post-BN feature of the image and of its mirror, each L2-normalised, summed and normalised
         again; the fine-grained half scaled by ``sqrt(alpha)`` (the checkpoint's ``eval.alpha``), so the dot

@@ -26,8 +26,15 @@ import numpy as np
 import torch
 
 from dgnet import __version__, ops
-from dgnet.api import FeatureExtractor
-from dgnet.protocol import rerank_metric
+from dgnet.data import Sample
+from dgnet.data.check import problems
+from dgnet.data.layouts import IMAGE_EXTENSIONS, is_image_file
+from dgnet.data.streams import load_images
+from dgnet.data.transforms import denormalize
+from dgnet.evaluation.protocol import rerank_metric
+from dgnet.fileio import replace_atomic, write_text_atomic
+from dgnet.generative.figures import BLUE, captioned_row
+from dgnet.inference.extractor import FeatureExtractor
 
 FORMAT = "dgnet-features"
 
@@ -41,7 +48,6 @@ def list_images(source: str | Path) -> list[str]:
         FileNotFoundError: ``source``, or a listed path, does not exist.
         ValueError: no image found (the message names the folder or list and the extensions looked for).
     """
-    from dgnet.data.layouts import IMAGE_EXTENSIONS, is_image_file
 
     src = Path(source)
     if not src.exists():
@@ -69,8 +75,8 @@ def list_images(source: str | Path) -> list[str]:
 @dataclass
 class FeatureSet:
     """Features of images: ``features`` float32 ``(N, D)`` (on any device), their ``paths``, the ``identity`` of the
-    checkpoint that made them (:func:`dgnet.api.checkpoint_identity`), and the files ``skipped`` (path ->
-    why) because they do not decode."""
+    checkpoint that made them (:func:`dgnet.inference.extractor.checkpoint_identity`), and the files ``skipped``
+    (path -> why) because they do not decode."""
 
     features: torch.Tensor
     paths: list[str]
@@ -80,7 +86,6 @@ class FeatureSet:
 
     def save(self, path: str | Path) -> Path:
         """Write ``.npz`` (arrays and strings only: it loads without pickles) atomically."""
-        from dgnet.fileio import replace_atomic
 
         stamps = np.asarray(self.stamps if self.stamps is not None else [(-1, -1)] * len(self.paths), np.int64)
         arrays = {"features": self.features.detach().float().cpu().numpy(), "paths": np.asarray(self.paths, str),
@@ -130,7 +135,6 @@ def extract_features(fx: FeatureExtractor, paths: list[str], check: bool = True,
     instead of stopping the run or being silently padded by a decoder. Nothing is written into the images'
     folders (the check's cache is for datasets). ``progress``: a progress bar on stderr.
     """
-    from dgnet.data.check import problems
 
     skipped = {str(p): why for p, why in problems(paths, cache=False).items()} if check else {}
     if skipped:
@@ -234,8 +238,8 @@ def search(qf: torch.Tensor, gf: torch.Tensor, topk: int = 10, rerank: bool = Fa
            lambda_value: float = 0.3, metric: str = "cosine") -> SearchResult:
     """Rank the gallery ``gf`` ``(G, D)`` for every query ``qf`` ``(Q, D)`` (test-protocol features on one device).
 
-    ``metric`` (``dgnet.protocol.METRICS``): ``cosine`` (default: ``1 - cos``, in [0, 2]) ranks exactly as the
-    protocol's negative dot product (every test-protocol feature has one norm) but reads as a distance; with
+    ``metric`` (``dgnet.evaluation.protocol.METRICS``): ``cosine`` (default: ``1 - cos``, in [0, 2]) ranks exactly
+    as the protocol's negative dot product (every test-protocol feature has one norm) but reads as a distance; with
     ``rerank``, k-reciprocal re-ranking (``ops.re_ranking_features``, parameters as ``eval.k1/k2/lambda_value``),
     whose distances lie in [0, 1] (:func:`describe_distance`). Both run on the features' device; ties keep
     gallery order.
@@ -262,10 +266,6 @@ def search_to_folder(fx: FeatureExtractor, query: str | Path, gallery: str | Pat
     default: its ``eval.rerank``), one rank-list PNG per query under ``out/ranklists/`` and ``out/results.json``.
     Returns a summary (counts, and ``distance``: what the distances are)."""
     rerank = fx.cfg.eval.rerank if rerank is None else rerank
-    from dgnet.figures import BLUE, captioned_row, load_images
-    from dgnet.fileio import write_text_atomic
-    from dgnet.logging_utils import denormalize
-
     out = Path(out)
     queries = extract_features(fx, list_images(query), progress=False)
     if not queries.paths:
@@ -278,7 +278,6 @@ def search_to_folder(fx: FeatureExtractor, query: str | Path, gallery: str | Pat
     (out / "ranklists").mkdir(parents=True, exist_ok=True)
     grey = (0.6, 0.6, 0.6)
     records = []
-    from dgnet.data import Sample
 
     sample = lambda p: Sample(p, -1, -1)  # noqa: E731
     for i, qpath in enumerate(queries.paths):

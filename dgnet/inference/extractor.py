@@ -8,7 +8,7 @@
 
 docs/api.md is the user's guide.
 
-The features are the test protocol's (:mod:`dgnet.protocol`): both heads, flip, normalisation, and the
+The features are the test protocol's (:mod:`dgnet.evaluation.protocol`): both heads, flip, normalisation, and the
 fine-grained weight ``eval.alpha`` of the checkpoint's config, so their dot product is the score that
 ``python -m dgnet.test`` ranks by.
 """
@@ -22,15 +22,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from dgnet.checkpoint import load_checkpoint
+from dgnet.checkpoints.format import load_checkpoint
+from dgnet.checkpoints.runs import MODEL_KINDS, build_model
 from dgnet.config import Config, config_from_dict
 from dgnet.data import Sample, resolve_backend, test_stream
 from dgnet.data.check import is_corrupt
 from dgnet.data.decoding import EXPECTED, MODES_16BIT_GREY, orient, orientation, rgb8, scale16, unsupported
 from dgnet.data.transforms import normalize, resize_uint8
+from dgnet.evaluation.protocol import embed
 from dgnet.models import DGNet, ReidBaseline, eval_mode
-from dgnet.protocol import embed
-from dgnet.runs import MODEL_KINDS, build_model
 from dgnet.runtime import resolve_device
 
 ImageInput = str | Path | np.ndarray | torch.Tensor | Any  # a path, a uint8 array or tensor, or a PIL image
@@ -289,8 +289,8 @@ class FeatureExtractor:
     def _require_file(p: str | Path) -> None:
         path = Path(p)
         if path.is_dir():
-            raise IsADirectoryError(f"image {str(p)!r} is a folder; pass its images (dgnet.gallery.list_images("
-                                    f"{str(p)!r}) lists them)")
+            raise IsADirectoryError(f"image {str(p)!r} is a folder; pass its images "
+                                    f"(dgnet.inference.gallery.list_images({str(p)!r}) lists them)")
         if not path.is_file():
             raise FileNotFoundError(f"image {str(p)!r} does not exist")
 
