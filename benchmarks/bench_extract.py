@@ -1,8 +1,8 @@
 """Feature extraction throughput: ``dgnet.FeatureExtractor`` against the plain loop a user would write.
 
 The plain loop, per image: PIL decode, PIL bicubic resize to the model's size, to tensor, ImageNet
-normalisation, then one forward of the image and one of its horizontal flip, the protocol's normalisations
-and concatenation (``dgnet.evaluation.protocol.embed``). ``FeatureExtractor`` decodes and resizes through the test
+normalisation, then the protocol's feature (``dgnet.evaluation.protocol.embed``: the image and its horizontal
+flip in one forward, normalisations and concatenation). ``FeatureExtractor`` decodes and resizes through the test
 pipeline in batches (DALI where it imports, on the GPU with a CUDA device; the torch DataLoader otherwise)
 and embeds whole batches. Images per second count query images; the files are a synthetic set at
 Market-1501's own size (128x64 JPEGs), the models seeded and untrained (speed does not depend on training).
@@ -12,6 +12,10 @@ Market-1501's own size (128x64 JPEGs), the models seeded and untrained (speed do
 
 Each figure records the machine, threads, versions, size and backbone; the ratio FeatureExtractor / plain
 loop is printed and stored with the FeatureExtractor row.
+
+``test_index_gallery_cpu``: what ``python -m dgnet.search`` does to a new gallery folder of 2,000 images
+(``dgnet.inference.gallery.gallery_features`` without its cache: the decode check, then the extractor at full batches)
+against the extractor alone on the same files; the ratio is the cost of the check.
 """
 
 from __future__ import annotations
@@ -107,3 +111,31 @@ def test_extract_cpu(benchmark, tmp_path_factory, images, how):
 @pytest.mark.parametrize("how", ["plain", "extractor"])
 def test_extract_gpu(benchmark, tmp_path_factory, images, size, how):
     _run(benchmark, tmp_path_factory, images, "cuda", size, how)
+
+
+def _gallery(tmp_path_factory, images, n: int):
+    folder = tmp_path_factory.mktemp("gallery")
+    for i in range(n):
+        (folder / f"{i:05d}.jpg").write_bytes(open(images[i % len(images)], "rb").read())
+    return folder
+
+
+@pytest.mark.parametrize("how", ["extractor", "gallery"])
+def test_index_gallery_cpu(benchmark, tmp_path_factory, images, how):
+    from dgnet.inference.gallery import gallery_features, list_images
+
+    n = 2000
+    folder = _gallery(tmp_path_factory, images, n)
+    fx = dgnet.FeatureExtractor(_checkpoint(tmp_path_factory, "demo"), device="cpu")
+    files = list_images(folder)
+    run = (lambda: fx(files)) if how == "extractor" else (lambda: gallery_features(fx, folder, cache=False)[0].features)
+    assert run().shape == (n, 1024)  # warm-up
+    benchmark.pedantic(run, rounds=2, iterations=1)
+    rate = n / benchmark.stats.stats.mean
+    benchmark.extra_info.update(machine("cpu"), images=n, size="64x32", backbone="resnet18", how=how,
+                                backend=fx.backend, images_per_s=rate)
+    got = _RATES.setdefault(("cpu", "gallery"), {})
+    got[how] = rate
+    print(f"\ncpu gallery of {n} images (resnet18 64x32): {how} {rate:.1f} images/s ({fx.backend})")
+    if len(got) == 2:
+        print(f"cpu gallery: indexing / extractor alone = {got['gallery'] / got['extractor']:.2f}x")

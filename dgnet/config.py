@@ -31,7 +31,7 @@ from typing import Any
 
 import yaml
 
-from dgnet.data.layouts import DEFAULT_CAMERA_PATTERN, LOADERS
+from dgnet.data.layouts import CUHK03_SUBSETS, DEFAULT_CAMERA_PATTERN, LOADERS
 from dgnet.data.streams import BACKENDS, PK_INSTANCES
 from dgnet.fileio import write_text_atomic
 from dgnet.losses import GENERATOR_TERMS
@@ -46,7 +46,7 @@ LAST_STRIDE_CHOICES = (1, 2)  # model.last_stride: layer4's first block (1: the 
 
 @dataclass
 class DataConfig:
-    dataset: str = "synthetic"  # market1501 | dukemtmc | msmt17 | folder | synthetic (DATASETS)
+    dataset: str = "synthetic"  # market1501 | dukemtmc | cuhk03 | msmt17 | folder | synthetic (DATASETS)
     root: str = "data/synthetic"  # the embedded set is generated here when absent
     height: int = 256
     width: int = 128
@@ -75,18 +75,22 @@ class DataConfig:
     train_lists: tuple[str, ...] = ("list_train.txt", "list_val.txt")  # msmt17: lists whose union is the train split
     query_list: str = "list_query.txt"  # msmt17
     gallery_list: str = "list_gallery.txt"  # msmt17
+    cuhk03_subset: str = "detected"  # cuhk03: CUHK03-NP's detected or labeled boxes (CUHK03_SUBSETS)
 
 
 # Which layout reads which DataConfig option; the options of other layouts must keep their defaults.
 LAYOUT_OPTIONS: dict[str, tuple[str, ...]] = {
     "folder": ("camera_pattern", "camera_csv", "splits"),
     "msmt17": ("train_lists", "query_list", "gallery_list"),
+    "cuhk03": ("cuhk03_subset",),
 }
+# A DataConfig option whose name is not the layout function's keyword.
+_OPTION_KEYWORDS = {"cuhk03_subset": "subset"}
 
 
 def layout_options(data: DataConfig) -> dict[str, Any]:
     """The keyword options ``dgnet.data.load_dataset`` takes for ``data.dataset``'s layout, from ``data``."""
-    opts = {k: getattr(data, k) for k in LAYOUT_OPTIONS.get(data.dataset, ())}
+    opts = {_OPTION_KEYWORDS.get(k, k): getattr(data, k) for k in LAYOUT_OPTIONS.get(data.dataset, ())}
     if "camera_csv" in opts:
         csv = opts["camera_csv"]
         opts["camera_csv"] = (Path(data.root) / csv) if csv else None  # an absolute path stays itself
@@ -292,6 +296,11 @@ def preset_dukemtmc() -> Config:
     return _real("dukemtmc", "dukemtmc", 702)
 
 
+def preset_cuhk03() -> Config:
+    """CUHK03-NP (``data.cuhk03_subset``: detected, or labeled): the Market schedule, 767 train identities."""
+    return _real("cuhk03", "cuhk03", 767)
+
+
 def preset_msmt17() -> Config:
     """MSMT17: 150k iterations, 1041 train identities (milestones as for Market, per the spec)."""
     return _real("msmt17", "msmt17", 1041, iterations=150_000)
@@ -405,6 +414,7 @@ PRESETS: dict[str, typing.Callable[[], Config]] = {
     "twocam": preset_twocam,
     "market1501": preset_market1501,
     "dukemtmc": preset_dukemtmc,
+    "cuhk03": preset_cuhk03,
     "msmt17": preset_msmt17,
 }
 
@@ -600,6 +610,7 @@ def validate(cfg: Config) -> None:
         ("model", "last_stride"): LAST_STRIDE_CHOICES,
         ("data", "loader"): LOADER_CHOICES,
         ("data", "dataset"): DATASETS,
+        ("data", "cuhk03_subset"): CUHK03_SUBSETS,
     }
     for (section, key), allowed in choices.items():
         value = getattr(getattr(cfg, section), key)
@@ -656,14 +667,22 @@ def config_from_dict(d: dict) -> Config:
     return apply_overrides(Config(name=name), d, source="stored config")
 
 
+# Keys added after runs were saved, left out while they hold their default: a run made before a key existed computed
+# what the default computes, and keeps its fingerprint (it can be resumed).
+_ADDED_LATER = {"data": {"cuhk03_subset": DataConfig().cuhk03_subset}}
+
+
 def fingerprint_dict(cfg: Config) -> dict:
-    """The part of the config that decides what a run computes (see ``_UNFINGERPRINTED``)."""
+    """The part of the config that decides what a run computes (see ``_UNFINGERPRINTED``, ``_ADDED_LATER``)."""
     out = {}
     for section in SECTIONS:
         skip = _UNFINGERPRINTED.get(section, set())
         if skip is None:
             continue
+        added = _ADDED_LATER.get(section, {})
         for key, value in dataclasses.asdict(getattr(cfg, section)).items():
+            if key in added and value == added[key]:
+                continue
             if key not in skip:
                 out[f"{section}.{key}"] = list(value) if isinstance(value, tuple) else value
     return out

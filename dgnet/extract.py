@@ -23,7 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="the .npz to write (features, paths, skipped files); never inside "
                    "a folder of the images")
     p.add_argument("--force", action="store_true", help="replace an earlier feature file at --out")
-    p.add_argument("--model", choices=("dgnet", "teacher"), default="dgnet", help="whose features (default dgnet)")
+    p.add_argument("--model", choices=("dgnet", "teacher"),
+                   help="whose features (default: the checkpoint's DG-Net, or its teacher when it holds only one)")
     p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument("--loader", choices=LOADER_CHOICES, help="image decoding (default: the checkpoint's)")
     p.add_argument("--device", default="auto")

@@ -3,9 +3,11 @@ gallery of your own images for each query image by the test protocol's distance 
 re-ranking), with the same retrieval ops as ``dgnet.test``, on the same device (:mod:`dgnet.inference.gallery`).
 
 Writes ``DIR/results.json`` (every query's ranking) and ``DIR/ranklists/<n>_<query name>.jpg`` for the first
-``--ranklists`` queries (default 50; ``all``): the query, then its top k with rank, distance and file name. A
-gallery folder's features are cached (``$DGNET_CACHE``, default ``~/.cache/dgnet``), so a second search over it
-extracts only new or changed images.
+``--ranklists`` queries (default 50; ``all``): the query, then its top k with rank, distance and file name.
+Distances: smaller is closer; cosine distance (``1 - cos``) by default, re-ranked distances in [0, 1] with
+``--rerank`` (the checkpoint's ``eval.rerank`` by default); results.json says which. A gallery folder's features are
+cached (``$DGNET_CACHE``, default ``~/.cache/dgnet``), so a second search over it extracts only new or changed
+images.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import argparse
 import sys
 
 from dgnet.config import LOADER_CHOICES, positive_int
+from dgnet.evaluation.protocol import METRICS
 from dgnet.fileio import unwritable
 from dgnet.inference.extractor import FeatureExtractor
 from dgnet.inference.gallery import RANKLISTS, search_to_folder
@@ -38,8 +41,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gallery", required=True, help="a folder of images, a .txt list, or a .npz from dgnet.extract")
     p.add_argument("--out", required=True, help="output folder (ranklists/*.jpg, results.json)")
     p.add_argument("--topk", type=positive_int, default=10, help="gallery images per query (default 10)")
-    p.add_argument("--rerank", action="store_true", help="k-reciprocal re-ranking (the checkpoint's eval.k1/k2)")
-    p.add_argument("--model", choices=("dgnet", "teacher"), default="dgnet", help="whose features (default dgnet)")
+    p.add_argument("--rerank", action=argparse.BooleanOptionalAction, default=None,
+                   help="k-reciprocal re-ranking with the checkpoint's eval.k1/k2 (default: its eval.rerank); "
+                        "re-ranked distances lie in [0, 1]")
+    p.add_argument("--metric", choices=METRICS, default="cosine",
+                   help="the distance: cosine (1 - cos, default: ranks as the test protocol's score), euclidean, or "
+                        "neg_dot (the protocol's own, negative)")
+    p.add_argument("--model", choices=("dgnet", "teacher"),
+                   help="whose features (default: the checkpoint's DG-Net, or its teacher when it holds only one)")
     p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument("--loader", choices=LOADER_CHOICES, help="image decoding (default: the checkpoint's)")
     p.add_argument("--device", default="auto")
@@ -57,13 +66,15 @@ def main(argv: list[str] | None = None) -> int:
         fx = FeatureExtractor(args.checkpoint, device=args.device, batch_size=args.batch_size, which=args.model,
                               loader=args.loader)
         summary = search_to_folder(fx, args.query, args.gallery, args.out, topk=args.topk, rerank=args.rerank,
-                                   cache=not args.no_cache, ranklists=args.ranklists, force=args.force)
+                                   cache=not args.no_cache, ranklists=args.ranklists, force=args.force,
+                                   metric=args.metric)
     except (ValueError, FileNotFoundError, OSError) as exc:
         print(f"dgnet.search: error: {unwritable(exc, args.out, '--out') or exc}", file=sys.stderr)
         return 2
     print(f"searched {summary['queries']} queries over {summary['gallery']} gallery images "
           f"({summary['extracted']} extracted now); wrote {args.out}/results.json and {summary['ranklists']} rank lists"
-          + (" (--ranklists all draws every query's)" if summary["ranklists"] < summary["queries"] else ""))
+          + (" (--ranklists all draws every query's)" if summary["ranklists"] < summary["queries"] else "")
+          + f"\ndistances: {summary['distance']}")
     return 0
 
 

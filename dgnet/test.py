@@ -14,7 +14,7 @@ import torch
 from dgnet.checkpoints.runs import open_run
 from dgnet.config import LOADER_CHOICES
 from dgnet.distributed import destroy, init_from_env
-from dgnet.evaluation.protocol import evaluate_models, format_table, parse_alphas
+from dgnet.evaluation.protocol import METRICS, evaluate_models, format_table, parse_alphas
 from dgnet.fileio import write_results
 
 
@@ -36,6 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     weights.add_argument("--alphas", type=_alphas, metavar="A,B,...",
                          help="one DG-Net row per weight, from one feature pass; 'fine' scores the fine-grained head "
                               "alone. '0,0.5,fine' prints the reference's three results (its published ones: 0.5)")
+    p.add_argument("--metric", choices=METRICS, default="neg_dot",
+                   help="the distance: neg_dot (the spec's, default), cosine or euclidean (all three rank the test "
+                        "protocol's features alike: they have one norm)")
     p.add_argument("--loader", choices=LOADER_CHOICES)
     p.add_argument("--device", default="auto")
     p.add_argument("--model", choices=("all", "teacher", "dgnet"), default="all")
@@ -53,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         rank, run.device = ctx.rank, ctx.device
         ds = run.dataset(verbose=rank == 0)
         results = evaluate_models(run.models(args.model), ds, run.cfg, run.device, run.backend, rerank=args.rerank,
-                                  alpha=args.alpha, alphas=args.alphas)
+                                  alpha=args.alpha, alphas=args.alphas, metric=args.metric)
     except (ValueError, FileNotFoundError) as exc:
         print(f"dgnet.test: error: {exc}", file=sys.stderr)
         return 2

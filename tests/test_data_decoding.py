@@ -1,4 +1,4 @@
-"""Unusual image files: 16-bit, palette, alpha, grey, 1-bit PNGs and grey, CMYK, EXIF-rotated JPEGs.
+"""Unusual image files: 16-bit, palette, alpha, grey, 1-bit PNGs and grey, CMYK, EXIF-rotated JPEGs and PNGs.
 
 Each lossless file is compared with the 8-bit RGB computed here from the array it was written from (16-bit
 samples -> round(v / 257), DALI's conversion); every file the pre-flight check passes must come out of the
@@ -103,7 +103,7 @@ def images(tmp_path_factory) -> dict[str, tuple[Path, np.ndarray | None]]:
     save("grey.jpg", rgb.convert("L"), None, quality=95)
     save("cmyk.jpg", rgb.convert("CMYK"), None, quality=95)  # Pillow writes the Adobe (inverted) marker
     exif = Image.Exif()
-    exif[0x0112] = 6  # "rotate 90 degrees to display": DALI's default would turn this 24x12 image into 12x24
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display": this 24x12 image is read as 12x24
     save("exif_rotated.jpg", rgb, None, quality=95, exif=exif.tobytes())
     return out
 
@@ -118,7 +118,8 @@ def _grey2_png(packed: np.ndarray) -> bytes:
 def test_torch_decode_reads_what_was_written(images):
     for name, (path, expected) in images.items():
         got = decode(str(path))
-        assert got.dtype == torch.uint8 and got.shape == (3, H, W), name  # EXIF orientation not applied
+        shape = (3, W, H) if name == "exif_rotated.jpg" else (3, H, W)  # EXIF orientation applied
+        assert got.dtype == torch.uint8 and got.shape == shape, name
         if expected is not None:
             assert np.array_equal(got.permute(1, 2, 0).numpy(), expected), name
 
@@ -136,9 +137,13 @@ def _normalised(rgb: np.ndarray) -> torch.Tensor:
 def test_torch_and_dali_pipelines_agree(images):
     """Through the real test streams at the files' own size (no resize): equal to float rounding; the lossless
     files also equal the values they were written from."""
-    names = list(images)
+    for names, size in (([n for n in images if n != "exif_rotated.jpg"], (H, W)), (["exif_rotated.jpg"], (W, H))):
+        _agree(images, names, size)
+
+
+def _agree(images, names, size):
     samples = [Sample(str(images[n][0]), i, 0) for i, n in enumerate(names)]
-    kw = dict(batch_size=5, size=(H, W))
+    kw = dict(batch_size=5, size=size)
     a = torch.cat([b["image"] for b in test_stream(samples, backend="torch", workers=0, **kw)])
     b = torch.cat([b["image"] for b in test_stream(samples, backend="dali", workers=1, **kw)])
     for i, name in enumerate(names):
@@ -200,3 +205,40 @@ def test_cache_from_laxer_rules_is_not_trusted(tmp_path, images):
     assert check.scan(tmp_path) == [bad]
     cached = json.loads((tmp_path / check.CACHE_NAME).read_text())
     assert cached["version"] == check.CACHE_VERSION and list(cached["files"]) == [str(good.resolve())]
+
+
+@pytest.fixture(scope="module")
+def oriented(tmp_path_factory) -> list[tuple[Path, Path]]:
+    """For each EXIF orientation 1-8: a lossless PNG tagged with it, and its upright copy (untagged) drawn here by
+    the orientation's definition, so a pipeline that reads the tag gives the copy's pixels exactly."""
+    d = tmp_path_factory.mktemp("exif")
+    rgb = np.random.default_rng(2).integers(0, 256, (H, W, 3), dtype=np.uint8)
+    mirror, cw, ccw = (lambda a: a[:, ::-1]), (lambda a: np.rot90(a, -1)), (lambda a: np.rot90(a, 1))
+    # the EXIF specification's words: 2 mirror, 3 rotate 180, 4 flip, 5 mirror then rotate 270 clockwise,
+    # 6 rotate 90 clockwise, 7 mirror then rotate 90 clockwise, 8 rotate 270 clockwise
+    upright = {1: rgb, 2: mirror(rgb), 3: cw(cw(rgb)), 4: rgb[::-1], 5: ccw(mirror(rgb)), 6: cw(rgb),
+               7: cw(mirror(rgb)), 8: ccw(rgb)}
+    pairs = []
+    for value, want in upright.items():
+        exif = Image.Exif()
+        exif[0x0112] = value
+        Image.fromarray(rgb).save(d / f"tagged{value}.png", exif=exif.tobytes())
+        Image.fromarray(np.ascontiguousarray(want)).save(d / f"upright{value}.png")
+        pairs.append((d / f"tagged{value}.png", d / f"upright{value}.png"))
+    return pairs
+
+
+def test_exif_orientation_is_applied(oriented):
+    for tagged, upright in oriented:
+        assert np.array_equal(rgb8(tagged), rgb8(upright)), tagged.name
+
+
+@pytest.mark.parametrize("backend", ["torch", pytest.param("dali", marks=needs_dali)])
+def test_both_pipelines_read_exif_rotated_files_upright(oriented, backend):
+    """Through the test stream: each tagged file as its upright copy (resized to one size: half the orientations
+    swap height and width)."""
+    samples = [Sample(str(p), i, 0) for i, pair in enumerate(oriented) for p in pair]
+    got = torch.cat([b["image"] for b in test_stream(samples, backend=backend, batch_size=4, size=(H, W),
+                                                    workers=0 if backend == "torch" else 1)])
+    for i, (tagged, _) in enumerate(oriented):
+        torch.testing.assert_close(got[2 * i], got[2 * i + 1], atol=1e-5, rtol=0, msg=tagged.name)

@@ -79,7 +79,7 @@ def test_missing_folder(tmp_path):
 
 def test_unknown_name(tmp_path):
     with pytest.raises(ValueError, match="market1501"):
-        load_dataset("cuhk03", tmp_path)
+        load_dataset("viper", tmp_path)
 
 
 def msmt_lists(root: Path, train_dir: str, test_dir: str) -> None:
@@ -314,3 +314,46 @@ def test_msmt17_lists_with_a_byte_order_mark(tmp_path):
     ds = load_dataset("msmt17", tmp_path, verbose=False)
     assert all(Path(s.path).is_file() for s in ds.train + ds.query + ds.gallery)
     assert [s.camid for s in ds.query + ds.gallery] == [0, 1]
+
+
+def cuhk03_np_tree(root: Path) -> Path:
+    """CUHK03-NP's two box sets, each in Market's three folders, names ``<pid>_c<1|2>_<index>.png``."""
+    for subset, extra in (("detected", "0009_c2_3.png"), ("labeled", "0011_c1_4.png")):
+        touch(root / subset, "bounding_box_train/0001_c1_1.png", "bounding_box_train/0001_c2_6.png",
+              f"bounding_box_train/{extra}", "query/0003_c1_1.png", "query/0004_c2_2.png",
+              "bounding_box_test/0003_c2_7.png", "bounding_box_test/0004_c1_8.png", "bounding_box_test/0005_c1_1.png")
+    return root
+
+
+def test_cuhk03_np_detected_and_labeled(tmp_path):
+    cuhk03_np_tree(tmp_path / "cuhk03-np")
+    ds = load_dataset("cuhk03", tmp_path, verbose=False)  # the folder the archive unpacked into is found
+    assert ds.name == "cuhk03" and ds.root.endswith("detected")
+    assert ds.pid_map == {1: 0, 9: 1}
+    assert sorted((s.pid, s.camid) for s in ds.train) == [(0, 0), (0, 1), (1, 1)]
+    assert {(s.pid, s.camid) for s in ds.query} == {(3, 0), (4, 1)}
+    assert {(s.pid, s.camid) for s in ds.gallery} == {(3, 1), (4, 0), (5, 0)}
+    labeled = load_dataset("cuhk03", tmp_path / "cuhk03-np", verbose=False, subset="labeled")
+    assert labeled.root.endswith("labeled") and labeled.pid_map == {1: 0, 11: 1}
+    direct = load_dataset("cuhk03", tmp_path / "cuhk03-np" / "labeled", verbose=False)  # the subset folder itself
+    assert direct.pid_map == labeled.pid_map
+
+
+def test_cuhk03_np_through_the_config(tmp_path):
+    from dgnet.config import layout_options, resolve_config
+
+    root = cuhk03_np_tree(tmp_path / "cuhk03-np")
+    cfg = resolve_config("cuhk03", {"data": {"root": str(root), "cuhk03_subset": "labeled"}})
+    ds = load_dataset(cfg.data.dataset, cfg.data.root, verbose=False, **layout_options(cfg.data))
+    assert ds.root.endswith("labeled") and cfg.model.num_ids == 767
+    with pytest.raises(ValueError, match=r"data.cuhk03_subset='boxes': expected one of \('detected', 'labeled'\)"):
+        resolve_config("cuhk03", {"data": {"cuhk03_subset": "boxes"}})
+
+
+def test_cuhk03_np_errors_name_the_folder_and_the_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="detected/bounding_box_train"):
+        load_dataset("cuhk03", tmp_path, verbose=False)
+    touch(tmp_path / "detected", "bounding_box_train/0001_c3_1.png", "query/0003_c1_1.png",
+          "bounding_box_test/0003_c2_7.png")
+    with pytest.raises(ValueError, match=r"camera 3 in .*0001_c3_1.png"):
+        load_dataset("cuhk03", tmp_path, verbose=False)

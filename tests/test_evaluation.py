@@ -308,3 +308,62 @@ def test_cuda_matches_cpu(ties):
     qp, gp = torch.arange(8, device="cuda") % 6, torch.arange(40, device="cuda") % 6
     args = (d[:8, :40].contiguous(), qp, gp, torch.zeros_like(qp), torch.ones_like(gp))
     torch.library.opcheck(torch.ops.dgnet.evaluate_queries.default, args)
+
+
+# ---- CUHK03's single-gallery-shot CMC (use_metric_cuhk03) ------------------------------------------
+
+
+def expected_single_shot_cmc(dist, q_pids, g_pids, q_cams, g_cams, max_rank):
+    """The exact expectation of the single-gallery-shot CMC, from its definition: the query's match drawn
+    uniformly among its kept entries; each other identity's draw precedes it with probability (its kept entries
+    ranked before the match) / (its kept entries), independently; the rank's distribution by dynamic programming
+    over identities (a Poisson-binomial)."""
+    rows = []
+    for q in range(len(q_pids)):
+        order = np.argsort(dist[q], kind="stable")
+        kept = [(pos, g_pids[j]) for pos, j in enumerate(order)
+                if not (g_pids[j] == q_pids[q] and g_cams[j] == q_cams[q]) and g_pids[j] != -1]
+        matches = [pos for pos, pid in kept if pid == q_pids[q]]
+        if not matches:
+            continue
+        others = {}
+        for pos, pid in kept:
+            if pid != q_pids[q]:
+                others.setdefault(pid, []).append(pos)
+        cmc = np.zeros(max_rank)
+        for m in matches:
+            dist_rank = np.zeros(len(others) + 1)
+            dist_rank[0] = 1.0
+            for positions in others.values():
+                p = sum(pos < m for pos in positions) / len(positions)
+                dist_rank[1:] = dist_rank[1:] * (1 - p) + dist_rank[:-1] * p
+                dist_rank[0] *= 1 - p
+            cdf = np.cumsum(dist_rank)
+            cmc += np.array([cdf[min(k, len(cdf) - 1)] for k in range(max_rank)]) / len(matches)
+        rows.append(cmc)
+    return np.mean(rows, axis=0)
+
+
+def test_cuhk03_metric_is_the_single_gallery_shot_expectation():
+    """Many draws of the sampled CMC converge to the exact expectation computed from the definition."""
+    dist, qp, gp, qc, gc = random_case(3, nq=6, ng=60, n_ids=8, n_cams=2)
+    cmc, mAP = evaluate_rank(dist, qp, gp, qc, gc, max_rank=10, use_metric_cuhk03=True, num_repeats=4000)
+    want = expected_single_shot_cmc(dist, qp, gp, qc, gc, 10)
+    np.testing.assert_allclose(cmc, want, rtol=0, atol=0.02)
+    assert mAP == evaluate_rank(dist, qp, gp, qc, gc, max_rank=10)[1]  # mAP: the usual one
+    assert not np.allclose(cmc, evaluate_rank(dist, qp, gp, qc, gc, max_rank=10)[0])  # the CMC is not
+
+
+def test_cuhk03_metric_by_hand_and_reproducible():
+    # the query (id 1, camera 0) has one match at distance 0.5; id 2 has entries at 0.1 and 0.9: half of the
+    # draws put id 2 first. With one image per identity the draws are the gallery itself: Market's CMC.
+    d = np.array([[0.1, 0.5, 0.9]])
+    cmc, _ = evaluate_rank(d, [1], [2, 1, 2], [0], [1, 1, 1], max_rank=3, use_metric_cuhk03=True, num_repeats=10)
+    assert cmc[1] == cmc[2] == 1.0 and np.isclose(cmc[0] * 10, round(cmc[0] * 10), atol=1e-5)  # tenths
+    again, _ = evaluate_rank(d, [1], [2, 1, 2], [0], [1, 1, 1], max_rank=3, use_metric_cuhk03=True, num_repeats=10)
+    np.testing.assert_array_equal(cmc, again)  # seeded
+    one_each = np.array([[0.3, 0.1, 0.2, 0.4]])
+    got, _ = evaluate_rank(one_each, [1], [2, 3, 1, 4], [0], [1, 1, 1, 1], max_rank=4, use_metric_cuhk03=True)
+    np.testing.assert_array_equal(got, evaluate_rank(one_each, [1], [2, 3, 1, 4], [0], [1, 1, 1, 1], max_rank=4)[0])
+    with pytest.raises(ValueError, match="num_repeats=0"):
+        evaluate_rank(d, [1], [2, 1, 2], [0], [1, 1, 1], use_metric_cuhk03=True, num_repeats=0)

@@ -210,3 +210,36 @@ def test_alpha_rows_equal_single_alpha_runs_and_the_fine_head_alone(tmp_path):
         assert rows[row]["plain"]["mAP_trapz"] == pytest.approx(want.mAP_trapz, abs=1e-6), row
         assert rows[row]["plain"]["rank1"] == pytest.approx(float(want.cmc[0])), row
     assert "| dgnet (fine head) | no |" in protocol.format_table(rows)
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_metric_choice_is_the_distance_evaluated_and_re_ranked(metric):
+    """--metric: features of different norms (so the metrics disagree) scored by the plain definitions."""
+    gen = torch.Generator().manual_seed(2)
+    qf, gf = torch.randn(9, 16, generator=gen) * 3, torch.randn(21, 16, generator=gen) * torch.rand(21, 1) * 4
+    qp, gp = np.arange(9) % 4, np.arange(21) % 4
+    qc, gc = np.zeros(9, dtype=np.int64), np.ones(21, dtype=np.int64)
+    out = protocol.evaluate_features(qf, gf, qp, gp, qc, gc, EvalConfig(k1=4, k2=2), rerank=True, metric=metric)
+    plain = {"cosine": lambda a, b: 1 - torch.nn.functional.normalize(a.double(), dim=1)
+             @ torch.nn.functional.normalize(b.double(), dim=1).T,
+             "euclidean": lambda a, b: torch.cdist(a.double(), b.double())}[metric]
+    want = evaluate_reference(plain(qf, gf).numpy(), qp, gp, qc, gc)
+    assert out["plain"]["mAP"] == pytest.approx(want.mAP, abs=1e-6)
+    neg_dot = protocol.evaluate_features(qf, gf, qp, gp, qc, gc, EvalConfig(k1=4, k2=2), rerank=False)
+    assert neg_dot["plain"]["mAP"] != pytest.approx(out["plain"]["mAP"])  # the choice matters on these features
+    rr = re_ranking_reference(plain(qf, gf).numpy(), plain(qf, qf).numpy(), plain(gf, gf).numpy(), k1=4, k2=2,
+                              lambda_value=0.3)
+    assert out["rerank"]["mAP"] == pytest.approx(evaluate_reference(rr, qp, gp, qc, gc).mAP, abs=1e-4)
+
+
+def test_test_command_takes_metric_and_both_rerank_flags():
+    from dgnet.test import build_parser
+
+    p = build_parser()
+    assert p.parse_args(["--checkpoint", "c.pt"]).metric == "neg_dot"
+    assert p.parse_args(["--checkpoint", "c.pt", "--metric", "cosine"]).metric == "cosine"
+    assert p.parse_args(["--checkpoint", "c.pt"]).rerank is None  # the run's eval.rerank
+    assert p.parse_args(["--checkpoint", "c.pt", "--no-rerank"]).rerank is False
+    assert p.parse_args(["--checkpoint", "c.pt", "--rerank"]).rerank is True
+    with pytest.raises(SystemExit):
+        p.parse_args(["--checkpoint", "c.pt", "--metric", "manhattan"])

@@ -94,12 +94,15 @@ def test_search_ranks_as_the_evaluation_does_on_the_same_distances(run, tmp_path
     out = tmp_path / "out"
     assert search.main(["--checkpoint", str(path), "--query", str(folders["query"]), "--gallery",
                         str(folders["gallery"]), "--out", str(out), "--device", "cpu", "--loader", "torch",
-                        "--topk", "5"]) == 0
+                        "--topk", "5", "--no-rerank"]) == 0
     res = json.loads((out / "results.json").read_text())
+    assert res["metric"] == "cosine" and res["reranked"] is False and "1 - cos" in res["distance"]
     fx = dgnet.FeatureExtractor(path, device="cpu", loader="torch")
     q = [r["query"] for r in res["ranked"]]
     g = sorted(str(p) for p in folders["gallery"].iterdir())
-    dist = -(fx(q) @ fx(g).T).double().numpy()
+    qf, gf = fx(q).double(), fx(g).double()
+    dist = (1 - (qf @ gf.T) / (qf.norm(dim=1)[:, None] * gf.norm(dim=1)[None])).numpy()  # cosine distance
+    assert (np.argsort(dist, axis=1, kind="stable") == np.argsort(-(qf @ gf.T).numpy(), axis=1, kind="stable")).all()
     qp, gp = _pids(q), _pids(g)
     cmc, _ = evaluate_rank(dist, qp, gp, np.arange(len(q)), np.arange(len(q), len(q) + len(g)), max_rank=len(g))
     first = [_pids([r["results"][0]["path"]])[0] for r in res["ranked"]]
@@ -155,3 +158,48 @@ def test_the_gallery_cache_is_reused_and_updated(run, tmp_path, monkeypatch, cap
         assert search.main(argv) == 0
         counts.append(json.loads((tmp_path / "o" / "results.json").read_text())["extracted"])
     assert counts == [6, 0, 1]
+
+
+def test_search_distances_say_what_they_are_and_rerank_follows_the_checkpoint(run, tmp_path, monkeypatch, capsys):
+    """Cosine distances by default (never negative); re-ranking on unless --no-rerank, as the checkpoint's
+    eval.rerank (the demo preset's: on); --metric neg_dot gives the protocol's negative score."""
+    monkeypatch.setenv("DGNET_CACHE", str(tmp_path / "cache"))
+    path, folders = run
+    fx = dgnet.FeatureExtractor(path, device="cpu", loader="torch")
+    assert fx.cfg.eval.rerank
+    base = ["--checkpoint", str(path), "--query", str(folders["query"]), "--gallery", str(folders["gallery"]),
+            "--device", "cpu", "--loader", "torch", "--topk", "3"]
+    runs = {}
+    for name, extra in {"default": [], "plain": ["--no-rerank"], "neg_dot": ["--no-rerank", "--metric", "neg_dot"],
+                        "rerank": ["--rerank"]}.items():
+        assert search.main([*base, "--out", str(tmp_path / name), *extra]) == 0
+        runs[name] = json.loads((tmp_path / name / "results.json").read_text())
+        assert "distances: " in capsys.readouterr().out
+    results = lambda res: [r["results"] for r in res["ranked"]]  # noqa: E731
+    assert runs["default"]["reranked"] and results(runs["default"]) == results(runs["rerank"])
+    assert "re-ranked distance in [0, 1]" in runs["default"]["distance"]
+    for name in ("default", "plain"):
+        assert all(x["distance"] >= -1e-6 for r in runs[name]["ranked"] for x in r["results"])
+    assert all(x["distance"] < 0 for r in runs["neg_dot"]["ranked"] for x in r["results"])
+    order = lambda res: [[x["path"] for x in r["results"]] for r in res["ranked"]]  # noqa: E731
+    assert order(runs["plain"]) == order(runs["neg_dot"])  # the same ranking: every feature has one norm
+
+
+def test_extract_and_search_take_a_teacher_checkpoint(run, tmp_path, monkeypatch):
+    from dgnet.checkpoints.format import build_state, load_checkpoint, save_atomic
+    from dgnet.config import config_from_dict
+
+    monkeypatch.setenv("DGNET_CACHE", str(tmp_path / "cache"))
+    path, folders = run
+    ckpt = load_checkpoint(path)
+    only = save_atomic(build_state(stage="teacher", iteration=1, cfg=config_from_dict(ckpt["config"]),
+                                   num_ids=ckpt["num_ids"], models={"teacher": dgnet.load_model(path, "teacher")}),
+                       tmp_path / "teacher.pt")
+    assert extract.main(["--checkpoint", str(only), "--images", str(folders["gallery"]), "--out",
+                         str(tmp_path / "t.npz"), "--device", "cpu", "--loader", "torch"]) == 0
+    fs = FeatureSet.load(tmp_path / "t.npz")
+    assert fs.features.shape[1] == 512
+    assert search.main(["--checkpoint", str(only), "--query", str(folders["query"]), "--gallery",
+                        str(tmp_path / "t.npz"), "--out", str(tmp_path / "o"), "--device", "cpu", "--loader",
+                        "torch", "--model", "teacher"]) == 0
+    assert json.loads((tmp_path / "o" / "results.json").read_text())["model"] == "teacher"

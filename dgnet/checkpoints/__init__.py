@@ -1,2 +1,6 @@
 """Checkpoints: ``format`` (what a checkpoint holds, saving, loading, resuming), ``runs`` (opening a run: its
 config, dataset and models), ``reference`` (importing the reference implementation's checkpoints)."""
+
+from dgnet import _submodules
+
+__getattr__, __dir__ = _submodules(__name__, __path__)

@@ -9,6 +9,7 @@ The stream names are imported lazily: ``python -m dgnet.data.check`` and ``pytho
 then start without importing torch.
 """
 
+from dgnet import _submodules
 from dgnet.data.layouts import ReidDataset, Sample, load_dataset, relabel, singleton_identities
 
 _STREAMS = ("TestStream", "TrainStream", "dali_status", "drop_singletons", "resolve_backend", "test_stream",
@@ -17,9 +18,16 @@ _STREAMS = ("TestStream", "TrainStream", "dali_status", "drop_singletons", "reso
 __all__ = ["ReidDataset", "Sample", "load_dataset", "relabel", "singleton_identities", *_STREAMS]
 
 
+_submodule, _dir = _submodules(__name__, __path__, [*globals(), *__all__])
+
+
 def __getattr__(name: str):
     if name in _STREAMS:
         from dgnet.data import streams
 
         return getattr(streams, name)
-    raise AttributeError(f"module 'dgnet.data' has no attribute {name!r}")
+    return _submodule(name)  # dgnet.data.check, dgnet.data.synthetic, ...: imported on first access
+
+
+def __dir__() -> list[str]:
+    return _dir()

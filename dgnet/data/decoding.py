@@ -15,7 +15,11 @@ accepted mode is read to DALI's values exactly:
 Everything else (32-bit integer ``I`` and float ``F`` TIFFs have no defined 8-bit range; DALI reads ``F`` on
 its own scale and fails on ``I``; ``LAB``, ``HSV``, ``YCbCr``, premultiplied modes) is refused with
 :class:`UnsupportedImage`, and :mod:`dgnet.data.check` refuses files whose content is not JPEG or PNG,
-the formats the layouts' extensions name. EXIF orientation is ignored by both pipelines, as by the reference.
+the formats the layouts' extensions name.
+
+EXIF orientation (tag 0x0112, JPEG APP1 or PNG eXIf) is applied, as DALI's decoder applies it: a phone photo
+is read upright, as a viewer shows it (Pillow's ``open`` alone does not rotate it; the DG-Net reference's
+datasets carry no such tag). Both pipelines agree on all eight orientations.
 """
 
 from __future__ import annotations
@@ -108,8 +112,29 @@ def _png16_colour(path: str | Path, rawmode: str) -> np.ndarray:
     return scale16(high[..., :3] << 8 | low[..., :3])
 
 
+ORIENTATION_TAG = 0x0112
+
+
+def orientation(im: Image.Image) -> int:
+    """The EXIF orientation of the opened image ``im`` (1, upright, when it has none or an invalid one)."""
+    value = im.getexif().get(ORIENTATION_TAG, 1)
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def orient(rgb: np.ndarray, value: int) -> np.ndarray:
+    """``rgb`` ``(H, W, C)`` as EXIF orientation ``value`` says to display it (Pillow's ``exif_transpose`` and
+    DALI's ``adjust_orientation``): 2 mirror, 3 rotate 180, 4 flip, 5 transpose, 6 rotate 90 clockwise,
+    7 transverse, 8 rotate 90 counter-clockwise. A writable, contiguous copy when it moves anything."""
+    if value == 1:
+        return rgb
+    out = {2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
+           5: lambda a: a.transpose(1, 0, 2), 6: lambda a: np.rot90(a, -1),
+           7: lambda a: a.transpose(1, 0, 2)[::-1, ::-1], 8: lambda a: np.rot90(a, 1)}[value](rgb)
+    return np.ascontiguousarray(out)
+
+
 def rgb8(path: str | Path) -> np.ndarray:
-    """The image file ``path`` as ``(H, W, 3)`` uint8 RGB, as DALI reads it.
+    """The image file ``path`` as ``(H, W, 3)`` uint8 RGB, upright by its EXIF orientation, as DALI reads it.
 
     Raises :class:`UnsupportedImage` for modes without an agreed reading, :class:`ImageTooLarge` over the
     decompression-bomb limit, and Pillow's own errors
@@ -126,11 +151,15 @@ def rgb8(path: str | Path) -> np.ndarray:
         why = unsupported(im)
         if why is not None:
             raise UnsupportedImage(f"{path}: {im.format} image in mode {im.mode}: {why}; {EXPECTED}")
-        rawmode = _rawmode(im)
-        if rawmode in _PNG16_LOW:
-            return _png16_colour(path, rawmode)
-        if im.mode in MODES_16BIT_GREY:
-            return np.repeat(scale16(np.asarray(im))[..., None], 3, axis=2)
-        if im.mode == "P":  # through RGBA: Pillow warns when it drops a palette's alpha on the way to RGB
-            return np.asarray(im.convert("RGBA"))[..., :3].copy()
-        return np.array(im.convert("RGB"))  # a writable copy: torch.from_numpy refuses read-only arrays
+        return orient(_rgb8(path, im), orientation(im))
+
+
+def _rgb8(path: str | Path, im: Image.Image) -> np.ndarray:
+    rawmode = _rawmode(im)
+    if rawmode in _PNG16_LOW:
+        return _png16_colour(path, rawmode)
+    if im.mode in MODES_16BIT_GREY:
+        return np.repeat(scale16(np.asarray(im))[..., None], 3, axis=2)
+    if im.mode == "P":  # through RGBA: Pillow warns when it drops a palette's alpha on the way to RGB
+        return np.asarray(im.convert("RGBA"))[..., :3].copy()
+    return np.array(im.convert("RGB"))  # a writable copy: torch.from_numpy refuses read-only arrays

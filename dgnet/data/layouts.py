@@ -1,4 +1,5 @@
-"""Dataset layouts: Market-1501, DukeMTMC-reID, MSMT17 (V1 and V2), a plain folder tree, and the synthetic set.
+"""Dataset layouts: Market-1501, DukeMTMC-reID, CUHK03-NP, MSMT17 (V1 and V2), a plain folder tree, and the
+synthetic set.
 
 Every loader returns a :class:`ReidDataset` of :class:`Sample` lists. Conventions shared by all layouts:
 
@@ -156,6 +157,44 @@ def load_market1501(root: str | Path) -> ReidDataset:
 def load_dukemtmc(root: str | Path) -> ReidDataset:
     """DukeMTMC-reID: Market's folders with names like ``0005_c2_f0046985.jpg`` (identity, camera, frame)."""
     return _load_market_like("dukemtmc", Path(root), DUKE_PATTERN, DUKE_EXAMPLE)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# CUHK03-NP
+
+
+CUHK03_PATTERN = re.compile(r"^(-?\d+)_c(\d)_(\d+)$")
+CUHK03_EXAMPLE = "0001_c1_1.png"
+CUHK03_SUBSETS = ("detected", "labeled")
+
+
+def load_cuhk03(root: str | Path, subset: str = "detected") -> ReidDataset:
+    """CUHK03-NP (Zhong et al.'s new protocol for CUHK03: 767 train and 700 test identities, two cameras), one of
+    its two box sets: ``subset`` ``"detected"`` (DPM boxes, the harder one) or ``"labeled"`` (hand-drawn).
+
+    ``root`` holds ``detected/`` and ``labeled/`` (or is the folder an archive unpacked them into, or is the subset
+    folder itself); each has Market's ``bounding_box_train/``, ``query/``, ``bounding_box_test/`` with names like
+    ``0001_c1_1.png`` (identity, camera 1 or 2, index). It is evaluated under the Market-1501 protocol
+    (``dgnet.evaluation.evaluate_rank``'s default; ``use_metric_cuhk03`` is the classic CUHK03 protocol instead).
+    """
+    if subset not in CUHK03_SUBSETS:
+        raise ValueError(f"cuhk03: subset {subset!r} (data.cuhk03_subset); expected one of {CUHK03_SUBSETS}")
+    root = Path(root)
+    if not (root / "bounding_box_train").is_dir():
+        try:
+            root = _find_root(root, subset) / subset
+        except FileNotFoundError:
+            raise FileNotFoundError(
+                f"cuhk03: expected {root}/{subset}/bounding_box_train (CUHK03-NP: detected/ and labeled/, each with "
+                f"bounding_box_train/, query/, bounding_box_test/), or {root}/bounding_box_train; not found"
+            ) from None
+    ds = _load_market_like("cuhk03", root, CUHK03_PATTERN, CUHK03_EXAMPLE)
+    for split in (ds.train, ds.query, ds.gallery):
+        bad = next((s for s in split if s.camid > 1), None)
+        if bad is not None:
+            raise ValueError(f"cuhk03: camera {bad.camid + 1} in {bad.path}; CUHK03 has cameras 1 and 2 "
+                             f"(e.g. {CUHK03_EXAMPLE})")
+    return ds
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -372,6 +411,7 @@ def load_synthetic(root: str | Path) -> ReidDataset:
 LOADERS: dict[str, Callable[..., ReidDataset]] = {
     "market1501": load_market1501,
     "dukemtmc": load_dukemtmc,
+    "cuhk03": load_cuhk03,
     "msmt17": load_msmt17,
     "folder": load_folder,
     "synthetic": load_synthetic,
@@ -390,11 +430,12 @@ def load_dataset(name: str, root: str | Path, verbose: bool = True, **options) -
     """Read a dataset in one of the published layouts.
 
     Args:
-        name: ``market1501``, ``dukemtmc``, ``msmt17``, ``folder`` or ``synthetic``.
+        name: ``market1501``, ``dukemtmc``, ``cuhk03`` (CUHK03-NP), ``msmt17``, ``folder`` or ``synthetic``.
         root: the dataset folder (or the folder its archive unpacked into).
         verbose: print the statistics table (identities, images and cameras per split).
         options: layout options (``folder``: ``camera_pattern``, ``camera_csv``, ``splits``; ``msmt17``:
-            ``train_lists``, ``query_list``, ``gallery_list``), as ``dgnet.config.layout_options`` gives them.
+            ``train_lists``, ``query_list``, ``gallery_list``; ``cuhk03``: ``subset``), as
+            ``dgnet.config.layout_options`` gives them.
 
     Returns:
         a :class:`ReidDataset` whose ``train``/``query``/``gallery`` are lists of :class:`Sample`.

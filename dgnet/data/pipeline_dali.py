@@ -30,10 +30,10 @@ IMAGENET_STD_255 = [0.229 * 255, 0.224 * 255, 0.225 * 255]
 def decode_resize(jpegs, decoder: str, size: tuple[int, int], flip=None):
     """Decode to RGB HWC uint8, optionally flip horizontally (per sample), bicubic resize to ``size``.
 
-    EXIF orientation is ignored, as by the torch pipeline and the DG-Net reference (Pillow's ``open`` does not
-    apply it); DALI's default would rotate such files and the two pipelines would disagree on their shape.
+    EXIF orientation is applied (DALI's default, said here because the torch pipeline must match it:
+    :func:`dgnet.data.decoding.orient`), so a phone photo is read upright.
     """
-    images = fn.decoders.image(jpegs, device=decoder, output_type=types.RGB, adjust_orientation=False)
+    images = fn.decoders.image(jpegs, device=decoder, output_type=types.RGB, adjust_orientation=True)
     if flip is not None:
         images = fn.flip(images, horizontal=flip, vertical=0)
     return fn.resize(images, resize_y=size[0], resize_x=size[1], interp_type=types.INTERP_CUBIC, antialias=True)

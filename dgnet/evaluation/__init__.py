@@ -1,3 +1,7 @@
 """Evaluation: ``rank`` (CMC and mAP from a distance matrix, torchreid's ``evaluate_rank`` signature) and
 ``protocol`` (the spec's test protocol: features, distances, re-ranking, metrics; what ``python -m dgnet.test``
 runs)."""
+
+from dgnet import _submodules
+
+__getattr__, __dir__ = _submodules(__name__, __path__)

@@ -22,7 +22,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from dgnet import ops
 from dgnet.config import Config, EvalConfig, check_alpha
@@ -30,6 +29,7 @@ from dgnet.data import test_stream
 from dgnet.distributed import all_gather_varlen, broadcast_state, world
 from dgnet.evaluation.rank import evaluate
 from dgnet.models import eval_mode
+from dgnet.models.appearance import mirror_sum
 
 METRIC_KEYS = ("rank1", "rank5", "rank10", "mAP", "mAP_trapz", "mINP")
 KINDS = ("dgnet", "teacher")
@@ -38,31 +38,21 @@ FINE = "fine"
 Alpha = float | str  # a weight >= 0, or FINE
 
 
-def _head_features(model: torch.nn.Module, kind: str, x: torch.Tensor) -> list[torch.Tensor]:
-    """The model's post-BN features as a list of ``(N, 512)`` float32 tensors (2 for DG-Net, 1 for the teacher)."""
-    if kind == "dgnet":
-        primary, fine = model.Ea.features(x)
-        return [primary.float(), fine.float()]
-    if kind == "teacher":
-        return [model.features(x).float()]
-    raise ValueError(f"kind={kind!r}: expected one of {KINDS}")
-
-
 @torch.no_grad()
 def embed(model: torch.nn.Module, kind: str, x: torch.Tensor, alpha: float = 0.5) -> torch.Tensor:
     """Test-protocol features of a batch ``x`` ``(N, 3, H, W)`` (normalised images, model's device).
 
     Returns ``(N, 1024)`` for ``kind="dgnet"`` (primary, then ``sqrt(alpha)`` * fine: the dot product of
     two such features is ``p . p' + alpha * f . f'``) or ``(N, 512)`` for ``kind="teacher"``; float32, on
-    ``x``'s device. Call it with the model in eval mode.
+    ``x``'s device. Call it with the model in eval mode. The computation is the models' own ``Ea.embed`` and
+    ``ReidBaseline.embed`` (image and mirror in one forward; a teacher needs only ``features``).
     """
     check_alpha(alpha)
-    heads = [F.normalize(f, dim=1) for f in _head_features(model, kind, x)]
-    flipped = [F.normalize(f, dim=1) for f in _head_features(model, kind, x.flip(3))]
-    parts = [F.normalize(a + b, dim=1) for a, b in zip(heads, flipped, strict=True)]
-    if len(parts) == 2:
-        parts[1] = parts[1] * math.sqrt(alpha)
-    return torch.cat(parts, dim=1)
+    if kind == "dgnet":
+        return model.Ea.embed(x, alpha)
+    if kind == "teacher":  # what ReidBaseline.embed does, through the one method every teacher has
+        return mirror_sum(model.features(torch.cat([x, x.flip(3)])))
+    raise ValueError(f"kind={kind!r}: expected one of {KINDS}")
 
 
 def parse_alphas(text: str) -> tuple[Alpha, ...]:
@@ -157,37 +147,52 @@ def rank_metrics(distmat: torch.Tensor, qp, gp, qc, gc) -> dict[str, float]:
             "mINP": float(r.mINP)}
 
 
+METRICS = ("neg_dot", "cosine", "euclidean")  # --metric: neg_dot is the spec's (the score is the dot product)
+
+
+def rerank_metric(metric: str) -> str:
+    """The distance k-reciprocal re-ranking starts from for ``metric``: ``neg_dot`` is a score, not a distance, so
+    re-ranking squares the Euclidean distance instead (on features of one norm, the same order)."""
+    if metric not in METRICS:
+        raise ValueError(f"metric={metric!r}: expected one of {METRICS}")
+    return "euclidean" if metric == "neg_dot" else metric
+
+
 def evaluate_features(qf: torch.Tensor, gf: torch.Tensor, qp, gp, qc, gc, eval_cfg: EvalConfig,
-                      rerank: bool = True) -> dict[str, dict[str, float]]:
+                      rerank: bool = True, metric: str = "neg_dot") -> dict[str, dict[str, float]]:
     """``{"plain": metrics, "rerank": metrics}`` (the second only with ``rerank``); metrics in [0, 1].
 
     ``qf`` ``(Q, D)`` and ``gf`` ``(G, D)`` are test-protocol features on one device; distances, re-ranking
     and the evaluation run on that device. ``eval_cfg`` gives re-ranking's ``k1``, ``k2``, ``lambda_value``.
+    ``metric``: the distance (:data:`METRICS`; the spec's ``neg_dot`` by default; ``cosine`` ranks the same, as
+    every feature has one norm; ``euclidean`` does too, for the same reason, up to rounding).
     """
-    dist = ops.pairwise_distance(qf, gf, metric="neg_dot")  # the spec's score is the dot product
+    rmetric = rerank_metric(metric)
+    dist = ops.pairwise_distance(qf, gf, metric=metric)
     out = {"plain": rank_metrics(dist, qp, gp, qc, gc)}
     if rerank:
         e = eval_cfg
-        rdist = ops.re_ranking_features(qf, gf, k1=e.k1, k2=e.k2, lambda_value=e.lambda_value, metric="euclidean")
+        rdist = ops.re_ranking_features(qf, gf, k1=e.k1, k2=e.k2, lambda_value=e.lambda_value, metric=rmetric)
         out["rerank"] = rank_metrics(rdist, qp, gp, qc, gc)
     return out
 
 
 def evaluate_models(models: dict[str, torch.nn.Module], ds, cfg: Config, device: torch.device, backend: str,
                     rerank: bool | None = None, alpha: float | None = None,
-                    alphas: tuple[Alpha, ...] | None = None) -> dict[str, Any]:
+                    alphas: tuple[Alpha, ...] | None = None, metric: str = "neg_dot") -> dict[str, Any]:
     """Evaluate each of ``{"teacher": ..., "dgnet": ...}`` on ``ds``'s query/gallery.
 
     Returns ``{name: {"plain": {rank1, rank5, rank10, mAP, mAP_trapz, mINP}, "rerank": {...}}}``. With ``alphas``
     (:func:`parse_alphas`) DG-Net has one row per entry, named by :func:`alpha_row` (``dgnet (alpha 0.5)``), all
     scored from one feature pass (:func:`weigh_heads`); otherwise one ``dgnet`` row at ``alpha`` (default
-    ``eval.alpha``).
+    ``eval.alpha``). ``metric``: the distance (:func:`evaluate_features`).
     Under torchrun every rank must call it: each first takes rank 0's parameters and buffers (the ranks'
     BatchNorm running statistics differ after training without ``train.sync_bn``; rank 0's are saved), then
     extracts its share of the features, and rank 0 alone evaluates (the other ranks return ``{}``).
     """
 
     rerank = cfg.eval.rerank if rerank is None else rerank
+    rerank_metric(metric)  # a bad name fails before any feature is extracted
     results = {}
     for name, model in models.items():
         broadcast_state(model)
@@ -197,11 +202,11 @@ def evaluate_models(models: dict[str, torch.nn.Module], ds, cfg: Config, device:
         if world()[0] != 0:
             continue
         if not per_alpha:
-            results[name] = evaluate_features(qf, gf, qp, gp, qc, gc, cfg.eval, rerank=rerank)
+            results[name] = evaluate_features(qf, gf, qp, gp, qc, gc, cfg.eval, rerank=rerank, metric=metric)
             continue
         for a in alphas:
             results[alpha_row(name, a)] = evaluate_features(weigh_heads(qf, a), weigh_heads(gf, a), qp, gp, qc, gc,
-                                                            cfg.eval, rerank=rerank)
+                                                            cfg.eval, rerank=rerank, metric=metric)
     return results
 
 

@@ -230,12 +230,21 @@ def evaluate_rank(
     q_camids: np.ndarray | torch.Tensor,
     g_camids: np.ndarray | torch.Tensor,
     max_rank: int = 50,
+    use_metric_cuhk03: bool = False,
+    num_repeats: int = 10,
+    seed: int = 0,
 ) -> tuple[np.ndarray, float]:
     """``(cmc, mAP)`` under the Market-1501 protocol: torchreid's ``evaluate_rank`` signature and meaning.
 
     Arguments, errors and the warning about skipped queries as :func:`evaluate`. Returns ``cmc`` float32
     ``[min(max_rank, G)]`` and ``mAP`` a float; a ``max_rank`` above the gallery size ``G`` warns (as torchreid's
     does) and the curve stops at ``G``.
+
+    ``use_metric_cuhk03``: the CMC of CUHK03's classic single-gallery-shot protocol instead (torchreid's flag of the
+    same name): for each query, after the same removals, one gallery image of every identity is drawn at random
+    and the query's first match is ranked among those draws; the CMC is averaged over ``num_repeats`` draws
+    (10, as torchreid) from a generator seeded with ``seed`` (so it is reproducible). mAP is the usual one, over
+    the whole gallery. CUHK03-NP (``load_dataset("cuhk03", ...)``) is normally evaluated without it.
 
     Example:
         >>> d = np.array([[0.1, 0.5, 0.3], [0.9, 0.2, 0.4]])
@@ -246,7 +255,48 @@ def evaluate_rank(
     r = _evaluate(distmat, q_pids, g_pids, q_camids, g_camids, max_rank)
     _warn_skipped("evaluate_rank", r)
     _warn_short_gallery("evaluate_rank", max_rank, r)
+    if use_metric_cuhk03:
+        if isinstance(num_repeats, bool) or not isinstance(num_repeats, (int, np.integer)) or num_repeats < 1:
+            raise ValueError(f"num_repeats={num_repeats!r}: expected an int >= 1")
+        return _cmc_single_gallery_shot(distmat, q_pids, g_pids, q_camids, g_camids, max_rank, int(num_repeats),
+                                        seed), r.mAP
     return r.cmc, r.mAP
+
+
+def _cmc_single_gallery_shot(distmat, q_pids, g_pids, q_camids, g_camids, max_rank, num_repeats: int,
+                             seed: int) -> np.ndarray:
+    """The CMC of :func:`evaluate_rank`'s ``use_metric_cuhk03``: float32 ``[min(max_rank, G)]``, over valid queries.
+
+    Drawing one entry per identity uniformly is done as: a random key per kept entry, and the entry with the
+    smallest key of each identity is drawn. The match's rank among the draws is one plus the number of drawn
+    entries of other identities ranked before the drawn match.
+    """
+    d, qp, gp, qc, gc, max_rank = _prepare(distmat, q_pids, g_pids, q_camids, g_camids, max_rank)
+    dist = (d if d.dtype == torch.float64 else d.float()).cpu().numpy()
+    qp, gp, qc, gc = (t.cpu().numpy() for t in (qp, gp, qc, gc))
+    max_rank = min(max_rank, dist.shape[1])
+    rng = np.random.default_rng(seed)
+    rows = []
+    for q in range(dist.shape[0]):
+        order = np.argsort(dist[q], kind="stable")
+        pids, cams = gp[order], gc[order]
+        pids = pids[~((pids == qp[q]) & (cams == qc[q])) & (pids != JUNK_PID)]  # ranked, kept entries
+        if not (pids == qp[q]).any():
+            continue
+        ids, group = np.unique(pids, return_inverse=True)
+        ranks = np.zeros(max_rank, dtype=np.float64)
+        for _ in range(num_repeats):
+            keys = rng.random(len(pids))
+            by_key = np.lexsort((keys, group))  # entries grouped by identity, smallest key first
+            starts = np.flatnonzero(np.r_[True, group[by_key][1:] != group[by_key][:-1]])
+            drawn = by_key[starts]  # one ranked position per identity, in the order of ``ids``
+            match_pos = drawn[np.searchsorted(ids, qp[q])]
+            rank = int((drawn < match_pos).sum())  # zero-based rank of the match among the draws
+            ranks[rank:] += 1 if rank < max_rank else 0
+        rows.append(ranks / num_repeats)
+    if not rows:
+        raise _no_valid_query()
+    return np.mean(rows, axis=0).astype(np.float32)
 
 
 # ---- reference -------------------------------------------------------------------------------------

@@ -8,8 +8,9 @@
   ``.npz`` (no pickles) and refused when loaded for another checkpoint.
 - :func:`gallery_features`: a folder's features through a cache that a second search reuses (files that
   changed, or are new, are extracted again; removed ones are dropped).
-- :func:`search`: distances on the features' device through ``dgnet.ops`` (the same ops as ``dgnet.test``),
-  optionally k-reciprocal re-ranking, and each query's top k.
+- :func:`search`: distances on the features' device through ``dgnet.ops`` (the same ops as ``dgnet.test``;
+  cosine distance by default, which ranks as the protocol's score), optionally k-reciprocal re-ranking, and each
+  query's top k.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import torch
 from dgnet import __version__, ops
 from dgnet.data.check import problems
 from dgnet.data.layouts import IMAGE_EXTENSIONS, is_image_file
+from dgnet.evaluation.protocol import rerank_metric
 from dgnet.fileio import (
     OutputRefused,
     check_replace,
@@ -362,32 +364,46 @@ def _wrong_width(fs: FeatureSet, fx: FeatureExtractor) -> str | None:
 @dataclass
 class SearchResult:
     """Each query's top ``k`` gallery entries: ``indices`` int64 ``(Q, k)`` and ``distances`` float32 ``(Q, k)``
-    (ascending; host tensors), and whether they were re-ranked."""
+    (ascending; host tensors), whether they were re-ranked, and the metric."""
 
     indices: torch.Tensor
     distances: torch.Tensor
     reranked: bool
+    metric: str = "cosine"
+
+
+def describe_distance(metric: str, rerank: bool) -> str:
+    """What :func:`search`'s distances are, in words (``results.json`` and the command's output say it)."""
+    plain = {"cosine": "cosine distance 1 - cos, in [0, 2]", "euclidean": "Euclidean distance",
+             "neg_dot": "negative dot product (negative: the protocol's score with its sign turned)"}[metric]
+    if rerank:
+        return (f"k-reciprocal re-ranked distance in [0, 1] (Jaccard distance mixed with lambda x the "
+                f"{rerank_metric(metric)} distance); smaller is closer")
+    return f"{plain}; smaller is closer"
 
 
 def search(qf: torch.Tensor, gf: torch.Tensor, topk: int = 10, rerank: bool = False, k1: int = 20, k2: int = 6,
-           lambda_value: float = 0.3) -> SearchResult:
+           lambda_value: float = 0.3, metric: str = "cosine") -> SearchResult:
     """Rank the gallery ``gf`` ``(G, D)`` for every query ``qf`` ``(Q, D)`` (test-protocol features on one device).
 
-    The distance is the protocol's, the negative dot product (``ops.pairwise_distance(..., "neg_dot")``); with
-    ``rerank``, k-reciprocal re-ranking (``ops.re_ranking_features``, parameters as ``eval.k1/k2/lambda_value``).
-    Both run on the features' device; ties keep gallery order.
+    ``metric`` (``dgnet.evaluation.protocol.METRICS``): ``cosine`` (default: ``1 - cos``, in [0, 2]) ranks exactly
+    as the protocol's negative dot product (every test-protocol feature has one norm) but reads as a distance; with
+    ``rerank``, k-reciprocal re-ranking (``ops.re_ranking_features``, parameters as ``eval.k1/k2/lambda_value``),
+    whose distances lie in [0, 1] (:func:`describe_distance`). Both run on the features' device; ties keep
+    gallery order.
     """
     if topk < 1:
         raise ValueError(f"topk={topk}: expected an integer >= 1")
     if len(qf) == 0 or len(gf) == 0:
         raise ValueError(f"search: {len(qf)} query and {len(gf)} gallery features; expected at least one of each")
     if rerank:
-        dist = ops.re_ranking_features(qf, gf, k1=k1, k2=k2, lambda_value=lambda_value, metric="euclidean")
+        dist = ops.re_ranking_features(qf, gf, k1=k1, k2=k2, lambda_value=lambda_value, metric=rerank_metric(metric))
     else:
-        dist = ops.pairwise_distance(qf, gf, metric="neg_dot")
+        rerank_metric(metric)  # names a bad metric
+        dist = ops.pairwise_distance(qf, gf, metric=metric)
     k = min(topk, dist.shape[1])
     order = torch.sort(dist, dim=1, stable=True).indices[:, :k]
-    return SearchResult(order.cpu(), torch.gather(dist, 1, order).float().cpu(), rerank)
+    return SearchResult(order.cpu(), torch.gather(dist, 1, order).float().cpu(), rerank, metric)
 
 
 def check_search_out(out: str | Path, query: str | Path, gallery: str | Path, checkpoint: str | Path,
@@ -413,17 +429,18 @@ def check_search_out(out: str | Path, query: str | Path, gallery: str | Path, ch
 
 
 def search_to_folder(fx: FeatureExtractor, query: str | Path, gallery: str | Path, out: str | Path, topk: int = 10,
-                     rerank: bool = False, cache: bool = True, progress: bool = True,
-                     ranklists: int | None = RANKLISTS, force: bool = False) -> dict:
+                     rerank: bool | None = None, cache: bool = True, progress: bool = True,
+                     ranklists: int | None = RANKLISTS, force: bool = False, metric: str = "cosine") -> dict:
     """What ``python -m dgnet.search`` does: the queries' and the gallery's features (the gallery through
-    :func:`gallery_features`), :func:`search` with the checkpoint's ``eval`` re-ranking parameters,
-    ``out/results.json`` with every query's ranking, and a labelled rank-list figure (``.jpg``,
-    :func:`dgnet.generative.figures.search_figure`) under ``out/ranklists/`` for each of the first ``ranklists``
-    queries (``None``: all). The cap keeps drawing from dominating a search of many queries; results.json holds
-    them all. Returns a summary (counts).
+    :func:`gallery_features`), :func:`search` by ``metric`` with the checkpoint's ``eval`` re-ranking parameters
+    (``rerank`` default: its ``eval.rerank``), ``out/results.json`` with every query's ranking, and a labelled
+    rank-list figure (``.jpg``, :func:`dgnet.generative.figures.search_figure`) under ``out/ranklists/`` for each
+    of the first ``ranklists`` queries (``None``: all). The cap keeps drawing from dominating a search of many
+    queries; results.json holds them all. Returns a summary (counts, and ``distance``: what the distances are).
 
     ``out`` is checked first (:func:`check_search_out`); with ``force`` an earlier search's rank lists there are
     deleted before the new ones are written."""
+    rerank = fx.cfg.eval.rerank if rerank is None else rerank
     out = Path(out)
     earlier = check_search_out(out, query, gallery, fx.checkpoint, force)
     queries = extract_features(fx, list_images(query), progress=False)
@@ -433,14 +450,15 @@ def search_to_folder(fx: FeatureExtractor, query: str | Path, gallery: str | Pat
     if not gal.paths:
         raise ValueError(f"{gallery}: the gallery holds no image that decodes")
     e = fx.cfg.eval
-    res = search(queries.features, gal.features, topk, rerank, e.k1, e.k2, e.lambda_value)
+    res = search(queries.features, gal.features, topk, rerank, e.k1, e.k2, e.lambda_value, metric)
     for p in earlier:
         p.unlink(missing_ok=True)
     (out / "ranklists").mkdir(parents=True, exist_ok=True)
     records = []
     scale = display_scale(fx.size[0])
     thumbs = Thumbnails((fx.size[0] * scale, fx.size[1] * scale))  # each gallery file decoded once for all queries
-    distance = "k-reciprocal re-ranking distance" if rerank else "negative dot product"
+    plain = {"cosine": "cosine distance", "euclidean": "Euclidean distance", "neg_dot": "negative dot product"}
+    distance = "k-reciprocal re-ranked distance" if rerank else plain[metric]  # the figure's title
     for i, qpath in enumerate(queries.paths):
         idx, dist = res.indices[i].tolist(), res.distances[i].tolist()
         shown = [gal.paths[j] for j in idx]
@@ -451,7 +469,7 @@ def search_to_folder(fx: FeatureExtractor, query: str | Path, gallery: str | Pat
         records.append({"query": qpath, "ranklist": png,
                         "results": [{"path": p, "distance": d} for p, d in zip(shown, dist, strict=True)]})
     summary = {"format": SEARCH_FORMAT, "checkpoint": str(fx.checkpoint), "identity": fx.fingerprint, "model": fx.which,
-               "distance": "k-reciprocal re-ranking" if rerank else "negative dot product of test features",
+               "distance": describe_distance(metric, rerank), "metric": metric, "reranked": rerank,
                "queries": len(queries.paths), "gallery": len(gal.paths), "extracted": extracted,
                "skipped": {**queries.skipped, **gal.skipped}, "topk": topk,
                "ranklists": len(queries.paths) if ranklists is None else min(ranklists, len(queries.paths))}

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from dgnet.config import ModelConfig
+from dgnet.config import ModelConfig, check_alpha
 from dgnet.models.weights import build_backbone
 
 
@@ -76,3 +78,23 @@ class AppearanceEncoder(nn.Module):
         """
         v = torch.amax(self.backbone(x), dim=(2, 3))
         return self.head_primary.embed(v), self.head_fine.embed(v)
+
+    def embed(self, x: torch.Tensor, alpha: float = 0.5) -> torch.Tensor:
+        """The test protocol's feature (``dgnet.evaluation.protocol.embed``), torchreid's ``model.eval();
+        model(x)`` habit: ``x`` ``(N, 3, H, W)`` normalised -> float32 ``(N, 2 * 512)``.
+
+        Each head's post-BN feature of the image and of its mirror, each L2-normalised, summed and normalised
+        again; the fine-grained half scaled by ``sqrt(alpha)`` (the checkpoint's ``eval.alpha``), so the dot
+        product of two features is the score ``p . p' + alpha * f . f'``. Call in eval mode.
+        """
+        check_alpha(alpha)
+        primary, fine = self.features(torch.cat([x, x.flip(3)]))  # image and mirror: one pass over the weights
+        return torch.cat([mirror_sum(primary), mirror_sum(fine) * math.sqrt(alpha)], dim=1)
+
+
+def mirror_sum(features: torch.Tensor) -> torch.Tensor:
+    """``features`` ``(2n, D)`` of n images then their mirrors -> float32 ``(n, D)``: normalise each, add each
+    image's to its mirror's, normalise the sum (the test protocol's flip augmentation). The halves are split by
+    a reshape, not by slicing at ``n``, so that an exported graph keeps its batch size dynamic."""
+    image, mirror = F.normalize(features.float(), dim=1).unflatten(0, (2, -1))
+    return F.normalize(image + mirror, dim=1)

@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 
 from dgnet.config import ModelConfig
-from dgnet.models.appearance import ClassBlock
+from dgnet.models.appearance import ClassBlock, mirror_sum
 from dgnet.models.weights import build_backbone
 
 
@@ -35,3 +35,8 @@ class ReidBaseline(nn.Module):
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.head.embed(self.pooled(x))
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """The test protocol's feature (``dgnet.evaluation.protocol.embed``): float32 ``(N, 512)``, the image's and its
+        mirror's post-BN features, each L2-normalised, summed and normalised again. Call in eval mode."""
+        return mirror_sum(self.features(torch.cat([x, x.flip(3)])))
