@@ -26,11 +26,13 @@ The batch and learning-rate rule is documented at ``TrainConfig.sync_bn`` / ``sc
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +55,8 @@ from dgnet.config import Config, save_config
 from dgnet.distributed import world
 from dgnet.fileio import write_text_atomic
 from dgnet.logging_utils import RunLogger
+from dgnet.preemption import Stopped, StopRequest
+from dgnet.runlock import LockHeld, acquire
 from dgnet.runs import (
     TEACHER_WEIGHTS,
     init_dgnet_from,
@@ -176,6 +180,20 @@ def sched_step(*schedulers: Any) -> None:
             s.step()
 
 
+def _stop_agreed(stop: StopRequest | None, device: torch.device) -> int:
+    """The signal that asked this run to stop (0: none). Every rank calls it at the same points (a collective)."""
+    return stop.agreed(device) if stop is not None else 0
+
+
+def _stopped(signum: int, where: str, checkpoint: Path | None) -> Stopped:
+    import signal
+
+    name = signal.Signals(signum).name
+    saved = f"the checkpoint to resume from is {checkpoint}" if checkpoint is not None else \
+        "no checkpoint had been written yet, so there is nothing to resume"
+    return Stopped(f"stopped by {name} {where}; {saved}", signum, checkpoint)
+
+
 def _final_weights(path: Path, stage: str, iteration: int, cfg: Config, models: dict) -> None:
     save_atomic(build_state(stage=stage, iteration=iteration, cfg=cfg, num_ids=cfg.model.num_ids, models=models),
                 path)
@@ -212,8 +230,11 @@ def fast_paths(cfg: Config, device: torch.device) -> str:
 
 
 def train_teacher(cfg: Config, ds, device: torch.device, backend: str, mgr: CheckpointManager,
-                  resume: dict | None, amp: Amp, out: Path) -> torch.nn.Module:
-    """Train the re-id baseline (the teacher) for ``optim.teacher_iterations`` (capped); returns it in eval mode."""
+                  resume: dict | None, amp: Amp, out: Path, stop: StopRequest | None = None) -> torch.nn.Module:
+    """Train the re-id baseline (the teacher) for ``optim.teacher_iterations`` (capped); returns it in eval mode.
+
+    ``stop`` (a signal's request, :mod:`dgnet.preemption`): checked after every iteration; when set, the iteration
+    is saved and :class:`~dgnet.preemption.Stopped` raised."""
     from dgnet.data import train_stream
     from dgnet.models import ReidBaseline
 
@@ -260,8 +281,14 @@ def train_teacher(cfg: Config, ds, device: torch.device, backend: str, mgr: Chec
             log.step(postfix={k: v for k, v in o.items() if k.startswith("loss")})
             if done % cfg.train.log_every == 0 or done == total:
                 log.scalars(done, {**o, **_lrs({"teacher": opt}), "it_per_s": log.its_per_second(done)})
-            if done % cfg.train.checkpoint_every == 0 or done == total:
+            saved = done % cfg.train.checkpoint_every == 0 or done == total
+            if saved:
                 save(done)
+            signum = _stop_agreed(stop, device) if done < total else 0
+            if signum:
+                if not saved:
+                    save(done)
+                raise _stopped(signum, f"after teacher iteration {done} of {total}", mgr.path("teacher", done))
     finally:
         log.close()
     if rank == 0 and total > 0:
@@ -297,8 +324,11 @@ def fixed_grid_batches(ds, cfg: Config, backend: str, device: torch.device) -> t
 
 
 def train_dgnet(cfg: Config, ds, teacher: torch.nn.Module, device: torch.device, backend: str,
-                mgr: CheckpointManager, resume: dict | None, amp: Amp, out: Path) -> torch.nn.Module:
-    """Joint training (spec: Losses, Optimisation) for ``optim.iterations`` (capped); returns DGNet in eval mode."""
+                mgr: CheckpointManager, resume: dict | None, amp: Amp, out: Path,
+                stop: StopRequest | None = None) -> torch.nn.Module:
+    """Joint training (spec: Losses, Optimisation) for ``optim.iterations`` (capped); returns DGNet in eval mode.
+
+    ``stop``: as in :func:`train_teacher`."""
     from dgnet.data import drop_singletons, train_stream
     from dgnet.figures import training_rows
     from dgnet.models import DGNet
@@ -382,8 +412,14 @@ def train_dgnet(cfg: Config, ds, teacher: torch.nn.Module, device: torch.device,
             if rank == 0 and (done % cfg.train.image_every == 0 or done == total):
                 with torch.random.fork_rng(devices=[]):  # grids never touch the training RNG streams
                     log.grid(done, training_rows(model, grid_a, grid_b))
-            if done % cfg.train.checkpoint_every == 0 or done == total:
+            saved = done % cfg.train.checkpoint_every == 0 or done == total
+            if saved:
                 save(done, ramps)
+            signum = _stop_agreed(stop, device) if done < total else 0
+            if signum:
+                if not saved:
+                    save(done, ramps)
+                raise _stopped(signum, f"after DG-Net iteration {done} of {total}", mgr.path("dgnet", done))
     finally:
         log.close()
     if rank == 0 and total > 0:
@@ -394,6 +430,13 @@ def train_dgnet(cfg: Config, ds, teacher: torch.nn.Module, device: torch.device,
 
 # --------------------------------------------------------------------------------------------------------------------
 # the whole run
+
+
+def _stop_before(stop: StopRequest | None, device: torch.device, mgr: CheckpointManager, where: str) -> None:
+    """Between stages: a stop asked for in set-up or at a stage's last iteration stops here, with what is saved."""
+    signum = _stop_agreed(stop, device)
+    if signum:
+        raise _stopped(signum, where, mgr.latest())
 
 
 def _check_teacher_finished(mgr: CheckpointManager, cfg: Config) -> None:
@@ -413,24 +456,32 @@ def _check_teacher_finished(mgr: CheckpointManager, cfg: Config) -> None:
 
 
 def train(cfg: Config, resume: bool | str = False, stage: str = "all", evaluate: bool = True,
-          verbose: bool = True) -> dict:
+          verbose: bool = True, stop: StopRequest | None = None) -> dict:
     """Train (and evaluate) per ``cfg``; returns ``{"results": {...}, "output": str, "seconds": float}``.
 
     ``resume="auto"``: resume when the output folder holds a checkpoint, else start afresh. ``stage``: ``all``,
     ``teacher`` (stage 1 only) or ``dgnet`` (stage 2 only, with ``train.teacher`` or the run's ``teacher.pt``).
+    ``stop``: a :class:`~dgnet.preemption.StopRequest` (``dgnet.preemption.stop_on_signals``): once set, the
+    iteration in progress finishes, is saved, and :class:`~dgnet.preemption.Stopped` is raised.
     Under torchrun (``WORLD_SIZE`` set) joins the process group first (``dgnet.distributed.init_from_env``)
-    and leaves it at the end.
+    and leaves it at the end. The output folder is locked for the run (``dgnet.runlock``): a second run into it
+    is refused (:class:`~dgnet.runlock.LockHeld`) while this one lives.
     """
     from dgnet.distributed import as_collective_failure, destroy, init_from_env
 
     if stage not in STAGES:
         raise ValueError(f"stage={stage!r}: expected one of {STAGES}")
+    out = Path(cfg.train.output)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--output {str(out)!r} (train.output) is an existing file; expected a folder (the run "
+                         "writes config.yaml, checkpoints/ and its results into it)")
     joined = not torch.distributed.is_initialized()
     ctx = init_from_env(resolve_device(cfg.train.device))
     try:
-        return _train(cfg, ctx.device, resume, stage, evaluate, verbose)
+        with _hold_output(out):
+            return _train(cfg, ctx.device, resume, stage, evaluate, verbose, stop)
     except RuntimeError as exc:
-        failure = as_collective_failure(exc, ctx.rank, str(Path(cfg.train.output) / "checkpoints"))
+        failure = as_collective_failure(exc, ctx.rank, str(out / "checkpoints"))
         if failure is None or ctx.world_size < 2:
             raise
         raise failure from exc
@@ -439,7 +490,59 @@ def train(cfg: Config, resume: bool | str = False, stage: str = "all", evaluate:
             destroy()
 
 
-def _train(cfg: Config, device: torch.device, resume: bool | str, stage: str, evaluate: bool, verbose: bool) -> dict:
+@contextlib.contextmanager
+def _hold_output(out: Path) -> Iterator[None]:
+    """One writer per run folder: rank 0 holds ``out``'s lock for the whole run, and every rank learns whether it
+    got it (so all stop together when another run holds it). A folder this user cannot write is named."""
+    rank, size = world()
+    with contextlib.ExitStack() as stack:
+        refusal: Exception | None = None
+        if rank == 0:
+            try:
+                stack.enter_context(acquire(out, "dgnet.train"))
+            except PermissionError as exc:
+                refusal = ValueError(f"--output {str(out)!r} (train.output): cannot write there ({exc.strerror or exc}"
+                                     f"{': ' + exc.filename if exc.filename else ''}); choose a folder this user "
+                                     "can write")
+            except LockHeld as exc:
+                refusal = exc
+        if size > 1:
+            from dgnet.distributed import all_gather_objects
+
+            told = all_gather_objects(None if refusal is None else str(refusal))[0]
+            if told is not None and refusal is None:
+                refusal = LockHeld(told)
+        if refusal is not None:
+            raise refusal
+        yield
+
+
+def _check_resume_settings(ckpt: dict, cfg: Config, path: Path) -> Config:
+    """Settings the fingerprint leaves out that a resume must still keep: ``train.teacher`` (the teacher DG-Net
+    trains against), and on a DG-Net resume ``model.init_from`` (where its weights started). Left out on the
+    command line, the run's own value is taken (so config.yaml stays true); another value is refused, naming both.
+    """
+    theirs = ckpt["config"]
+    keep = [("train", "teacher", "--teacher")]
+    if ckpt["stage"] == "dgnet":
+        keep.append(("model", "init_from", "--init-from"))
+    for section, key, flag in keep:
+        was = str(theirs.get(section, {}).get(key, "") or "")
+        now = str(getattr(getattr(cfg, section), key) or "")
+        if not now and was:
+            cfg = dataclasses.replace(cfg, **{section: dataclasses.replace(getattr(cfg, section), **{key: was})})
+            continue
+        if now != was and not (now and was and Path(now).resolve() == Path(was).resolve()):
+            had = f"{section}.{key}={was!r}" if was else f"no {section}.{key}"
+            raise ValueError(
+                f"--resume: {path} was trained with {had} ({flag}), this command gives {flag} {now or '(none)'!r}; "
+                f"a resumed run keeps its {flag.lstrip('-')}: drop {flag} (or give the same one), or start a new run "
+                "(another --output)")
+    return cfg
+
+
+def _train(cfg: Config, device: torch.device, resume: bool | str, stage: str, evaluate: bool, verbose: bool,
+           stop: StopRequest | None) -> dict:
     from dgnet.data import resolve_backend
 
     t0 = time.perf_counter()
@@ -488,6 +591,7 @@ def _train(cfg: Config, device: torch.device, resume: bool | str, stage: str, ev
                                     "aside); start a new run (another --output)")
         ckpt = load_checkpoint(latest, map_location=device)
         check_compatible(ckpt, cfg, latest)
+        cfg = _check_resume_settings(ckpt, cfg, latest)
         if rank == 0:
             print(f"dgnet: resuming from {latest} (stage {ckpt['stage']}, iteration {ckpt['iteration']})")
     elif latest is not None:
@@ -513,7 +617,9 @@ def _train(cfg: Config, device: torch.device, resume: bool | str, stage: str, ev
     elif cfg.train.teacher:
         teacher, _ = load_teacher(cfg.train.teacher, cfg.model.num_ids, device)
     elif stage in ("all", "teacher"):
-        teacher = train_teacher(cfg, ds, device, backend, mgr, ckpt if resumed_stage == "teacher" else None, amp, out)
+        _stop_before(stop, device, mgr, "before the teacher's training started")
+        teacher = train_teacher(cfg, ds, device, backend, mgr, ckpt if resumed_stage == "teacher" else None, amp, out,
+                                stop)
     else:
         found = out / "teacher.pt"
         if not found.exists():
@@ -523,11 +629,13 @@ def _train(cfg: Config, device: torch.device, resume: bool | str, stage: str, ev
         p.requires_grad_(False)
 
     if stage in ("all", "dgnet"):
+        _stop_before(stop, device, mgr, "before DG-Net's training started")
         model = train_dgnet(cfg, ds, teacher, device, backend, mgr, ckpt if resumed_stage == "dgnet" else None,
-                            amp, out)
+                            amp, out, stop)
 
     results: dict = {}
     if evaluate:
+        _stop_before(stop, device, mgr, "after training, before the evaluation (--resume evaluates)")
         from dgnet.protocol import evaluate_models, format_table
 
         # every rank embeds its share of query and gallery (collectives); rank 0 alone gets the metrics
