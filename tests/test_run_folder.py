@@ -117,3 +117,23 @@ def test_resume_keeps_the_runs_teacher(root, tmp_path, capsys):
     # left out on resume, the run's own teacher is kept, and config.yaml still says which it is
     assert main(tiny_flags(root, run, *given, "--resume")) == 0
     assert yaml.safe_load((run / "config.yaml").read_text())["train"]["teacher"] == str(own / "teacher.pt")
+
+
+def test_a_good_save_keeps_only_the_newest_set_aside_file_of_each_kind(tmp_path):
+    """.torn and .nonfinite files are never resumed from and each is a checkpoint's size: once a good checkpoint
+    is written after them, only the newest of each kind stays, for a look."""
+    import torch
+
+    from dgnet.checkpoint import CheckpointManager
+
+    ck = tmp_path / "checkpoints"
+    ck.mkdir()
+    aside = ["teacher_00000002.pt.torn", "teacher_00000004.pt.torn", "dgnet_00000001.pt.torn",
+             "dgnet_00000003.pt.nonfinite", "dgnet_00000005.pt.nonfinite", "notes.torn"]
+    for name in aside:
+        (ck / name).write_bytes(b"x" * 100)
+    mgr = CheckpointManager(ck)
+    mgr.save({"format": "x", "models": {"m": {"w": torch.ones(3)}}}, "dgnet", 6)
+    assert sorted(p.name for p in ck.iterdir()) == ["dgnet_00000001.pt.torn", "dgnet_00000005.pt.nonfinite",
+                                                   "dgnet_00000006.pt", "notes.torn"]  # not a set-aside name
+    assert [p.name for p in mgr.set_aside_files("torn")] == ["dgnet_00000001.pt.torn"]  # newest: stage, iteration
