@@ -12,6 +12,7 @@ Exit status: 0 done; 2 a bad input or setting (one line naming it); 3 a collecti
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import shlex
 import sys
@@ -114,8 +115,10 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, FileExistsError, NonFiniteLoss, DiskFull) as exc:
         print(f"dgnet.train: error: {exc}", file=sys.stderr)
         return 2
-    except PermissionError as exc:  # a folder made read-only during the run, or an input this user cannot read
-        print(f"dgnet.train: error: {exc.strerror or exc}: {exc.filename or ''}", file=sys.stderr)
+    except OSError as exc:  # a folder made read-only during the run, or an input this user cannot read
+        if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise
+        print(f"dgnet.train: error: {exc.strerror}: {exc.filename or ''}", file=sys.stderr)
         return 2
     except CollectiveFailure as exc:
         print(f"dgnet.train: error: {exc}", file=sys.stderr)

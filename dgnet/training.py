@@ -500,12 +500,12 @@ def _hold_output(out: Path) -> Iterator[None]:
         if rank == 0:
             try:
                 stack.enter_context(acquire(out, "dgnet.train"))
-            except PermissionError as exc:
-                refusal = ValueError(f"--output {str(out)!r} (train.output): cannot write there ({exc.strerror or exc}"
-                                     f"{': ' + exc.filename if exc.filename else ''}); choose a folder this user "
-                                     "can write")
             except LockHeld as exc:
                 refusal = exc
+            except OSError as exc:  # not writable, a read-only file system, a file where a parent folder should be
+                where = f": {exc.filename}" if exc.filename else ""
+                refusal = ValueError(f"--output {str(out)!r} (train.output): cannot write there ({exc.strerror or exc}"
+                                     f"{where}); choose a folder this user can write")
         if size > 1:
             from dgnet.distributed import all_gather_objects
 

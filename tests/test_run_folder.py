@@ -100,6 +100,12 @@ def test_a_read_only_output_folder_is_one_line(root, read_only, capsys):
     fails(capsys, tiny_flags(root, read_only / "sub", *QUICK), str(read_only / "sub"), "cannot write there")
 
 
+def test_output_under_a_file_is_one_line(root, tmp_path, capsys):
+    (tmp_path / "f").write_text("x")
+    err = fails(capsys, tiny_flags(root, tmp_path / "f" / "run", *QUICK), "cannot write there", "Not a directory")
+    assert "Traceback" not in err
+
+
 def test_resume_keeps_the_runs_teacher(root, tmp_path, capsys):
     own = tmp_path / "own"
     assert main(tiny_flags(root, own, "--stage", "teacher", "--no-eval", "--iterations", "2")) == 0
