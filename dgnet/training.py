@@ -53,7 +53,7 @@ from dgnet.checkpoint import (
 )
 from dgnet.config import Config, save_config
 from dgnet.distributed import world
-from dgnet.fileio import write_text_atomic
+from dgnet.fileio import remove_stale_temporaries, write_text_atomic
 from dgnet.logging_utils import RunLogger
 from dgnet.preemption import Stopped, StopRequest
 from dgnet.runlock import LockHeld, acquire
@@ -550,7 +550,9 @@ def _train(cfg: Config, device: torch.device, resume: bool | str, stage: str, ev
     out = Path(cfg.train.output)
     mgr = CheckpointManager(out / "checkpoints", keep=cfg.train.keep_checkpoints)
     if rank == 0:
-        for stale in mgr.sweep():  # before anything is written: a killed write's temporary can fill the disk
+        # before anything is written: a killed write's temporary can fill the disk. The run folder's own (config.yaml,
+        # results) too: under the folder's lock no other writer can be mid-write there.
+        for stale in mgr.sweep() + remove_stale_temporaries(out):
             print(f"dgnet: removed {stale}, the temporary file of a write that was interrupted")
     # The data root the run read, absolute in the saved config: its checkpoints find their data from anywhere.
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=str(Path(cfg.data.root).resolve())))

@@ -59,9 +59,12 @@ def test_a_lock_left_by_a_killed_run_is_taken_over_with_a_warning(root, tmp_path
     assert holder.stdout.readline().strip() == "held"
     holder.send_signal(signal.SIGKILL)
     holder.wait(60)
+    torn = out / f".config.yaml.tmp{holder.pid}"  # what a run killed while it wrote config.yaml leaves
+    torn.write_text("preset: de")
     with pytest.warns(StaleLockWarning, match=f"pid {holder.pid} "):
         assert main(tiny_flags(root, out, *QUICK)) == 0
     assert (out / "teacher.pt").is_file() and not (out / LOCK_NAME).exists()
+    assert not torn.exists()  # swept: under the lock, no live writer can own it
 
 
 def test_output_that_is_a_file_says_a_folder_is_expected(root, tmp_path, capsys):
