@@ -63,6 +63,12 @@ def want_cuda(torch_cuda: str | None, cuda_home: Path | None) -> bool:
     return mode == "1" or (mode == "auto" and available)
 
 
+def read_version() -> str:
+    """The one version of dgnet, ``__version__`` in dgnet/__init__.py (CMakeLists.txt reads it too)."""
+    text = (ROOT / "dgnet" / "__init__.py").read_text()
+    return re.search(r'^__version__ = "([^"]+)"$', text, re.M).group(1)
+
+
 def read_requirements() -> list[str]:
     lines = (ROOT / "requirements.txt").read_text().splitlines()
     return [ln.strip() for ln in lines if ln.strip() and not ln.startswith("#")]
@@ -134,10 +140,11 @@ ext_modules, cmdclass = extensions()
 
 setup(
     name="dgnet",
-    version="0.1.0",
+    version=read_version(),
     description="DG-Net person re-identification: joint discriminative and generative learning, fast.",
-    python_requires=">=3.10",
+    python_requires=">=3.11",  # the extension is built against the CPython 3.11 limited API (cp311 abi3)
     packages=["dgnet", "dgnet.ops", "dgnet.data", "dgnet.data.check", "dgnet.data.synthetic", "dgnet.models",
+              "dgnet.training", "dgnet.evaluation", "dgnet.checkpoints", "dgnet.inference", "dgnet.generative",
               "dgnet.kernels"],
     package_dir={"dgnet.kernels": "kernels"},
     install_requires=read_requirements(),

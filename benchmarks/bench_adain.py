@@ -13,10 +13,10 @@ fused row's ``extra_info``, together with the machine, versions and sizes.
     python3 -m pytest -m gpu benchmarks/bench_adain.py -p no:cacheprovider -s            # GPU
 On the CPU this runs at the main job's thread count (every core, ``train.threads=0``). Measure on an idle
 machine (``cat /proc/loadavg`` first): on a shared one OpenMP threads spin at barriers while another process
-holds a core (README, "Training speed"), and a figure from there says nothing. ``extra_info`` records the count.
+holds a core (docs/training-speed.md), and a figure from there says nothing. ``extra_info`` records the count.
 Targets: CPU >= 2x eager; H100 >= 2.5x eager for forward + backward and >= 70% of 3.35 TB/s.
 
-Figures, with the machine and versions they came from, are kept in README.md (Benchmark records).
+Figures, with the machine and versions they came from, are kept in docs/records.md.
 """
 
 from __future__ import annotations
@@ -184,6 +184,7 @@ def test_adain_gpu(benchmark, shape, dtype, config, mode, impl):
 def test_adain_gpu_kernels_bandwidth(benchmark, shape, dtype, config):
     """The forward and backward kernels alone (no autograd, no Python op layers): achieved bandwidth."""
     import triton.testing
+
     from dgnet.kernels import adain as kernels
 
     g = torch.Generator(device="cuda").manual_seed(0)

@@ -14,7 +14,7 @@ import pytest
 import torch
 from machine import machine
 
-from dgnet.evaluation import evaluate_rank, evaluate_rank_reference
+from dgnet.evaluation.rank import evaluate_rank, evaluate_rank_reference
 
 NUM_QUERY, NUM_GALLERY, NUM_IDS, NUM_CAMS = 3368, 19732, 751, 6  # Market-1501 test split
 CLASSIC_QUERIES = 100

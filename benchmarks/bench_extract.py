@@ -2,7 +2,7 @@
 
 The plain loop, per image: PIL decode, PIL bicubic resize to the model's size, to tensor, ImageNet
 normalisation, then one forward of the image and one of its horizontal flip, the protocol's normalisations
-and concatenation (``dgnet.protocol.embed``). ``FeatureExtractor`` decodes and resizes through the test
+and concatenation (``dgnet.evaluation.protocol.embed``). ``FeatureExtractor`` decodes and resizes through the test
 pipeline in batches (DALI where it imports, on the GPU with a CUDA device; the torch DataLoader otherwise)
 and embeds whole batches. Images per second count query images; the files are a synthetic set at
 Market-1501's own size (128x64 JPEGs), the models seeded and untrained (speed does not depend on training).
@@ -23,13 +23,13 @@ from machine import machine
 from PIL import Image
 
 import dgnet
-from dgnet.checkpoint import arch_only, build_state, save_atomic
+from dgnet.checkpoints.format import arch_only, build_state, save_atomic
 from dgnet.config import resolve_config
 from dgnet.data import load_dataset
 from dgnet.data import synthetic as syn
 from dgnet.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from dgnet.evaluation.protocol import embed
 from dgnet.models import DGNet
-from dgnet.protocol import embed
 
 # (backbone, height, width, images): the demo's model on CPU; the spec's on a GPU
 SIZES = {"demo": ("resnet18", 64, 32, 256), "spec": ("resnet50", 256, 128, 1024)}

@@ -1,4 +1,4 @@
-"""Training iterations per second and peak memory of one full DG-Net iteration (``dgnet.engine.dgnet_step``).
+"""Training iterations per second and peak memory of one full DG-Net iteration (``dgnet.training.step.dgnet_step``).
 
 - CPU, the demo preset's size (ResNet-18, 64x32, batch 4 per stream), the four variants of issue #17, each with
   its ratio to the first: ``plain`` on one thread (the old demo default, ``--set train.threads=1``), ``plain`` on
@@ -16,7 +16,7 @@ most of it the compiled variant's first iteration), and ``... -m gpu`` on a CUDA
 ``extra_info``; each variant's ratio to the first is printed once the first of that configuration ran.
 Check the load first (``cat /proc/loadavg``): a figure from a loaded machine is not evidence.
 ``benchmarks/profile_step.py`` splits an iteration into host and device time and names the top operators.
-The figures measured so far, with their machines and loads, are in README.md, "Training speed".
+The figures measured so far, with their machines and loads, are in docs/training-speed.md.
 """
 
 from __future__ import annotations
@@ -33,9 +33,10 @@ from machine import cpu_name
 
 import dgnet
 from dgnet.config import Config
-from dgnet.engine import build_optimizers, compile_models, dgnet_step
 from dgnet.models import DGNet, ReidBaseline
 from dgnet.profiling import host_op_count
+from dgnet.training.optim import build_optimizers
+from dgnet.training.step import compile_models, dgnet_step
 
 IDS = 16
 _MEANS: dict[tuple, dict[str, float]] = {}
@@ -81,13 +82,12 @@ def make_step(backbone: str, h: int, w: int, b: int, device: str, amp_dtype, var
     if compiled:
         torch._dynamo.reset()
         compile_models(model, torch.device(device))
-    opts = build_optimizers(model, cfg.optim, fused=fused)
+    opts = build_optimizers(model, cfg.optim)
     batches = [(_batch(b, h, w, device, 2 * i), _batch(b, h, w, device, 2 * i + 1)) for i in range(2)]
 
     def step(i: int) -> None:
         a, bb = batches[i % 2]
-        dgnet_step(model, teacher, opts, a, bb, i + 1, cfg, amp_dtype=amp_dtype, fused=fused,
-                   compiled=compiled)  # returns floats
+        dgnet_step(model, teacher, opts, a, bb, i + 1, cfg, amp_dtype=amp_dtype)  # returns floats
         if device == "cuda":
             torch.cuda.synchronize()
 

@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/profile_step.py --device cuda --variant plain fused fused-fold [--amp bf16]
     .venv/bin/python benchmarks/profile_step.py --device cpu --size demo
 
-For each variant (``bench_train_step.VARIANTS``) it times a few iterations of ``dgnet.engine.dgnet_step`` at
+For each variant (``bench_train_step.VARIANTS``) it times a few iterations of ``dgnet.training.step.dgnet_step`` at
 the spec's size (ResNet-50, 256x128, batch 8 per stream) or the demo's, then profiles one more with
 ``torch.profiler`` and prints:
 - wall seconds per iteration, the number of operator calls (``host_op_count``: about one launch each on a

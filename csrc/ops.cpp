@@ -5,14 +5,14 @@
 TORCH_LIBRARY(dgnet, m) {
   // ---- distance (dgnet/ops/distance.py) ----------------------------------------------
   // Dense distance matrix [M, N] float32; metric: 0 euclidean, 1 sqeuclidean, 2 cosine, 3 neg_dot (-<x, y>);
-  // chunk_rows <= 0 picks the chunk from a memory budget. Kernels: csrc/cpu/distance.cpp, csrc/cuda/retrieval.cu.
+  // chunk_rows <= 0 picks the chunk from a memory budget. Kernels: csrc/cpu/distance.cpp, csrc/cuda/distance.cu.
   m.def("pairwise_distance(Tensor x, Tensor y, int metric, int chunk_rows) -> Tensor");
 
-  // ---- evaluation (dgnet/ops/evaluation.py, used by dgnet/evaluation.py) ---------------
+  // ---- evaluation (dgnet/ops/evaluation.py, used by dgnet/evaluation/rank.py) ---------------
   // Market-1501 protocol per query over distmat [Q, G] (floating) and int64 pids/camids [Q], [G]:
   // returns (ap float64 [Q], inp float64 [Q], first_rank int64 [Q], ap_trapz float64 [Q]); a query without
   // any true match has first_rank 0 and NaN ap/inp/ap_trapz (AP definitions: dgnet/evaluation.h).
-  // Kernels: csrc/cpu/evaluation.cpp, csrc/cuda/retrieval.cu.
+  // Kernels: csrc/cpu/evaluation.cpp, csrc/cuda/evaluation.cu.
   m.def("evaluate_queries(Tensor distmat, Tensor q_pids, Tensor g_pids, Tensor q_camids, Tensor g_camids) "
         "-> (Tensor, Tensor, Tensor, Tensor)");
 

@@ -3,7 +3,7 @@
 Every number of the DG-Net spec (``../shared/dgnet-spec.md``) lives here once. The reference's
 names are kept (``gan_w``, ``recon_x_w``, ...) so users of the reference find them.
 
-Layering (lowest to highest): a preset (``PRESETS``: demo, synthetic, market1501, dukemtmc,
+Layering (lowest to highest): a preset (``PRESETS``: demo, synthetic, twocam, market1501, dukemtmc,
 msmt17), then a YAML file, then command-line flags. A YAML file is a nested mapping of the
 sections below and may name its base preset with a top-level ``preset:`` key (default ``demo``).
 An unknown section or key anywhere is an error that names it. ``resolve_config`` does the
@@ -63,6 +63,11 @@ class DataConfig:
     synthetic_height: int = 128
     synthetic_width: int = 64
     synthetic_seed: int = 0  # the set's own seed: train.seed changes the run, not the data
+    # The two-camera regime (docs/study.md; dgnet.data.synthetic.plan): cameras per training identity (0: 2..cams at
+    # random), images under each (0: 1..4 at random), the probability that an image shows its camera's view.
+    synthetic_train_cams: int = 0
+    synthetic_per_cam: int = 0
+    synthetic_view_tie: float = 0.0
     # Layout options (LAYOUT_OPTIONS says which layout reads each; dgnet.data.load_dataset documents them).
     camera_pattern: str = DEFAULT_CAMERA_PATTERN  # folder: regex whose first group is the 1-based camera of a name
     camera_csv: str = ""  # folder: CSV path,camid (zero-based), relative to root; "": root/cameras.csv if present
@@ -112,7 +117,8 @@ class ModelConfig:
     # The teacher's dropout (0.5, in its head) stays on while it labels the fakes: the reference puts its whole
     # trainer, teacher included, in train mode after its first image grid (iteration 5,000), so every soft label
     # of its teacher phase passed through dropout. The real-dataset presets turn it on (parity); the default
-    # off is what runs before this switch did, and what the demo/synthetic README figures were measured with.
+    # off is what runs before this switch did, and what the demo/synthetic figures in docs/records.md were
+    # measured with.
     teacher_dropout: bool = False
     # Start DG-Net (stage 2) from the "dgnet" weights of this dgnet checkpoint (e.g. one made by dgnet.convert),
     # with fresh optimisers and schedule: fine-tuning. Empty: ImageNet / backbone_weights as usual. Only read
@@ -127,6 +133,10 @@ class _LossSchedule:
     warm_step: float = 0.0005  # per iteration, up to each cap
     r1_w: float = 0.01  # R1 penalty in the D step
     structure_live_p: float = 0.5  # p that the live Es sees the detached x_ab
+    # The paper's ablation of primary feature learning: off sets loss_teacher's weight to 0 while the fine-grained
+    # term keeps its ramp (fine_w = ramped teacher_w * B_w), which the weights alone cannot express (teacher_w 0
+    # turns both off). dgnet.study's arm "fine" uses it.
+    primary_on: bool = True
 
 
 # The loss weights: one key per generator term of dgnet.losses.GENERATOR_TERMS (its spec value as the default; a
@@ -166,14 +176,15 @@ class TrainConfig:
     # reference trains in fp32, and the GAN step is sensitive to precision.
     amp: str = "auto"
     # the fast paths: fused AdaIN kernels (Triton on CUDA, C++ on CPU), the AdaIN MLPs batched, fused optimisers,
-    # BatchNorm counters added once per step (dgnet.engine.deferred_bn_counts)
+    # BatchNorm counters added once per step (dgnet.training.step.deferred_bn_counts)
     fused: bool = False
     # --fused also folds the decoder's upsample + conv5x5 (FOLD_CHOICES): auto (CPU only), on, off
     # (dgnet.models.decoder.fold_applies)
     fold_upsample: str = "auto"
-    # --compile: torch.compile Ea's trunk, Es and G (dgnet.engine.compile_models); CUDA graphs on a GPU. D stays eager:
-    # its R1 penalty differentiates twice, which compiled graphs do not support. Values equal eager's to rounding
-    # (tests/test_compile.py). On a 2-core CPU it gains nothing and compiles for minutes (README, "Training speed").
+    # --compile: torch.compile Ea's trunk, Es and G (dgnet.training.step.compile_models); CUDA graphs on a GPU. D
+    # stays eager: its R1 penalty differentiates twice, which compiled graphs do not support. Values equal eager's
+    # to rounding (tests/test_compile.py). On a 2-core CPU it gains nothing and compiles for minutes
+    # (docs/training-speed.md).
     compile: bool = False
     seed: int = 0
     deterministic: bool = False
@@ -186,7 +197,7 @@ class TrainConfig:
     teacher: str = ""  # --teacher PATH: a trained teacher checkpoint; skips stage 1
     grid_samples: int = 4  # fixed images in the training-time PNG grids
     # torch's CPU compute threads (0: torch's default, one per core). On a CPU that other jobs also use, 1: OpenMP
-    # threads spin at every barrier while another process holds one of their cores (README, "Training speed").
+    # threads spin at every barrier while another process holds one of their cores (docs/training-speed.md).
     threads: int = 0
     # Multi-process training (torchrun; dgnet.distributed). World size W = number of processes. Rule: the
     # per-process batch stays data.batch_size (data.teacher_batch_size in stage 1), so the global batch is
@@ -295,18 +306,19 @@ def _synthetic_base(name: str) -> Config:
     cfg.data.workers = 1
     cfg.model.backbone = "resnet18"
     # Nothing is downloaded: the teacher trains from scratch, and Ea's trunk starts from the teacher's (a
-    # deviation from the paper's ImageNet start, where no ImageNet weights exist; see dgnet.runs.TEACHER_WEIGHTS).
+    # deviation from the paper's ImageNet start, where no ImageNet weights exist; see
+    # dgnet.checkpoints.runs.TEACHER_WEIGHTS).
     cfg.model.backbone_weights = "teacher"
     cfg.model.num_ids = 0  # 0: taken from the generated set
     # The teacher from scratch: no ImageNet features for a 10x lower trunk rate to protect, and a head rate of
     # 0.1 drove the loss above chance early on, so trunk and head share 0.02. Ea keeps the spec's trunk rate: 0.02
-    # made Ea's activations overflow within two DG-Net iterations. (The measurements: README, "Design records".)
+    # made Ea's activations overflow within two DG-Net iterations. (The measurements: docs/records.md.)
     cfg.optim.teacher_lr_backbone = cfg.optim.teacher_lr_heads = 0.02
     # Ea's heads at the trunk's rate (spec: heads 0.02). The from-scratch trunk's max-pooled features are large
     # (about ten times the squared norm of the teacher's average-pooled ones), and the bottleneck Linear feeds a
     # BatchNorm, so its step relative to its weights grows with that norm: at 0.02 the heads never learned and
     # their gradients wrecked the trunk the teacher handed over. ImageNet-initialised trunks (the real presets)
-    # keep the spec. (The measurements: README, "Design records".)
+    # keep the spec. (The measurements: docs/records.md.)
     cfg.optim.id_lr_heads = cfg.optim.id_lr_backbone
     cfg.train.output = f"outputs/{name}"
     cfg.eval.batch_size = 32
@@ -316,7 +328,7 @@ def _synthetic_base(name: str) -> Config:
 def preset_demo() -> Config:
     """The first run: the embedded synthetic set at 64x32, ResNet-18 trained from scratch, a short schedule.
 
-    Sized for a 2-core CPU (the time it takes there is in the README, with the machine): one DG-Net iteration
+    Sized for a 2-core CPU (its time there: docs/training-speed.md, with the machine): one DG-Net iteration
     runs eight generator passes, three discriminator scales with R1 and twelve Ea passes, and 128x64 at batch 8
     has eight times the pixels of 64x32 at batch 4. The schedule is the spec's scaled down by
     ``scale_schedule`` (ramps and decay points at the same fractions of the run), so every loss term,
@@ -332,7 +344,7 @@ def preset_demo() -> Config:
     cfg.train.image_every = 60
     cfg.train.checkpoint_every = 60
     # train.threads stays 0, every core: the loader's decoding is a few milliseconds an iteration, so it does not
-    # contend with the compute threads (README, "Training speed", for a CPU that other jobs share).
+    # contend with the compute threads (docs/training-speed.md, for a CPU that other jobs share).
     cfg.eval.k1 = 10  # the synthetic gallery holds few images per identity
     cfg.eval.k2 = 3
     return cfg
@@ -355,9 +367,42 @@ def preset_synthetic() -> Config:
     return cfg
 
 
+def preset_twocam() -> Config:
+    """The study's regime (docs/study.md): each training identity seen by exactly two of six cameras, two images
+    under each, 80% of images showing their camera's view; the demo's 64x32 images and batch 4.
+
+    Sized for one run (teacher, DG-Net, evaluation) within about 15 minutes on two idle cores, from the demo's
+    per-iteration cost (docs/training-speed.md): 600 teacher and 600 DG-Net iterations. The generator's
+    settings are the study's hypothesis for a G that learns visibly in that budget (docs/study.md): Adam rates
+    5e-4 for G and D (five times the spec's, whose 1e-4 is meant for 100k iterations), the first decay at 75% of
+    the run instead of 60%, and the generated-data terms starting at 40% of the run instead of 30%, so that Ea
+    learns from images G has had time to form. The same for every arm of the study, the control included.
+    """
+    cfg = _synthetic_base("twocam")
+    cfg.data.root = "data/synthetic_twocam"  # another set than the default one at data/synthetic
+    cfg.data.synthetic_train_cams = 2
+    cfg.data.synthetic_per_cam = 2
+    cfg.data.synthetic_view_tie = 0.8
+    cfg.data.height, cfg.data.width = 64, 32
+    cfg.data.pad = 3
+    cfg.data.batch_size = 4
+    scale_schedule(cfg, iterations=600, teacher_iterations=600)
+    cfg.loss.warm_iter = 240
+    cfg.optim.gen_lr = cfg.optim.dis_lr = 5e-4
+    cfg.optim.milestones = (450, 570, 630)  # the first decay at 75% instead of 60%: G keeps its rate longer
+    cfg.train.log_every = 20
+    cfg.train.image_every = 200
+    cfg.train.checkpoint_every = 100  # a killed study loses at most 100 iterations of a run
+    cfg.train.keep_checkpoints = 1  # a study holds many runs: one resumable checkpoint each
+    cfg.eval.k1 = 10
+    cfg.eval.k2 = 3
+    return cfg
+
+
 PRESETS: dict[str, typing.Callable[[], Config]] = {
     "demo": preset_demo,
     "synthetic": preset_synthetic,
+    "twocam": preset_twocam,
     "market1501": preset_market1501,
     "dukemtmc": preset_dukemtmc,
     "msmt17": preset_msmt17,

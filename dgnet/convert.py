@@ -1,5 +1,5 @@
 """``python -m dgnet.convert``: checkpoints of the DG-Net reference implementation and of its teacher's re-id
-baseline as dgnet checkpoints (the formats: :mod:`dgnet.reference_checkpoints`).
+baseline as dgnet checkpoints (the formats: :mod:`dgnet.checkpoints.reference`).
 
     python -m dgnet.convert reference --checkpoints outputs/latest/checkpoints --teacher models/best/net_last.pth \\
         --num-ids 751 --out dgnet.pt
@@ -13,7 +13,10 @@ from __future__ import annotations
 import argparse
 import sys
 
+from dgnet.checkpoints.format import save_atomic
+from dgnet.checkpoints.reference import import_baseline, import_reference
 from dgnet.config import PRESETS, parse_set, positive_int
+from dgnet.fileio import DiskFull
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,10 +46,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from dgnet.checkpoint import save_atomic
-    from dgnet.fileio import DiskFull
-    from dgnet.reference_checkpoints import import_baseline, import_reference
-
     try:
         overrides = parse_set(args.set)
         if args.data_root:

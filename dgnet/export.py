@@ -1,15 +1,15 @@
 """``python -m dgnet.export``: a trained model's re-id features or generator as an ONNX, TorchScript or
-ExportedProgram file (:mod:`dgnet.deploy` describes the inputs, outputs and metadata)."""
+ExportedProgram file (:mod:`dgnet.inference.export` describes the inputs, outputs and metadata)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
+from dgnet.inference.export import FORMATS, PARTS, export_checkpoint
+
 
 def main(argv: list[str] | None = None) -> int:
-    from dgnet.deploy import FORMATS, PARTS
-
     p = argparse.ArgumentParser(prog="python -m dgnet.export",
                                 description="Export a dgnet checkpoint's re-id features or generator for deployment.")
     p.add_argument("--checkpoint", required=True, help="dgnet.pt, teacher.pt or a run's *_NNNNNNNN.pt checkpoint")
@@ -20,7 +20,6 @@ def main(argv: list[str] | None = None) -> int:
                    help="--part reid from this model (default: dgnet when the checkpoint holds it, else its teacher)")
     p.add_argument("--out", required=True, help="the file to write (replaced atomically)")
     args = p.parse_args(argv)
-    from dgnet.deploy import export_checkpoint
 
     if args.fmt == "torchscript":
         print("dgnet.export: note: PyTorch deprecates TorchScript; exported-program and onnx are its maintained "

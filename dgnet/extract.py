@@ -1,5 +1,5 @@
 """``python -m dgnet.extract --checkpoint CK --images DIR|LIST.txt --out features.npz``: the test protocol's
-features of your own images (:mod:`dgnet.gallery`), with their paths and the checkpoint's identity.
+features of your own images (:mod:`dgnet.inference.gallery`), with their paths and the checkpoint's identity.
 
 Images that do not decode are skipped with a warning and listed in the file. On a CUDA device the images are
 decoded on the GPU by DALI (``--loader auto``, where DALI imports), on the CPU otherwise.
@@ -11,6 +11,8 @@ import argparse
 import sys
 
 from dgnet.config import LOADER_CHOICES, positive_int
+from dgnet.inference.extractor import FeatureExtractor
+from dgnet.inference.gallery import extract_features, list_images
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,9 +31,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from dgnet.api import FeatureExtractor
-    from dgnet.gallery import extract_features, list_images
-
     try:
         fx = FeatureExtractor(args.checkpoint, device=args.device, batch_size=args.batch_size, which=args.model,
                               loader=args.loader)

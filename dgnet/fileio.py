@@ -1,9 +1,11 @@
 """Files that are never lost or torn: atomic replacement, a clear stop when the disk is full, the sweep of
-temporaries that killed writes leave, and weights-only loading with errors that say what is wrong."""
+temporaries that killed writes leave, weights-only loading with errors that say what is wrong, and the
+commands' JSON results (:func:`write_results`)."""
 
 from __future__ import annotations
 
 import errno
+import json
 import os
 import re
 import shutil
@@ -142,3 +144,11 @@ def load_weights_only(path: str | Path, what: str, map_location: Any = "cpu") ->
         first = str(exc).strip().split("\n")[0]
         reason = first if len(first) > 12 else f"{type(exc).__name__}{': ' + first if first else ''}"
         raise ValueError(f"{what} {str(p)!r} is truncated, damaged or not a torch file ({reason})") from None
+
+
+def write_results(data: dict, checkpoint: str | Path, output: str | Path | None, suffix: str) -> Path:
+    """Write a CLI's results as JSON to ``output``, or next to ``checkpoint`` with ``suffix``; say where."""
+    out = Path(output) if output else Path(checkpoint).with_suffix(suffix)
+    write_text_atomic(out, json.dumps(data, indent=2))
+    print(f"results written to {out}")
+    return out

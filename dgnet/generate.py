@@ -1,6 +1,6 @@
 """``python -m dgnet.generate``: a generated re-id dataset (cross-identity images) from a trained DG-Net.
 
-The images and their manifest are described in :mod:`dgnet.generation`.
+The images and their manifest are described in :mod:`dgnet.generative.dataset`.
 """
 
 from __future__ import annotations
@@ -8,7 +8,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from dgnet.checkpoints.runs import open_run
 from dgnet.config import LOADER_CHOICES, positive_int
+from dgnet.generative.dataset import generate_dataset
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,9 +26,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--loader", choices=LOADER_CHOICES)
     p.add_argument("--device", default="auto")
     args = p.parse_args(argv)
-    from dgnet.generation import generate_dataset
-    from dgnet.runs import open_run
-
     try:
         run = open_run(args.checkpoint, args.data_root, args.loader, args.device)
         rows = generate_dataset(run.model("dgnet"), run.dataset(preflight=False),

@@ -3,8 +3,8 @@ functions they are made of.
 
 :data:`GENERATOR_TERMS` is the one place a term is defined: its reported name, the name and spec value of
 its weight, whether the weight ramps in, and the function computing it. ``LossConfig``'s weight keys, the
-ramped set (``dgnet.engine.ramp_weights``) and the weighted total (``dgnet.engine.generator_total``) are all
-derived from it, so a new term is one entry plus its function.
+ramped set (``dgnet.training.step.ramp_weights``) and the weighted total (``dgnet.training.step.generator_total``)
+are all derived from it, so a new term is one entry plus its function.
 
 Every function computes in at least float32 whatever the dtype of its inputs (autocast's bf16/fp16 outputs
 are promoted; float64 stays float64, so a float64 model is float64 end to end, as its exactness checks need).
@@ -91,7 +91,7 @@ def teacher_kl(student_logits: torch.Tensor, teacher_probs: torch.Tensor) -> tor
 
 # --------------------------------------------------------------------------------------------------------------------
 # The generator-side terms of one DG-Net iteration. Each reads what it needs from ``t``, the iteration's
-# intermediate results (``dgnet.engine.GeneratorInputs``): ``t.fwd`` (the shared forward), ``t.weights`` (this
+# intermediate results (``dgnet.training.step.GeneratorInputs``): ``t.fwd`` (the shared forward), ``t.weights`` (this
 # iteration's weights), and results computed once on first use and shared between terms: ``t.d_fakes`` (D on
 # x_ba and x_ab), ``t.structure_recon`` (Es on the fakes), ``t.generated`` (the frozen Ea copy on the fakes),
 # ``t.cycle`` (G on those codes) and ``t.student`` (live Ea and the frozen teacher on the detached fakes).

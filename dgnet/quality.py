@@ -1,12 +1,13 @@
 """``python -m dgnet.quality``: disentanglement of a DG-Net checkpoint on the synthetic set, measured with the set's
-true factors (the measures are described in :mod:`dgnet.disentanglement`)."""
+true factors (the measures are described in :mod:`dgnet.generative.disentanglement`)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from dgnet.logging_utils import write_results
+from dgnet.fileio import write_results
+from dgnet.generative.disentanglement import format_table, measure_checkpoint
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -20,7 +21,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="auto")
     p.add_argument("--output", help="JSON file (default: next to the checkpoint, <name>.quality.json)")
     args = p.parse_args(argv)
-    from dgnet.disentanglement import format_table, measure_checkpoint
 
     try:
         res = measure_checkpoint(args.checkpoint, args.teacher, args.data_root, args.pairs, args.seed, args.device)

@@ -1,6 +1,6 @@
 """``python -m dgnet.search --checkpoint CK --query IMG|DIR --gallery DIR|features.npz --out DIR``: rank a
 gallery of your own images for each query image by the test protocol's distance (optionally k-reciprocal
-re-ranking), with the same retrieval ops as ``dgnet.test``, on the same device (:mod:`dgnet.gallery`).
+re-ranking), with the same retrieval ops as ``dgnet.test``, on the same device (:mod:`dgnet.inference.gallery`).
 
 Writes ``DIR/ranklists/<n>_<query name>.png`` (the query, then its top k with their distances) and
 ``DIR/results.json``. A gallery folder's features are cached (``$DGNET_CACHE``, default ``~/.cache/dgnet``), so
@@ -13,6 +13,8 @@ import argparse
 import sys
 
 from dgnet.config import LOADER_CHOICES, positive_int
+from dgnet.inference.extractor import FeatureExtractor
+from dgnet.inference.gallery import search_to_folder
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,9 +35,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from dgnet.api import FeatureExtractor
-    from dgnet.gallery import search_to_folder
-
     try:
         fx = FeatureExtractor(args.checkpoint, device=args.device, batch_size=args.batch_size, which=args.model,
                               loader=args.loader)

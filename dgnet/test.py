@@ -1,4 +1,4 @@
-"""``python -m dgnet.test``: a checkpoint's models under the spec's test protocol (:mod:`dgnet.protocol`):
+"""``python -m dgnet.test``: a checkpoint's models under the spec's test protocol (:mod:`dgnet.evaluation.protocol`):
 Rank-1/5/10, mAP (both definitions) and mINP, with and without k-reciprocal re-ranking.
 
 Under torchrun the features are split across ranks and rank 0 evaluates.
@@ -11,13 +11,14 @@ import sys
 
 import torch
 
+from dgnet.checkpoints.runs import open_run
 from dgnet.config import LOADER_CHOICES
-from dgnet.logging_utils import write_results
+from dgnet.distributed import destroy, init_from_env
+from dgnet.evaluation.protocol import evaluate_models, format_table, parse_alphas
+from dgnet.fileio import write_results
 
 
 def _alphas(text: str) -> tuple:
-    from dgnet.protocol import parse_alphas
-
     try:
         return parse_alphas(text)
     except ValueError as exc:
@@ -44,10 +45,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from dgnet.distributed import destroy, init_from_env
-    from dgnet.protocol import evaluate_models, format_table
-    from dgnet.runs import open_run
-
     joined = not torch.distributed.is_initialized()
     rank = 0
     try:

@@ -1,5 +1,5 @@
 """``python -m dgnet.train``: stage 1 trains the teacher (the re-id baseline), stage 2 trains DG-Net, then both
-are evaluated (the run and its output folder are described in :mod:`dgnet.training`).
+are evaluated (the run and its output folder are described in :mod:`dgnet.training.loop`).
 
 With no arguments it runs the ``demo`` preset end to end on the embedded synthetic set. ``--iterations N``
 caps both stages at N; ``--resume`` continues exactly from the newest checkpoint in the output folder.
@@ -20,7 +20,9 @@ from typing import Any
 
 from dgnet.config import AMP_CHOICES, LOADER_CHOICES, PRESETS, parse_set, resolve_config
 from dgnet.distributed import CollectiveFailure
-from dgnet.preemption import Stopped, stop_on_signals
+from dgnet.fileio import DiskFull
+from dgnet.training.loop import NonFiniteLoss, train
+from dgnet.training.preemption import Stopped, stop_on_signals
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,7 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--compile", action="store_true", default=None,
-        help="torch.compile Ea's trunk, Es and G (CUDA graphs on a GPU); for GPUs, not small CPUs (README)",
+        help="torch.compile Ea's trunk, Es and G (CUDA graphs on a GPU); for GPUs, not small CPUs "
+        "(docs/training-speed.md)",
     )
     p.add_argument("--amp", choices=AMP_CHOICES, help="mixed precision (default: off, i.e. fp32 as the reference, in "
                    "the market1501/dukemtmc/msmt17 presets; auto elsewhere: bf16 on GPUs that support it, fp16 with "
@@ -100,9 +103,6 @@ def resume_hint(argv: list[str]) -> str:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
-    from dgnet.fileio import DiskFull
-    from dgnet.training import NonFiniteLoss, train
-
     try:
         with stop_on_signals() as stop:
             cfg = resolve_config(args.config, args_to_overrides(args))

@@ -1,6 +1,6 @@
 """``python -m dgnet.visualize``: the paper's generation figures and torchreid-style rank lists, as PNG grids.
 
-Modes (``x_ab = G(s_a, f_b)``: structure of a, appearance of b; the rows are built in :mod:`dgnet.figures`):
+Modes (``x_ab = G(s_a, f_b)``: structure of a, appearance of b; the rows are built in :mod:`dgnet.generative.figures`):
 ``swap``, ``rainbow``, ``interpolate-appearance``, ``interpolate-structure`` and ``ranklist``.
 
 Images come from ``--images`` (paths) or, by default, the first image of each of the first query
@@ -14,7 +14,8 @@ import sys
 from pathlib import Path
 
 from dgnet.config import LOADER_CHOICES, positive_int
-from dgnet.figures import MODES as FIGURE_MODES
+from dgnet.generative.figures import MODES as FIGURE_MODES
+from dgnet.generative.figures import figure_from_checkpoint
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,7 +36,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from dgnet.figures import figure_from_checkpoint
 
     try:
         path = figure_from_checkpoint(args.checkpoint, args.mode, images=args.images, num=args.num, steps=args.steps,

@@ -77,8 +77,9 @@ def parity_run(rank: int, world: int, steps: int, ref_world: int, device: torch.
     """``steps`` DG-Net iterations on this rank's rows of the combined batches of ``ref_world`` ranks (all of
     them when ``world`` is 1), models and data in ``dtype``; returns the model's state dict (parameters and
     BatchNorm buffers) and each iteration's losses."""
-    from dgnet.engine import build_optimizers, dgnet_step, wrap_ddp
     from dgnet.models import DGNet, ReidBaseline
+    from dgnet.training.optim import build_optimizers
+    from dgnet.training.step import dgnet_step, wrap_ddp
 
     device = device or torch.device("cpu")
     cfg = parity_config()
@@ -218,17 +219,18 @@ def dying_train_worker(rank: int, world: int, port: int, out: Path, argv: list[s
     """``dgnet.train argv`` where rank 1 crashes at the start of DG-Net iteration ``die_at`` (0-based)."""
 
     def body(rank: int) -> None:
-        from dgnet import engine, train
+        from dgnet import train
+        from dgnet.training import loop
 
         join_env(rank, world, port, timeout_s=120)
-        step = engine.dgnet_step
+        step = loop.dgnet_step
 
         def dying_step(*args, **kwargs):
             if rank == 1 and args[5] == die_at:
                 os._exit(5)
             return step(*args, **kwargs)
 
-        engine.dgnet_step = dying_step
+        loop.dgnet_step = dying_step
         t0 = time.perf_counter()
         try:
             with (out / f"stderr_{rank}.txt").open("w") as err, contextlib.redirect_stderr(err):
@@ -248,10 +250,11 @@ def signalled_train_worker(rank: int, world: int, port: int, out: Path, argv: li
     def body(rank: int) -> None:
         import signal
 
-        from dgnet import engine, train
+        from dgnet import train
+        from dgnet.training import loop
 
         join_env(rank, world, port, timeout_s=120)
-        step, calls = engine.teacher_step, []
+        step, calls = loop.teacher_step, []
 
         def signalled_step(*args, **kwargs):
             calls.append(1)
@@ -259,7 +262,7 @@ def signalled_train_worker(rank: int, world: int, port: int, out: Path, argv: li
                 os.kill(os.getpid(), signal.SIGTERM)
             return step(*args, **kwargs)
 
-        engine.teacher_step = signalled_step
+        loop.teacher_step = signalled_step
         with (out / f"stderr_{rank}.txt").open("w") as err, contextlib.redirect_stderr(err):
             rc = train.main(argv)
         (out / f"rc_{rank}.txt").write_text(str(rc))

@@ -34,7 +34,7 @@ def make_tiny_checkpoint(base: Path):
     its teacher; BatchNorm statistics moved off their init so eval mode matters). Returns ``(path, ds, cfg)``."""
     import torch
 
-    from dgnet.checkpoint import arch_only, build_state, save_atomic
+    from dgnet.checkpoints.format import arch_only, build_state, save_atomic
     from dgnet.config import resolve_config
     from dgnet.data import load_dataset
     from dgnet.models import DGNet, ReidBaseline

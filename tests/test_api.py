@@ -19,8 +19,8 @@ def run(tmp_path_factory):
 
 
 def _protocol_features(path, ds, cfg, which, samples):
-    """What dgnet.test computes for these samples: the checkpoint's model through dgnet.protocol.extract."""
-    from dgnet.protocol import extract
+    """What dgnet.test computes for these samples: the checkpoint's model through dgnet.evaluation.protocol.extract."""
+    from dgnet.evaluation.protocol import extract
 
     model = dgnet.load_model(path, which)
     return extract(model, which, samples, cfg, "torch", torch.device("cpu"))[0]

@@ -7,10 +7,10 @@ import torch
 from _tiny_run import make_tiny_set, tiny_flags
 from _tiny_run import train_fails as fails
 
-from dgnet import engine
-from dgnet.checkpoint import CheckpointManager, arch_only, build_state, load_checkpoint, save_atomic
+from dgnet.checkpoints.format import CheckpointManager, arch_only, build_state, load_checkpoint, save_atomic
 from dgnet.config import resolve_config
 from dgnet.train import main
+from dgnet.training import loop
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +103,7 @@ def test_resume_rules_and_other_config(root, tmp_path, capsys):
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(root, tmp_path, capsys, monkeypatch):
-    real = engine.teacher_step
+    real = loop.teacher_step
     calls = {"n": 0}
 
     def step(*a, **k):
@@ -113,7 +113,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(root, tmp_path, capsys, m
             out["loss_id"] = math.nan
         return out
 
-    monkeypatch.setattr(engine, "teacher_step", step)
+    monkeypatch.setattr(loop, "teacher_step", step)
     out = tmp_path / "run"
     # iteration 3 computes its loss with the weights of checkpoint 2: that one is set aside (renamed, kept for a
     # look, never resumed from) and checkpoint 1, whose weights gave the finite loss of iteration 2, is named

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from dgnet.checkpoint import (
+from dgnet.checkpoints.format import (
     CheckpointManager,
     build_state,
     check_compatible,
@@ -188,9 +188,9 @@ def test_text_files_are_replaced_atomically(tmp_path, monkeypatch):
 def test_teacher_of_another_architecture_is_rebuilt_from_its_own_config(tmp_path):
     """A --teacher from another run may differ from DG-Net's model config (here its head width): DG-Net
     checkpoints record the teacher's own, and every loader (resume, --teacher, dgnet.test) builds from it."""
+    from dgnet.checkpoints.runs import build_models, load_teacher
     from dgnet.config import ModelConfig
     from dgnet.models import DGNet, ReidBaseline
-    from dgnet.runs import build_models, load_teacher
 
     cfg = resolve_config("demo")
     cfg.model.backbone_weights = "none"

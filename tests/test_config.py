@@ -32,7 +32,7 @@ def test_presets_spec_numbers():
         # parity with the reference is the default: its fp32 training, its teacher's dropout on the fakes
         assert cfg.model.detach_appearance_code and cfg.model.bn_train_on_generated
         assert cfg.train.amp == "off" and cfg.model.teacher_dropout and cfg.model.last_stride == 1
-    # the CPU-sized presets keep what their README figures were measured with (amp auto is off on a CPU)
+    # the CPU-sized presets keep what their figures in docs/records.md were measured with (amp auto is off on a CPU)
     for name in ("demo", "synthetic"):
         cfg = resolve_config(name)
         assert cfg.train.amp == "auto" and not cfg.model.teacher_dropout

@@ -19,7 +19,7 @@ import pytest
 import torch
 import yaml
 
-from dgnet.checkpoint import load_checkpoint
+from dgnet.checkpoints.format import load_checkpoint
 from dgnet.config import ModelConfig
 from dgnet.convert import main
 from dgnet.models import DGNet, ReidBaseline
@@ -236,7 +236,7 @@ def test_converted_model_computes_what_the_original_does(reference_run, converte
         model.float()
         teacher.float()
     # FeatureExtractor: the test protocol's feature at the checkpoint's 256x128
-    from dgnet.protocol import embed
+    from dgnet.evaluation.protocol import embed
 
     fx = dgnet.FeatureExtractor(converted, device="cpu", batch_size=2)
     x = torch.randn(2, 3, 256, 128, generator=torch.Generator().manual_seed(4))
@@ -314,7 +314,7 @@ def test_non_finite_weights_are_refused_by_name(reference_run, tmp_path, capsys)
 def test_the_run_config_is_read_and_checked(reference_run, tmp_path, capsys):
     """``config.yaml`` above ``checkpoints/``: ID_class stands in for --num-ids, ID_stride becomes Ea's stride, a
     setting dgnet does not implement is refused by name, a contradicting --num-ids too."""
-    from dgnet.reference_checkpoints import REFERENCE_SETTINGS
+    from dgnet.checkpoints.reference import REFERENCE_SETTINGS
 
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)
@@ -361,7 +361,7 @@ def test_a_multi_gpu_dis_file_and_no_dis_file(reference_run, tmp_path):
 
 # ----------------------------------------------------------------------------------- the baseline command
 def test_baseline_teacher_stride_from_opts_and_default_2(reference_run, tmp_path):
-    from dgnet.runs import load_teacher
+    from dgnet.checkpoints.runs import load_teacher
 
     out = tmp_path / "teacher.pt"
     assert main(["baseline", "--weights", str(reference_run["net_last"]), "--config", "market1501",

@@ -11,6 +11,7 @@ from PIL import Image
 
 from dgnet.data import load_dataset
 from dgnet.data import synthetic as syn
+from dgnet.evaluation.baselines import colour_histogram, histogram_baseline
 
 TINY = dict(ids=10, cams=3, height=64, width=32)
 
@@ -109,8 +110,9 @@ def test_generate_refuses_a_folder_holding_files(tmp_path):
 
 def test_the_set_keeps_its_seed_when_the_training_seed_changes(monkeypatch):
     """train.seed must not regenerate (or refuse) the default data/synthetic: the set has data.synthetic_seed."""
+    from dgnet.checkpoints import runs
+    from dgnet.checkpoints.runs import prepare_dataset
     from dgnet.config import resolve_config
-    from dgnet.runs import prepare_dataset
 
     seen = {}
 
@@ -118,11 +120,16 @@ def test_the_set_keeps_its_seed_when_the_training_seed_changes(monkeypatch):
         seen.update(kwargs)
         raise RuntimeError("captured")
 
-    monkeypatch.setattr(syn, "ensure_dataset", capture)
+    monkeypatch.setattr(runs, "ensure_dataset", capture)  # patched where prepare_dataset calls it
     cfg = resolve_config("demo", {"train": {"seed": 7}})
     with pytest.raises(RuntimeError, match="captured"):
         prepare_dataset(cfg, verbose=False)
     assert seen["seed"] == 0 == cfg.data.synthetic_seed
+    # and the regime's options travel from the config to the set (the twocam preset)
+    seen.clear()
+    with pytest.raises(RuntimeError, match="captured"):
+        prepare_dataset(resolve_config("twocam"), verbose=False)
+    assert (seen["train_cams"], seen["per_cam"], seen["view_tie"]) == (2, 2, 0.8)
 
 
 def test_cli(tmp_path, capsys):
@@ -133,8 +140,8 @@ def test_cli(tmp_path, capsys):
 
 
 def test_baseline_evaluator_hand_computed():
-    """The histogram baseline scores with dgnet.evaluation (its own numpy evaluator is gone): a hand case."""
-    from dgnet.evaluation import evaluate_rank
+    """The histogram baseline scores with dgnet.evaluation.rank (its own numpy evaluator is gone): a hand case."""
+    from dgnet.evaluation.rank import evaluate_rank
 
     # query pid 1 cam 0. gallery order by distance: [pid 1 cam 0 (ignored: same cam), pid 2, pid 1 cam 1,
     # junk, pid 1 cam 2] -> first true match at rank 2; AP = mean(1/2, 2/3) (junk removed from the ranking)
@@ -146,9 +153,9 @@ def test_baseline_evaluator_hand_computed():
 
 def test_histogram_baseline_outputs(tiny):
     ds = load_dataset("synthetic", tiny, verbose=False)
-    res = syn.histogram_baseline(ds)
+    res = histogram_baseline(ds)
     assert 0.0 <= res["mAP"] <= 1.0 and 0.0 <= res["rank1"] <= res["rank5"] <= res["rank10"] <= 1.0
-    h = syn.colour_histogram(ds.query[0].path)
+    h = colour_histogram(ds.query[0].path)
     assert h.shape == (64,) and np.linalg.norm(h) == pytest.approx(1.0, abs=1e-5)
 
 
@@ -160,3 +167,108 @@ def test_jpeg_quality_follows_camera():
     a, b = syn.render(ident, img, low, 128, 64), syn.render(ident, img, high, 128, 64)
     assert len(a) < len(b)
     assert Image.open(io.BytesIO(a)).size == (64, 128)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# the two-camera regime (docs/study.md)
+
+REGIME = dict(ids=16, cams=4, height=64, width=32, train_cams=2, per_cam=2, view_tie=0.8)
+
+
+def _set_digest(root: Path) -> str:
+    h = hashlib.sha1()
+    for p in sorted(root.rglob("*.jpg")):
+        h.update(p.relative_to(root).as_posix().encode())
+        h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def test_regime_defaults_draw_the_default_set(tiny):
+    """The regime options at their defaults leave the set as it was: this digest is of the TINY set with seed 3
+    drawn by the code before the options existed (commit 7242663, the same value from /work/main then)."""
+    assert _set_digest(tiny) == "6881dc2f8d25dd61c04a7b108a7d3e3d34746fb4"
+
+
+def test_regime_is_deterministic_and_its_manifest_shows_the_design(tmp_path):
+    a = syn.generate(tmp_path / "a", seed=5, workers=1, **REGIME)
+    b = syn.generate(tmp_path / "b", seed=5, workers=2, **REGIME)
+    assert digest(a) == digest(b)
+    assert (a / "manifest.json").read_text() == (b / "manifest.json").read_text()
+    import json
+
+    manifest = json.loads((a / "manifest.json").read_text())
+    assert {k: manifest["params"][k] for k in ("train_cams", "per_cam", "view_tie")} == \
+        {"train_cams": 2, "per_cam": 2, "view_tie": 0.8}
+    # The design, counted independently of the manifest's own summary: from the images as the loader reads them.
+    ds = load_dataset("synthetic", a, verbose=False)
+    cams, per = defaultdict(set), defaultdict(int)
+    for s in ds.train:
+        cams[s.pid].add(s.camid)
+        per[s.pid, s.camid] += 1
+    assert len(cams) == REGIME["ids"] // 2
+    assert all(len(c) == 2 for c in cams.values())  # every training identity: exactly two cameras
+    assert set(per.values()) == {2}  # two images under each
+    design = manifest["design"]
+    assert design["train_identities_by_camera_count"] == {"2": REGIME["ids"] // 2}
+    assert design["train_images_per_identity_camera"] == [2]
+    # every query has a true match in another camera (the protocol ignores same-camera matches)
+    g = defaultdict(set)
+    for s in ds.gallery:
+        g[s.pid].add(s.camid)
+    assert all(g[q.pid] - {q.camid} for q in ds.query)
+    assert design["queries_with_a_match_in_another_camera"] == 1.0
+    assert design["split_cameras"]["bounding_box_train"] == list(range(REGIME["cams"]))  # all cameras train
+    # views follow the camera for about view_tie of the images, plus chance (1/4) for the rest
+    man = syn.load_manifest(a)
+    persons = [r for r in man.values() if r["kind"] == "person"]
+    tied = sum(r["factors"]["view"] == syn.VIEWS[r["camid"] % 4] for r in persons) / len(persons)
+    assert design["view_is_camera_view"] == pytest.approx(tied, abs=1e-4)
+    assert 0.7 < tied < 0.97, tied  # expected 0.8 + 0.2 / 4 = 0.85
+
+
+def test_regime_keeps_the_test_split_and_the_identities(tiny, tmp_path):
+    """The regime changes the training identities' cameras and counts only: appearances and the test split's
+    files are the default set's (the regime's own draws use their own generator)."""
+    reg = syn.generate(tmp_path / "reg", seed=3, workers=1, train_cams=2, per_cam=1, **TINY)
+    m0, m1 = syn.load_manifest(tiny), syn.load_manifest(reg)
+    test0 = sorted((r["pid"], r["camid"], r["split"]) for r in m0.values() if r["split"] != "bounding_box_train")
+    test1 = sorted((r["pid"], r["camid"], r["split"]) for r in m1.values() if r["split"] != "bounding_box_train")
+    assert test0 == test1
+    assert {r["pid"]: r["identity"] for r in m0.values()} == {r["pid"]: r["identity"] for r in m1.values()}
+
+
+def test_regime_bad_options_are_named(tmp_path):
+    with pytest.raises(ValueError, match="train_cams=5"):
+        syn.generate(tmp_path / "x", train_cams=5, **TINY)
+    with pytest.raises(ValueError, match="view_tie=1.5"):
+        syn.generate(tmp_path / "y", view_tie=1.5, **TINY)
+
+
+def test_a_manifest_from_before_the_regime_options_is_reused(tiny, tmp_path):
+    """A set drawn before the options existed has no such keys in its manifest; it is the default set, reused."""
+    import json
+    import shutil
+
+    old = tmp_path / "old"
+    shutil.copytree(tiny, old)
+    m = json.loads((old / "manifest.json").read_text())
+    m["params"] = {k: m["params"][k] for k in ("ids", "cams", "height", "width", "seed")}
+    (old / "manifest.json").write_text(json.dumps(m))
+    assert syn.ensure_dataset(old, verbose=False, seed=3, **TINY) == old
+    with pytest.raises(ValueError, match="holds a set made with"):
+        syn.ensure_dataset(old, verbose=False, seed=3, train_cams=2, **TINY)
+
+
+def test_command_line_regime(tmp_path, capsys):
+    from dgnet.data.synthetic.__main__ import main
+
+    out = tmp_path / "cli"
+    assert main(["--out", str(out), "--ids", "8", "--cams", "3", "--height", "32", "--width", "16",
+                 "--train-cams", "2", "--per-cam", "3", "--view-tie", "1", "--workers", "1"]) == 0
+    import json
+
+    design = json.loads((out / "manifest.json").read_text())["design"]
+    assert design["train_identities_by_camera_count"] == {"2": 4}
+    assert design["view_is_camera_view"] == 1.0
+    assert main(["--out", str(tmp_path / "bad"), "--cams", "3", "--train-cams", "4"]) == 2
+    assert "train_cams=4" in capsys.readouterr().err

@@ -12,9 +12,10 @@ import torch
 
 from dgnet.config import Config, ModelConfig
 from dgnet.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from dgnet.engine import build_optimizers, dgnet_step
 from dgnet.models import DGNet, ReidBaseline, gray
 from dgnet.models.layers import LayerNorm
+from dgnet.training.optim import build_optimizers
+from dgnet.training.step import dgnet_step
 
 H, W = 32, 16  # the smallest size every module accepts: these tests run full backward passes
 

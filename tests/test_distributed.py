@@ -173,7 +173,7 @@ def test_train_two_ranks_then_resume_on_one(tmp_path: Path, capsys) -> None:
     says the resume is not exact."""
     from _tiny_run import make_tiny_set, tiny_flags
 
-    from dgnet.checkpoint import load_checkpoint
+    from dgnet.checkpoints.format import load_checkpoint
     from dgnet.test import main as test_main
     from dgnet.train import main
 
@@ -215,7 +215,7 @@ def test_killed_rank_then_exact_resume_on_the_same_world_size(tmp_path: Path) ->
     equal those of an uninterrupted 2-rank run bit for bit (every rank's RNG state and stream position)."""
     from _tiny_run import make_tiny_set, tiny_flags
 
-    from dgnet.checkpoint import load_checkpoint
+    from dgnet.checkpoints.format import load_checkpoint
 
     root = make_tiny_set(tmp_path / "data")
 

@@ -7,12 +7,15 @@ import pytest
 import torch
 
 from dgnet.config import Config
-from dgnet.engine import (
-    GEN_TERMS,
+from dgnet.models import DGNet, ReidBaseline
+from dgnet.training.optim import (
     build_optimizers,
     build_schedulers,
     build_teacher_optimizer,
     build_teacher_scheduler,
+)
+from dgnet.training.step import (
+    GEN_TERMS,
     dgnet_step,
     discriminator_losses,
     generator_losses,
@@ -20,7 +23,6 @@ from dgnet.engine import (
     shared_forward,
     teacher_step,
 )
-from dgnet.models import DGNet, ReidBaseline
 
 H, W, B, IDS = 64, 32, 2, 5
 SMALL = (32, 16)  # gradient-routing tests backpropagate once per term: smallest size every module accepts
@@ -53,7 +55,7 @@ def _build(cfg: Config, seed: int = 0, fused: bool = False):
     torch.manual_seed(seed)
     model = DGNet(cfg.model, IDS, fused=fused)
     teacher = ReidBaseline(cfg.model, IDS)
-    return model, teacher, build_optimizers(model, cfg.optim, fused=fused)
+    return model, teacher, build_optimizers(model, cfg.optim)
 
 
 def _groups(model: DGNet, teacher) -> dict[str, list[torch.nn.Parameter]]:
@@ -233,7 +235,7 @@ def test_fused_step_matches_plain():
         model, teacher, opts = _build(cfg, seed=3, fused=fused)
         assert all(bool(g.get("fused")) is fused for o in opts.values() for g in o.param_groups)
         torch.manual_seed(5)
-        out = dgnet_step(model, teacher, opts, _batch(1, SMALL), _batch(2, SMALL), 4, cfg, fused=fused)
+        out = dgnet_step(model, teacher, opts, _batch(1, SMALL), _batch(2, SMALL), 4, cfg)
         counters = {n: b.item() for n, b in model.named_buffers() if n.endswith("num_batches_tracked")}
         results.append((out, model.G.up[1].conv.weight.detach().clone(), counters))
     (o1, w1, c1), (o2, w2, c2) = results
@@ -249,8 +251,8 @@ def test_fused_step_matches_plain():
 def test_fused_sgd_matches_the_loop_when_a_head_starts_late():
     """Ea's SGD under --fused: a parameter whose first gradient arrives after the others' took steps (a head
     before its loss ramps in) gets the loop's first step (momentum buffer = gradient), over a resume too."""
-    from dgnet.checkpoint import load_optimizer_state
-    from dgnet.engine import _sgd_two_groups
+    from dgnet.checkpoints.format import load_optimizer_state
+    from dgnet.training.optim import _sgd_two_groups
 
     cfg = Config().optim
 
@@ -286,9 +288,9 @@ def test_deferred_bn_counts_is_exact(momentum):
     """Train-mode BatchNorm calls inside deferred_bn_counts: the same outputs and running statistics, bit for
     bit, and the same num_batches_tracked on exit (also when the block raises), with none of the per-call
     counter adds; eval-mode and frozen batch-statistics calls count nothing, as in PyTorch."""
-    from dgnet.engine import deferred_bn_counts
     from dgnet.models import frozen
     from dgnet.profiling import host_op_count
+    from dgnet.training.step import deferred_bn_counts
 
     def make():
         torch.manual_seed(0)
@@ -351,7 +353,7 @@ def test_teacher_dropout_switch(dropout):
     """``model.teacher_dropout``: the teacher's soft labels of the fakes vary with the RNG when on (the reference's
     teacher in train mode) and not when off; the same RNG state gives the same labels (what an exact resume
     restores); the teacher's running statistics and modes are untouched either way."""
-    from dgnet.engine import GeneratorInputs
+    from dgnet.training.step import GeneratorInputs
 
     cfg = _cfg()
     cfg.model.teacher_dropout = dropout
@@ -500,13 +502,12 @@ def test_fp16_gradscaler_step_cuda():
     model, teacher, _ = _build(cfg, fused=True)
     model.cuda()
     teacher.cuda()
-    opts = build_optimizers(model, cfg.optim, fused=True)
-    out = dgnet_step(model, teacher, opts, cuda(_batch(7)), cuda(_batch(6)), 10, cfg, None, torch.bfloat16, fused=True)
+    opts = build_optimizers(model, cfg.optim)
+    out = dgnet_step(model, teacher, opts, cuda(_batch(7)), cuda(_batch(6)), 10, cfg, None, torch.bfloat16)
     assert all(out[k] == out[k] for k in GEN_TERMS)
     scaler = torch.amp.GradScaler("cuda")
     for i in range(2):
         out = dgnet_step(
-            model, teacher, opts, cuda(_batch(11 + i)), cuda(_batch(13 + i)), 11 + i, cfg, scaler, torch.float16,
-            fused=True,
+            model, teacher, opts, cuda(_batch(11 + i)), cuda(_batch(13 + i)), 11 + i, cfg, scaler, torch.float16
         )
         assert all(out[k] == out[k] for k in GEN_TERMS)

@@ -1,4 +1,4 @@
-"""dgnet.evaluation (compiled fast path) against the classic per-query argsort loop and hand-computed cases."""
+"""dgnet.evaluation.rank (compiled fast path) against the classic per-query argsort loop and hand-computed cases."""
 
 import math
 import warnings
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from dgnet.evaluation import evaluate, evaluate_rank, evaluate_rank_reference, evaluate_reference
+from dgnet.evaluation.rank import evaluate, evaluate_rank, evaluate_rank_reference, evaluate_reference
 
 # The random cases include queries without a true match on purpose; the warning that reports them is checked
 # in test_skipped_queries_are_counted_and_reported.

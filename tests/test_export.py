@@ -1,5 +1,5 @@
-"""python -m dgnet.export (dgnet.deploy): every format runs in its own runtime at two batch sizes and matches
-PyTorch: the reid part against dgnet.FeatureExtractor (the test protocol through dgnet.protocol.embed), the
+"""python -m dgnet.export (dgnet.inference.export): every format runs in its own runtime at two batch sizes and matches
+PyTorch: the reid part against dgnet.FeatureExtractor (the test protocol through dgnet.evaluation.protocol.embed), the
 generator against a --fused model's own encode/decode (the C++ AdaIN kernel), so the exported reference
 decomposition is checked against the fused op it stands for. Bad input is refused by name."""
 
@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from dgnet.api import FeatureExtractor, checkpoint_identity
-from dgnet.checkpoint import arch_only, build_state, load_checkpoint, save_atomic
+from dgnet.checkpoints.format import arch_only, build_state, load_checkpoint, save_atomic
+from dgnet.checkpoints.runs import build_model
 from dgnet.config import resolve_config
 from dgnet.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from dgnet.deploy import Generator, ReidFeatures, read_metadata
 from dgnet.export import main
+from dgnet.inference.export import Generator, ReidFeatures, read_metadata
+from dgnet.inference.extractor import FeatureExtractor, checkpoint_identity
 from dgnet.models import DGNet, ReidBaseline
-from dgnet.runs import build_model
 
 NUM_IDS = 6
 SIZE = (64, 32)  # the demo preset's input (height, width)

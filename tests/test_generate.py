@@ -1,4 +1,5 @@
-"""dgnet.generate (dgnet.generation): the generated set reads back through the folder loader, labels and pixels."""
+"""dgnet.generate (dgnet.generative.dataset): the generated set reads back through the folder loader, labels and
+pixels."""
 
 import csv
 import io
@@ -12,16 +13,16 @@ from PIL import Image
 from dgnet.config import resolve_config
 from dgnet.data import load_dataset
 from dgnet.data.layouts import load_folder
-from dgnet.figures import load_images
-from dgnet.generation import draw_pairs, generate_dataset
-from dgnet.logging_utils import denormalize
+from dgnet.data.streams import load_images
+from dgnet.data.transforms import denormalize
+from dgnet.generative.dataset import draw_pairs, generate_dataset
 
 SIZE = (64, 32)  # the model's input size (height, width)
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    from dgnet.checkpoint import arch_only
+    from dgnet.checkpoints.format import arch_only
     from dgnet.models import DGNet
 
     root = make_tiny_set(tmp_path_factory.mktemp("syn"))

@@ -1,6 +1,7 @@
-"""The shape of the library: dgnet's import graph (imports inside functions included) has no cycle, and no
-module imports a command. A command is a module that runs as ``python -m``: it has an
-``if __name__ == "__main__":`` block (or is a package's ``__main__``)."""
+"""The shape of the library: dgnet's import graph (imports inside functions included) has no cycle, no module
+imports a command, commands sit at the top level, and the folders form layers that import only downwards.
+A command is a module that runs as ``python -m``: it has an ``if __name__ == "__main__":`` block (or is a
+package's ``__main__``)."""
 
 from __future__ import annotations
 
@@ -77,8 +78,8 @@ def graph() -> tuple[dict[str, set[str]], set[str]]:
 def test_the_walk_sees_imports_inside_functions(graph):
     """A check that the walk itself works: training imports the protocol only inside a function."""
     edges, commands = graph
-    assert "dgnet.protocol" in edges["dgnet.training"]
-    assert {"dgnet.train", "dgnet.test"} <= commands and "dgnet.training" not in commands
+    assert "dgnet.data.pipeline_dali" in edges["dgnet.data.streams"]  # DALI is optional: imported where used
+    assert {"dgnet.train", "dgnet.test"} <= commands and "dgnet.training.loop" not in commands
 
 
 def test_no_module_imports_a_command(graph):
@@ -110,3 +111,46 @@ def test_no_import_cycle(graph):
         if n not in state:
             visit(n)
     assert not cycles, "import cycles: " + "; ".join(" -> ".join(c) for c in cycles)
+
+
+# The library's layers, bottom up: a module imports its own layer and those below, never one above. The package
+# ``dgnet`` itself (its lazy public names, ``__version__``) and commands are outside the layers.
+LAYERS = (
+    {"ops", "kernels", "_C"},
+    {"config", "losses", "fileio", "runtime", "distributed", "profiling", "data", "models"},
+    {"checkpoints", "evaluation"},
+    {"training", "inference", "generative"},
+    {"studies"},  # whole runs (training, generation, evaluation) over arms and seeds
+)
+# Top-level modules that are not commands: the few every layer needs. Everything else lives in a folder.
+SHARED = {"config", "losses", "fileio", "runtime", "distributed", "profiling"}
+
+
+def _layer(module: str) -> int | None:
+    part = module.split(".")[1] if "." in module else None
+    return next((i for i, names in enumerate(LAYERS) if part in names), None)
+
+
+def test_commands_sit_at_the_top_level(graph):
+    """``python -m dgnet.X`` for every command; a folder's only commands are the data tools' ``__main__``."""
+    _, commands = graph
+    nested = sorted(c for c in commands if c.count(".") > 1 and not c.endswith(".__main__"))
+    assert not nested, "commands inside a folder: " + ", ".join(nested)
+
+
+def test_top_level_holds_commands_and_a_few_shared_modules(graph):
+    edges, commands = graph
+    top = {n.split(".")[1] for n in edges if n.count(".") == 1 and n not in commands}
+    folders = {p.name for p in ROOT.iterdir() if (p / "__init__.py").exists()}
+    assert top - folders <= SHARED, f"library modules at the top level: {sorted(top - folders - SHARED)}"
+
+
+def test_layers_import_only_downwards(graph):
+    edges, commands = graph
+    bad = []
+    for a, deps in edges.items():
+        la = _layer(a)
+        if a in commands or la is None:
+            continue
+        bad += [f"{a} -> {b}" for b in deps if (lb := _layer(b)) is not None and lb > la]
+    assert not bad, "imports up the layers: " + ", ".join(sorted(bad))

@@ -10,7 +10,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from dgnet.config import LossConfig
-from dgnet.engine import ramp_weights
 from dgnet.losses import (
     id_ce,
     lsgan_dis,
@@ -20,6 +19,7 @@ from dgnet.losses import (
     teacher_kl,
     teacher_soft_labels,
 )
+from dgnet.training.step import ramp_weights
 
 
 def test_recon_l1_hand_case_and_detached_target():

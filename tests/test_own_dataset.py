@@ -1,5 +1,6 @@
-"""README's "Your own dataset" example, run as written: its YAML and its four commands (train, test, extract,
-search), read from README.md, on a folder tree drawn here. Only the run's length and size are cut to seconds."""
+"""The "Your own dataset" example of docs/own-data.md, run as written: its YAML and its four commands (train, test,
+extract, search), read from that file, on a folder tree drawn here. Only the run's length and size are cut to
+seconds."""
 
 from __future__ import annotations
 
@@ -12,15 +13,15 @@ from pathlib import Path
 
 from _tiny_run import make_tiny_set
 
-README = Path(__file__).resolve().parents[1] / "README.md"
-# What makes the example a seconds-long run here; everything else is the README's.
+DOC = Path(__file__).resolve().parents[1] / "docs" / "own-data.md"
+# What makes the example a seconds-long run here; everything else is the document's.
 SHORT = ["--iterations", "2", "--loader", "torch", "--device", "cpu", "--set", "data.batch_size=2",
          "--set", "data.teacher_batch_size=8", "--set", "data.workers=0", "--set", "train.threads=1",
          "--set", "eval.k1=4", "--set", "eval.k2=2"]
 
 
 def _section() -> str:
-    text = README.read_text()
+    text = DOC.read_text()
     start = text.index("## Your own dataset")
     end = text.find("\n## ", start + 1)
     return text[start:end if end != -1 else None]
@@ -31,7 +32,7 @@ def _blocks(section: str, lang: str) -> list[str]:
 
 
 def _draw_tree(root: Path, src: Path) -> None:
-    """The README's tree: identities as folders, names with camera tags, cameras.csv, a junk folder."""
+    """The document's tree: identities as folders, names with camera tags, cameras.csv, a junk folder."""
     from dgnet.data import load_dataset
 
     ds = load_dataset("synthetic", src, verbose=False)

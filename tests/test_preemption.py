@@ -1,5 +1,5 @@
-"""SIGINT and SIGTERM during training (dgnet.preemption): the iteration in progress finishes, a checkpoint is
-written, the command says where and how to resume and exits 128 + the signal; --resume then gives the same
+"""SIGINT and SIGTERM during training (dgnet.training.preemption): the iteration in progress finishes, a checkpoint
+is written, the command says where and how to resume and exits 128 + the signal; --resume then gives the same
 weights and losses as a run never stopped, bit for bit. A second signal ends the process at once. Under torchrun
 every rank stops after the same iteration, whichever rank was signalled.
 
@@ -23,10 +23,10 @@ import torch
 from _dist_workers import free_port, signalled_train_worker
 from _tiny_run import make_tiny_set, tiny_flags
 
-from dgnet import engine
-from dgnet.checkpoint import load_checkpoint
+from dgnet.checkpoints.format import load_checkpoint
 from dgnet.runlock import LOCK_NAME
 from dgnet.train import main
+from dgnet.training import loop
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -40,8 +40,8 @@ def root(tmp_path_factory):
 
 
 def _signal_at(monkeypatch, name: str, call: int, *signums: int) -> None:
-    """Make ``engine.<name>`` send ``signums`` to this process at its ``call``-th call (1-based), then step."""
-    real = getattr(engine, name)
+    """Make ``loop.<name>`` send ``signums`` to this process at its ``call``-th call (1-based), then step."""
+    real = getattr(loop, name)
     calls = {"n": 0}
 
     def step(*args, **kwargs):
@@ -51,7 +51,7 @@ def _signal_at(monkeypatch, name: str, call: int, *signums: int) -> None:
                 os.kill(os.getpid(), s)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(engine, name, step)
+    monkeypatch.setattr(loop, name, step)
 
 
 def _metrics(out: Path, stage: str) -> list[dict]:
@@ -92,9 +92,9 @@ def test_a_signal_saves_the_iteration_and_resume_is_exact(root, tmp_path, monkey
 
 SECOND_SIGNAL = """
 import os, signal, sys
-from dgnet import engine
+from dgnet.training import loop
 from dgnet.train import main
-real = engine.teacher_step
+real = loop.teacher_step
 calls = []
 def step(*args, **kwargs):
     calls.append(1)
@@ -102,7 +102,7 @@ def step(*args, **kwargs):
         os.kill(os.getpid(), signal.SIGTERM)
         os.kill(os.getpid(), signal.SIGTERM)
     return real(*args, **kwargs)
-engine.teacher_step = step
+loop.teacher_step = step
 sys.exit(main(sys.argv[1:]))
 """
 

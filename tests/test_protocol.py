@@ -1,5 +1,5 @@
-"""The test protocol's data path (dgnet.protocol): features stay on the model's device, and distances,
-re-ranking and evaluation run there through dgnet.ops and dgnet.evaluation, with the metrics the plain
+"""The test protocol's data path (dgnet.evaluation.protocol): features stay on the model's device, and distances,
+re-ranking and evaluation run there through dgnet.ops and dgnet.evaluation.rank, with the metrics the plain
 formulas give."""
 
 from __future__ import annotations
@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from dgnet import ops, protocol
+from dgnet import ops
 from dgnet.config import EvalConfig
-from dgnet.evaluation import evaluate_reference
+from dgnet.evaluation import protocol
+from dgnet.evaluation.rank import evaluate_reference
 from dgnet.ops.rerank import re_ranking_reference
 
 
@@ -154,7 +155,7 @@ def test_evaluate_models_extracts_once_and_scores_every_alpha(monkeypatch):
 
     monkeypatch.setattr(protocol, "extract", fake_extract)
     monkeypatch.setattr(protocol, "evaluate_features", fake_evaluate)
-    monkeypatch.setattr("dgnet.distributed.broadcast_state", lambda model: None)
+    monkeypatch.setattr(protocol, "broadcast_state", lambda model: None)  # patched where evaluate_models calls it
     ds = type("DS", (), {"query": "Q", "gallery": "G"})()
     models = {"teacher": torch.nn.Identity(), "dgnet": torch.nn.Identity()}
     out = protocol.evaluate_models(models, ds, Config(), torch.device("cpu"), "torch", rerank=False,

@@ -9,9 +9,9 @@ import torch
 import torch.nn as nn
 from _tiny_run import make_tiny_set
 
-from dgnet import disentanglement as Q
 from dgnet import quality
 from dgnet.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from dgnet.generative import disentanglement as Q
 
 
 @pytest.fixture(scope="module")
@@ -148,7 +148,7 @@ def test_measure_with_stub_generators_and_oracle(tiny):
 
 
 def test_dgnet_swap_generator_is_the_decoder_of_swapped_codes():
-    from dgnet.checkpoint import arch_only
+    from dgnet.checkpoints.format import arch_only
     from dgnet.config import resolve_config
     from dgnet.models import DGNet
 
@@ -163,7 +163,7 @@ def test_dgnet_swap_generator_is_the_decoder_of_swapped_codes():
 
 
 def _tiny_checkpoint(root: Path, path: Path, dataset: str = "synthetic") -> Path:
-    from dgnet.checkpoint import FORMAT, VERSION, arch_only
+    from dgnet.checkpoints.format import FORMAT, VERSION, arch_only
     from dgnet.config import resolve_config
     from dgnet.models import DGNet, ReidBaseline
 

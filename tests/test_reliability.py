@@ -15,7 +15,7 @@ import torch
 from _tiny_run import make_tiny_checkpoint, make_tiny_set, tiny_flags
 from _tiny_run import train_fails as fails
 
-from dgnet.checkpoint import CheckpointManager, NonFiniteWeights, build_state, load_checkpoint, save_atomic
+from dgnet.checkpoints.format import CheckpointManager, NonFiniteWeights, build_state, load_checkpoint, save_atomic
 from dgnet.config import resolve_config
 from dgnet.fileio import DiskFull, load_weights_only, remove_stale_temporaries
 from dgnet.train import main

@@ -10,9 +10,9 @@ import pytest
 import torch
 from _tiny_run import make_tiny_set, tiny_flags
 
-from dgnet import engine
-from dgnet.checkpoint import load_checkpoint
+from dgnet.checkpoints.format import load_checkpoint
 from dgnet.train import main
+from dgnet.training import loop
 
 
 class Killed(Exception):
@@ -20,8 +20,8 @@ class Killed(Exception):
 
 
 def _kill_at(monkeypatch, name: str, iteration: int) -> None:
-    """Make ``engine.<name>`` raise on its ``iteration``-th call (1-based) in this process."""
-    real = getattr(engine, name)
+    """Make ``<name>`` (as the training loop calls it) raise on its ``iteration``-th call (1-based) in this process."""
+    real = getattr(loop, name)
     calls = {"n": 0}
 
     def step(*args, **kwargs):
@@ -30,7 +30,7 @@ def _kill_at(monkeypatch, name: str, iteration: int) -> None:
             raise Killed(f"{name} killed at call {iteration}")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(engine, name, step)
+    monkeypatch.setattr(loop, name, step)
 
 
 def _losses(out, stage):

@@ -133,7 +133,7 @@ def test_a_good_save_keeps_only_the_newest_set_aside_file_of_each_kind(tmp_path)
     is written after them, only the newest of each kind stays, for a look."""
     import torch
 
-    from dgnet.checkpoint import CheckpointManager
+    from dgnet.checkpoints.format import CheckpointManager
 
     ck = tmp_path / "checkpoints"
     ck.mkdir()

@@ -1,5 +1,5 @@
-"""Opening a run (dgnet.runs): layout options from YAML and --set reach the dataset reader, the identity count
-comes from the data without mutating the config, and models rebuilt from a checkpoint keep its fast paths."""
+"""Opening a run (dgnet.checkpoints.runs): layout options from YAML and --set reach the dataset reader, the identity
+count comes from the data without mutating the config, and models rebuilt from a checkpoint keep its fast paths."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from dgnet.checkpoint import arch_only, build_state, save_atomic
+from dgnet.checkpoints.format import arch_only, build_state, save_atomic
+from dgnet.checkpoints.runs import build_model, open_run, prepare_dataset, with_data_ids
 from dgnet.config import parse_set, resolve_config
-from dgnet.runs import build_model, open_run, prepare_dataset, with_data_ids
 
 
 def _image(path: Path) -> None:
@@ -127,8 +127,8 @@ def _dgnet_checkpoint(path: Path, seed: int, num_ids: int, **model) -> tuple:
 
 
 def test_init_from_loads_every_weight_and_checks_the_architecture(tmp_path):
+    from dgnet.checkpoints.runs import init_dgnet_from
     from dgnet.models import DGNet
-    from dgnet.runs import init_dgnet_from
 
     source, _ = _dgnet_checkpoint(tmp_path / "c.pt", seed=0, num_ids=5)
     torch.manual_seed(1)
@@ -153,7 +153,7 @@ def test_train_fine_tunes_from_init_from(tmp_path):
     of 1e-12 one iteration moves no parameter visibly, so the result must be C's weights, not a fresh init."""
     from _tiny_run import make_tiny_set, tiny_flags
 
-    from dgnet.checkpoint import load_checkpoint
+    from dgnet.checkpoints.format import load_checkpoint
     from dgnet.data import load_dataset
     from dgnet.train import main
 

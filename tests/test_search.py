@@ -1,5 +1,5 @@
 """python -m dgnet.extract and python -m dgnet.search on images the test makes: feature files, skipped images,
-the gallery cache, and rankings against dgnet.evaluation on the same distances."""
+the gallery cache, and rankings against dgnet.evaluation.rank on the same distances."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from PIL import Image
 
 import dgnet
 from dgnet import extract, search
-from dgnet.evaluation import evaluate_rank
-from dgnet.gallery import FeatureSet
+from dgnet.evaluation.rank import evaluate_rank
+from dgnet.inference.gallery import FeatureSet
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +87,7 @@ def test_bad_input_gets_a_named_error(run, tmp_path, capsys):
 
 
 def test_search_ranks_as_the_evaluation_does_on_the_same_distances(run, tmp_path, monkeypatch):
-    """Rank-1 of the search's lists equals dgnet.evaluation's Rank-1 on the same distance matrix (every image its
+    """Rank-1 of the search's lists equals dgnet.evaluation.rank's Rank-1 on the same distance matrix (every image its
     own camera, so the protocol removes nothing), and the order is the distance order."""
     monkeypatch.setenv("DGNET_CACHE", str(tmp_path / "cache"))
     path, folders = run

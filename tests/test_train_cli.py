@@ -43,8 +43,8 @@ def test_score_weights_the_fine_head_by_alpha():
     """The reference scores p.p' + alpha * f.f' (it scales the query's fine half alone): the dot product of two
     test features must be exactly that, written here from the heads' raw post-BN outputs."""
     from dgnet.config import ModelConfig
+    from dgnet.evaluation.protocol import embed
     from dgnet.models import DGNet
-    from dgnet.protocol import embed
 
     torch.manual_seed(0)
     model = DGNet(ModelConfig(backbone="resnet18", backbone_weights="none"), num_ids=5).eval()
@@ -95,11 +95,11 @@ def test_train_test_visualize_cli(tmp_path):
             assert 0 <= m["mINP"] <= 2 * m["mAP"] <= 2 and m["rank1"] <= m["rank5"] <= m["rank10"] <= 1
 
     # the same numbers from the saved model by an independent, plain implementation of the protocol
-    from dgnet.checkpoint import load_checkpoint
+    from dgnet.checkpoints.format import load_checkpoint
+    from dgnet.checkpoints.runs import build_model
     from dgnet.config import config_from_dict
     from dgnet.data import load_dataset
-    from dgnet.protocol import extract
-    from dgnet.runs import build_model
+    from dgnet.evaluation.protocol import extract
 
     ckpt = load_checkpoint(out / "dgnet.pt")
     cfg = config_from_dict(ckpt["config"])

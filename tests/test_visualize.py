@@ -5,13 +5,13 @@ import pytest
 import torch
 
 from dgnet.config import resolve_config
-from dgnet.figures import framed, interpolate_rows, rainbow_rows, ranklist, swap_rows
-from dgnet.logging_utils import IMAGENET_MEAN, IMAGENET_STD, image_grid
+from dgnet.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from dgnet.generative.figures import framed, image_grid, interpolate_rows, rainbow_rows, ranklist, swap_rows
 
 
 @pytest.fixture(scope="module")
 def model():
-    from dgnet.checkpoint import arch_only
+    from dgnet.checkpoints.format import arch_only
     from dgnet.models import DGNet
 
     cfg = resolve_config("demo")

@@ -1,5 +1,5 @@
 // CUDA kernels of k-reciprocal re-ranking: one translation unit on purpose (nvcc's cost is mostly fixed
-// per unit; see csrc/cuda/retrieval.cu). Per-row and per-element logic comes from dgnet/rerank.h, the same
+// per unit; docs/records.md). Per-row and per-element logic comes from dgnet/rerank.h, the same
 // code the CPU kernels (csrc/cpu/rerank.cpp) run. Everything stays on the device; the host reads back only
 // sizes (the number of sparse entries) to allocate, and the range checks of direct calls' index arguments
 // (dgnet/rerank_checks.h).

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from dgnet.data.layouts import Sample
+from dgnet.data.pipeline_torch import make_loader
 from dgnet.data.sampler import AugmentParams, TrainSampler
 from dgnet.data.transforms import apply_erasing, normalize
 
@@ -135,8 +136,6 @@ class TrainStream:
         return self._finish(raw)
 
     def _torch_batches(self, plans: Iterator[dict]) -> Iterator[dict]:
-        from dgnet.data.pipeline_torch import make_loader
-
         cuda = self.device.type == "cuda"
         loader = make_loader(self.samples, plans, self.size, self.pad, self.workers, pin=cuda)
         for b in loader:
@@ -244,8 +243,6 @@ class TestStream:
     def __iter__(self) -> Iterator[dict]:
         n, B = len(self.samples), self.batch_size
         if self.backend == "torch":
-            from dgnet.data.pipeline_torch import make_loader
-
             cuda = self.device.type == "cuda"
             plans = iter([{"index": np.arange(i, min(i + B, n))} for i in range(0, n, B)])
             for b in make_loader(self.samples, plans, self.size, 0, self.workers, pin=cuda):
@@ -277,3 +274,12 @@ def test_stream(
 
 
 test_stream.__test__ = False  # a library function named test_*: keep pytest from collecting it when imported
+
+
+def load_images(samples: list, size: tuple[int, int], backend: str, device: torch.device) -> torch.Tensor:
+    """Normalised ``(N, 3, H, W)`` images of ``samples`` at ``size`` through the test pipeline, in order."""
+    out = torch.zeros(len(samples), 3, *size, device=device)
+    for batch in test_stream(samples, backend, batch_size=max(1, min(len(samples), 64)), size=size, device=device,
+                             workers=0):
+        out[torch.as_tensor(batch["index"]).long().to(device)] = batch["image"].to(device).float()
+    return out

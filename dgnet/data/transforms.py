@@ -3,6 +3,7 @@
 The torch pipeline runs :func:`augment_uint8` per image in its workers; both pipelines finish on the device
 with :func:`normalize` (DALI normalises inside its graph with the same constants) and both apply random
 erasing with :func:`apply_erasing` on the device, on the boxes the sampler drew: erasing exists once.
+:func:`denormalize` undoes the normalisation for display.
 """
 
 from __future__ import annotations
@@ -86,3 +87,20 @@ def apply_erasing(images: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
     y0, x0, h, w = (b[:, i].view(-1, 1, 1) for i in range(4))
     mask = (ys >= y0) & (ys < y0 + h) & (xs >= x0) & (xs < x0 + w)
     return images.masked_fill(mask[:, None], 0.0)
+
+
+def denormalize(x: torch.Tensor) -> torch.Tensor:
+    """``(N, 3|1, H, W)`` normalised images -> float32 in [0, 1] on the CPU (grayscale is repeated to RGB)."""
+    x = x.detach().float().cpu()
+    if x.shape[1] == 1:
+        return (x * 0.5 + 0.5).clamp(0, 1).repeat(1, 3, 1, 1)
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    return (x * std + mean).clamp(0, 1)
+
+
+def blank_like(x: torch.Tensor) -> torch.Tensor:
+    """A white image in normalised space, shaped like one image of ``x`` ``(N, 3, H, W)``: ``(1, 3, H, W)``."""
+    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
+    return ((1 - mean) / std).expand(1, 3, *x.shape[-2:]).to(x.dtype)

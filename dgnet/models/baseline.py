@@ -16,10 +16,12 @@ class ReidBaseline(nn.Module):
 
     ``forward(x)`` ``(N, 3, H, W)`` -> logits ``(N, num_ids)``; ``features(x)`` -> post-BN ``(N, 512)``
     (dropout off; call in eval mode for the test protocol). Same backbone and weights options as Ea.
+    ``fused``: its optimiser and training step take the fast paths (``dgnet.training``); it changes no value.
     """
 
-    def __init__(self, cfg: ModelConfig, num_ids: int) -> None:
+    def __init__(self, cfg: ModelConfig, num_ids: int, fused: bool = False) -> None:
         super().__init__()
+        self.fused = fused
         self.model_cfg = cfg  # checkpoints record it (``arch``): a teacher's may differ from its student's
         self.backbone = build_backbone(cfg.backbone, cfg.backbone_weights, cfg.last_stride)
         self.num_ids = num_ids

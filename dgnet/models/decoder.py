@@ -17,10 +17,9 @@ from dgnet.ops.upsample_conv5 import upsample_conv5
 def fold_applies(mode: str, device: torch.device | str) -> bool:
     """Whether ``--fused`` folds the upsample + conv5x5 on ``device`` under ``train.fold_upsample=mode``.
 
-    ``"auto"`` (default): on CPU only. On CUDA the fold trades 64% of the convolution's multiply-adds for about
-    20 more small ops forward and 40 backward per call, and the one whole-iteration GPU measurement (H100, spec
-    size, batch 8) was host-bound, so CUDA keeps the plain upsample + conv until the fold is measured on its
-    own there (``benchmarks/bench_upsample_conv5.py -m gpu``). ``"on"``/``"off"``: every device / none.
+    ``"auto"`` (default): on CPU only. On CUDA the fold saves multiply-adds but adds small ops to an iteration
+    that is host-bound there, so CUDA keeps the plain upsample + conv until the fold is measured on its own
+    (``benchmarks/bench_upsample_conv5.py -m gpu``; docs/records.md). ``"on"``/``"off"``: every device / none.
     """
     if mode not in FOLD_CHOICES:
         raise ValueError(f"fold_upsample={mode!r}: expected one of {FOLD_CHOICES}")

@@ -39,7 +39,8 @@ class DGNet(nn.Module):
     - ``G``: decoder incl. the AdaIN MLPs, ``G(s, f) -> image`` ``(N, 3, H, W)``;
     - ``D``: multi-scale discriminator, ``D(x) -> [per-scale patch maps]``.
     The optimiser groups follow this split: "gen" = Es + G, "dis" = D, "id" = Ea.
-    ``fused``/``fold_upsample`` choose G's kernels (``dgnet.models.decoder.Decoder``), never its values.
+    ``fused``/``fold_upsample`` choose G's kernels (``dgnet.models.decoder.Decoder``), never its values; the
+    optimisers and the training step read ``fused`` and ``compiled`` (set by ``compile_models``) from the model.
     """
 
     def __init__(self, cfg: ModelConfig, num_ids: int, fused: bool = False, fold_upsample: str = "auto") -> None:
@@ -52,10 +53,11 @@ class DGNet(nn.Module):
         self.Es = StructureEncoder(cfg)
         self.G = Decoder(cfg, self.Ea.code_dim, fused=fused, fold_upsample=fold_upsample)
         self.D = MultiScaleDiscriminator(cfg)
+        self.compiled = False
 
     @property
     def fused(self) -> bool:
-        """Whether G runs its fast paths (set when the model is built)."""
+        """Whether the model, its optimisers and its training step run the fast paths (set when it is built)."""
         return self.G.fused
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:

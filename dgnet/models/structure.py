@@ -50,19 +50,10 @@ class StructureEncoder(nn.Module):
     (``_constant_samples``), is returned as exactly 0 and passes no gradient back. Every other sample is the
     plain layer stack's, bit for bit, forward and backward.
 
-    Why: a blank (constant) image, or any image that makes the first conv's output constant, makes every
-    channel of every InstanceNorm in Es exactly constant. Each such IN outputs 0, so the next conv outputs its
-    bias, again constant, and the code is 0 whatever the weights: the true gradient of every Es parameter is 0.
-    The plain backward instead multiplies the activation gradient by ``1 / sqrt(eps)`` = 316 at each of the 15
-    INs on Es's deepest path (~300x per layer with the convs), and reaches the weights as sums of terms that
-    cancel. Measured on a white 64x32 image: ~3e40 at the first IN in float64, leaving 1e24-1e25 of rounding as the
-    first conv's weight gradient; in float32 the activation gradient overflows and ``inf - inf`` makes the
-    first convs' gradients NaN, hence the NaN parameters of a training run. A constant code can only come
-    from such a chain (one wholly constant layer makes every later one constant, down to the code), so
-    cutting the gradient here gives the true parameter gradient, 0. What it drops is Es's gradient for the
-    *input* of such a sample, the ~1e40 linearisation about an exactly constant image, which no loss uses
-    (the data need none; generated images are never constant). Channels that are flat only in an inner layer
-    (a dead conv channel on an ordinary image) keep the plain, finite gradient that can revive them.
+    Why: a constant image makes every InstanceNorm in Es constant, so the code is 0 whatever the weights and
+    the true gradient of every Es parameter is 0; the plain backward instead multiplies by ``1 / sqrt(eps)`` at
+    each of 15 INs and overflows to NaN in float32. Cutting the gradient here gives the true one. The
+    measurements: docs/records.md, "Flat structure codes".
     """
 
     def __init__(self, cfg: ModelConfig, base_dim: int = 16, n_res: int = 4) -> None:

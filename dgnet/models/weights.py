@@ -18,6 +18,7 @@ import torch.nn as nn
 import torchvision
 
 from dgnet.config import LAST_STRIDE_CHOICES
+from dgnet.fileio import load_weights_only
 
 BACKBONES = ("resnet50", "resnet18")
 
@@ -83,8 +84,6 @@ def _imagenet_state_dict(name: str) -> dict[str, torch.Tensor]:
 
 
 def _file_state_dict(path: str) -> dict[str, torch.Tensor]:
-    from dgnet.fileio import load_weights_only
-
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(

@@ -1,7 +1,7 @@
 """The Python front of every dgnet fast op: reference, dispatch, fake and autograd registration.
 
 One base name per op across ``csrc/``, ``dgnet/ops/``, ``kernels/``, ``tests/`` and ``benchmarks/``: ``adain``,
-``distance``, ``rerank``, ``evaluation`` (the op under ``dgnet.evaluation``), ``upsample_conv5`` and
+``distance``, ``rerank``, ``evaluation`` (the op under ``dgnet.evaluation.rank``), ``upsample_conv5`` and
 ``grouped_mlp``. Every fast path has a plain twin (``*_reference``) that its tests hold it to.
 """
 

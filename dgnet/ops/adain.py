@@ -9,7 +9,8 @@ Backends of :func:`adain`:
   (csrc/cpu/adain.cpp; schemas in csrc/ops.cpp);
 * ``"triton"``: the fused Triton kernels (kernels/adain.py) as ``torch.ops.dgnet.adain_triton_forward`` /
   ``adain_triton_backward``, declared here with ``torch.library.triton_op`` so ``torch.compile`` sees
-  the kernels; CUDA tensors, or CPU tensors under ``TRITON_INTERPRET=1``;
+  the kernels; CUDA tensors, or CPU tensors under ``TRITON_INTERPRET=1`` (Triton's own switch: it must be set
+  before the process imports dgnet, and ``dgnet.kernels.adain.INTERPRET`` records it once, at import);
 * ``"fused"``: the fused kernel of x's device (``"cpu"`` for CPU tensors, ``"triton"`` for CUDA tensors): what
   a model built with ``fused=True`` (``--fused``) asks for. It never falls back silently: a missing kernel
   raises.
@@ -20,8 +21,6 @@ residual. Fake (meta) kernels and autograd are registered here, so every op work
 """
 
 from __future__ import annotations
-
-import os
 
 import torch
 import torch.nn.functional as F
@@ -303,7 +302,7 @@ def adain(
     if not triton_available(x.device):
         raise RuntimeError(
             f"adain: backend='triton' needs CUDA tensors, or CPU tensors with TRITON_INTERPRET=1 set before "
-            f"dgnet is imported; x is on {x.device}, TRITON_INTERPRET={os.environ.get('TRITON_INTERPRET')!r}"
+            f"dgnet is imported; x is on {x.device}, interpreter {'on' if _triton_kernels.INTERPRET else 'off'}"
         )
     if x.dtype == torch.float64:
         raise ValueError("adain: backend='triton' supports float32, bfloat16 and float16 x, got float64")

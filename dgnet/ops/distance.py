@@ -1,7 +1,7 @@
 """Pairwise distances between feature sets: the first step of retrieval (features -> distance).
 
 ``pairwise_distance`` runs the compiled ``torch.ops.dgnet.pairwise_distance`` (CPU: csrc/cpu/distance.cpp,
-CUDA: csrc/cuda/retrieval.cu): one GEMM per chunk of rows written straight into the output, then a fused
+CUDA: csrc/cuda/distance.cu): one GEMM per chunk of rows written straight into the output, then a fused
 per-element epilogue (csrc/include/dgnet/distance.h), so the only memory beyond the ``[M, N]`` output is
 ``O((M + N) * D)``. ``pairwise_distance_reference`` is the plain PyTorch definition the tests compare against.
 """

@@ -1,7 +1,7 @@
 """The op front of ranking evaluation: ``dgnet::evaluate_queries``, the per-query kernel behind
-:mod:`dgnet.evaluation` (which holds the protocol, its checks, the CMC/mAP means and the reference).
+:mod:`dgnet.evaluation.rank` (which holds the protocol, its checks, the CMC/mAP means and the reference).
 
-The kernels (CPU: csrc/cpu/evaluation.cpp, queries in parallel; CUDA: csrc/cuda/retrieval.cu, one block per
+The kernels (CPU: csrc/cpu/evaluation.cpp, queries in parallel; CUDA: csrc/cuda/evaluation.cu, one block per
 query) share the per-query logic of csrc/include/dgnet/evaluation.h: no gallery row is sorted, the rank of a
 true match is one plus the number of kept entries ranked before it. The fake kernel registered here lets the
 op trace under ``torch.compile`` / FakeTensor and pass ``torch.library.opcheck``.
@@ -23,12 +23,12 @@ def evaluate_queries(
     q_camids: torch.Tensor,
     g_camids: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-query results of the Market-1501 protocol (definitions: :mod:`dgnet.evaluation`).
+    """Per-query results of the Market-1501 protocol (definitions: :mod:`dgnet.evaluation.rank`).
 
     Args:
         distmat: ``[Q, G]`` distances, smaller is closer; float16/bfloat16/float32 (ranked in float32, which
             is exact for the half types) or float64; CPU or CUDA, any strides. Values are not checked here:
-            :func:`dgnet.evaluation.evaluate` rejects NaN and inf first.
+            :func:`dgnet.evaluation.rank.evaluate` rejects NaN and inf first.
         q_pids, q_camids: int64 ``[Q]`` identities and cameras of the queries, on ``distmat``'s device.
         g_pids, g_camids: int64 ``[G]`` of the gallery (identity -1 is junk), on ``distmat``'s device.
 

@@ -1,5 +1,5 @@
 // Host side of the ranking evaluation shared by the CPU (csrc/cpu/evaluation.cpp, where these are defined)
-// and CUDA (csrc/cuda/retrieval.cu) entry points of dgnet::evaluate_queries.
+// and CUDA (csrc/cuda/evaluation.cu) entry points of dgnet::evaluate_queries.
 #pragma once
 #include <ATen/ATen.h>
 

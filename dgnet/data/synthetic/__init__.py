@@ -14,22 +14,25 @@ condition the way DG-Net's encoders do:
 
 Colours come from a small shared palette, so many identities share colours and differ only in where
 they sit (upper vs lower), in patterns, hair, bag or logo: a global colour histogram cannot tell them
-apart, and the camera's illumination shifts the colours on top (see :func:`histogram_baseline`).
+apart, and the camera's illumination shifts the colours on top (see
+:func:`dgnet.evaluation.baselines.histogram_baseline`).
 
 Everything is a deterministic function of the seed: every identity and every image has its own
 ``numpy`` generator seeded by ``(seed, kind, index)``, so the set does not depend on the number of worker
 processes. Output: ``bounding_box_train/``, ``query/``, ``bounding_box_test/`` (with ``0000`` distractors and
 ``-1`` junk images in the gallery, as in Market-1501) and ``manifest.json`` with every factor.
 
-Default size (``ids=400, cams=6, 128x64``): about 4,000 images, generated in well under a minute on
-two cores. 128x64 is Market-1501's own image size (the pipeline upsamples to 256x128 as for Market);
-400 identities (200 train / 200 test) give about 10 images per identity over 2-6 cameras: enough
-identities for a ranking task with a few thousand gallery images, small enough for CI. Measured on a
-shared 2-core CPU: 10.6 s with 2 processes, 18 s with one (the same bytes either way); 19 MB.
+The two-camera regime (``train_cams``, ``per_cam``, ``view_tie``; docs/study.md gives its rationale): each
+training identity is seen by exactly ``train_cams`` cameras with ``per_cam`` images under each, and with
+probability ``view_tie`` an image shows its camera's own view (camera ``c`` sees people from ``VIEWS[c % 4]``),
+so background, light and viewpoint come with the camera, as in real sets. Test identities are planned as in the
+default set (the same cameras and counts; query from one or two cameras, their other images in the gallery).
+The defaults (0, 0, 0.0) draw the default set, byte for byte.
 
-Colour-histogram nearest neighbour on the default set (:func:`histogram_baseline`, 376 queries, 1,838
-gallery images): rank-1 20.5 %, rank-5 35.4 %, rank-10 44.1 %, mAP 9.7 %. Over the whole box with
-8 bins per channel it sits at chance (rank-1 0.0 %, mAP 0.6 %): the camera's scene dominates.
+Default size (``ids=400, cams=6, 128x64``): about 4,000 images. 128x64 is Market-1501's own image size (the
+pipeline upsamples to 256x128 as for Market); 400 identities (200 train / 200 test) give about 10 images per
+identity over 2-6 cameras: a ranking task small enough for CI. Its generation time and the colour-histogram
+baseline's scores are in docs/records.md.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ import shutil
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -51,7 +55,10 @@ from dgnet.workers import ignore_stop_signals, pool_context
 
 VERSION = 1
 MANIFEST = "manifest.json"
-DEFAULTS = dict(ids=400, cams=6, height=128, width=64, seed=0)
+DEFAULTS = dict(ids=400, cams=6, height=128, width=64, seed=0, train_cams=0, per_cam=0, view_tie=0.0)
+# The regime's options and the value that leaves the default set as it was (a manifest written before they
+# existed holds none of them: it was drawn with these).
+REGIME_DEFAULTS = dict(train_cams=0, per_cam=0, view_tie=0.0)
 
 # A small shared palette (RGB); identities jitter it slightly, so colours are shared but not identical.
 PALETTE = np.array(
@@ -263,90 +270,118 @@ def render_person(ident: dict, img: dict, cam: dict, height: int, width: int, wi
     return canvas.resize((width, height), Image.BILINEAR, reducing_gap=None)
 
 
-def _draw_person(canvas: Image.Image, d: ImageDraw.ImageDraw, ident: dict, img: dict, H: int, W: int) -> None:
+@dataclass(frozen=True)
+class _Body:
+    """Where one person's parts sit on the canvas (pixels, supersampled), from its image factors."""
+
+    u: float  # drawing unit: 1/40 of the person's height
+    cx: float
+    view: str
+    side: bool
+    facing: int
+    leg: float
+    torso: float
+    head_r: float
+    hip_y: float
+    sh_y: float
+    lean: float
+    sw: float  # half shoulder width
+    hw: float  # half hip width
+    limb: float
+    stride: float
+    phase: float
+    knee: float
+    swing: float
+    head_c: tuple[float, float]
+
+
+def _body(img: dict, H: int, W: int) -> _Body:
     ph = img["scale"] * H  # person height
     u = ph / 40.0  # drawing unit
     cx = W / 2 + img["cx"] * W
     foot = img["foot"] * H
     view = img["view"]
     side = view in ("left", "right")
-    facing = -1 if view == "left" else 1
     leg = 17.5 * u * img["leg_ratio"]
     torso = 13.0 * u
     head_r = 2.9 * u * img["head"]
     hip_y = foot - leg
     sh_y = hip_y - torso
     lean = img["lean"] * ph
-    sw = (4.6 if not side else 2.6) * u * img["shoulder"]  # half shoulder width
-    hw = (3.6 if not side else 2.4) * u  # half hip width
-    limb = 2.6 * u
-    skin, lower, shoes = ident["skin"], ident["lower"], ident["shoes"]
-    stride, phase, knee = img["stride"], img["phase"], img["knee"]
+    stride = img["stride"]
     if not side:
         stride *= 0.3  # seen from front/back, a stride moves the legs little sideways
+    return _Body(
+        u=u, cx=cx, view=view, side=side, facing=-1 if view == "left" else 1, leg=leg, torso=torso, head_r=head_r,
+        hip_y=hip_y, sh_y=sh_y, lean=lean, sw=(4.6 if not side else 2.6) * u * img["shoulder"],
+        hw=(3.6 if not side else 2.4) * u, limb=2.6 * u, stride=stride, phase=img["phase"], knee=img["knee"],
+        swing=img["arm_swing"] * img["phase"], head_c=(cx + lean, sh_y - head_r * 1.05),
+    )
 
-    def leg_points(hx, angle):
-        kx, ky = hx + math.sin(angle) * leg / 2, hip_y + math.cos(angle) * leg / 2
-        a2 = angle - knee * (1 if not side else facing) * 0.5
-        fx, fy = kx + math.sin(a2) * leg / 2, ky + math.cos(a2) * leg / 2
-        return (hx, hip_y), (kx, ky), (fx, fy)
 
-    def draw_leg(hx, angle, shade):
-        hip, kn, ft = leg_points(hx, angle)
-        top = lower if ident["lower_kind"] == "trousers" else None
-        if ident["lower_kind"] == "trousers":
-            _seg(d, hip, kn, _shade(top, shade), limb * 1.15)
-            _seg(d, kn, ft, _shade(top, shade), limb)
-            if ident["lower_stripe"]:
-                _seg(d, hip, kn, _shade(ident["lower2"], shade), limb * 0.3)
-                _seg(d, kn, ft, _shade(ident["lower2"], shade), limb * 0.3)
-        else:
-            _seg(d, kn, ft, _shade(skin, shade), limb * 0.85)
-            if ident["lower_kind"] == "shorts":
-                _seg(d, hip, kn, _shade(lower, shade), limb * 1.2)
-            else:
-                _seg(d, hip, kn, _shade(skin, shade), limb)
-        fx, fy = ft
-        sx = 1.6 * u if not side else 2.2 * u
-        ox = 0 if not side else facing * 0.8 * u
-        d.ellipse([fx - sx + ox, fy - 1.0 * u, fx + sx + ox, fy + 0.8 * u], fill=_shade(shoes, shade))
-
-    def draw_arm(x, angle, shade):
-        ax, ay = x, sh_y + limb * 0.4
-        ex, ey = ax + math.sin(angle) * 6 * u, ay + math.cos(angle) * 6 * u
-        a2 = angle + 0.25 * (facing if side else 0)
-        hx, hy = ex + math.sin(a2) * 5.5 * u, ey + math.cos(a2) * 5.5 * u
-        up = ident["upper"]
-        _seg(d, (ax, ay), (ex, ey), _shade(up, shade), limb)
-        _seg(d, (ex, ey), (hx, hy), _shade(up if ident["long_sleeves"] else skin, shade), limb * 0.85)
-        d.ellipse([hx - 1.1 * u, hy - 1.1 * u, hx + 1.1 * u, hy + 1.1 * u], fill=_shade(skin, shade))
-        return hx, hy
-
-    swing = img["arm_swing"] * phase
-    bag = ident["bag"]
-    bag_c = tuple(ident["bag_colour"])
-    head_c = (cx + lean, sh_y - head_r * 1.05)
-    # hair that hangs behind the body
-    if ident["hair_style"] == "long" and view != "back":
-        hx0, hy0 = head_c
-        _rect(d, [hx0 - head_r * 1.05, hy0, hx0 + head_r * 1.05, hy0 + head_r * 2.2], fill=tuple(ident["hair"]))
-    # backpack seen from the side sits behind the torso
-    if bag == "backpack" and side:
-        bx = cx + lean * 0.5 - facing * sw * 1.9
-        _rect(d, [bx - 1.8 * u, sh_y + 1 * u, bx + 1.8 * u, sh_y + 9 * u], fill=bag_c)
-    # legs and arms: in side view the far limbs first, darker
-    if side:
-        draw_leg(cx - 0.3 * u, -facing * stride * phase, 0.75)
-        draw_arm(cx + lean * 0.5, facing * swing, 0.75)
+def _draw_leg(d: ImageDraw.ImageDraw, b: _Body, ident: dict, hx: float, angle: float, shade: float) -> None:
+    kx, ky = hx + math.sin(angle) * b.leg / 2, b.hip_y + math.cos(angle) * b.leg / 2
+    a2 = angle - b.knee * (1 if not b.side else b.facing) * 0.5
+    hip, kn, ft = (hx, b.hip_y), (kx, ky), (kx + math.sin(a2) * b.leg / 2, ky + math.cos(a2) * b.leg / 2)
+    skin, lower, limb = ident["skin"], ident["lower"], b.limb
+    if ident["lower_kind"] == "trousers":
+        _seg(d, hip, kn, _shade(lower, shade), limb * 1.15)
+        _seg(d, kn, ft, _shade(lower, shade), limb)
+        if ident["lower_stripe"]:
+            _seg(d, hip, kn, _shade(ident["lower2"], shade), limb * 0.3)
+            _seg(d, kn, ft, _shade(ident["lower2"], shade), limb * 0.3)
     else:
-        draw_leg(cx - hw * 0.55, -stride * phase - 0.05, 1.0)
-        draw_leg(cx + hw * 0.55, stride * phase + 0.05, 1.0)
+        _seg(d, kn, ft, _shade(skin, shade), limb * 0.85)
+        if ident["lower_kind"] == "shorts":
+            _seg(d, hip, kn, _shade(lower, shade), limb * 1.2)
+        else:
+            _seg(d, hip, kn, _shade(skin, shade), limb)
+    fx, fy = ft
+    u = b.u
+    sx = 1.6 * u if not b.side else 2.2 * u
+    ox = 0 if not b.side else b.facing * 0.8 * u
+    d.ellipse([fx - sx + ox, fy - 1.0 * u, fx + sx + ox, fy + 0.8 * u], fill=_shade(ident["shoes"], shade))
+
+
+def _draw_arm(d: ImageDraw.ImageDraw, b: _Body, ident: dict, x: float, angle: float,
+              shade: float) -> tuple[float, float]:
+    """One arm from the shoulder at ``x``; returns where the hand is."""
+    u = b.u
+    ax, ay = x, b.sh_y + b.limb * 0.4
+    ex, ey = ax + math.sin(angle) * 6 * u, ay + math.cos(angle) * 6 * u
+    a2 = angle + 0.25 * (b.facing if b.side else 0)
+    hx, hy = ex + math.sin(a2) * 5.5 * u, ey + math.cos(a2) * 5.5 * u
+    up, skin = ident["upper"], ident["skin"]
+    _seg(d, (ax, ay), (ex, ey), _shade(up, shade), b.limb)
+    _seg(d, (ex, ey), (hx, hy), _shade(up if ident["long_sleeves"] else skin, shade), b.limb * 0.85)
+    d.ellipse([hx - 1.1 * u, hy - 1.1 * u, hx + 1.1 * u, hy + 1.1 * u], fill=_shade(skin, shade))
+    return hx, hy
+
+
+def _draw_behind(d: ImageDraw.ImageDraw, b: _Body, ident: dict) -> None:
+    """What hangs behind the body: long hair, and a backpack seen from the side."""
+    if ident["hair_style"] == "long" and b.view != "back":
+        hx0, hy0 = b.head_c
+        _rect(d, [hx0 - b.head_r * 1.05, hy0, hx0 + b.head_r * 1.05, hy0 + b.head_r * 2.2], fill=tuple(ident["hair"]))
+    if ident["bag"] == "backpack" and b.side:
+        u = b.u
+        bx = b.cx + b.lean * 0.5 - b.facing * b.sw * 1.9
+        _rect(d, [bx - 1.8 * u, b.sh_y + 1 * u, bx + 1.8 * u, b.sh_y + 9 * u], fill=tuple(ident["bag_colour"]))
+
+
+def _draw_hips(d: ImageDraw.ImageDraw, b: _Body, ident: dict) -> None:
+    """A skirt, or the waist of shorts and trousers."""
+    cx, hw, hip_y, u, lower = b.cx, b.hw, b.hip_y, b.u, tuple(ident["lower"])
     if ident["lower_kind"] == "skirt":
-        d.polygon([(cx - hw, hip_y - u), (cx + hw, hip_y - u), (cx + hw * 1.6, hip_y + leg * 0.45),
-                   (cx - hw * 1.6, hip_y + leg * 0.45)], fill=tuple(lower))
+        d.polygon([(cx - hw, hip_y - u), (cx + hw, hip_y - u), (cx + hw * 1.6, hip_y + b.leg * 0.45),
+                   (cx - hw * 1.6, hip_y + b.leg * 0.45)], fill=lower)
     elif ident["lower_kind"] == "shorts" or ident["lower_kind"] == "trousers":
-        _rect(d, [cx - hw, hip_y - u, cx + hw, hip_y + 1.5 * u], fill=tuple(lower))
-    # torso: a trapezoid filled with the upper pattern through a mask
+        _rect(d, [cx - hw, hip_y - u, cx + hw, hip_y + 1.5 * u], fill=lower)
+
+
+def _draw_torso(canvas: Image.Image, b: _Body, ident: dict) -> None:
+    """A trapezoid filled with the upper pattern through a mask."""
+    cx, lean, sw, hw, sh_y, hip_y, u = b.cx, b.lean, b.sw, b.hw, b.sh_y, b.hip_y, b.u
     torso_poly = [(cx + lean - sw, sh_y), (cx + lean + sw, sh_y),
                   (cx + hw, hip_y + 0.5 * u), (cx - hw, hip_y + 0.5 * u)]
     x0 = int(min(p[0] for p in torso_poly)) - 1
@@ -359,41 +394,45 @@ def _draw_person(canvas: Image.Image, d: ImageDraw.ImageDraw, ident: dict, img: 
     mask = Image.new("L", (bw, bh), 0)
     ImageDraw.Draw(mask).polygon([(x - x0, y - y0) for x, y in torso_poly], fill=255)
     canvas.paste(patch, (x0, y0), mask)
-    # chest logo: front only
-    if view == "front" and ident["logo"] != "none":
-        lc, lx, ly, lr = tuple(ident["logo_colour"]), cx + lean * 0.7, sh_y + 0.3 * torso, 1.5 * u
-        if ident["logo"] == "circle":
-            d.ellipse([lx - lr, ly - lr, lx + lr, ly + lr], fill=lc)
-        elif ident["logo"] == "square":
-            _rect(d, [lx - lr, ly - lr, lx + lr, ly + lr], fill=lc)
-        elif ident["logo"] == "triangle":
-            d.polygon([(lx, ly - lr * 1.2), (lx + lr * 1.2, ly + lr), (lx - lr * 1.2, ly + lr)], fill=lc)
-        else:
-            _rect(d, [lx - sw * 0.8, ly - lr * 0.5, lx + sw * 0.8, ly + lr * 0.5], fill=lc)
-    # bags over the torso
+
+
+def _draw_logo(d: ImageDraw.ImageDraw, b: _Body, ident: dict) -> None:
+    """The chest logo, seen from the front only."""
+    if b.view != "front" or ident["logo"] == "none":
+        return
+    lc, lx, ly, lr = tuple(ident["logo_colour"]), b.cx + b.lean * 0.7, b.sh_y + 0.3 * b.torso, 1.5 * b.u
+    if ident["logo"] == "circle":
+        d.ellipse([lx - lr, ly - lr, lx + lr, ly + lr], fill=lc)
+    elif ident["logo"] == "square":
+        _rect(d, [lx - lr, ly - lr, lx + lr, ly + lr], fill=lc)
+    elif ident["logo"] == "triangle":
+        d.polygon([(lx, ly - lr * 1.2), (lx + lr * 1.2, ly + lr), (lx - lr * 1.2, ly + lr)], fill=lc)
+    else:
+        _rect(d, [lx - b.sw * 0.8, ly - lr * 0.5, lx + b.sw * 0.8, ly + lr * 0.5], fill=lc)
+
+
+def _draw_bag(d: ImageDraw.ImageDraw, b: _Body, ident: dict) -> None:
+    """Bags over the torso (a handbag hangs from the near hand: ``_draw_person``)."""
+    bag, bag_c = ident["bag"], tuple(ident["bag_colour"])
+    cx, lean, sw, hw, sh_y, hip_y, u = b.cx, b.lean, b.sw, b.hw, b.sh_y, b.hip_y, b.u
     if bag == "backpack":
-        if view == "back":
+        if b.view == "back":
             _rect(d, [cx + lean - sw * 0.75, sh_y + 1.2 * u, cx + lean + sw * 0.75, sh_y + 10 * u], fill=bag_c)
-        elif view == "front":
+        elif b.view == "front":
             for sgn in (-1, 1):
                 _seg(d, (cx + lean + sgn * sw * 0.6, sh_y), (cx + sgn * sw * 0.55, sh_y + 7 * u), bag_c, 0.8 * u)
     elif bag == "shoulder":
         _seg(d, (cx + lean - sw * 0.8, sh_y + 0.3 * u), (cx + hw * 1.1, hip_y - 0.5 * u), bag_c, 0.8 * u)
-        bx = cx + hw * 1.3 if not side else cx - facing * 0.5 * u
+        bx = cx + hw * 1.3 if not b.side else cx - b.facing * 0.5 * u
         _rect(d, [bx - 2 * u, hip_y - 2.5 * u, bx + 2 * u, hip_y + 1.5 * u], fill=bag_c)
-    # near limbs
-    if side:
-        draw_leg(cx + 0.3 * u, facing * stride * phase, 1.0)
-        hand = draw_arm(cx + lean * 0.5, -facing * swing, 1.0)
-    else:
-        draw_arm(cx + lean - sw, -0.12 - swing * 0.3, 1.0)
-        hand = draw_arm(cx + lean + sw, 0.12 + swing * 0.3, 1.0)
-    if bag == "handbag":
-        hx, hy = hand
-        _rect(d, [hx - 1.6 * u, hy, hx + 1.6 * u, hy + 3.2 * u], fill=bag_c)
-    # neck, head, hair
-    hx0, hy0 = head_c
-    _seg(d, (cx + lean, sh_y), (hx0, hy0), skin, 1.6 * u)
+
+
+def _draw_head(d: ImageDraw.ImageDraw, b: _Body, ident: dict) -> None:
+    """Neck, head, eyes and hair (with a bun or a cap)."""
+    u, head_r, side, facing, view = b.u, b.head_r, b.side, b.facing, b.view
+    skin = ident["skin"]
+    hx0, hy0 = b.head_c
+    _seg(d, (b.cx + b.lean, b.sh_y), (hx0, hy0), skin, 1.6 * u)
     d.ellipse([hx0 - head_r, hy0 - head_r * 1.1, hx0 + head_r, hy0 + head_r * 1.1], fill=tuple(skin))
     hair = tuple(ident["hair"])
     top = [hx0 - head_r * 1.05, hy0 - head_r * 1.2, hx0 + head_r * 1.05, hy0 + head_r * 0.4]
@@ -424,6 +463,35 @@ def _draw_person(canvas: Image.Image, d: ImageDraw.ImageDraw, ident: dict, img: 
             _rect(d, [hx0, hy0 - head_r * 0.5, hx0 + facing * head_r * 1.7, hy0 - head_r * 0.3], fill=cap)
 
 
+def _draw_person(canvas: Image.Image, d: ImageDraw.ImageDraw, ident: dict, img: dict, H: int, W: int) -> None:
+    """One person, back to front: what hangs behind, the far limbs (side view, darker), hips, torso, logo,
+    bags, the near limbs, the head."""
+    b = _body(img, H, W)
+    cx, lean, sw, hw, u, facing = b.cx, b.lean, b.sw, b.hw, b.u, b.facing
+    move = b.stride * b.phase
+    _draw_behind(d, b, ident)
+    if b.side:
+        _draw_leg(d, b, ident, cx - 0.3 * u, -facing * move, 0.75)
+        _draw_arm(d, b, ident, cx + lean * 0.5, facing * b.swing, 0.75)
+    else:
+        _draw_leg(d, b, ident, cx - hw * 0.55, -move - 0.05, 1.0)
+        _draw_leg(d, b, ident, cx + hw * 0.55, move + 0.05, 1.0)
+    _draw_hips(d, b, ident)
+    _draw_torso(canvas, b, ident)
+    _draw_logo(d, b, ident)
+    _draw_bag(d, b, ident)
+    if b.side:
+        _draw_leg(d, b, ident, cx + 0.3 * u, facing * move, 1.0)
+        hand = _draw_arm(d, b, ident, cx + lean * 0.5, -facing * b.swing, 1.0)
+    else:
+        _draw_arm(d, b, ident, cx + lean - sw, -0.12 - b.swing * 0.3, 1.0)
+        hand = _draw_arm(d, b, ident, cx + lean + sw, 0.12 + b.swing * 0.3, 1.0)
+    if ident["bag"] == "handbag":
+        hx, hy = hand
+        _rect(d, [hx - 1.6 * u, hy, hx + 1.6 * u, hy + 3.2 * u], fill=tuple(ident["bag_colour"]))
+    _draw_head(d, b, ident)
+
+
 def degrade(im: Image.Image, cam: dict, img: dict) -> Image.Image:
     """The camera: blur, illumination colour and brightness, sensor noise (JPEG quality is applied on save)."""
     if cam["blur"] > 0.05:
@@ -447,16 +515,38 @@ def render(ident: dict | None, img: dict, cam: dict, height: int, width: int) ->
 # the dataset plan
 
 
-def plan(ids: int, cams: int, seed: int) -> tuple[dict, dict, list[dict]]:
+def camera_view(cam: int) -> str:
+    """The view camera ``cam`` sees people from in the two-camera regime (``view_tie``)."""
+    return VIEWS[cam % len(VIEWS)]
+
+
+def check_regime(cams: int, train_cams: int, per_cam: int, view_tie: float) -> None:
+    """The regime options' ranges, named in the error."""
+    if not (train_cams == 0 or 1 <= train_cams <= cams):
+        raise ValueError(f"synthetic: train_cams={train_cams}: expected 0 (the default draw of 2..cams) or 1..cams "
+                         f"({cams})")
+    if per_cam < 0:
+        raise ValueError(f"synthetic: per_cam={per_cam}: expected 0 (the default draw of 1..4) or a positive count")
+    if not 0.0 <= view_tie <= 1.0:
+        raise ValueError(f"synthetic: view_tie={view_tie}: expected a probability in [0, 1]")
+
+
+def plan(ids: int, cams: int, seed: int, train_cams: int = 0, per_cam: int = 0,
+         view_tie: float = 0.0) -> tuple[dict, dict, list[dict]]:
     """Identities, cameras and the list of images (file name, split, pid, camera, factors) of a set.
 
-    Identities ``1..ids//2`` train, the rest test. Each identity is seen by 2..cams cameras, 1-4 images each.
+    Identities ``1..ids//2`` train, the rest test. Each identity is seen by 2..cams cameras, 1-4 images each;
+    a training identity by exactly ``train_cams`` cameras when it is not 0, with ``per_cam`` images under each
+    when that is not 0 (its own draw decides which cameras, so test identities keep the default set's cameras
+    and counts).
+    ``view_tie``: the probability that an image's view is its camera's (:func:`camera_view`).
     Test identities give one query image from each of up to two cameras that keep at least one more image
     of it in the gallery, so every query has a true match in the gallery. The gallery also gets
     distractors (``0000``: empty scenes, 4% of it) and junk (``-1``: heavily cropped, 2%).
     """
     if ids < 4 or cams < 2:
         raise ValueError(f"synthetic: need ids >= 4 and cams >= 2, got ids={ids}, cams={cams}")
+    check_regime(cams, train_cams, per_cam, view_tie)
     identities = {pid: identity_factors(seed, pid) for pid in range(1, ids + 1)}
     cameras = {c: camera_factors(seed, c) for c in range(cams)}
     n_train = ids // 2
@@ -473,6 +563,12 @@ def plan(ids: int, cams: int, seed: int) -> tuple[dict, dict, list[dict]]:
         k = int(r.integers(2, cams + 1))
         views = sorted(r.choice(cams, size=k, replace=False).tolist())
         counts = [int(r.integers(1, 5)) for _ in views]
+        if pid <= n_train and (train_cams or per_cam):
+            # The regime's own draw (kind 7): the default draws above still run, so the test split is unchanged.
+            rr = _rng(seed, 7, pid)
+            if train_cams:
+                views = sorted(rr.choice(cams, size=train_cams, replace=False).tolist())
+            counts = [per_cam or int(rr.integers(1, 5)) for _ in views]
         if pid <= n_train:
             for cam, n in zip(views, counts, strict=True):
                 for _ in range(n):
@@ -490,7 +586,45 @@ def plan(ids: int, cams: int, seed: int) -> tuple[dict, dict, list[dict]]:
         add(-1, int(r.integers(cams)), "bounding_box_test", "junk")
     for im in images:
         im["factors"] = image_factors(seed, im["index"])
+        if view_tie and _rng(seed, 6, im["index"]).random() < view_tie:
+            im["factors"]["view"] = camera_view(im["camid"])
     return identities, cameras, images
+
+
+def design(images: list[dict], cams: int, train_cams: int, per_cam: int, view_tie: float) -> dict:
+    """What the manifest records of a set's design, counted from its plan: cameras per training identity
+    (a histogram), images per (training identity, camera), the cameras of the train, query and gallery splits,
+    the share of queries with a true match in another camera, and the share of images whose view is their
+    camera's (:func:`camera_view`)."""
+    persons = [im for im in images if im["kind"] == "person"]
+    train_cams_of: dict[int, set] = {}
+    per: dict[tuple[int, int], int] = {}
+    q_cams: dict[int, set] = {}
+    g_cams: dict[int, set] = {}
+    for im in persons:
+        pid, cam, split = im["pid"], im["camid"], im["split"]
+        if split == "bounding_box_train":
+            train_cams_of.setdefault(pid, set()).add(cam)
+            per[pid, cam] = per.get((pid, cam), 0) + 1
+        else:
+            (q_cams if split == "query" else g_cams).setdefault(pid, set()).add(cam)
+    hist: dict[str, int] = {}
+    for cs in train_cams_of.values():
+        hist[str(len(cs))] = hist.get(str(len(cs)), 0) + 1
+    tied = sum(im["factors"]["view"] == camera_view(im["camid"]) for im in persons)
+    return {
+        "train_cams": train_cams, "per_cam": per_cam, "view_tie": view_tie,
+        "camera_views": {str(c): camera_view(c) for c in range(cams)} if view_tie else {},
+        "train_identities_by_camera_count": dict(sorted(hist.items())),
+        "train_images_per_identity_camera": sorted(set(per.values())),
+        "split_cameras": {split: sorted({im["camid"] for im in persons if im["split"] == split})
+                          for split in ("bounding_box_train", "query", "bounding_box_test")},
+        # the test protocol ignores a query's same-camera matches: what it scores is matching across cameras
+        "queries_with_a_match_in_another_camera": round(sum(
+            bool(g_cams.get(im["pid"], set()) - {im["camid"]}) for im in persons if im["split"] == "query"
+        ) / max(1, sum(im["split"] == "query" for im in persons)), 4),
+        "view_is_camera_view": round(tied / max(1, len(persons)), 4),
+    }
 
 
 def _junk_identity(seed: int, index: int) -> dict:
@@ -518,12 +652,16 @@ def generate(
     seed: int = DEFAULTS["seed"],
     workers: int | None = None,
     verbose: bool = False,
+    train_cams: int = 0,
+    per_cam: int = 0,
+    view_tie: float = 0.0,
 ) -> Path:
     """Write a synthetic set to ``out`` (created; must not hold another set) and return ``out``.
 
     Images are ``height x width`` RGB JPEGs in the Market-1501 layout; ``out/manifest.json`` holds the
     parameters, every identity's appearance, every camera's conditions and every image's factors.
-    ``workers`` processes render (default: up to 2); the result is the same for any number.
+    ``workers`` processes render (default: up to 2); the result is the same for any number. ``train_cams``,
+    ``per_cam``, ``view_tie``: the two-camera regime (:func:`plan`).
     """
     if height < 32 or width < 16:
         raise ValueError(f"synthetic: image size {height}x{width} too small; expected at least 32x16")
@@ -532,7 +670,7 @@ def generate(
         raise ValueError(f"synthetic: {out} is not empty; generate into a new or empty folder (images of "
                          "another set would mix with this one's)")
     t0 = time.perf_counter()
-    identities, cameras, images = plan(ids, cams, seed)
+    identities, cameras, images = plan(ids, cams, seed, train_cams, per_cam, view_tie)
     for split in ("bounding_box_train", "query", "bounding_box_test"):
         (out / split).mkdir(parents=True, exist_ok=True)
     items = []
@@ -555,7 +693,9 @@ def generate(
             list(pool.map(_render_chunk, jobs))
     manifest = {
         "version": VERSION,
-        "params": {"ids": ids, "cams": cams, "height": height, "width": width, "seed": seed},
+        "params": {"ids": ids, "cams": cams, "height": height, "width": width, "seed": seed,
+                   "train_cams": train_cams, "per_cam": per_cam, "view_tie": view_tie},
+        "design": design(images, cams, train_cams, per_cam, view_tie),
         "identities": {str(k): v for k, v in identities.items()},
         "cameras": {str(k): v for k, v in cameras.items()},
         "images": {
@@ -581,6 +721,8 @@ def ensure_dataset(root: str | Path, verbose: bool = True, **kwargs) -> Path:
     params = {**DEFAULTS, **{k: v for k, v in kwargs.items() if k in DEFAULTS}}
     if (root / MANIFEST).exists():
         have = json.loads((root / MANIFEST).read_text()).get("params")
+        if have is not None:
+            have = {**REGIME_DEFAULTS, **have}  # a manifest from before the regime options: drawn with their defaults
         if have == params:
             return root
         raise ValueError(
@@ -621,43 +763,3 @@ def load_manifest(root: str | Path) -> dict[str, dict]:
         pid = rec["pid"]
         out[name] = {**rec, "camera": m["cameras"][str(rec["camid"])], "identity": m["identities"].get(str(pid))}
     return out
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# the colour-histogram baseline
-
-
-def colour_histogram(path: str, bins: int = 4, crop: bool = True) -> np.ndarray:
-    """A joint RGB histogram (``bins**3``, float32), square-rooted and L2-normalised (Hellinger features).
-
-    ``crop`` keeps the central region where the person stands (rows 1/8..15/16, columns 1/4..3/4): over the
-    whole box the camera's background dominates and the baseline sits at chance, which would make it a
-    straw man. Four bins per channel tolerate the cameras' illumination shifts best (measured).
-    """
-    a = np.asarray(Image.open(path).convert("RGB"), dtype=np.int64)
-    if crop:
-        h, w = a.shape[:2]
-        a = a[h // 8 : h - h // 16, w // 4 : w - w // 4]
-    a = a * bins // 256
-    idx = (a[..., 0] * bins + a[..., 1]) * bins + a[..., 2]
-    hist = np.bincount(idx.ravel(), minlength=bins**3).astype(np.float32)
-    hist = np.sqrt(hist / hist.sum())
-    return hist / np.linalg.norm(hist)
-
-
-def histogram_baseline(dataset, bins: int = 4, crop: bool = True) -> dict:
-    """Nearest neighbour on colour histograms (Hellinger distance) over query x gallery of ``dataset``.
-
-    ``dataset``: a :class:`~dgnet.data.layouts.ReidDataset` (or anything with ``query``/``gallery`` lists of
-    samples). Returns ``rank1``, ``rank5``, ``rank10`` and ``mAP`` (fractions) from ``dgnet.evaluation``.
-    """
-    qf = np.stack([colour_histogram(s.path, bins, crop) for s in dataset.query])
-    gf = np.stack([colour_histogram(s.path, bins, crop) for s in dataset.gallery])
-    dist = 2 - 2 * qf @ gf.T  # squared distance of unit vectors
-    from dgnet.evaluation import evaluate_rank  # imports torch: only when the baseline is asked for
-
-    qp, gp = np.array([s.pid for s in dataset.query]), np.array([s.pid for s in dataset.gallery])
-    qc, gc = np.array([s.camid for s in dataset.query]), np.array([s.camid for s in dataset.gallery])
-    cmc, m_ap = evaluate_rank(dist, qp, gp, qc, gc)
-    return {"rank1": float(cmc[0]), "rank5": float(cmc[min(4, len(cmc) - 1)]),
-            "rank10": float(cmc[min(9, len(cmc) - 1)]), "mAP": float(m_ap)}

@@ -13,68 +13,9 @@ import time
 from pathlib import Path
 
 import torch
-from PIL import Image
 
-# The input pipelines normalise with ImageNet statistics (spec: Inputs); grids undo it for display.
-from dgnet.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from dgnet.fileio import write_text_atomic
-
-
-def write_results(data: dict, checkpoint: str | Path, output: str | Path | None, suffix: str) -> Path:
-    """Write a CLI's results as JSON to ``output``, or next to ``checkpoint`` with ``suffix``; say where."""
-    out = Path(output) if output else Path(checkpoint).with_suffix(suffix)
-    write_text_atomic(out, json.dumps(data, indent=2))
-    print(f"results written to {out}")
-    return out
-
-
-def denormalize(x: torch.Tensor) -> torch.Tensor:
-    """``(N, 3|1, H, W)`` normalised images -> float32 in [0, 1] on the CPU (grayscale is repeated to RGB)."""
-    x = x.detach().float().cpu()
-    if x.shape[1] == 1:
-        return (x * 0.5 + 0.5).clamp(0, 1).repeat(1, 3, 1, 1)
-    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-    return (x * std + mean).clamp(0, 1)
-
-
-def blank_like(x: torch.Tensor) -> torch.Tensor:
-    """A white image in normalised space, shaped like one image of ``x`` ``(N, 3, H, W)``: ``(1, 3, H, W)``."""
-    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
-    return ((1 - mean) / std).expand(1, 3, *x.shape[-2:]).to(x.dtype)
-
-
-def image_grid(rows: list[torch.Tensor], pad: int = 2, normalized: bool = True) -> torch.Tensor:
-    """Stack rows of images ``(N_i, C, H, W)`` (same H, W) into one ``(3, H', W')`` [0, 1] grid.
-
-    ``normalized``: the rows are in the pipelines' normalised space (else already in [0, 1]).
-    Shorter rows are padded with white on the right, so rows of different lengths line up by column.
-    ``H' = R * (H + pad) + pad`` and ``W' = max N_i * (W + pad) + pad`` for ``R`` rows.
-    """
-    if not rows:
-        raise ValueError("image_grid: rows is empty")
-    rows = [denormalize(r) if normalized else r.detach().float().cpu().clamp(0, 1) for r in rows]
-    h, w = rows[0].shape[-2:]
-    for r in rows:
-        if r.shape[-2:] != (h, w):
-            raise ValueError(f"image_grid: row images are {tuple(r.shape[-2:])}, expected {(h, w)}")
-    ncol = max(r.shape[0] for r in rows)
-    grid = torch.ones(3, len(rows) * (h + pad) + pad, ncol * (w + pad) + pad)
-    for i, r in enumerate(rows):
-        for j in range(r.shape[0]):
-            y, x = pad + i * (h + pad), pad + j * (w + pad)
-            grid[:, y : y + h, x : x + w] = r[j]
-    return grid
-
-
-def save_png(grid: torch.Tensor, path: str | Path) -> Path:
-    """Write a ``(3, H, W)`` float [0, 1] tensor as an 8-bit PNG."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    arr = (grid.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
-    Image.fromarray(arr).save(path)
-    return path
+from dgnet.generative.figures import image_grid, save_png
 
 
 class RunLogger:

@@ -25,7 +25,14 @@ import numpy as np
 import torch
 
 from dgnet import __version__, ops
-from dgnet.api import FeatureExtractor
+from dgnet.data import Sample
+from dgnet.data.check import problems
+from dgnet.data.layouts import IMAGE_EXTENSIONS, is_image_file
+from dgnet.data.streams import load_images
+from dgnet.data.transforms import denormalize
+from dgnet.fileio import replace_atomic, write_text_atomic
+from dgnet.generative.figures import BLUE, captioned_row
+from dgnet.inference.extractor import FeatureExtractor
 
 FORMAT = "dgnet-features"
 
@@ -39,7 +46,6 @@ def list_images(source: str | Path) -> list[str]:
         FileNotFoundError: ``source``, or a listed path, does not exist.
         ValueError: no image found (the message names the folder or list and the extensions looked for).
     """
-    from dgnet.data.layouts import IMAGE_EXTENSIONS, is_image_file
 
     src = Path(source)
     if not src.exists():
@@ -67,8 +73,8 @@ def list_images(source: str | Path) -> list[str]:
 @dataclass
 class FeatureSet:
     """Features of images: ``features`` float32 ``(N, D)`` (on any device), their ``paths``, the ``identity`` of the
-    checkpoint that made them (:func:`dgnet.api.checkpoint_identity`), and the files ``skipped`` (path ->
-    why) because they do not decode."""
+    checkpoint that made them (:func:`dgnet.inference.extractor.checkpoint_identity`), and the files ``skipped``
+    (path -> why) because they do not decode."""
 
     features: torch.Tensor
     paths: list[str]
@@ -78,7 +84,6 @@ class FeatureSet:
 
     def save(self, path: str | Path) -> Path:
         """Write ``.npz`` (arrays and strings only: it loads without pickles) atomically."""
-        from dgnet.fileio import replace_atomic
 
         stamps = np.asarray(self.stamps if self.stamps is not None else [(-1, -1)] * len(self.paths), np.int64)
         arrays = {"features": self.features.detach().float().cpu().numpy(), "paths": np.asarray(self.paths, str),
@@ -128,7 +133,6 @@ def extract_features(fx: FeatureExtractor, paths: list[str], check: bool = True,
     instead of stopping the run or being silently padded by a decoder. Nothing is written into the images'
     folders (the check's cache is for datasets). ``progress``: a progress bar on stderr.
     """
-    from dgnet.data.check import problems
 
     skipped = {str(p): why for p, why in problems(paths, cache=False).items()} if check else {}
     if skipped:
@@ -243,10 +247,6 @@ def search_to_folder(fx: FeatureExtractor, query: str | Path, gallery: str | Pat
     """What ``python -m dgnet.search`` does: the queries' and the gallery's features (the gallery through
     :func:`gallery_features`), :func:`search` with the checkpoint's ``eval`` re-ranking parameters, one rank-list
     PNG per query under ``out/ranklists/`` and ``out/results.json``. Returns a summary (counts)."""
-    from dgnet.figures import BLUE, captioned_row, load_images
-    from dgnet.fileio import write_text_atomic
-    from dgnet.logging_utils import denormalize
-
     out = Path(out)
     queries = extract_features(fx, list_images(query), progress=False)
     if not queries.paths:
@@ -259,7 +259,6 @@ def search_to_folder(fx: FeatureExtractor, query: str | Path, gallery: str | Pat
     (out / "ranklists").mkdir(parents=True, exist_ok=True)
     grey = (0.6, 0.6, 0.6)
     records = []
-    from dgnet.data import Sample
 
     sample = lambda p: Sample(p, -1, -1)  # noqa: E731
     for i, qpath in enumerate(queries.paths):

@@ -29,7 +29,9 @@ import numpy as np
 import torch
 
 from dgnet.config import Config, ModelConfig, config_from_dict, fingerprint, fingerprint_dict
+from dgnet.distributed import all_gather_objects, world
 from dgnet.fileio import human_bytes, load_weights_only, remove_stale_temporaries, replace_atomic
+from dgnet.runtime import RANK_SEED_STRIDE, seed_everything
 
 FORMAT = "dgnet-checkpoint"
 VERSION = 1
@@ -450,7 +452,6 @@ def restore_state(
 # --------------------------------------------------------------------------- resume across processes
 def gather_rng() -> list[dict]:
     """Every rank's RNG state in rank order (a collective under torchrun: every rank calls it)."""
-    from dgnet.distributed import all_gather_objects
 
     return all_gather_objects(get_rng_state())
 
@@ -464,9 +465,6 @@ def restore_rank(ckpt: dict, what: str, streams: dict[str, Any] | None, scale_lr
     models, optimisers and schedulers are restored, the streams start the saved epoch afresh on the new
     shards, every rank reseeds, and rank 0 says what is not exact. ``what`` names the stage in that message.
     """
-    from dgnet.distributed import world
-    from dgnet.runtime import RANK_SEED_STRIDE, seed_everything
-
     rank, size = world()
     saved = int(ckpt.get("world_size", 1))
     if saved == size:

@@ -14,9 +14,12 @@ from pathlib import Path
 
 import torch
 
-from dgnet.checkpoint import check_finite, load_checkpoint, load_state_checked, model_config_of
+from dgnet.checkpoints.format import check_finite, load_checkpoint, load_state_checked, model_config_of
 from dgnet.config import Config, ModelConfig, config_from_dict, layout_options
-from dgnet.data import ReidDataset, load_dataset
+from dgnet.data import ReidDataset, load_dataset, resolve_backend, singleton_identities
+from dgnet.data.check import preflight
+from dgnet.data.synthetic import ensure_dataset
+from dgnet.models import DGNet, ReidBaseline
 from dgnet.runtime import resolve_device
 
 # ``model.backbone_weights: teacher`` starts Ea's trunk from the trained teacher's (stage 1) instead of ImageNet.
@@ -32,14 +35,13 @@ def prepare_dataset(cfg: Config, verbose: bool = True, generate: bool = True) ->
     ``generate``: create the embedded synthetic set at ``data.root`` when it is absent (training does; a command
     opening a trained run does not, and names the folder instead).
     """
-    from dgnet.data.check import preflight
 
     root = Path(cfg.data.root)
     if cfg.data.dataset == "synthetic" and generate:
-        from dgnet.data.synthetic import ensure_dataset
-
         ensure_dataset(root, verbose=verbose, ids=cfg.data.synthetic_ids, cams=cfg.data.synthetic_cams,
-                       height=cfg.data.synthetic_height, width=cfg.data.synthetic_width, seed=cfg.data.synthetic_seed)
+                       height=cfg.data.synthetic_height, width=cfg.data.synthetic_width, seed=cfg.data.synthetic_seed,
+                       train_cams=cfg.data.synthetic_train_cams, per_cam=cfg.data.synthetic_per_cam,
+                       view_tie=cfg.data.synthetic_view_tie)
     elif not root.exists():
         raise FileNotFoundError(
             f"dataset folder {str(root)!r} (data.root, --data-root) does not exist; expected the "
@@ -54,8 +56,6 @@ def prepare_dataset(cfg: Config, verbose: bool = True, generate: bool = True) ->
             print(f"dgnet: skipped {skipped} unreadable {split} images (--skip-corrupt)")
         setattr(ds, split, samples)
     if verbose:
-        from dgnet.data import singleton_identities
-
         single = singleton_identities(ds.train)
         if single:
             print(f"dgnet: {len(single)} train identities with one image get no DG-Net pairs (the classifier keeps "
@@ -82,25 +82,25 @@ def build_model(ckpt: dict, name: str, device: torch.device | str = "cpu", fused
     """Model ``name`` (``"dgnet"`` or ``"teacher"``) of ``ckpt``, built from its own architecture record, its
     weights loaded, in eval mode on ``device``.
 
-    ``fused``/``fold_upsample``: the decoder's fast paths (default: the run's ``train.fused`` and
+    ``fused``/``fold_upsample``: the fast paths (default: the run's ``train.fused`` and
     ``train.fold_upsample``); they change no value, only which kernels run. ``source`` names the file in errors.
 
     Raises:
         ValueError: no such model, or weights with NaN or infinite values (named): evaluating, visualising or
             exporting them would give plausible-looking garbage.
     """
-    from dgnet.models import DGNet, ReidBaseline
 
     if name not in ckpt["models"]:
         raise ValueError(f"{source} holds no {name} model (it has {sorted(ckpt['models'])})")
     check_finite({"models": {name: ckpt["models"][name]}}, f"{source}, model {name}")
     arch = model_config_of(ckpt, name)
+    train = config_from_dict(ckpt["config"]).train
+    fused = train.fused if fused is None else fused
     if name == "dgnet":
-        train = config_from_dict(ckpt["config"]).train
-        model = DGNet(arch, ckpt["num_ids"], fused=train.fused if fused is None else fused,
+        model = DGNet(arch, ckpt["num_ids"], fused=fused,
                       fold_upsample=train.fold_upsample if fold_upsample is None else fold_upsample)
     elif name == "teacher":
-        model = ReidBaseline(arch, ckpt["num_ids"])
+        model = ReidBaseline(arch, ckpt["num_ids"], fused=fused)
     else:
         raise ValueError(f"model {name!r}: expected one of {MODEL_KINDS}")
     model.load_state_dict(ckpt["models"][name])
@@ -191,7 +191,6 @@ class Run:
     @property
     def backend(self) -> str:
         """The input pipeline (``dali`` or ``torch``) for ``cfg.data.loader`` on this device."""
-        from dgnet.data import resolve_backend
 
         return resolve_backend(self.cfg.data.loader, self.device)
 

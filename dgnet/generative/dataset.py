@@ -23,7 +23,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dgnet.data.streams import load_images
+from dgnet.data.transforms import denormalize
 from dgnet.fileio import write_text_atomic
+from dgnet.models import eval_mode
 
 MANIFEST_FIELDS = ("path", "pid", "camid", "structure_source", "appearance_source")
 
@@ -63,10 +66,6 @@ def generate_dataset(model: torch.nn.Module, ds, size: tuple[int, int], out: str
     index order.
     """
     from PIL import Image
-
-    from dgnet.figures import load_images
-    from dgnet.logging_utils import denormalize
-    from dgnet.models import eval_mode
 
     out = Path(out)
     if batch_size < 1:

@@ -30,6 +30,7 @@ import contextlib
 import dataclasses
 import json
 import math
+import signal
 import time
 import warnings
 from collections.abc import Iterator
@@ -38,8 +39,7 @@ from typing import Any
 
 import torch
 
-from dgnet import engine
-from dgnet.checkpoint import (
+from dgnet.checkpoints.format import (
     CheckpointManager,
     NonFiniteWeights,
     arch_only,
@@ -51,13 +51,7 @@ from dgnet.checkpoint import (
     restore_rank,
     save_atomic,
 )
-from dgnet.config import Config, save_config
-from dgnet.distributed import world
-from dgnet.fileio import remove_stale_temporaries, write_text_atomic
-from dgnet.logging_utils import RunLogger
-from dgnet.preemption import Stopped, StopRequest
-from dgnet.runlock import LockHeld, acquire
-from dgnet.runs import (
+from dgnet.checkpoints.runs import (
     TEACHER_WEIGHTS,
     init_dgnet_from,
     load_teacher,
@@ -66,7 +60,28 @@ from dgnet.runs import (
     teacher_from,
     with_data_ids,
 )
+from dgnet.config import Config, save_config
+from dgnet.data import drop_singletons, resolve_backend, train_stream
+from dgnet.data.streams import load_images
+from dgnet.distributed import (
+    all_gather_objects,
+    as_collective_failure,
+    convert_sync_batchnorm,
+    destroy,
+    init_from_env,
+    world,
+)
+from dgnet.evaluation.protocol import evaluate_models, format_table
+from dgnet.fileio import remove_stale_temporaries, write_text_atomic
+from dgnet.generative.figures import training_rows
+from dgnet.models import DGNet, ReidBaseline
+from dgnet.models.decoder import fold_applies
+from dgnet.runlock import LockHeld, acquire
 from dgnet.runtime import Amp, resolve_amp, resolve_device, seed_everything, seed_rank, set_determinism, set_threads
+from dgnet.training.logger import RunLogger
+from dgnet.training.optim import build_optimizers, build_schedulers, build_teacher_optimizer, build_teacher_scheduler
+from dgnet.training.preemption import Stopped, StopRequest
+from dgnet.training.step import compile_models, dgnet_step, ramp_weights, teacher_step, wrap_ddp
 
 STAGES = ("all", "teacher", "dgnet")
 
@@ -186,8 +201,6 @@ def _stop_agreed(stop: StopRequest | None, device: torch.device) -> int:
 
 
 def _stopped(signum: int, where: str, checkpoint: Path | None) -> Stopped:
-    import signal
-
     name = signal.Signals(signum).name
     saved = f"the checkpoint to resume from is {checkpoint}" if checkpoint is not None else \
         "no checkpoint had been written yet, so there is nothing to resume"
@@ -211,7 +224,6 @@ def _ddp(module: torch.nn.Module, device: torch.device) -> torch.nn.Module | Non
 
 def fast_paths(cfg: Config, device: torch.device) -> str:
     """One line saying which fast paths this run's models and steps use (``train.fused``, ``fold_upsample``)."""
-    from dgnet.models.decoder import fold_applies
 
     threads = f"; {torch.get_num_threads()} CPU threads" if device.type == "cpu" else ""
     compiled = ""
@@ -233,21 +245,17 @@ def train_teacher(cfg: Config, ds, device: torch.device, backend: str, mgr: Chec
                   resume: dict | None, amp: Amp, out: Path, stop: StopRequest | None = None) -> torch.nn.Module:
     """Train the re-id baseline (the teacher) for ``optim.teacher_iterations`` (capped); returns it in eval mode.
 
-    ``stop`` (a signal's request, :mod:`dgnet.preemption`): checked after every iteration; when set, the iteration
-    is saved and :class:`~dgnet.preemption.Stopped` raised."""
-    from dgnet.data import train_stream
-    from dgnet.models import ReidBaseline
-
+    ``stop`` (a signal's request, :mod:`dgnet.training.preemption`): checked after every iteration; when set, the
+    iteration is saved and :class:`~dgnet.training.preemption.Stopped` raised."""
     rank, _ = world()
-    fused = cfg.train.fused
     total = stage_iterations(cfg, "teacher")
     seed_everything(cfg.train.seed)
     num_ids = cfg.model.num_ids
     scratch = resume is not None or cfg.model.backbone_weights == TEACHER_WEIGHTS  # the teacher itself starts anew
-    teacher = ReidBaseline(arch_only(cfg.model) if scratch else cfg.model, num_ids).to(device)
-    opt = engine.build_teacher_optimizer(teacher, cfg.optim, fused=fused)
+    teacher = ReidBaseline(arch_only(cfg.model) if scratch else cfg.model, num_ids, fused=cfg.train.fused).to(device)
+    opt = build_teacher_optimizer(teacher, cfg.optim)
     _scale_lrs({"teacher": opt}, cfg)
-    sched = engine.build_teacher_scheduler(opt, cfg.optim)
+    sched = build_teacher_scheduler(opt, cfg.optim)
     ddp = _ddp(teacher, device)
     stream = train_stream(ds.train, backend, mode="pk", augment=True,
                           **_stream_kwargs(cfg, device, cfg.train.seed, cfg.data.teacher_batch_size))
@@ -275,7 +283,7 @@ def train_teacher(cfg: Config, ds, device: torch.device, backend: str, mgr: Chec
         for it in range(start, total):
             sched_step(sched)
             batch = _next_batch(batches)
-            o = engine.teacher_step(teacher, opt, batch, amp.scaler, amp.dtype, ddp=ddp, fused=fused)
+            o = teacher_step(teacher, opt, batch, amp.scaler, amp.dtype, ddp=ddp)
             _check_finite(o, "teacher", it, mgr)
             done = it + 1
             log.step(postfix={k: v for k, v in o.items() if k.startswith("loss")})
@@ -307,7 +315,6 @@ def fixed_grid_batches(ds, cfg: Config, backend: str, device: torch.device) -> t
     Read through the test pipeline (no augmentation, no random state consumed), so grids at the
     same iteration of a resumed and an uninterrupted run show the same inputs.
     """
-    from dgnet.figures import load_images
 
     n = cfg.train.grid_samples
     first: dict[int, Any] = {}
@@ -323,27 +330,16 @@ def fixed_grid_batches(ds, cfg: Config, backend: str, device: torch.device) -> t
     return x[:half], x[half : 2 * half]
 
 
-def train_dgnet(cfg: Config, ds, teacher: torch.nn.Module, device: torch.device, backend: str,
-                mgr: CheckpointManager, resume: dict | None, amp: Amp, out: Path,
-                stop: StopRequest | None = None) -> torch.nn.Module:
-    """Joint training (spec: Losses, Optimisation) for ``optim.iterations`` (capped); returns DGNet in eval mode.
-
-    ``stop``: as in :func:`train_teacher`."""
-    from dgnet.data import drop_singletons, train_stream
-    from dgnet.figures import training_rows
-    from dgnet.models import DGNet
-
+def build_dgnet(cfg: Config, teacher: torch.nn.Module, device: torch.device, resume: dict | None) -> DGNet:
+    """Stage 2's DGNet on ``device``: its starting weights (``model.init_from``, the teacher's trunk, or the
+    config's), SyncBatchNorm under ``train.sync_bn`` with several processes, compiled under ``train.compile``."""
     rank, size = world()
-    fused = cfg.train.fused
-    total = stage_iterations(cfg, "dgnet")
-    # Stage 2 seeds itself, so it is the same whether stage 1 ran in this process or was loaded.
-    seed_everything(cfg.train.seed + 1)
     num_ids = cfg.model.num_ids
     # model.init_from (a fine-tune) gives every DG-Net weight, so it overrides backbone_weights; a resume has its own.
     init = cfg.model.init_from if resume is None else ""
     from_teacher = cfg.model.backbone_weights == TEACHER_WEIGHTS and not init
     model = DGNet(arch_only(cfg.model) if resume is not None or from_teacher or init else cfg.model, num_ids,
-                  fused=fused, fold_upsample=cfg.train.fold_upsample).to(device)
+                  fused=cfg.train.fused, fold_upsample=cfg.train.fold_upsample).to(device)
     if init:
         init_dgnet_from(model, init, cfg.model, num_ids)
         if rank == 0:
@@ -356,21 +352,39 @@ def train_dgnet(cfg: Config, ds, teacher: torch.nn.Module, device: torch.device,
             raise ValueError(f"model.backbone_weights=teacher: the teacher's trunk does not fit Ea's "
                              f"({cfg.model.backbone}): {exc}") from None
     if size > 1 and cfg.train.sync_bn:
-        from dgnet.distributed import convert_sync_batchnorm
-
         model.Ea = convert_sync_batchnorm(model.Ea, device).to(device)
     if cfg.train.compile:
-        engine.compile_models(model, device)  # after the weights are in; the first iteration compiles
-    opts = engine.build_optimizers(model, cfg.optim, fused=fused)
-    _scale_lrs(opts, cfg)
-    scheds = engine.build_schedulers(opts, cfg.optim)
-    ddp = engine.wrap_ddp(model, device) if size > 1 else None
+        compile_models(model, device)  # after the weights are in; the first iteration compiles
+    return model
+
+
+def dgnet_streams(ds, cfg: Config, device: torch.device, backend: str) -> dict[str, Any]:
+    """The two streams of image pairs, a and b, that each DG-Net iteration draws one batch from."""
     kw = _stream_kwargs(cfg, device, 0, cfg.data.batch_size)
     pairs, _ = drop_singletons(ds.train)  # an identity with one image has no positive to pair with
-    streams = {
+    return {
         "a": train_stream(pairs, backend, mode="pairs", augment=True, **{**kw, "seed": cfg.train.seed + 11}),
         "b": train_stream(pairs, backend, mode="pairs", augment=True, **{**kw, "seed": cfg.train.seed + 23}),
     }
+
+
+def train_dgnet(cfg: Config, ds, teacher: torch.nn.Module, device: torch.device, backend: str,
+                mgr: CheckpointManager, resume: dict | None, amp: Amp, out: Path,
+                stop: StopRequest | None = None) -> torch.nn.Module:
+    """Joint training (spec: Losses, Optimisation) for ``optim.iterations`` (capped); returns DGNet in eval mode.
+
+    ``stop``: as in :func:`train_teacher`."""
+    rank, size = world()
+    total = stage_iterations(cfg, "dgnet")
+    # Stage 2 seeds itself, so it is the same whether stage 1 ran in this process or was loaded.
+    seed_everything(cfg.train.seed + 1)
+    num_ids = cfg.model.num_ids
+    model = build_dgnet(cfg, teacher, device, resume)
+    opts = build_optimizers(model, cfg.optim)
+    _scale_lrs(opts, cfg)
+    scheds = build_schedulers(opts, cfg.optim)
+    ddp = wrap_ddp(model, device) if size > 1 else None
+    streams = dgnet_streams(ds, cfg, device, backend)
     start = 0
     _seed_this_rank(cfg.train.seed + 1)
     if resume is not None:
@@ -399,15 +413,14 @@ def train_dgnet(cfg: Config, ds, teacher: torch.nn.Module, device: torch.device,
         for it in range(start, total):
             sched_step(*scheds.values())
             batch_a, batch_b = _next_batch(it_a), _next_batch(it_b)
-            o = engine.dgnet_step(model, teacher, opts, batch_a, batch_b, it, cfg, scaler=amp.scaler,
-                                  amp_dtype=amp.dtype, ddp=ddp, fused=fused,
-                                  compiled=cfg.train.compile)
+            o = dgnet_step(model, teacher, opts, batch_a, batch_b, it, cfg, scaler=amp.scaler, amp_dtype=amp.dtype,
+                           ddp=ddp)
             _check_finite(o, "dgnet", it, mgr)
             done = it + 1
-            ramps = engine.ramp_weights(it, cfg.loss)
+            ramps = ramp_weights(it, cfg.loss)
             log.step(postfix={k: o[k] for k in ("loss_gen_total", "loss_dis_total") if k in o})
             if done % cfg.train.log_every == 0 or done == total:
-                # ``o`` already holds the ramped weights of this iteration (engine.dgnet_step reports them)
+                # ``o`` already holds the ramped weights of this iteration (dgnet_step reports them)
                 log.scalars(done, {**o, **_lrs(opts), "it_per_s": log.its_per_second(done)})
             if rank == 0 and (done % cfg.train.image_every == 0 or done == total):
                 with torch.random.fork_rng(devices=[]):  # grids never touch the training RNG streams
@@ -461,13 +474,12 @@ def train(cfg: Config, resume: bool | str = False, stage: str = "all", evaluate:
 
     ``resume="auto"``: resume when the output folder holds a checkpoint, else start afresh. ``stage``: ``all``,
     ``teacher`` (stage 1 only) or ``dgnet`` (stage 2 only, with ``train.teacher`` or the run's ``teacher.pt``).
-    ``stop``: a :class:`~dgnet.preemption.StopRequest` (``dgnet.preemption.stop_on_signals``): once set, the
-    iteration in progress finishes, is saved, and :class:`~dgnet.preemption.Stopped` is raised.
+    ``stop``: a :class:`~dgnet.training.preemption.StopRequest` (``stop_on_signals``): once set, the iteration in
+    progress finishes, is saved, and :class:`~dgnet.training.preemption.Stopped` is raised.
     Under torchrun (``WORLD_SIZE`` set) joins the process group first (``dgnet.distributed.init_from_env``)
     and leaves it at the end. The output folder is locked for the run (``dgnet.runlock``): a second run into it
     is refused (:class:`~dgnet.runlock.LockHeld`) while this one lives.
     """
-    from dgnet.distributed import as_collective_failure, destroy, init_from_env
 
     if stage not in STAGES:
         raise ValueError(f"stage={stage!r}: expected one of {STAGES}")
@@ -507,8 +519,6 @@ def _hold_output(out: Path) -> Iterator[None]:
                 refusal = ValueError(f"--output {str(out)!r} (train.output): cannot write there ({exc.strerror or exc}"
                                      f"{where}); choose a folder this user can write")
         if size > 1:
-            from dgnet.distributed import all_gather_objects
-
             told = all_gather_objects(None if refusal is None else str(refusal))[0]
             if told is not None and refusal is None:
                 refusal = LockHeld(told)
@@ -541,19 +551,10 @@ def _check_resume_settings(ckpt: dict, cfg: Config, path: Path) -> Config:
     return cfg
 
 
-def _train(cfg: Config, device: torch.device, resume: bool | str, stage: str, evaluate: bool, verbose: bool,
-           stop: StopRequest | None) -> dict:
-    from dgnet.data import resolve_backend
-
-    t0 = time.perf_counter()
+def _set_up(cfg: Config, device: torch.device, stage: str, verbose: bool) -> tuple[Config, Any, Amp, str]:
+    """The process and the data: precision, determinism, threads, the input pipeline, the dataset (generated
+    by rank 0 when absent) and the identity count it gives; returns ``(cfg, ds, amp, backend)``."""
     rank, size = world()
-    out = Path(cfg.train.output)
-    mgr = CheckpointManager(out / "checkpoints", keep=cfg.train.keep_checkpoints)
-    if rank == 0:
-        # before anything is written: a killed write's temporary can fill the disk. The run folder's own (config.yaml,
-        # results) too: under the folder's lock no other writer can be mid-write there.
-        for stale in mgr.sweep() + remove_stale_temporaries(out):
-            print(f"dgnet: removed {stale}, the temporary file of a write that was interrupted")
     # The data root the run read, absolute in the saved config: its checkpoints find their data from anywhere.
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=str(Path(cfg.data.root).resolve())))
     amp = resolve_amp(cfg.train.amp, device)
@@ -567,47 +568,51 @@ def _train(cfg: Config, device: torch.device, resume: bool | str, stage: str, ev
         torch.distributed.barrier()
     cfg = with_data_ids(cfg, ds)
     if stage in ("all", "dgnet"):
-        from dgnet.data import drop_singletons
-
         if not drop_singletons(ds.train)[0]:
             raise ValueError(
                 f"every train identity of {cfg.data.root} has a single image: DG-Net trains on pairs of images of "
                 "one identity (and its positives), so it needs identities with at least 2 images (--stage teacher "
                 "trains the re-id baseline alone)")
+    return cfg, ds, amp, backend
 
+
+def _checkpoint_to_resume(mgr: CheckpointManager, cfg: Config, resume: bool | str,
+                          device: torch.device) -> tuple[dict | None, Config]:
+    """The checkpoint ``--resume`` continues from (the newest intact one, as rank 0 found it), or ``None``, and
+    the config with the settings a resume keeps (:func:`_check_resume_settings`); refuses to start afresh over an
+    existing run's checkpoints."""
+    rank, size = world()
     latest = mgr.latest()
     if resume == "auto":
         resume = latest is not None
-    ckpt = None
-    if resume:
-        if latest is None:
-            raise FileNotFoundError(f"--resume: no checkpoint in {mgr.folder}; start without --resume")
-        if rank == 0:
-            latest, _ = mgr.newest_intact()  # a torn or non-finite newest one is set aside, with a warning
-        if size > 1:
-            from dgnet.distributed import all_gather_objects
-
-            latest = all_gather_objects(latest)[0]  # every rank resumes from the checkpoint rank 0 found intact
-        if latest is None:
-            raise FileNotFoundError(f"--resume: no intact checkpoint in {mgr.folder} (the damaged ones were set "
-                                    "aside); start a new run (another --output)")
-        ckpt = load_checkpoint(latest, map_location=device)
-        check_compatible(ckpt, cfg, latest)
-        cfg = _check_resume_settings(ckpt, cfg, latest)
-        if rank == 0:
-            print(f"dgnet: resuming from {latest} (stage {ckpt['stage']}, iteration {ckpt['iteration']})")
-    elif latest is not None:
-        raise FileExistsError(
-            f"{mgr.folder} already holds checkpoints (newest {latest.name}); pass --resume to continue that run, "
-            "or choose another --output"
-        )
+    if not resume:
+        if latest is not None:
+            raise FileExistsError(
+                f"{mgr.folder} already holds checkpoints (newest {latest.name}); pass --resume to continue that "
+                "run, or choose another --output"
+            )
+        return None, cfg
+    if latest is None:
+        raise FileNotFoundError(f"--resume: no checkpoint in {mgr.folder}; start without --resume")
     if rank == 0:
-        save_config(cfg, out / "config.yaml")
-        if verbose:
-            print(f"dgnet: device {device}, amp {amp}, loader {backend}, output {out}")
-            print(f"dgnet: {fast_paths(cfg, device)}")
+        latest, _ = mgr.newest_intact()  # a torn or non-finite newest one is set aside, with a warning
+    if size > 1:
+        latest = all_gather_objects(latest)[0]  # every rank resumes from the checkpoint rank 0 found intact
+    if latest is None:
+        raise FileNotFoundError(f"--resume: no intact checkpoint in {mgr.folder} (the damaged ones were set "
+                                "aside); start a new run (another --output)")
+    ckpt = load_checkpoint(latest, map_location=device)
+    check_compatible(ckpt, cfg, latest)
+    cfg = _check_resume_settings(ckpt, cfg, latest)
+    if rank == 0:
+        print(f"dgnet: resuming from {latest} (stage {ckpt['stage']}, iteration {ckpt['iteration']})")
+    return ckpt, cfg
 
-    teacher = model = None
+
+def _teacher(cfg: Config, ds, device: torch.device, backend: str, mgr: CheckpointManager, ckpt: dict | None,
+             stage: str, amp: Amp, out: Path, stop: StopRequest | None = None) -> torch.nn.Module:
+    """Stage 1, or the teacher it made: from a DG-Net checkpoint being resumed, from ``train.teacher``, trained
+    here, or the run's ``teacher.pt`` (``--stage dgnet``). Frozen."""
     resumed_stage = ckpt["stage"] if ckpt else None
     init = cfg.model.init_from
     if init and resumed_stage != "dgnet" and stage in ("all", "dgnet"):
@@ -629,25 +634,49 @@ def _train(cfg: Config, device: torch.device, resume: bool | str, stage: str, ev
         teacher, _ = load_teacher(found, cfg.model.num_ids, device)
     for p in teacher.parameters():
         p.requires_grad_(False)
+    return teacher
 
+
+def _evaluate(models: dict[str, torch.nn.Module], ds, cfg: Config, device: torch.device, backend: str,
+              out: Path) -> dict:
+    """The test protocol on every trained model; rank 0 writes ``results.json`` and ``results.md``."""
+    # every rank embeds its share of query and gallery (collectives); rank 0 alone gets the metrics
+    results = evaluate_models(models, ds, cfg, device, backend)
+    if world()[0] == 0:
+        table = format_table(results)
+        write_text_atomic(out / "results.json", json.dumps(results, indent=2))
+        write_text_atomic(out / "results.md", table + "\n")
+        print(table)
+    return results
+
+
+def _train(cfg: Config, device: torch.device, resume: bool | str, stage: str, evaluate: bool, verbose: bool,
+           stop: StopRequest | None = None) -> dict:
+    t0 = time.perf_counter()
+    rank, _ = world()
+    out = Path(cfg.train.output)
+    mgr = CheckpointManager(out / "checkpoints", keep=cfg.train.keep_checkpoints)
+    if rank == 0:
+        # before anything is written: a killed write's temporary can fill the disk. The run folder's own (config.yaml,
+        # results) too: under the folder's lock no other writer can be mid-write there.
+        for stale in mgr.sweep() + remove_stale_temporaries(out):
+            print(f"dgnet: removed {stale}, the temporary file of a write that was interrupted")
+    cfg, ds, amp, backend = _set_up(cfg, device, stage, verbose)
+    ckpt, cfg = _checkpoint_to_resume(mgr, cfg, resume, device)
+    if rank == 0:
+        save_config(cfg, out / "config.yaml")
+        if verbose:
+            print(f"dgnet: device {device}, amp {amp}, loader {backend}, output {out}")
+            print(f"dgnet: {fast_paths(cfg, device)}")
+    teacher = _teacher(cfg, ds, device, backend, mgr, ckpt, stage, amp, out, stop)
+    models = {"teacher": teacher}
     if stage in ("all", "dgnet"):
         _stop_before(stop, device, mgr, "before DG-Net's training started")
-        model = train_dgnet(cfg, ds, teacher, device, backend, mgr, ckpt if resumed_stage == "dgnet" else None,
-                            amp, out, stop)
-
-    results: dict = {}
+        resumed = ckpt if ckpt is not None and ckpt["stage"] == "dgnet" else None
+        models["dgnet"] = train_dgnet(cfg, ds, teacher, device, backend, mgr, resumed, amp, out, stop)
     if evaluate:
         _stop_before(stop, device, mgr, "after training, before the evaluation (--resume evaluates)")
-        from dgnet.protocol import evaluate_models, format_table
-
-        # every rank embeds its share of query and gallery (collectives); rank 0 alone gets the metrics
-        results = evaluate_models({"teacher": teacher, **({"dgnet": model} if model is not None else {})},
-                                  ds, cfg, device, backend)
-        if rank == 0:
-            table = format_table(results)
-            write_text_atomic(out / "results.json", json.dumps(results, indent=2))
-            write_text_atomic(out / "results.md", table + "\n")
-            print(table)
+    results = _evaluate(models, ds, cfg, device, backend, out) if evaluate else {}
     seconds = time.perf_counter() - t0
     if rank == 0 and verbose:
         print(f"dgnet: finished in {seconds / 60:.1f} min; outputs in {out}")

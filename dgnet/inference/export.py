@@ -4,7 +4,7 @@ TorchScript or a ``torch.export`` ExportedProgram.
 Two parts, each a small module over the trained networks (:class:`ReidFeatures`, :class:`Generator`):
 
 - ``reid``: ``images`` ``(N, 3, H, W)`` float32, as :meth:`dgnet.FeatureExtractor.preprocess` makes them ->
-  ``features`` ``(N, D)`` float32: the whole test protocol (:func:`dgnet.protocol.embed`: both heads' post-BN
+  ``features`` ``(N, D)`` float32: the whole test protocol (:func:`dgnet.evaluation.protocol.embed`: both heads' post-BN
   bottlenecks, image + horizontal flip, L2 normalisation, the fine half scaled by ``sqrt(alpha)``) in the graph,
   so the dot product of two exported features is the score ``python -m dgnet.test`` ranks by. D is 1024 for
   DG-Net, 512 for a teacher (its single head).
@@ -37,10 +37,15 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from dgnet.config import check_alpha
+import dgnet
+from dgnet.checkpoints.format import load_checkpoint
+from dgnet.checkpoints.runs import build_model
+from dgnet.config import check_alpha, config_from_dict
+from dgnet.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from dgnet.evaluation.protocol import KINDS, embed
 from dgnet.fileio import replace_atomic
+from dgnet.inference.extractor import checkpoint_identity
 from dgnet.models import Decoder, DGNet, gray
-from dgnet.protocol import KINDS, embed
 
 FORMATS = ("onnx", "torchscript", "exported-program")
 PARTS = ("reid", "generator")
@@ -129,9 +134,6 @@ def part_module(ckpt: dict, part: str, which: str | None = None, path: str | Pat
     Raises:
         ValueError: an unknown part or model, or one the checkpoint does not hold (named, with what it holds).
     """
-    from dgnet.config import config_from_dict
-    from dgnet.runs import build_model
-
     held = sorted(ckpt["models"])
     if part not in PARTS:
         raise ValueError(f"part={part!r}: expected one of {PARTS}")
@@ -171,11 +173,9 @@ def metadata(module: ReidFeatures | Generator, ckpt: dict | None = None, checkpo
     Keys: format, version, dgnet_version, torch_version, part, model, inputs and outputs (name -> shape, "N"
     for the batch axis), input_size ``[H, W]``, mean and std (RGB, of pixels scaled to [0, 1]), preprocess
     (the recipe in words), alpha and feature_dim (reid), output_space (generator), and with ``ckpt`` the
-    checkpoint's file name, identity (``dgnet.api.checkpoint_identity``), stage, iteration and identity count.
+    checkpoint's file name, identity (``dgnet.inference.extractor.checkpoint_identity``), stage, iteration and
+    identity count.
     """
-    import dgnet
-    from dgnet.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-
     h, w = module.size
     with torch.no_grad():
         out = module(*example_inputs(module))  # the graph's own output shape: one source for the width
@@ -197,8 +197,6 @@ def metadata(module: ReidFeatures | Generator, ckpt: dict | None = None, checkpo
         meta["score"] = ("dot product of two features (primary . primary' + alpha * fine . fine'); each feature's "
                          "norm is sqrt(1 + alpha) (DG-Net) or 1 (teacher)")
     if ckpt is not None:
-        from dgnet.api import checkpoint_identity
-
         meta["checkpoint"] = {"file": Path(checkpoint).name if checkpoint is not None else None,
                               "identity": checkpoint_identity(ckpt), "stage": ckpt.get("stage"),
                               "iteration": ckpt.get("iteration"), "num_ids": ckpt.get("num_ids")}
@@ -287,7 +285,6 @@ def export_checkpoint(checkpoint: str | Path, fmt: str, out: str | Path, part: s
         ValueError: not a dgnet checkpoint, or an unknown format, part or model, or one it lacks (named).
         ImportError: ``fmt="onnx"`` without the onnx packages.
     """
-    from dgnet.checkpoint import load_checkpoint
 
     _check_out(fmt, out)  # before the checkpoint is read: a wrong name fails at once
     if part not in PARTS:

@@ -54,7 +54,14 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from dgnet.checkpoints.format import load_checkpoint
+from dgnet.checkpoints.runs import build_model, open_run
+from dgnet.data.decoding import rgb8
+from dgnet.data.synthetic import load_manifest, render, render_person
 from dgnet.data.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize, resize_uint8
+from dgnet.evaluation.protocol import embed
+from dgnet.models.structure import gray
+from dgnet.runtime import set_threads
 
 Generator = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 IOU_TAU = 0.1  # RGB distance in [0, 1] units (sqrt(3) is the maximum); camera noise std is <= 0.04 per channel
@@ -84,8 +91,6 @@ def _decode(data: str | bytes) -> torch.Tensor:
         with Image.open(io.BytesIO(data)) as im:
             a = np.asarray(im.convert("RGB"), dtype=np.uint8)
     else:
-        from dgnet.data.decoding import rgb8
-
         a = rgb8(data)
     return torch.from_numpy(a.copy()).permute(2, 0, 1)
 
@@ -101,7 +106,6 @@ def load_probe(samples: Sequence, size: tuple[int, int], manifest: dict | None =
     """Read ``samples`` (``Sample`` with ``path``, ``pid``) at ``size`` = (H, W), resized as the test pipeline does
     (bicubic, antialiased). With the synthetic ``manifest`` (:func:`dgnet.data.synthetic.load_manifest`) each
     image's true silhouette and person-free scene are rendered too (at the set's size, then resized)."""
-    from dgnet.data.synthetic import render, render_person
 
     if not samples:
         raise ValueError("load_probe: samples is empty; expected at least one image")
@@ -153,7 +157,6 @@ def draw_pairs(pids: torch.Tensor, n: int, seed: int = 0) -> tuple[torch.Tensor,
 
 def swap_generator(model: torch.nn.Module) -> Generator:
     """DG-Net's swap as a generator: ``(x_a, x_b) -> G(Es(gray(x_a)), Ea(x_b).f)`` (run it under no_grad)."""
-    from dgnet.models.structure import gray
 
     return lambda xa, xb: model.decode(model.Es(gray(xa)), model.Ea(xb)[0])
 
@@ -167,7 +170,6 @@ def reconstruction_generator(model: torch.nn.Module) -> Generator:
 def teacher_features(teacher: torch.nn.Module, images: torch.Tensor, batch_size: int = 64,
                      device: torch.device | str = "cpu") -> torch.Tensor:
     """The teacher's test-protocol features (image + flip, L2-normalised) ``(N, 512)`` float32 CPU."""
-    from dgnet.protocol import embed
 
     teacher.eval()
     out = [embed(teacher, "teacher", images[i : i + batch_size].to(device)).cpu()
@@ -261,7 +263,6 @@ def render_ideal(samples: Sequence, manifest: dict, ia: torch.Tensor, ib: torch.
     """The ideal ``x_ab`` by the synthetic generator itself: identity (appearance) of ``samples[ib]`` drawn with
     the pose, view, position, scene, occluder and camera of ``samples[ia]``, at the set's size, resized to
     ``size`` like real images. ``(n, 3, H, W)`` normalised float32. With ``ia == ib`` it is the real image."""
-    from dgnet.data.synthetic import render
 
     out = []
     for a, b in zip(ia.tolist(), ib.tolist(), strict=True):
@@ -340,11 +341,6 @@ def measure_checkpoint(checkpoint: str | Path, teacher: str | Path | None = None
                        pairs: int = 200, seed: int = 0, device: str = "auto") -> dict:
     """What ``python -m dgnet.quality`` measures: :func:`run` on a synthetic run's checkpoint, with the teacher
     it holds (or the one in ``teacher``), on the synthetic set it trained on. Returns :func:`run`'s dict."""
-    from dgnet.checkpoint import load_checkpoint
-    from dgnet.data.synthetic import load_manifest
-    from dgnet.runs import build_model, open_run
-    from dgnet.runtime import set_threads
-
     if pairs < 1:
         raise ValueError(f"--pairs {pairs}: expected a positive number")
     run_ = open_run(checkpoint, data_root, "torch", device)

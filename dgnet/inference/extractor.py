@@ -5,7 +5,7 @@
     >>> feats = fx(["a.jpg", "b.jpg"])                                 # doctest: +SKIP  (2, 1024) float32
     >>> dist = dgnet.ops.pairwise_distance(feats, feats, "neg_dot")   # doctest: +SKIP
 
-The features are the test protocol's (:mod:`dgnet.protocol`): both heads, flip, normalisation, and the
+The features are the test protocol's (:mod:`dgnet.evaluation.protocol`): both heads, flip, normalisation, and the
 fine-grained weight ``eval.alpha`` of the checkpoint's config, so their dot product is the score that
 ``python -m dgnet.test`` ranks by.
 """
@@ -19,9 +19,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from dgnet.checkpoint import load_checkpoint
+from dgnet.checkpoints.format import load_checkpoint
+from dgnet.checkpoints.runs import MODEL_KINDS, build_model
 from dgnet.config import config_from_dict
-from dgnet.runs import MODEL_KINDS, build_model
+from dgnet.data import Sample, resolve_backend, test_stream
+from dgnet.data.decoding import EXPECTED, MODES_16BIT_GREY, rgb8, scale16, unsupported
+from dgnet.data.transforms import normalize, resize_uint8
+from dgnet.evaluation.protocol import embed
 from dgnet.runtime import resolve_device
 
 ImageInput = str | Path | np.ndarray | Any  # a path, a uint8 HWC RGB array, or a PIL image
@@ -44,7 +48,6 @@ def load_model(path: str | Path, which: str = "dgnet", device: str | torch.devic
 
 def _pil_rgb8(im: Any) -> np.ndarray:
     """A PIL image as ``(H, W, 3)`` uint8, read as the pipelines read files (``dgnet.data.decoding``)."""
-    from dgnet.data.decoding import EXPECTED, MODES_16BIT_GREY, scale16, unsupported
 
     why = unsupported(im)
     if why is not None:
@@ -89,7 +92,6 @@ class FeatureExtractor:
         self.alpha = self.cfg.eval.alpha
         self.size = (self.cfg.data.height, self.cfg.data.width)
         self.fingerprint = checkpoint_identity(ckpt)
-        from dgnet.data import resolve_backend
 
         self.backend = resolve_backend(loader or self.cfg.data.loader, self.device)
 
@@ -102,9 +104,6 @@ class FeatureExtractor:
     def preprocess(self, images: Sequence[ImageInput] | torch.Tensor) -> torch.Tensor:
         """``images`` as the test pipeline feeds the model: bicubic-resized to the checkpoint's ``(H, W)``,
         ImageNet-normalised; float32 ``(N, 3, H, W)`` on ``self.device``."""
-        from dgnet.data.decoding import rgb8
-        from dgnet.data.transforms import normalize, resize_uint8
-
         if isinstance(images, torch.Tensor):
             return self._check_tensor(images)
         out = []
@@ -127,8 +126,6 @@ class FeatureExtractor:
 
     @torch.no_grad()
     def __call__(self, images: Sequence[ImageInput] | torch.Tensor) -> torch.Tensor:
-        from dgnet.protocol import embed
-
         if isinstance(images, torch.Tensor):
             x = self._check_tensor(images)
             if len(x) == 0:
@@ -146,9 +143,6 @@ class FeatureExtractor:
     def batches(self, paths: Sequence[str]) -> Iterator[torch.Tensor]:
         """Features of image files in order, one ``(B, D)`` batch at a time, decoded by the test pipeline
         (``loader``): what ``python -m dgnet.extract`` streams to disk."""
-        from dgnet.data import Sample, test_stream
-        from dgnet.protocol import embed
-
         for p in paths:
             if not Path(p).is_file():
                 raise FileNotFoundError(f"image {p!r} does not exist")

@@ -1,8 +1,8 @@
 """Checkpoints of the DG-Net reference implementation (NVlabs/DG-Net) and of the re-id baseline it takes its
 teacher from (layumi/Person_reID_baseline_pytorch), imported as dgnet checkpoints.
 
-dgnet's modules compute what the reference's compute on the same weights (README, "Coming from the reference
-implementation"), so an import is a renaming of tensors, checked entry by entry. What the files hold (facts
+dgnet's modules compute what the reference's compute on the same weights (docs/reference-compatibility.md), so
+an import is a renaming of tensors, checked entry by entry. What the files hold (facts
 about their format, read from the reference's module structure; none of its code is used here):
 
 - DG-Net, a run's checkpoint folder: ``gen_%08d.pt`` (Es, G and its AdaIN MLPs), ``id_%08d.pt`` (Ea, the
@@ -19,7 +19,7 @@ about their format, read from the reference's module structure; none of its code
   both. A file that would need to run code to unpickle is refused.
 
 :func:`import_reference` and :func:`import_baseline` return a dgnet checkpoint dictionary
-(:func:`dgnet.checkpoint.build_state`) that ``dgnet.test``, ``dgnet.visualize``, ``dgnet.load_model``,
+(:func:`dgnet.checkpoints.format.build_state`) that ``dgnet.test``, ``dgnet.visualize``, ``dgnet.load_model``,
 ``dgnet.FeatureExtractor``, ``dgnet.train --teacher`` and ``dgnet.train --init-from`` accept.
 """
 
@@ -35,9 +35,10 @@ from typing import Any
 import torch
 import yaml
 
-from dgnet.checkpoint import build_state
+from dgnet.checkpoints.format import build_state
 from dgnet.config import PRESETS, Config, resolve_config
 from dgnet.fileio import load_weights_only
+from dgnet.models import DGNet, ReidBaseline
 
 KINDS = ("gen", "id", "dis")
 _FILE = re.compile(r"^(?P<kind>gen|id|dis)_(?P<it>\d{8})\.pt$")
@@ -323,7 +324,6 @@ def import_reference(checkpoints: str | Path, num_ids: int | None = None, teache
     Raises:
         FileNotFoundError, ValueError: naming the file and what was expected.
     """
-    from dgnet.models import DGNet
 
     folder = Path(checkpoints)
     if teacher is not None and not Path(teacher).is_file():  # before reading hundreds of MB
@@ -421,7 +421,6 @@ def baseline_teacher(weights: str | Path, cfg: Config, log: Any = print,
     its identity count and bottleneck width from the file; the rest of its ``ModelConfig`` from ``cfg.model``.
     ``state``: the file's :func:`baseline_state` when already read.
     """
-    from dgnet.models import ReidBaseline
 
     weights = Path(weights)
     state = baseline_state(weights, "--teacher") if state is None else state

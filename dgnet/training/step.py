@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from dgnet.config import Config, LossConfig, OptimConfig
+from dgnet.config import Config, LossConfig
 from dgnet.losses import (
     DERIVED_WEIGHTS,
     GENERATOR_TERMS,
@@ -50,7 +50,8 @@ def ramp_weights(iteration: int, loss_cfg: LossConfig) -> dict[str, float]:
     ``min(cap, max(0, iteration - warm_iter) * warm_step)`` with the cap its ``LossConfig`` value: 0 up to
     and including ``warm_iter``, then ``warm_step`` more per iteration (the reference adds ``warm_scale``
     when ``iteration > warm_iter``, before using the weight). ``fine_w = teacher_w * B_w`` is the weight of
-    the fine-grained terms. A pure function of the iteration: resume restores the ramps by construction.
+    the fine-grained terms. ``primary_on`` off zeroes ``teacher_w`` alone (the paper's fine-grained-only ablation).
+    A pure function of the iteration: resume restores the ramps by construction.
     """
     if iteration < 0:
         raise ValueError(f"iteration={iteration}: expected >= 0")
@@ -58,77 +59,9 @@ def ramp_weights(iteration: int, loss_cfg: LossConfig) -> dict[str, float]:
     w = {k: min(float(getattr(loss_cfg, k)), steps * loss_cfg.warm_step) for k in RAMPED}
     for name, (base, factor) in DERIVED_WEIGHTS.items():
         w[name] = w[base] * getattr(loss_cfg, factor)
+    if not loss_cfg.primary_on:  # after the derived weights: fine_w keeps the teacher's ramp (LossConfig.primary_on)
+        w["teacher_w"] = 0.0
     return w
-
-
-def term_weights(iteration: int, loss_cfg: LossConfig) -> dict[str, float]:
-    """The weight of every generator term at 0-based ``iteration``: the fixed ones as configured, the ramped
-    and derived ones per :func:`ramp_weights`; keyed by each term's ``weight`` name."""
-    ramped = ramp_weights(iteration, loss_cfg)
-    return {t.weight: ramped[t.weight] if t.weight in ramped else float(getattr(loss_cfg, t.weight))
-            for t in GENERATOR_TERMS}
-
-
-def optimizer_impl(fused: bool) -> dict[str, bool]:
-    """Keyword arguments choosing how an optimiser runs its update: ``{"fused": True}`` (one fused kernel
-    per step over all parameters, CPU and CUDA) under ``--fused``, else ``{}`` (PyTorch's default: a loop
-    over parameters on CPU, ``foreach`` on CUDA), which is the plain twin. Same update either way, up to
-    float rounding."""
-    return {"fused": True} if fused else {}
-
-
-def build_optimizers(model: DGNet, cfg: OptimConfig, fused: bool = False) -> dict[str, torch.optim.Optimizer]:
-    """The three optimisers of the spec (implementation per :func:`optimizer_impl`).
-
-    - ``gen``: Es + G (decoder and AdaIN MLPs), Adam lr ``gen_lr``, betas ``adam_betas``, ``weight_decay``;
-    - ``dis``: D, Adam lr ``dis_lr``, same betas and decay;
-    - ``id``: Ea, SGD momentum ``momentum`` Nesterov, ``weight_decay``; param group 0 = backbone
-      (``id_lr_backbone``), group 1 = both heads (``id_lr_heads``).
-    """
-    impl = optimizer_impl(fused)
-    gen_params = list(model.Es.parameters()) + list(model.G.parameters())
-    betas = tuple(cfg.adam_betas)
-    gen = torch.optim.Adam(gen_params, lr=cfg.gen_lr, betas=betas, weight_decay=cfg.weight_decay, **impl)
-    dis = torch.optim.Adam(model.D.parameters(), lr=cfg.dis_lr, betas=betas, weight_decay=cfg.weight_decay, **impl)
-    ident = _sgd_two_groups(
-        model.Ea.backbone,
-        [*model.Ea.head_primary.parameters(), *model.Ea.head_fine.parameters()],
-        cfg.id_lr_backbone,
-        cfg.id_lr_heads,
-        cfg,
-        impl,
-    )
-    return {"gen": gen, "dis": dis, "id": ident}
-
-
-def _sgd_two_groups(
-    backbone: nn.Module, heads: list, lr_backbone: float, lr_heads: float, cfg: OptimConfig, impl: dict[str, bool]
-):
-    opt = torch.optim.SGD(
-        [{"params": list(backbone.parameters()), "lr": lr_backbone}, {"params": heads, "lr": lr_heads}],
-        lr=lr_backbone,
-        momentum=cfg.momentum,
-        nesterov=True,
-        weight_decay=cfg.weight_decay,
-        **impl,
-    )
-    if impl.get("fused"):
-        opt.register_step_pre_hook(_seed_momentum_buffers)
-    return opt
-
-
-def _seed_momentum_buffers(opt: torch.optim.Optimizer, _args, _kwargs) -> None:
-    """Give every parameter about to take its first SGD step a zero momentum buffer.
-
-    PyTorch's fused SGD takes a "first step" only for a whole group at once and fails when a parameter's
-    first gradient comes later than the others' (Ea's fine-grained head before its ramp, for one). With
-    dampening 0 (SGD's default, which ``_sgd_two_groups`` keeps) a zero buffer gives exactly the loop's first
-    step: ``buf = momentum * 0 + grad = grad``.
-    """
-    for group in opt.param_groups:
-        for p in group["params"]:
-            if p.grad is not None and opt.state[p].get("momentum_buffer") is None:
-                opt.state[p]["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
 
 
 def compile_models(model: DGNet, device: torch.device) -> None:
@@ -137,8 +70,8 @@ def compile_models(model: DGNet, device: torch.device) -> None:
     - Each part compiles its forward and, through AOTAutograd, its backward; names and ``state_dict`` keys are
       unchanged (``nn.Module.compile``), so checkpoints and resume are those of the eager model.
     - On CUDA the mode is ``reduce-overhead``: the fixed-shape graphs replay as CUDA graphs, so an iteration
-      stops paying the host's per-operator cost (DG-Net's is host-bound on a GPU). ``dgnet_step(...,
-      compiled=True)`` marks each iteration's start for the graphs' memory reuse.
+      stops paying the host's per-operator cost (DG-Net's is host-bound on a GPU). It sets ``model.compiled``,
+      so ``dgnet_step`` marks each iteration's start for the graphs' memory reuse.
     - D stays eager: its R1 penalty takes the gradient of D's output with a graph and differentiates it again,
       and compiled graphs do not support a double backward.
     - Ea's trunk (its ResNet, where its compute is), not its heads: a compiled graph gives every parameter it
@@ -153,38 +86,7 @@ def compile_models(model: DGNet, device: torch.device) -> None:
     mode = "reduce-overhead" if device.type == "cuda" else "default"
     for part in (model.Ea.backbone, model.Es, model.G):
         part.compile(mode=mode, dynamic=False)
-
-
-def build_schedulers(
-    optimizers: dict[str, torch.optim.Optimizer], cfg: OptimConfig
-) -> dict[str, torch.optim.lr_scheduler.LRScheduler]:
-    """MultiStepLR (``milestones``, x ``gamma``) for every optimiser, keyed like ``optimizers``.
-
-    Step them once per iteration *before* ``dgnet_step`` (the spec's order; torch warns once about the
-    order on the first call, which is expected here).
-    """
-    return {
-        k: torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(cfg.milestones), gamma=cfg.gamma)
-        for k, opt in optimizers.items()
-    }
-
-
-def build_teacher_optimizer(teacher: ReidBaseline, cfg: OptimConfig, fused: bool = False) -> torch.optim.Optimizer:
-    """Stage 1: SGD Nesterov, backbone ``teacher_lr_backbone``, head ``teacher_lr_heads`` (see
-    :func:`optimizer_impl`)."""
-    return _sgd_two_groups(
-        teacher.backbone,
-        list(teacher.head.parameters()),
-        cfg.teacher_lr_backbone,
-        cfg.teacher_lr_heads,
-        cfg,
-        optimizer_impl(fused),
-    )
-
-
-def build_teacher_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig) -> torch.optim.lr_scheduler.LRScheduler:
-    """Stage 1: MultiStepLR at ``teacher_milestones``, x ``gamma``."""
-    return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(cfg.teacher_milestones), gamma=cfg.gamma)
+    model.compiled = True
 
 
 # ------------------------------------------------------------------------------------------------- helpers
@@ -207,12 +109,12 @@ def deferred_bn_counts(module: nn.Module, enabled: bool = True):
     """Inside, train-mode BatchNorm forwards in ``module`` skip their ``num_batches_tracked.add_(1)``; on exit,
     one multi-tensor add applies every count.
 
-    Each of those adds is a kernel launch on a GPU: Ea's 55 BatchNorms times its 10 train-mode calls (of
-    12; the frozen copy's 2 count nothing) make 550 per DG-Net iteration at the spec's size, a step that is
-    host-bound there. With a ``momentum`` set (dgnet's and PyTorch's default) the counter is only
-    bookkeeping, so deferring it changes nothing else, and the counts after the block equal the plain path's
-    (also when the block raises). A BatchNorm with ``momentum=None`` reads its counter in every forward, so
-    then nothing is deferred; ``nn.SyncBatchNorm`` requires its counter and is left to count as usual.
+    Each of those adds is a kernel launch on a GPU, hundreds per DG-Net iteration (every train-mode call of
+    every BatchNorm in Ea), in a step that is host-bound there. With a ``momentum`` set (dgnet's and PyTorch's
+    default) the counter is only bookkeeping, so deferring it changes nothing else, and the counts after the
+    block equal the plain path's (also when the block raises). A BatchNorm with ``momentum=None`` reads its
+    counter in every forward, so then nothing is deferred; ``nn.SyncBatchNorm`` requires its counter and is
+    left to count as usual.
     """
     from torch.nn.modules.batchnorm import _BatchNorm
 
@@ -564,8 +466,6 @@ def dgnet_step(
     amp_dtype: torch.dtype | None = None,
     return_images: bool = False,
     ddp: DDPModels | None = None,
-    fused: bool = False,
-    compiled: bool = False,
 ) -> dict:
     """One DG-Net iteration: shared forward, D step on detached fakes, then G + Es + Ea with one backward.
 
@@ -580,12 +480,12 @@ def dgnet_step(
         scaler: a GradScaler for fp16 (shared by the three optimisers, updated once at the end).
         amp_dtype: ``torch.bfloat16`` / ``torch.float16`` to run forwards under autocast, ``None`` for fp32.
         ddp: the DistributedDataParallel wrappers of ``wrap_ddp`` when training with several processes.
-        fused: ``--fused``: Ea's BatchNorm counters are added once per step (:func:`deferred_bn_counts`). The
-            other fast paths are the model's own (built with ``fused``) and the optimisers' (``build_optimizers``).
-        compiled: the model went through ``compile_models``; on CUDA this marks the start of an iteration for
-            its CUDA graphs (outputs of the previous iteration's replays may then be overwritten).
         return_images: also return detached ``x_ab``, ``x_ba``, ``x_a_recon``, ``x_b_recon``,
             ``x_a_recon_p``, ``x_b_recon_p``, ``x_aba``, ``x_bab`` (cycle ones once the cycle weight is > 0).
+    The choices come from the model: ``model.fused`` (``--fused``) adds Ea's BatchNorm counters once per step
+    (:func:`deferred_bn_counts`); ``model.compiled`` (``compile_models``) marks, on CUDA, the start of an
+    iteration for its CUDA graphs (outputs of the previous iteration's replays may then be overwritten).
+
     Returns:
         ``{loss name: float}`` for every ``GEN_TERMS`` entry, ``loss_gen_total``, ``loss_dis_total``,
         ``loss_dis_r1``; the ramped weights (``recon_s_w``, ``recon_f_w``, ``recon_x_cyc_w``, ``teacher_w``,
@@ -595,7 +495,7 @@ def dgnet_step(
         _check_batch(batch, name, _IMAGE_KEYS, model.num_ids)
     weights = ramp_weights(iteration, cfg.loss)
     device = batch_a["image"].device
-    if compiled and device.type == "cuda":
+    if model.compiled and device.type == "cuda":
         torch.compiler.cudagraph_mark_step_begin()
     grad_scale = float(scaler.get_scale()) if _scaling(scaler) else None
     model.train()
@@ -614,7 +514,7 @@ def dgnet_step(
 
     # G + Es + Ea step: D is a fixed critic here, so its parameters take no gradient (and cost none).
     try:
-        with deferred_bn_counts(model, fused):
+        with deferred_bn_counts(model, model.fused):
             total, aux = gen_call(teacher, batch_a, batch_b, weights, cfg, amp_dtype, dis_step)
         gen_opt.zero_grad(set_to_none=True)
         id_opt.zero_grad(set_to_none=True)
@@ -649,21 +549,20 @@ def teacher_step(
     scaler: torch.amp.GradScaler | None = None,
     amp_dtype: torch.dtype | None = None,
     ddp: nn.Module | None = None,
-    fused: bool = False,
 ) -> dict[str, float]:
     """One stage-1 iteration of the re-id baseline / teacher: cross-entropy on the randomly erased image.
 
     ``batch``: ``image_erased`` float32 ``(B, 3, H, W)`` and ``pid`` int64 ``(B,)`` on the model's device.
     The caller steps the scheduler (``build_teacher_scheduler``). ``ddp``: the teacher's
-    DistributedDataParallel wrapper under torchrun (one forward, every parameter used). ``fused``: BatchNorm
-    counters added once per step (:func:`deferred_bn_counts`). Returns ``loss_id`` and ``accuracy`` (training
+    DistributedDataParallel wrapper under torchrun (one forward, every parameter used). ``teacher.fused``:
+    BatchNorm counters added once per step (:func:`deferred_bn_counts`). Returns ``loss_id`` and ``accuracy`` (training
     accuracy of this batch).
     """
     _check_batch(batch, "batch", ("image_erased",), teacher.num_ids)
     x, y = batch["image_erased"], batch["pid"]
     teacher.train()
     optimizer.zero_grad(set_to_none=True)
-    with _autocast(x.device, amp_dtype), deferred_bn_counts(teacher, fused):
+    with _autocast(x.device, amp_dtype), deferred_bn_counts(teacher, teacher.fused):
         logits = (ddp if ddp is not None else teacher)(x)
     loss = id_ce(logits, y)
     _backward(loss, scaler)

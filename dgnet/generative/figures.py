@@ -1,7 +1,7 @@
 """The paper's generation figures, training-time image grids and torchreid-style rank lists, as image rows.
 
 ``x_ab = G(s_a, f_b)``: structure of a, appearance of b. Every builder returns a list of rows (each a
-``(N_i, 3, H, W)`` tensor) for :func:`dgnet.logging_utils.image_grid`:
+``(N_i, 3, H, W)`` tensor) for :func:`image_grid`, which :func:`save_png` writes:
 
 - :func:`swap_rows`: a table; the top row gives the structures, the left column the appearances, cell (i, j) is
   ``G(s_j, f_i)``.
@@ -21,14 +21,51 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 
-from dgnet.logging_utils import blank_like, denormalize, image_grid, save_png
+from dgnet.checkpoints.runs import open_run
+from dgnet.data import Sample
+from dgnet.data.streams import load_images
+from dgnet.data.transforms import blank_like, denormalize
+from dgnet.evaluation.protocol import extract
 from dgnet.models import eval_mode, gray
 
 MODES = ("swap", "rainbow", "interpolate-appearance", "interpolate-structure", "ranklist")
 GREEN = (0.1, 0.75, 0.1)
 RED = (0.85, 0.1, 0.1)
 BLUE = (0.1, 0.3, 0.9)
+
+
+def image_grid(rows: list[torch.Tensor], pad: int = 2, normalized: bool = True) -> torch.Tensor:
+    """Stack rows of images ``(N_i, C, H, W)`` (same H, W) into one ``(3, H', W')`` [0, 1] grid.
+
+    ``normalized``: the rows are in the pipelines' normalised space (else already in [0, 1]).
+    Shorter rows are padded with white on the right, so rows of different lengths line up by column.
+    ``H' = R * (H + pad) + pad`` and ``W' = max N_i * (W + pad) + pad`` for ``R`` rows.
+    """
+    if not rows:
+        raise ValueError("image_grid: rows is empty")
+    rows = [denormalize(r) if normalized else r.detach().float().cpu().clamp(0, 1) for r in rows]
+    h, w = rows[0].shape[-2:]
+    for r in rows:
+        if r.shape[-2:] != (h, w):
+            raise ValueError(f"image_grid: row images are {tuple(r.shape[-2:])}, expected {(h, w)}")
+    ncol = max(r.shape[0] for r in rows)
+    grid = torch.ones(3, len(rows) * (h + pad) + pad, ncol * (w + pad) + pad)
+    for i, r in enumerate(rows):
+        for j in range(r.shape[0]):
+            y, x = pad + i * (h + pad), pad + j * (w + pad)
+            grid[:, y : y + h, x : x + w] = r[j]
+    return grid
+
+
+def save_png(grid: torch.Tensor, path: str | Path) -> Path:
+    """Write a ``(3, H, W)`` float [0, 1] tensor as an 8-bit PNG."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arr = (grid.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    Image.fromarray(arr).save(path)
+    return path
 
 
 @torch.no_grad()
@@ -113,17 +150,6 @@ def framed(img01: torch.Tensor, colour: tuple[float, float, float], width: int =
     return img
 
 
-def load_images(samples: list, size: tuple[int, int], backend: str, device: torch.device) -> torch.Tensor:
-    """Normalised ``(N, 3, H, W)`` images of ``samples`` at ``size`` through the test pipeline, in order."""
-    from dgnet.data import test_stream
-
-    out = torch.zeros(len(samples), 3, *size, device=device)
-    for batch in test_stream(samples, backend, batch_size=max(1, min(len(samples), 64)), size=size, device=device,
-                             workers=0):
-        out[torch.as_tensor(batch["index"]).long().to(device)] = batch["image"].to(device).float()
-    return out
-
-
 def default_samples(ds, n: int) -> list:
     """The first image of each of the first ``n`` query identities (junk and Market's distractors left out)."""
     first: dict[int, object] = {}
@@ -176,10 +202,6 @@ def figure_from_checkpoint(checkpoint: str | Path, mode: str, images: list[str] 
     ``images``: image files (default: the first query image of each of ``num`` identities). ``which``: whose
     features rank the ``ranklist`` (``dgnet`` or ``teacher``); the generation modes use DG-Net.
     """
-    from dgnet.data import Sample
-    from dgnet.protocol import extract
-    from dgnet.runs import open_run
-
     if mode not in MODES:
         raise ValueError(f"mode {mode!r}: expected one of {MODES}")
     if mode.startswith("interpolate"):

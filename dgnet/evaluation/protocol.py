@@ -11,7 +11,7 @@ score (``dgnet.ops.pairwise_distance``'s ``neg_dot``). Every feature has norm ``
 so re-ranking's squared Euclidean distance is ``2 * norm^2 - 2 * score``: the same order.
 
 Data flows one way and stays on the model's device: images -> features (:func:`extract`) -> distances ->
-re-ranking -> evaluation (:func:`evaluate_features`), all through ``dgnet.ops`` and ``dgnet.evaluation``
+re-ranking -> evaluation (:func:`evaluate_features`), all through ``dgnet.ops`` and ``dgnet.evaluation.rank``
 on the features' device; the only host copy is of the final metrics.
 """
 
@@ -26,7 +26,10 @@ import torch.nn.functional as F
 
 from dgnet import ops
 from dgnet.config import Config, EvalConfig, check_alpha
-from dgnet.evaluation import evaluate
+from dgnet.data import test_stream
+from dgnet.distributed import all_gather_varlen, broadcast_state, world
+from dgnet.evaluation.rank import evaluate
+from dgnet.models import eval_mode
 
 METRIC_KEYS = ("rank1", "rank5", "rank10", "mAP", "mAP_trapz", "mINP")
 KINDS = ("dgnet", "teacher")
@@ -112,10 +115,6 @@ def extract(model: torch.nn.Module, kind: str, samples: list, cfg: Config, backe
     features, in sample order (the same values as one process: the model is in eval mode, so a sample's
     feature does not depend on the rest of its batch).
     """
-    from dgnet.data import test_stream
-    from dgnet.distributed import all_gather_varlen, world
-    from dgnet.models import eval_mode
-
     rank, size = world()
     split = size > 1 and len(samples) >= size
     mine = list(range(rank, len(samples), size)) if split else list(range(len(samples)))
@@ -187,7 +186,6 @@ def evaluate_models(models: dict[str, torch.nn.Module], ds, cfg: Config, device:
     BatchNorm running statistics differ after training without ``train.sync_bn``; rank 0's are saved), then
     extracts its share of the features, and rank 0 alone evaluates (the other ranks return ``{}``).
     """
-    from dgnet.distributed import broadcast_state, world
 
     rerank = cfg.eval.rerank if rerank is None else rerank
     results = {}
@@ -211,7 +209,7 @@ def format_table(results: dict[str, Any]) -> str:
     """A Markdown table (percentages) of :func:`evaluate_models`'s output.
 
     "mAP (devkit)" is the Market-1501 devkit's trapezoidal AP, the one DG-Net's published mAP uses
-    (``dgnet.evaluation``). The reference's published Rank-1 / mAP are the row ``dgnet (alpha 0.5)`` (or
+    (``dgnet.evaluation.rank``). The reference's published Rank-1 / mAP are the row ``dgnet (alpha 0.5)`` (or
     ``dgnet`` at the default alpha 0.5) without re-ranking: Rank-1 and mAP (devkit).
     """
     lines = ["| model | re-ranking | Rank-1 | Rank-5 | Rank-10 | mAP | mAP (devkit) | mINP |",
