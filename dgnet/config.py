@@ -503,14 +503,44 @@ def apply_overrides(cfg: Config, overrides: dict, source: str) -> Config:
     return cfg
 
 
+class DuplicateKey(yaml.constructor.ConstructorError):
+    """A mapping names the same key twice (YAML says keys are unique; PyYAML would keep the last silently)."""
+
+
+class StrictLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` (no tags that run code) that refuses a key given twice in one mapping, naming the key and
+    the lines of both: in a config, the first value would be dropped without a word."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                first = seen.get(key)
+            except TypeError:  # an unhashable key: SafeLoader's own error says so
+                break
+            if first is not None:
+                raise DuplicateKey(None, None, f"key {key!r} given twice (first at line {first.line + 1}; each key "
+                                   "may appear once per section)", key_node.start_mark)
+            seen[key] = key_node.start_mark
+        return super().construct_mapping(node, deep=deep)
+
+
+StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, StrictLoader.construct_mapping)
+
+
 def load_yaml(path: str | Path) -> tuple[str, dict]:
-    """Read a YAML config file; returns ``(base preset name, overrides)``."""
+    """Read a YAML config file; returns ``(base preset name, overrides)``. A key given twice is an error naming
+    the file, the key and its lines (:class:`StrictLoader`)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"config file {str(path)!r} does not exist (and is not a preset: {sorted(PRESETS)})")
     with path.open() as fh:
         try:
-            data = yaml.safe_load(fh) or {}
+            data = yaml.load(fh, Loader=StrictLoader) or {}  # noqa: S506 - a SafeLoader subclass
+        except DuplicateKey as exc:
+            mark = exc.problem_mark
+            raise ValueError(f"{path}, line {mark.line + 1}: {exc.problem}") from None
         except yaml.YAMLError as exc:
             raise ValueError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(data, dict):

@@ -3,11 +3,18 @@ are evaluated (the run and its output folder are described in :mod:`dgnet.traini
 
 With no arguments it runs the ``demo`` preset end to end on the embedded synthetic set. ``--iterations N``
 caps both stages at N; ``--resume`` continues exactly from the newest checkpoint in the output folder.
+
+Exit status: 0 done; 2 a bad input or setting (one line naming it); 3 a collective with the other ranks failed;
+130 (SIGINT) or 143 (SIGTERM): stopped by that signal after saving a checkpoint, resumable with ``--resume``
+(docs/reliability.md).
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
+import os
+import shlex
 import sys
 from typing import Any
 
@@ -15,6 +22,7 @@ from dgnet.config import AMP_CHOICES, LOADER_CHOICES, PRESETS, parse_set, resolv
 from dgnet.distributed import CollectiveFailure
 from dgnet.fileio import DiskFull
 from dgnet.training.loop import NonFiniteLoss, train
+from dgnet.training.preemption import Stopped, stop_on_signals
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -83,13 +91,34 @@ def args_to_overrides(args: argparse.Namespace) -> dict:
     return o
 
 
+def resume_hint(argv: list[str]) -> str:
+    """How to continue a stopped run: the same command line with ``--resume``."""
+    if "--resume" in argv or "--auto-resume" in argv:
+        return "run the same command again to continue"
+    if "WORLD_SIZE" in os.environ:
+        return "continue with the same torchrun command line plus --resume"
+    return f"continue with: python -m dgnet.train {shlex.join([*argv, '--resume'])}"
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     try:
-        cfg = resolve_config(args.config, args_to_overrides(args))
-        train(cfg, resume="auto" if args.auto_resume else args.resume, stage=args.stage, evaluate=not args.no_eval)
+        with stop_on_signals() as stop:
+            cfg = resolve_config(args.config, args_to_overrides(args))
+            train(cfg, resume="auto" if args.auto_resume else args.resume, stage=args.stage,
+                  evaluate=not args.no_eval, stop=stop)
+    except Stopped as exc:
+        hint = resume_hint(argv) if exc.checkpoint is not None else "start it again to train"
+        print(f"dgnet.train: {exc}; {hint}", file=sys.stderr)
+        return exc.exit_status
     except (ValueError, FileNotFoundError, FileExistsError, NonFiniteLoss, DiskFull) as exc:
         print(f"dgnet.train: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a folder made read-only during the run, or an input this user cannot read
+        if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise
+        print(f"dgnet.train: error: {exc.strerror}: {exc.filename or ''}", file=sys.stderr)
         return 2
     except CollectiveFailure as exc:
         print(f"dgnet.train: error: {exc}", file=sys.stderr)

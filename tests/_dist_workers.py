@@ -251,3 +251,31 @@ def dying_train_worker(rank: int, world: int, port: int, out: Path, argv: list[s
         (out / f"rc_{rank}.txt").write_text(str(rc))
 
     _guard(body, rank, out)
+
+
+def signalled_train_worker(rank: int, world: int, port: int, out: Path, argv: list[str], signalled: int,
+                           call: int) -> None:
+    """``dgnet.train argv`` where only rank ``signalled`` sends itself SIGTERM at its ``call``-th teacher step;
+    exit status to ``out/rc_<rank>.txt``, stderr to ``out/stderr_<rank>.txt``."""
+
+    def body(rank: int) -> None:
+        import signal
+
+        from dgnet import train
+        from dgnet.training import loop
+
+        join_env(rank, world, port, timeout_s=120)
+        step, calls = loop.teacher_step, []
+
+        def signalled_step(*args, **kwargs):
+            calls.append(1)
+            if rank == signalled and len(calls) == call:
+                os.kill(os.getpid(), signal.SIGTERM)
+            return step(*args, **kwargs)
+
+        loop.teacher_step = signalled_step
+        with (out / f"stderr_{rank}.txt").open("w") as err, contextlib.redirect_stderr(err):
+            rc = train.main(argv)
+        (out / f"rc_{rank}.txt").write_text(str(rc))
+
+    _guard(body, rank, out)

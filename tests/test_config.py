@@ -185,3 +185,18 @@ def test_every_preset_is_fresh():
         a.optim.gen_lr = 123.0
         assert b.optim.gen_lr != 123.0
         assert dataclasses.asdict(b)  # plain data
+
+
+def test_a_key_given_twice_is_an_error_naming_file_key_and_lines(tmp_path):
+    """PyYAML keeps the last of two equal keys silently; a config must not drop a value without a word."""
+    f = tmp_path / "dup.yaml"
+    f.write_text("preset: demo\noptim:\n  gen_lr: 1e-4\n  dis_lr: 1e-4\n  gen_lr: 2e-4\n")
+    with pytest.raises(ValueError, match=r"dup.yaml, line 5: key 'gen_lr' given twice \(first at line 3"):
+        resolve_config(str(f))
+    f.write_text("preset: demo\noptim: {gen_lr: 1e-4}\noptim: {dis_lr: 1e-4}\n")  # a whole section twice
+    with pytest.raises(ValueError, match=r"line 3: key 'optim' given twice \(first at line 2"):
+        resolve_config(str(f))
+    # the loader stays safe: a tag that would build a Python object is refused, not run
+    f.write_text("preset: demo\noptim: !!python/object/apply:os.system ['echo pwned']\n")
+    with pytest.raises(ValueError, match="not valid YAML"):
+        resolve_config(str(f))

@@ -37,6 +37,7 @@ FORMAT = "dgnet-checkpoint"
 VERSION = 1
 _NAME = re.compile(r"^(?P<stage>teacher|dgnet)_(?P<it>\d{8})\.pt$")
 STAGE_ORDER = {"teacher": 0, "dgnet": 1}
+SET_ASIDE = ("torn", "nonfinite")  # the suffixes CheckpointManager.set_aside gives checkpoints never resumed from
 
 
 # --------------------------------------------------------------------------- RNG state
@@ -255,7 +256,30 @@ class CheckpointManager:
         for old in self.list(stage)[: -self.keep]:
             old.unlink(missing_ok=True)
         self.sweep()  # and any temporary a killed write left since the run started
+        self.prune_set_aside()
         return path
+
+    def set_aside_files(self, why: str) -> list[Path]:
+        """Checkpoints set aside as ``<name>.<why>`` (``torn`` or ``nonfinite``), oldest first."""
+        if not self.folder.is_dir():
+            return []
+        found = []
+        for p in self.folder.iterdir():
+            m = _NAME.match(p.name[: -len(why) - 1]) if p.name.endswith(f".pt.{why}") else None
+            if m:
+                found.append((STAGE_ORDER[m["stage"]], int(m["it"]), p))
+        return [p for _, _, p in sorted(found)]
+
+    def prune_set_aside(self) -> list[Path]:
+        """Once a good checkpoint has been written after them, keep only the newest ``.torn`` and the newest
+        ``.nonfinite`` file (for a look at what went wrong) and delete older ones: each is a checkpoint's size,
+        and none is ever resumed from. Returns what was removed."""
+        removed = []
+        for why in SET_ASIDE:
+            for p in self.set_aside_files(why)[:-1]:
+                p.unlink(missing_ok=True)
+                removed.append(p)
+        return removed
 
     def newest_intact(self, map_location: str | torch.device = "cpu", before: int | None = None,
                       stage: str | None = None) -> tuple[Path, dict] | tuple[None, None]:

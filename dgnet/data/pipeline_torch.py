@@ -9,7 +9,6 @@ on how many workers there are or when they finish.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -19,6 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 from dgnet.data.decoding import rgb8
 from dgnet.data.layouts import Sample
 from dgnet.data.transforms import augment_uint8, resize_uint8
+from dgnet.workers import ignore_stop_signals, pool_context
 
 
 def decode(path: str) -> torch.Tensor:
@@ -76,16 +76,7 @@ class PlanDataset(Dataset):
 
 def _worker_init(_: int) -> None:
     torch.set_num_threads(1)  # one decode per worker at a time; threads would fight over the cores
-
-
-def _start_method() -> str:
-    """``fork`` (fast: workers inherit the imported modules) unless DALI is loaded in this process.
-
-    DALI pipelines run native thread pools; forking a process that has them can leave a worker holding
-    a lock nobody will release (seen as a hang in the worker's tensor hand-over). ``forkserver`` forks
-    workers from a clean helper process instead, at the price of importing torch in each worker.
-    """
-    return "forkserver" if "nvidia.dali" in sys.modules else "fork"
+    ignore_stop_signals()  # a Ctrl-C or SIGTERM is the training process's to handle (it saves, then stops)
 
 
 def make_loader(samples: Sequence[Sample], plans: Iterator[dict], size, pad: int, workers: int, pin: bool):
@@ -98,6 +89,7 @@ def make_loader(samples: Sequence[Sample], plans: Iterator[dict], size, pad: int
         pin_memory=pin,
         worker_init_fn=_worker_init if workers else None,
         prefetch_factor=2 if workers else None,
-        multiprocessing_context=_start_method() if workers else None,
+        # never fork: the training process runs torch's, OpenMP's and maybe DALI's threads (dgnet.workers)
+        multiprocessing_context=pool_context() if workers else None,
         persistent_workers=False,
     )

@@ -26,11 +26,14 @@ The batch and learning-rate rule is documented at ``TrainConfig.sync_bn`` / ``sc
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
+import signal
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -69,13 +72,15 @@ from dgnet.distributed import (
     world,
 )
 from dgnet.evaluation.protocol import evaluate_models, format_table
-from dgnet.fileio import write_text_atomic
+from dgnet.fileio import remove_stale_temporaries, write_text_atomic
 from dgnet.generative.figures import training_figure
 from dgnet.models import DGNet, ReidBaseline
 from dgnet.models.decoder import fold_applies
+from dgnet.runlock import LockHeld, acquire
 from dgnet.runtime import Amp, resolve_amp, resolve_device, seed_everything, seed_rank, set_determinism, set_threads
 from dgnet.training.logger import RunLogger
 from dgnet.training.optim import build_optimizers, build_schedulers, build_teacher_optimizer, build_teacher_scheduler
+from dgnet.training.preemption import Stopped, StopRequest
 from dgnet.training.step import compile_models, dgnet_step, ramp_weights, teacher_step, wrap_ddp
 
 STAGES = ("all", "teacher", "dgnet")
@@ -190,6 +195,18 @@ def sched_step(*schedulers: Any) -> None:
             s.step()
 
 
+def _stop_agreed(stop: StopRequest | None, device: torch.device) -> int:
+    """The signal that asked this run to stop (0: none). Every rank calls it at the same points (a collective)."""
+    return stop.agreed(device) if stop is not None else 0
+
+
+def _stopped(signum: int, where: str, checkpoint: Path | None) -> Stopped:
+    name = signal.Signals(signum).name
+    saved = f"the checkpoint to resume from is {checkpoint}" if checkpoint is not None else \
+        "no checkpoint had been written yet, so there is nothing to resume"
+    return Stopped(f"stopped by {name} {where}; {saved}", signum, checkpoint)
+
+
 def _final_weights(path: Path, stage: str, iteration: int, cfg: Config, models: dict) -> None:
     save_atomic(build_state(stage=stage, iteration=iteration, cfg=cfg, num_ids=cfg.model.num_ids, models=models),
                 path)
@@ -225,8 +242,11 @@ def fast_paths(cfg: Config, device: torch.device) -> str:
 
 
 def train_teacher(cfg: Config, ds, device: torch.device, backend: str, mgr: CheckpointManager,
-                  resume: dict | None, amp: Amp, out: Path) -> torch.nn.Module:
-    """Train the re-id baseline (the teacher) for ``optim.teacher_iterations`` (capped); returns it in eval mode."""
+                  resume: dict | None, amp: Amp, out: Path, stop: StopRequest | None = None) -> torch.nn.Module:
+    """Train the re-id baseline (the teacher) for ``optim.teacher_iterations`` (capped); returns it in eval mode.
+
+    ``stop`` (a signal's request, :mod:`dgnet.training.preemption`): checked after every iteration; when set, the
+    iteration is saved and :class:`~dgnet.training.preemption.Stopped` raised."""
     rank, _ = world()
     total = stage_iterations(cfg, "teacher")
     seed_everything(cfg.train.seed)
@@ -269,8 +289,14 @@ def train_teacher(cfg: Config, ds, device: torch.device, backend: str, mgr: Chec
             log.step(postfix={k: v for k, v in o.items() if k.startswith("loss")})
             if done % cfg.train.log_every == 0 or done == total:
                 log.scalars(done, {**o, **_lrs({"teacher": opt}), "it_per_s": log.its_per_second(done)})
-            if done % cfg.train.checkpoint_every == 0 or done == total:
+            saved = done % cfg.train.checkpoint_every == 0 or done == total
+            if saved:
                 save(done)
+            signum = _stop_agreed(stop, device) if done < total else 0
+            if signum:
+                if not saved:
+                    save(done)
+                raise _stopped(signum, f"after teacher iteration {done} of {total}", mgr.path("teacher", done))
     finally:
         log.close()
     if rank == 0 and total > 0:
@@ -343,8 +369,11 @@ def dgnet_streams(ds, cfg: Config, device: torch.device, backend: str) -> dict[s
 
 
 def train_dgnet(cfg: Config, ds, teacher: torch.nn.Module, device: torch.device, backend: str,
-                mgr: CheckpointManager, resume: dict | None, amp: Amp, out: Path) -> torch.nn.Module:
-    """Joint training (spec: Losses, Optimisation) for ``optim.iterations`` (capped); returns DGNet in eval mode."""
+                mgr: CheckpointManager, resume: dict | None, amp: Amp, out: Path,
+                stop: StopRequest | None = None) -> torch.nn.Module:
+    """Joint training (spec: Losses, Optimisation) for ``optim.iterations`` (capped); returns DGNet in eval mode.
+
+    ``stop``: as in :func:`train_teacher`."""
     rank, size = world()
     total = stage_iterations(cfg, "dgnet")
     # Stage 2 seeds itself, so it is the same whether stage 1 ran in this process or was loaded.
@@ -396,8 +425,14 @@ def train_dgnet(cfg: Config, ds, teacher: torch.nn.Module, device: torch.device,
             if rank == 0 and (done % cfg.train.image_every == 0 or done == total):
                 with torch.random.fork_rng(devices=[]):  # grids never touch the training RNG streams
                     log.grid(done, training_figure(model, grid_a, grid_b, f"DG-Net iteration {done}"))
-            if done % cfg.train.checkpoint_every == 0 or done == total:
+            saved = done % cfg.train.checkpoint_every == 0 or done == total
+            if saved:
                 save(done, ramps)
+            signum = _stop_agreed(stop, device) if done < total else 0
+            if signum:
+                if not saved:
+                    save(done, ramps)
+                raise _stopped(signum, f"after DG-Net iteration {done} of {total}", mgr.path("dgnet", done))
     finally:
         log.close()
     if rank == 0 and total > 0:
@@ -408,6 +443,13 @@ def train_dgnet(cfg: Config, ds, teacher: torch.nn.Module, device: torch.device,
 
 # --------------------------------------------------------------------------------------------------------------------
 # the whole run
+
+
+def _stop_before(stop: StopRequest | None, device: torch.device, mgr: CheckpointManager, where: str) -> None:
+    """Between stages: a stop asked for in set-up or at a stage's last iteration stops here, with what is saved."""
+    signum = _stop_agreed(stop, device)
+    if signum:
+        raise _stopped(signum, where, mgr.latest())
 
 
 def _check_teacher_finished(mgr: CheckpointManager, cfg: Config) -> None:
@@ -427,29 +469,86 @@ def _check_teacher_finished(mgr: CheckpointManager, cfg: Config) -> None:
 
 
 def train(cfg: Config, resume: bool | str = False, stage: str = "all", evaluate: bool = True,
-          verbose: bool = True) -> dict:
+          verbose: bool = True, stop: StopRequest | None = None) -> dict:
     """Train (and evaluate) per ``cfg``; returns ``{"results": {...}, "output": str, "seconds": float}``.
 
     ``resume="auto"``: resume when the output folder holds a checkpoint, else start afresh. ``stage``: ``all``,
     ``teacher`` (stage 1 only) or ``dgnet`` (stage 2 only, with ``train.teacher`` or the run's ``teacher.pt``).
+    ``stop``: a :class:`~dgnet.training.preemption.StopRequest` (``stop_on_signals``): once set, the iteration in
+    progress finishes, is saved, and :class:`~dgnet.training.preemption.Stopped` is raised.
     Under torchrun (``WORLD_SIZE`` set) joins the process group first (``dgnet.distributed.init_from_env``)
-    and leaves it at the end.
+    and leaves it at the end. The output folder is locked for the run (``dgnet.runlock``): a second run into it
+    is refused (:class:`~dgnet.runlock.LockHeld`) while this one lives.
     """
 
     if stage not in STAGES:
         raise ValueError(f"stage={stage!r}: expected one of {STAGES}")
+    out = Path(cfg.train.output)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--output {str(out)!r} (train.output) is an existing file; expected a folder (the run "
+                         "writes config.yaml, checkpoints/ and its results into it)")
     joined = not torch.distributed.is_initialized()
     ctx = init_from_env(resolve_device(cfg.train.device))
     try:
-        return _train(cfg, ctx.device, resume, stage, evaluate, verbose)
+        with _hold_output(out):
+            return _train(cfg, ctx.device, resume, stage, evaluate, verbose, stop)
     except RuntimeError as exc:
-        failure = as_collective_failure(exc, ctx.rank, str(Path(cfg.train.output) / "checkpoints"))
+        failure = as_collective_failure(exc, ctx.rank, str(out / "checkpoints"))
         if failure is None or ctx.world_size < 2:
             raise
         raise failure from exc
     finally:
         if joined:
             destroy()
+
+
+@contextlib.contextmanager
+def _hold_output(out: Path) -> Iterator[None]:
+    """One writer per run folder: rank 0 holds ``out``'s lock for the whole run, and every rank learns whether it
+    got it (so all stop together when another run holds it). A folder this user cannot write is named."""
+    rank, size = world()
+    with contextlib.ExitStack() as stack:
+        refusal: Exception | None = None
+        if rank == 0:
+            try:
+                stack.enter_context(acquire(out, "dgnet.train"))
+            except LockHeld as exc:
+                refusal = exc
+            except OSError as exc:  # not writable, a read-only file system, a file where a parent folder should be
+                where = f": {exc.filename}" if exc.filename else ""
+                refusal = ValueError(f"--output {str(out)!r} (train.output): cannot write there ({exc.strerror or exc}"
+                                     f"{where}); choose a folder this user can write")
+        if size > 1:
+            told = all_gather_objects(None if refusal is None else str(refusal))[0]
+            if told is not None and refusal is None:
+                refusal = LockHeld(told)
+        if refusal is not None:
+            raise refusal
+        yield
+
+
+def _check_resume_settings(ckpt: dict, cfg: Config, path: Path) -> Config:
+    """Settings the fingerprint leaves out that a resume must still keep: ``train.teacher`` (the teacher DG-Net
+    trains against), and on a DG-Net resume ``model.init_from`` (where its weights started). Left out on the
+    command line, the run's own value is taken (so config.yaml stays true); another value is refused, naming both.
+    """
+    theirs = ckpt["config"]
+    keep = [("train", "teacher", "--teacher")]
+    if ckpt["stage"] == "dgnet":
+        keep.append(("model", "init_from", "--init-from"))
+    for section, key, flag in keep:
+        was = str(theirs.get(section, {}).get(key, "") or "")
+        now = str(getattr(getattr(cfg, section), key) or "")
+        if not now and was:
+            cfg = dataclasses.replace(cfg, **{section: dataclasses.replace(getattr(cfg, section), **{key: was})})
+            continue
+        if now != was and not (now and was and Path(now).resolve() == Path(was).resolve()):
+            had = f"{section}.{key}={was!r}" if was else f"no {section}.{key}"
+            raise ValueError(
+                f"--resume: {path} was trained with {had} ({flag}), this command gives {flag} {now or '(none)'!r}; "
+                f"a resumed run keeps its {flag.lstrip('-')}: drop {flag} (or give the same one), or start a new run "
+                "(another --output)")
+    return cfg
 
 
 def _set_up(cfg: Config, device: torch.device, stage: str, verbose: bool) -> tuple[Config, Any, Amp, str]:
@@ -478,9 +577,10 @@ def _set_up(cfg: Config, device: torch.device, stage: str, verbose: bool) -> tup
 
 
 def _checkpoint_to_resume(mgr: CheckpointManager, cfg: Config, resume: bool | str,
-                          device: torch.device) -> dict | None:
-    """The checkpoint ``--resume`` continues from (the newest intact one, as rank 0 found it), or ``None``;
-    refuses to start afresh over an existing run's checkpoints."""
+                          device: torch.device) -> tuple[dict | None, Config]:
+    """The checkpoint ``--resume`` continues from (the newest intact one, as rank 0 found it), or ``None``, and
+    the config with the settings a resume keeps (:func:`_check_resume_settings`); refuses to start afresh over an
+    existing run's checkpoints."""
     rank, size = world()
     latest = mgr.latest()
     if resume == "auto":
@@ -491,7 +591,7 @@ def _checkpoint_to_resume(mgr: CheckpointManager, cfg: Config, resume: bool | st
                 f"{mgr.folder} already holds checkpoints (newest {latest.name}); pass --resume to continue that "
                 "run, or choose another --output"
             )
-        return None
+        return None, cfg
     if latest is None:
         raise FileNotFoundError(f"--resume: no checkpoint in {mgr.folder}; start without --resume")
     if rank == 0:
@@ -503,13 +603,14 @@ def _checkpoint_to_resume(mgr: CheckpointManager, cfg: Config, resume: bool | st
                                 "aside); start a new run (another --output)")
     ckpt = load_checkpoint(latest, map_location=device)
     check_compatible(ckpt, cfg, latest)
+    cfg = _check_resume_settings(ckpt, cfg, latest)
     if rank == 0:
         print(f"dgnet: resuming from {latest} (stage {ckpt['stage']}, iteration {ckpt['iteration']})")
-    return ckpt
+    return ckpt, cfg
 
 
 def _teacher(cfg: Config, ds, device: torch.device, backend: str, mgr: CheckpointManager, ckpt: dict | None,
-             stage: str, amp: Amp, out: Path) -> torch.nn.Module:
+             stage: str, amp: Amp, out: Path, stop: StopRequest | None = None) -> torch.nn.Module:
     """Stage 1, or the teacher it made: from a DG-Net checkpoint being resumed, from ``train.teacher``, trained
     here, or the run's ``teacher.pt`` (``--stage dgnet``). Frozen."""
     resumed_stage = ckpt["stage"] if ckpt else None
@@ -523,7 +624,9 @@ def _teacher(cfg: Config, ds, device: torch.device, backend: str, mgr: Checkpoin
     elif cfg.train.teacher:
         teacher, _ = load_teacher(cfg.train.teacher, cfg.model.num_ids, device)
     elif stage in ("all", "teacher"):
-        teacher = train_teacher(cfg, ds, device, backend, mgr, ckpt if resumed_stage == "teacher" else None, amp, out)
+        _stop_before(stop, device, mgr, "before the teacher's training started")
+        teacher = train_teacher(cfg, ds, device, backend, mgr, ckpt if resumed_stage == "teacher" else None, amp, out,
+                                stop)
     else:
         found = out / "teacher.pt"
         if not found.exists():
@@ -547,26 +650,32 @@ def _evaluate(models: dict[str, torch.nn.Module], ds, cfg: Config, device: torch
     return results
 
 
-def _train(cfg: Config, device: torch.device, resume: bool | str, stage: str, evaluate: bool, verbose: bool) -> dict:
+def _train(cfg: Config, device: torch.device, resume: bool | str, stage: str, evaluate: bool, verbose: bool,
+           stop: StopRequest | None = None) -> dict:
     t0 = time.perf_counter()
     rank, _ = world()
     out = Path(cfg.train.output)
     mgr = CheckpointManager(out / "checkpoints", keep=cfg.train.keep_checkpoints)
     if rank == 0:
-        for stale in mgr.sweep():  # before anything is written: a killed write's temporary can fill the disk
+        # before anything is written: a killed write's temporary can fill the disk. The run folder's own (config.yaml,
+        # results) too: under the folder's lock no other writer can be mid-write there.
+        for stale in mgr.sweep() + remove_stale_temporaries(out):
             print(f"dgnet: removed {stale}, the temporary file of a write that was interrupted")
     cfg, ds, amp, backend = _set_up(cfg, device, stage, verbose)
-    ckpt = _checkpoint_to_resume(mgr, cfg, resume, device)
+    ckpt, cfg = _checkpoint_to_resume(mgr, cfg, resume, device)
     if rank == 0:
         save_config(cfg, out / "config.yaml")
         if verbose:
             print(f"dgnet: device {device}, amp {amp}, loader {backend}, output {out}")
             print(f"dgnet: {fast_paths(cfg, device)}")
-    teacher = _teacher(cfg, ds, device, backend, mgr, ckpt, stage, amp, out)
+    teacher = _teacher(cfg, ds, device, backend, mgr, ckpt, stage, amp, out, stop)
     models = {"teacher": teacher}
     if stage in ("all", "dgnet"):
+        _stop_before(stop, device, mgr, "before DG-Net's training started")
         resumed = ckpt if ckpt is not None and ckpt["stage"] == "dgnet" else None
-        models["dgnet"] = train_dgnet(cfg, ds, teacher, device, backend, mgr, resumed, amp, out)
+        models["dgnet"] = train_dgnet(cfg, ds, teacher, device, backend, mgr, resumed, amp, out, stop)
+    if evaluate:
+        _stop_before(stop, device, mgr, "after training, before the evaluation (--resume evaluates)")
     results = _evaluate(models, ds, cfg, device, backend, out) if evaluate else {}
     seconds = time.perf_counter() - t0
     if rank == 0 and verbose:

@@ -51,6 +51,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from dgnet.workers import ignore_stop_signals, pool_context
+
 VERSION = 1
 MANIFEST = "manifest.json"
 DEFAULTS = dict(ids=400, cams=6, height=128, width=64, seed=0, train_cams=0, per_cam=0, view_tie=0.0)
@@ -686,7 +688,8 @@ def generate(
         for job in jobs:
             _render_chunk(job)
     else:
-        with ProcessPoolExecutor(workers) as pool:
+        # forkserver, never fork: a caller may already run torch or OpenMP threads (dgnet.workers)
+        with ProcessPoolExecutor(workers, mp_context=pool_context(), initializer=ignore_stop_signals) as pool:
             list(pool.map(_render_chunk, jobs))
     manifest = {
         "version": VERSION,
