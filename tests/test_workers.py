@@ -1,4 +1,4 @@
-"""No worker process is forked from a threaded parent (dgnet.workers): the synthetic set's renderers and the
+"""No worker process is forked from a threaded parent (dgnet.data.workers): the synthetic set's renderers and the
 DataLoader's workers start from a forkserver, so a lock some other thread held at fork time cannot hang them."""
 
 from __future__ import annotations

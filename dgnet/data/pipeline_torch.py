@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 from dgnet.data.decoding import rgb8
 from dgnet.data.layouts import Sample
 from dgnet.data.transforms import augment_uint8, resize_uint8
-from dgnet.workers import ignore_stop_signals, pool_context
+from dgnet.data.workers import ignore_stop_signals, pool_context
 
 
 def decode(path: str) -> torch.Tensor:
@@ -89,7 +89,7 @@ def make_loader(samples: Sequence[Sample], plans: Iterator[dict], size, pad: int
         pin_memory=pin,
         worker_init_fn=_worker_init if workers else None,
         prefetch_factor=2 if workers else None,
-        # never fork: the training process runs torch's, OpenMP's and maybe DALI's threads (dgnet.workers)
+        # never fork: the training process runs torch's, OpenMP's and maybe DALI's threads (dgnet.data.workers)
         multiprocessing_context=pool_context() if workers else None,
         persistent_workers=False,
     )

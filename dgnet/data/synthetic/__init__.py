@@ -51,7 +51,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from dgnet.workers import ignore_stop_signals, pool_context
+from dgnet.data.workers import ignore_stop_signals, pool_context
 
 VERSION = 1
 MANIFEST = "manifest.json"
@@ -688,7 +688,7 @@ def generate(
         for job in jobs:
             _render_chunk(job)
     else:
-        # forkserver, never fork: a caller may already run torch or OpenMP threads (dgnet.workers)
+        # forkserver, never fork: a caller may already run torch or OpenMP threads (dgnet.data.workers)
         with ProcessPoolExecutor(workers, mp_context=pool_context(), initializer=ignore_stop_signals) as pool:
             list(pool.map(_render_chunk, jobs))
     manifest = {
