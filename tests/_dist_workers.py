@@ -6,6 +6,7 @@ Kept out of the test module so spawned children import only this file (and dgnet
 from __future__ import annotations
 
 import contextlib
+import multiprocessing as mp
 import os
 import socket
 import time
@@ -26,6 +27,26 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
+
+
+def spawn_ranks(target, out: Path, *args, world: int = 2, timeout: float = 110.0) -> list[int]:
+    """Run ``target(rank, world, port, out, *args)`` in ``world`` spawned processes; their exit codes. A rank still
+    running after ``timeout`` seconds is killed and the call fails as a hang, with the ranks' error files."""
+    ctx = mp.get_context("spawn")
+    port = free_port()
+    procs = [ctx.Process(target=target, args=(r, world, port, out, *args)) for r in range(world)]
+    for p in procs:
+        p.start()
+    deadline = time.monotonic() + timeout
+    for p in procs:
+        p.join(max(1.0, deadline - time.monotonic()))
+    alive = [p for p in procs if p.is_alive()]
+    for p in alive:
+        p.kill()
+        p.join()
+    errors = "\n".join(f.read_text() for f in sorted(out.glob("error_*.txt")))
+    assert not alive, f"ranks still running after {timeout} s (a hang){errors and ': ' + errors}"
+    return [p.exitcode for p in procs]
 
 def join_env(rank: int, world: int, port: int, timeout_s: float | None = None) -> None:
     """What torchrun would export for this process."""

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from PIL import Image
+
 TINY_SET = {"synthetic_ids": 12, "synthetic_cams": 3, "synthetic_height": 64, "synthetic_width": 32}
 
 
@@ -65,3 +67,17 @@ def train_fails(capsys, argv: list[str], *needles: str) -> str:
     for n in needles:
         assert n in err, (n, err)
     return err
+
+
+def image_folders(base: Path, ds) -> dict[str, Path]:
+    """The tiny set's query and gallery people (pid > 0: the synthetic set's 0 is a distractor, -1 junk) copied into
+    plain folders ``base/query`` and ``base/gallery``, named ``<pid>_<index>.png``."""
+    folders = {}
+    for split in ("query", "gallery"):
+        folder = base / split
+        folder.mkdir()
+        for i, s in enumerate(getattr(ds, split)):
+            if s.pid > 0:
+                Image.open(s.path).save(folder / f"{s.pid:04d}_{i:03d}.png")
+        folders[split] = folder
+    return folders

@@ -11,8 +11,6 @@
 from __future__ import annotations
 
 import json
-import multiprocessing as mp
-import time
 from pathlib import Path
 
 import pytest
@@ -22,32 +20,17 @@ from _dist_workers import (
     cli_worker,
     dying_train_worker,
     dying_worker,
-    free_port,
     parity_run,
     parity_worker,
     shards_worker,
+    spawn_ranks,
 )
 
 WORLD = 2
 
 
 def _spawn(target, out: Path, *args, timeout: float = 110.0) -> list[int]:
-    """Run ``target(rank, WORLD, port, out, *args)`` in WORLD spawned processes; their exit codes."""
-    ctx = mp.get_context("spawn")
-    port = free_port()
-    procs = [ctx.Process(target=target, args=(r, WORLD, port, out, *args)) for r in range(WORLD)]
-    for p in procs:
-        p.start()
-    deadline = time.monotonic() + timeout
-    for p in procs:
-        p.join(max(1.0, deadline - time.monotonic()))
-    alive = [p for p in procs if p.is_alive()]
-    for p in alive:
-        p.kill()
-        p.join()
-    errors = "\n".join(f.read_text() for f in sorted(out.glob("error_*.txt")))
-    assert not alive, f"ranks still running after {timeout} s (a hang){errors and ': ' + errors}"
-    return [p.exitcode for p in procs]
+    return spawn_ranks(target, out, *args, world=WORLD, timeout=timeout)
 
 
 def _ok(codes: list[int], out: Path) -> None:

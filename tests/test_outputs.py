@@ -14,7 +14,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from _tiny_run import make_tiny_checkpoint
+from _tiny_run import image_folders, make_tiny_checkpoint
 from PIL import Image
 
 import dgnet
@@ -34,15 +34,7 @@ def run(tmp_path_factory):
     """A tiny checkpoint and plain folders of its query and gallery images (as tests/test_search.py makes them)."""
     base = tmp_path_factory.mktemp("outputs")
     path, ds, _ = make_tiny_checkpoint(base)
-    folders = {}
-    for split in ("query", "gallery"):
-        folder = base / split
-        folder.mkdir()
-        for i, s in enumerate(getattr(ds, split)):
-            if s.pid > 0:
-                Image.open(s.path).save(folder / f"{s.pid:04d}_{i:03d}.png")
-        folders[split] = folder
-    return path, folders
+    return path, image_folders(base, ds)
 
 
 def _copy(src, dst, n=None):

@@ -10,7 +10,6 @@ iteration), or by the test from outside once metrics.jsonl shows an iteration.
 from __future__ import annotations
 
 import json
-import multiprocessing as mp
 import os
 import signal
 import subprocess
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from _dist_workers import free_port, signalled_train_worker
+from _dist_workers import signalled_train_worker, spawn_ranks
 from _tiny_run import make_tiny_set, tiny_flags
 
 from dgnet.checkpoints.format import load_checkpoint
@@ -117,21 +116,7 @@ def test_a_second_signal_stops_at_once(root, tmp_path):
 
 
 def _spawn(target, out: Path, *args, world: int = 2, timeout: float = 240.0) -> list[int]:
-    ctx = mp.get_context("spawn")
-    port = free_port()
-    procs = [ctx.Process(target=target, args=(r, world, port, out, *args)) for r in range(world)]
-    for p in procs:
-        p.start()
-    deadline = time.monotonic() + timeout
-    for p in procs:
-        p.join(max(1.0, deadline - time.monotonic()))
-    alive = [p for p in procs if p.is_alive()]
-    for p in alive:
-        p.kill()
-        p.join()
-    errors = "\n".join(f.read_text() for f in sorted(out.glob("error_*.txt")))
-    assert not alive, f"ranks still running after {timeout} s (a hang){errors and ': ' + errors}"
-    return [p.exitcode for p in procs]
+    return spawn_ranks(target, out, *args, world=world, timeout=timeout)
 
 
 @pytest.mark.usefixtures("one_thread")

@@ -9,7 +9,7 @@ import os
 import numpy as np
 import pytest
 import torch
-from _tiny_run import make_tiny_checkpoint
+from _tiny_run import image_folders, make_tiny_checkpoint
 from PIL import Image
 
 import dgnet
@@ -24,15 +24,7 @@ def run(tmp_path_factory):
     plain folders, named by identity."""
     base = tmp_path_factory.mktemp("search")
     path, ds, _ = make_tiny_checkpoint(base)
-    folders = {}
-    for split in ("query", "gallery"):
-        folder = base / split
-        folder.mkdir()
-        for i, s in enumerate(getattr(ds, split)):
-            if s.pid > 0:  # people only (the synthetic set's 0 is a distractor, -1 junk)
-                Image.open(s.path).save(folder / f"{s.pid:04d}_{i:03d}.png")
-        folders[split] = folder
-    return path, folders
+    return path, image_folders(base, ds)
 
 
 def _pids(paths):
