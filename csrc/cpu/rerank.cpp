@@ -327,24 +327,36 @@ at::Tensor rerank_pair_dist_cpu(const at::Tensor& x, const at::Tensor& indptr, c
   return out;
 }
 
-// The sparse core after the expansion sets: Gaussian weights -> V, local query expansion over
-// the k2 nearest rows, the Jaccard distance of each query to each gallery sample through an
-// inverted index, and the final mix. out [Q, G] holds the normalised original distances on
-// entry and the re-ranked distances on return; rows Q.. of the CSR are the gallery.
-void rerank_jaccard_mix_cpu(const at::Tensor& out, const at::Tensor& indptr, const at::Tensor& indices,
-                            const at::Tensor& dist, const at::Tensor& nbr, int64_t k2, double lambda_value) {
-  check_jaccard_mix(out, indptr, indices, dist, nbr, k2);
-  const int64_t q = out.size(0), g = out.size(1), n = q + g;
-  const auto ip = indptr.contiguous(), ix = indices.contiguous(), nb = nbr.contiguous();
-  const auto dv = dist.to(at::kFloat).contiguous();
-  const int64_t* ptr = ip.data_ptr<int64_t>();
-  const int64_t* col = ix.data_ptr<int64_t>();
-  const float* dp = dv.data_ptr<float>();
-  const int64_t* nbp = nb.data_ptr<int64_t>();
-  const int64_t stride = nb.size(1);
+// The sparse core after the expansion sets, in four steps: Gaussian weights -> V, local query expansion over
+// the k2 nearest rows, an inverted index over the gallery rows, and per query the Jaccard distance to each
+// gallery sample mixed into out.
+namespace {
 
-  // V: Gaussian weights normalised to sum 1 per row.
-  std::vector<float> v(static_cast<size_t>(ix.size(0)));
+// A CSR matrix over n rows whose arrays live elsewhere.
+struct CsrView {
+  const int64_t* ptr;
+  const int64_t* col;
+  const float* val;
+};
+
+// The rows of V after local query expansion, when k2 != 1.
+struct Csr {
+  std::vector<int64_t> ptr;
+  std::vector<int64_t> col;
+  std::vector<float> val;
+  CsrView view() const { return {ptr.data(), col.data(), val.data()}; }
+};
+
+// For each column c, the gallery rows r with V[r, c] != 0 (ascending, numbered from 0) and their values.
+struct InvertedIndex {
+  std::vector<int64_t> ptr;
+  std::vector<int32_t> row;
+  std::vector<float> val;
+};
+
+// V: Gaussian weights of the CSR entries' distances, normalised to sum 1 per row.
+std::vector<float> gaussian_rows(const int64_t* ptr, const float* dp, int64_t n, int64_t nnz) {
+  std::vector<float> v(static_cast<size_t>(nnz));
   at::parallel_for(0, n, 256, [&](int64_t s, int64_t e) {
     for (int64_t i = s; i < e; ++i) {
       float sum = 0.0f;
@@ -352,66 +364,81 @@ void rerank_jaccard_mix_cpu(const at::Tensor& out, const at::Tensor& indptr, con
       for (int64_t t = ptr[i]; t < ptr[i + 1]; ++t) v[t] /= sum;
     }
   });
+  return v;
+}
 
-  // Local query expansion: row i becomes the mean of the rows of its k2 nearest samples.
-  std::vector<int64_t> qptr;
-  std::vector<int64_t> qcol;
-  std::vector<float> qval;
-  const int64_t* vptr = ptr;
-  const int64_t* vcol = col;
-  const float* vval = v.data();
-  if (k2 != 1) {
-    const int kk2 = static_cast<int>(k2);
-    qptr.assign(static_cast<size_t>(n + 1), 0);
-    at::parallel_for(0, n, 256, [&](int64_t s, int64_t e) {
-      for (int64_t i = s; i < e; ++i)
-        qptr[i + 1] = qe_merge_row(ptr, col, v.data(), nbp + i * stride, kk2, nullptr, nullptr);
-    });
-    for (int64_t i = 0; i < n; ++i) qptr[i + 1] += qptr[i];
-    qcol.resize(static_cast<size_t>(qptr[n]));
-    qval.resize(static_cast<size_t>(qptr[n]));
-    at::parallel_for(0, n, 256, [&](int64_t s, int64_t e) {
-      for (int64_t i = s; i < e; ++i)
-        qe_merge_row(ptr, col, v.data(), nbp + i * stride, kk2, qcol.data() + qptr[i], qval.data() + qptr[i]);
-    });
-    vptr = qptr.data();
-    vcol = qcol.data();
-    vval = qval.data();
-  }
+// Local query expansion: row i becomes the mean of the rows of its k2 nearest samples (nbp, stride per row).
+Csr expand_rows(CsrView v, int64_t n, const int64_t* nbp, int64_t stride, int k2) {
+  Csr out;
+  out.ptr.assign(static_cast<size_t>(n + 1), 0);
+  at::parallel_for(0, n, 256, [&](int64_t s, int64_t e) {
+    for (int64_t i = s; i < e; ++i)
+      out.ptr[i + 1] = qe_merge_row(v.ptr, v.col, v.val, nbp + i * stride, k2, nullptr, nullptr);
+  });
+  for (int64_t i = 0; i < n; ++i) out.ptr[i + 1] += out.ptr[i];
+  out.col.resize(static_cast<size_t>(out.ptr[n]));
+  out.val.resize(static_cast<size_t>(out.ptr[n]));
+  at::parallel_for(0, n, 256, [&](int64_t s, int64_t e) {
+    for (int64_t i = s; i < e; ++i)
+      qe_merge_row(v.ptr, v.col, v.val, nbp + i * stride, k2, out.col.data() + out.ptr[i], out.val.data() + out.ptr[i]);
+  });
+  return out;
+}
 
-  // Inverted index over the gallery rows: for each column c, the gallery rows r with V[r, c] != 0
-  // (ascending) and their values. A counting sort: linear in the number of entries.
-  std::vector<int64_t> cptr(static_cast<size_t>(n + 1), 0);
-  for (int64_t t = vptr[q]; t < vptr[n]; ++t) ++cptr[vcol[t] + 1];
-  for (int64_t c = 0; c < n; ++c) cptr[c + 1] += cptr[c];
-  std::vector<int32_t> crow(static_cast<size_t>(cptr[n]));
-  std::vector<float> cval(static_cast<size_t>(cptr[n]));
-  {
-    std::vector<int64_t> fill(cptr.begin(), cptr.end() - 1);
-    for (int64_t r = q; r < n; ++r)
-      for (int64_t t = vptr[r]; t < vptr[r + 1]; ++t) {
-        const int64_t p = fill[vcol[t]]++;
-        crow[p] = static_cast<int32_t>(r - q);
-        cval[p] = vval[t];
-      }
-  }
+// The inverted index of rows q..n-1 of v: a counting sort, linear in the number of entries.
+InvertedIndex gallery_index(CsrView v, int64_t q, int64_t n) {
+  InvertedIndex index;
+  index.ptr.assign(static_cast<size_t>(n + 1), 0);
+  for (int64_t t = v.ptr[q]; t < v.ptr[n]; ++t) ++index.ptr[v.col[t] + 1];
+  for (int64_t c = 0; c < n; ++c) index.ptr[c + 1] += index.ptr[c];
+  index.row.resize(static_cast<size_t>(index.ptr[n]));
+  index.val.resize(static_cast<size_t>(index.ptr[n]));
+  std::vector<int64_t> fill(index.ptr.begin(), index.ptr.end() - 1);
+  for (int64_t r = q; r < n; ++r)
+    for (int64_t t = v.ptr[r]; t < v.ptr[r + 1]; ++t) {
+      const int64_t p = fill[v.col[t]]++;
+      index.row[p] = static_cast<int32_t>(r - q);
+      index.val[p] = v.val[t];
+    }
+  return index;
+}
 
-  // Per query: accumulate the overlap with every gallery sample, then mix into out.
-  float* outp = out.data_ptr<float>();
-  const float lam = static_cast<float>(lambda_value);
+// Per query row i < q: accumulate the overlap with every gallery sample, then mix into out's row i [g].
+void mix_jaccard(float* outp, CsrView v, const InvertedIndex& index, int64_t q, int64_t g, float lam) {
   at::parallel_for(0, q, 8, [&](int64_t s, int64_t e) {
     std::vector<float> acc(static_cast<size_t>(g));
     for (int64_t i = s; i < e; ++i) {
       std::fill(acc.begin(), acc.end(), 0.0f);
-      for (int64_t t = vptr[i]; t < vptr[i + 1]; ++t) {
-        const int64_t c = vcol[t];
-        const float a = vval[t];
-        for (int64_t p = cptr[c]; p < cptr[c + 1]; ++p) acc[crow[p]] += overlap_term(a, cval[p]);
+      for (int64_t t = v.ptr[i]; t < v.ptr[i + 1]; ++t) {
+        const int64_t c = v.col[t];
+        const float a = v.val[t];
+        for (int64_t p = index.ptr[c]; p < index.ptr[c + 1]; ++p) acc[index.row[p]] += overlap_term(a, index.val[p]);
       }
       float* row = outp + i * g;
       for (int64_t j = 0; j < g; ++j) row[j] = rerank_mix(acc[j], row[j], lam);
     }
   });
+}
+
+}  // namespace
+
+// out [Q, G] holds the normalised original distances on entry and the re-ranked distances on return; rows Q.. of
+// the CSR are the gallery.
+void rerank_jaccard_mix_cpu(const at::Tensor& out, const at::Tensor& indptr, const at::Tensor& indices,
+                            const at::Tensor& dist, const at::Tensor& nbr, int64_t k2, double lambda_value) {
+  check_jaccard_mix(out, indptr, indices, dist, nbr, k2);
+  const int64_t q = out.size(0), g = out.size(1), n = q + g;
+  const auto ip = indptr.contiguous(), ix = indices.contiguous(), nb = nbr.contiguous();
+  const auto dv = dist.to(at::kFloat).contiguous();
+  const int64_t* ptr = ip.data_ptr<int64_t>();
+  const std::vector<float> v = gaussian_rows(ptr, dv.data_ptr<float>(), n, ix.size(0));
+  CsrView rows{ptr, ix.data_ptr<int64_t>(), v.data()};
+  Csr expanded;
+  if (k2 != 1) {
+    expanded = expand_rows(rows, n, nb.data_ptr<int64_t>(), nb.size(1), static_cast<int>(k2));
+    rows = expanded.view();
+  }
+  mix_jaccard(out.data_ptr<float>(), rows, gallery_index(rows, q, n), q, g, static_cast<float>(lambda_value));
 }
 
 TORCH_LIBRARY_IMPL(dgnet, CPU, m) {
