@@ -30,11 +30,11 @@ def _die() -> None:
 def kill_at(name: str, phase: str) -> None:
     real = checkpoint_format.replace_atomic
 
-    def replace_atomic(path, write, size_hint=None):
+    def replace_atomic(path, write, size_hint=None, **kwargs):
         if Path(path).name != name:
-            return real(path, write, size_hint)
+            return real(path, write, size_hint, **kwargs)
         if phase == "renamed":
-            real(path, write, size_hint)
+            real(path, write, size_hint, **kwargs)
             _die()
 
         def partial(fh):
@@ -48,7 +48,7 @@ def kill_at(name: str, phase: str) -> None:
             os.fsync(fh.fileno())
             _die()
 
-        return real(path, partial, size_hint)
+        return real(path, partial, size_hint, **kwargs)
 
     checkpoint_format.replace_atomic = replace_atomic  # what save_atomic calls
 

@@ -100,7 +100,7 @@ def test_every_command_runs_as_readme_shows(tmp_path: Path) -> None:
     run("dgnet.search", "--checkpoint", ckpt, "--query", good, "--gallery", tmp_path / "feats.npz",
         "--out", tmp_path / "search", "--loader", "torch", "--device", "cpu")
     assert (tmp_path / "search" / "results.json").is_file()
-    assert len(list((tmp_path / "search" / "ranklists").glob("*.png"))) == 1
+    assert len(list((tmp_path / "search" / "ranklists").glob("*.jpg"))) == 1
 
     # python -m dgnet.export --checkpoint dgnet.pt --format onnx --out reid.onnx
     run("dgnet.export", "--checkpoint", ckpt, "--format", "onnx", "--out", tmp_path / "reid.onnx")
