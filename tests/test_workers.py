@@ -54,3 +54,35 @@ def test_pools_started_after_torch_threads_never_fork(tmp_path):
     assert found["batches"] == [2, 2, 2]  # the workers did the work
     assert (tmp_path / "syn" / "manifest.json").is_file()
     assert found["forks"] == [], f"os.fork() called with {found['forks']} threads running"
+
+
+# A DataLoader iterator still referenced when the interpreter exits (a test's frame, a cache): its workers ignore
+# SIGTERM, so multiprocessing's exit handler, which terminates daemonic children and then joins them, waited for
+# them forever. (CI's pytest printed its summary and never exited.)
+ALIVE_AT_EXIT = """
+import sys
+import numpy as np
+from dgnet.data import load_dataset
+from dgnet.data.pipeline_torch import make_loader
+from dgnet.data.synthetic import ensure_dataset
+
+if __name__ == "__main__":
+    root = ensure_dataset(sys.argv[1], verbose=False, seed=0, ids=4, cams=2, height=32, width=16)
+    ds = load_dataset("synthetic", root, verbose=False)
+    plans = iter([{"index": np.arange(i, i + 2)} for i in range(0, 40, 2)])
+    KEEP = iter(make_loader(ds.train, plans, (32, 16), 0, workers=2, pin=False))
+    print(tuple(next(KEEP)["image"].shape), flush=True)
+"""
+
+
+def test_exit_with_a_live_loader_iterator_does_not_hang(tmp_path):
+    script = tmp_path / "alive_at_exit.py"  # a file: forkserver workers re-import the main module
+    script.write_text(ALIVE_AT_EXIT)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    try:
+        proc = subprocess.run([sys.executable, str(script), str(tmp_path / "syn")], env=env, capture_output=True,
+                              text=True, timeout=120)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the process hung at exit, joining DataLoader workers that ignore SIGTERM")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "(2, 3, 32, 16)"
