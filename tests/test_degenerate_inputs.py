@@ -200,7 +200,19 @@ def test_generator_blank_code_true_gradient(dtype, fused):
     net = _net(dtype=dtype, fused=fused)
     s = torch.zeros(1, 128, H // 4, W // 4, dtype=dtype)
     f = torch.randn(1, net.G.slice_dim * 4, dtype=dtype)
+    # The premise: every conv of the blocks returns an exactly channel-constant map for a constant input. That
+    # holds where the CPU's convolution sums every output position in one order (float32 here, float64 with
+    # AVX-512); a float64 convolution whose order differs by position (seen on an AVX2 CPU) leaves a few ulps of
+    # spread, which AdaIN, like F.instance_norm, amplifies by 1/sqrt(eps) block after block (docs/testing.md).
+    spreads = []
+    convs = [m for m in net.G.blocks.modules() if isinstance(m, torch.nn.Conv2d)]
+    hooks = [m.register_forward_hook(lambda m, i, o: spreads.append((o.flatten(2).amax(-1) - o.flatten(2).amin(-1))
+                                                                    .max().item())) for m in convs]
     y = net.G(s, f)
+    for h in hooks:
+        h.remove()
+    if any(spreads):
+        pytest.skip(f"this CPU's {dtype} convolution of a constant map is not constant (spreads {spreads[:3]}...)")
     blocks = list(net.G.blocks.parameters())
     grads = torch.autograd.grad((y * torch.randn_like(y)).sum(), blocks)
     assert max(g.abs().max().item() for g in grads) == 0

@@ -85,8 +85,11 @@ def test_parameter_parity_two_processes_vs_combined_batch(tmp_path: Path, case: 
                     for name, sd in (("two", two[0]["state"]), ("one", one), ("truth", truth), ("init", init))}
             update = flat["truth"] - flat["init"]
             assert update.norm() > 0, part
-            # relative to the initial weights, so the comparison is of the updates (weights are ~1e3 x larger)
-            ok, why = _float32_error_ok(flat["two"] - flat["init"], flat["one"] - flat["init"], update, update)
+            # relative to the initial weights, so the comparison is of the updates (weights are ~1e3 x larger). The
+            # updates are read off float32 weights, so their unit of rounding is the weights' (eps x |w|), not the
+            # updates': on an AVX2 CPU the 2-process Es update erred by 1.9e-5 against 2 x plain's 8.2e-6, within
+            # that unit; a missing SyncBatchNorm errs by 0.3x to 19x of the update itself.
+            ok, why = _float32_error_ok(flat["two"] - flat["init"], flat["one"] - flat["init"], update, flat["init"])
             assert ok, f"iteration {start}, {part} update: {why}"
         running = [k for k in one if "running" in k]
         flat = {name: torch.cat([sd[k].double().flatten() for k in running])

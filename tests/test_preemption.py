@@ -139,7 +139,9 @@ def test_sigterm_from_outside_during_dgnet_then_resume_is_exact(root, tmp_path):
     """A real `python -m dgnet.train` gets SIGTERM from this test once its metrics show DG-Net iteration 1; it
     saves the iteration it was in and exits 143; --resume finishes with the weights and losses of a run never
     stopped."""
-    flags = ["--iterations", "4", "--no-eval", "--set", "train.checkpoint_every=100", "--set", "train.image_every=100",
+    # six DG-Net iterations: the signal comes at the first one's metrics, and on a loaded machine the run can be
+    # several iterations further before it is delivered; it must still be running then
+    flags = ["--iterations", "6", "--no-eval", "--set", "train.checkpoint_every=100", "--set", "train.image_every=100",
              "--set", "loss.warm_iter=1"]
 
     def cmd(out, *extra):
@@ -160,7 +162,7 @@ def test_sigterm_from_outside_during_dgnet_then_resume_is_exact(root, tmp_path):
     assert proc.returncode == 143, err
     saved = sorted((out / "checkpoints").glob("dgnet_*.pt"))
     assert len(saved) == 1 and str(saved[0]) in err and "--resume" in err
-    assert 2 <= load_checkpoint(saved[0])["iteration"] < 4  # the iteration in progress when the signal came
+    assert 2 <= load_checkpoint(saved[0])["iteration"] < 6  # the iteration in progress when the signal came
 
     subprocess.run(cmd(out, "--resume"), check=True, env=ENV, capture_output=True, timeout=600)
     for name in ("teacher.pt", "dgnet.pt"):
