@@ -1,12 +1,23 @@
-"""Ranking evaluation at Market-1501 scale: dgnet's compiled evaluation vs the classic Python loop.
+"""Ranking evaluation at Market-1501 scale: dgnet's compiled evaluation against the evaluators users run.
 
-Run: ``.venv/bin/python -m pytest benchmarks/bench_evaluation.py -p no:cacheprovider -s``
-(GPU part: add ``-m gpu``). The classic loop is timed on the first ``CLASSIC_QUERIES`` queries and scaled
-per query to the full query set (the full run takes minutes); this is recorded in ``extra_info``.
+- ``test_evaluate_rank_vs_fastreid_cython_cpu``: the baseline, fast-reid's Cython evaluator (``rank_cy.evaluate_cy``,
+  what fast-reid and torchreid run when their extension is built), on the full query set, same warm-up (one call)
+  and samples (median of 5) as dgnet, in one process. fast-reid is not a dependency and is never vendored: build
+  its ``fastreid/evaluation/rank_cylib`` from a fast-reid checkout (``python setup.py build_ext --inplace`` there,
+  with Cython) and point ``DGNET_FASTREID_RANK_CY`` at the folder holding the built ``rank_cy*.so``, or have
+  ``fastreid`` importable; the test skips, saying so, otherwise.
+- ``test_evaluate_rank_cpu``: against the classic pure-Python loop, timed on the first ``CLASSIC_QUERIES`` queries
+  and scaled per query to the full query set (the full run takes minutes); recorded in ``extra_info``. A lower
+  bound that nobody should use, kept for history.
+
+Run: ``.venv/bin/python -m pytest benchmarks/bench_evaluation.py -p no:cacheprovider -s`` (GPU part: ``-m gpu``).
 """
 
 from __future__ import annotations
 
+import importlib
+import os
+import sys
 import time
 
 import numpy as np
@@ -124,6 +135,44 @@ def _run(benchmark, kind: str, case, device: str):
         f"mAP {mAP:.4f}, rank-1 {cmc[0]:.4f}; CPU time (all threads): dgnet {fast_cpu * 1e3:.1f} ms, "
         f"classic ~{classic_cpu_full:.1f} s -> {classic_cpu_full / fast_cpu:.0f}x"
     )
+
+
+def fastreid_rank_cy():
+    """fast-reid's compiled ``rank_cy`` module, or a skip naming how to provide it."""
+    folder = os.environ.get("DGNET_FASTREID_RANK_CY")
+    if folder:
+        sys.path.insert(0, folder)
+        try:
+            return importlib.import_module("rank_cy")
+        finally:
+            sys.path.remove(folder)
+    try:
+        return importlib.import_module("fastreid.evaluation.rank_cylib.rank_cy")
+    except ImportError:
+        pytest.skip("fast-reid's Cython evaluator is not built: set DGNET_FASTREID_RANK_CY to the folder of a built "
+                    "rank_cy*.so (this file's docstring)")
+
+
+def test_evaluate_rank_vs_fastreid_cython_cpu(benchmark, market_case):
+    kind, (dist, q_pids, g_pids, q_cams, g_cams) = market_case
+    rank_cy = fastreid_rank_cy()
+    args = (dist.astype(np.float32), q_pids.astype(np.int64), g_pids.astype(np.int64), q_cams.astype(np.int64),
+            g_cams.astype(np.int64))
+    cy_cmc, cy_ap, _ = rank_cy.evaluate_cy(*args, 50, False)  # warm-up, and the answer dgnet must give
+    samples = []
+    for _ in range(5):
+        t = time.perf_counter()
+        rank_cy.evaluate_cy(*args, 50, False)
+        samples.append(time.perf_counter() - t)
+    cmc, m_ap = benchmark.pedantic(evaluate_rank, args=args, rounds=5, iterations=1, warmup_rounds=1)
+    np.testing.assert_allclose(cmc, cy_cmc, atol=1e-6)
+    assert abs(m_ap - float(np.mean(cy_ap))) < 1e-6
+    fast, cython = benchmark.stats.stats.median, float(np.median(samples))
+    benchmark.extra_info.update(machine=machine(), distmat=kind, baseline="fast-reid rank_cy.evaluate_cy",
+                                dgnet_s=fast, fastreid_cython_s=cython, ratio_vs_fastreid_cython=cython / fast,
+                                threads=torch.get_num_threads(), load_at_start=os.getloadavg()[0])
+    print(f"\nevaluation cpu ({kind} distmat, {NUM_QUERY}x{NUM_GALLERY}), median of 5 after 1 warm-up: dgnet "
+          f"{fast * 1e3:.1f} ms, fast-reid Cython evaluator {cython * 1e3:.1f} ms -> {cython / fast:.1f}x")
 
 
 @pytest.fixture(scope="module", params=["separated", "uniform"])
