@@ -9,6 +9,7 @@ import sys
 
 from dgnet.fileio import DiskFull
 from dgnet.studies.runner import run_study
+from dgnet.training.preemption import Stopped, stop_on_signals
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -20,7 +21,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--report-only", action="store_true", help="write the report of the finished runs, run nothing")
     args = p.parse_args(argv)
     try:
-        res = run_study(args.study, args.out, args.device, args.report_only)
+        with stop_on_signals() as stop:  # SIGINT / SIGTERM: the run in progress saves, then the study stops
+            res = run_study(args.study, args.out, args.device, args.report_only, stop=stop)
+    except Stopped as exc:
+        print(f"dgnet.study: {exc}; the same command continues the study", file=sys.stderr)
+        return exc.exit_status
     except (ValueError, FileNotFoundError, DiskFull) as exc:
         print(f"dgnet.study: error: {exc}", file=sys.stderr)
         return 2

@@ -231,6 +231,47 @@ def test_tiny_study_resumes_without_rerunning(tmp_path, monkeypatch):
     assert math.isfinite(again["summary"]["control"]["mAP"]["mean"])
 
 
+@pytest.mark.slow
+def test_a_signal_saves_the_run_in_progress_and_stops_the_study(tmp_path, monkeypatch):
+    """SIGTERM / SIGINT (a StopRequest, as ``python -m dgnet.study`` makes them): the run in progress saves the
+    iteration it is in and the study stops, neither marking that run failed nor going on to the next; the next call
+    resumes it from that iteration. (Without it, a signal killed the study and lost up to checkpoint_every
+    iterations; a Stopped taken as a failure would have moved on to the next run.)"""
+    import signal
+
+    import dgnet.training.loop as loop
+    from dgnet.training.preemption import Stopped, StopRequest
+
+    path, out = _tiny_study(tmp_path), tmp_path / "study"
+    spec = yaml.safe_load(path.read_text())
+    spec["set"]["train"]["checkpoint_every"] = 100  # only the signal's save can leave a checkpoint
+    path.write_text(yaml.safe_dump(spec))
+    stop, real_step, steps = StopRequest(), loop.dgnet_step, {"n": 0}
+
+    def signalled_at_step_2(*args, **kw):
+        steps["n"] += 1
+        if steps["n"] == 2:
+            stop.request(signal.SIGTERM)
+        return real_step(*args, **kw)
+
+    monkeypatch.setattr(loop, "dgnet_step", signalled_at_step_2)
+    log: list[str] = []
+    with pytest.raises(Stopped) as info:
+        study_runner.run_study(path, out, log=log.append, stop=stop)
+    assert info.value.exit_status == 143
+    run = out / "runs/control/seed0"
+    assert [p.name for p in (run / "checkpoints").glob("dgnet_*.pt")] == ["dgnet_00000002.pt"]
+    assert not (run / "failed.txt").exists() and not (run / "run.json").exists()
+    assert not (out / "runs/teacher/seed1").exists()  # the study stopped; it did not go on to seed 1
+    assert any("control seed 0: stopped by a signal" in line for line in log)
+
+    monkeypatch.setattr(loop, "dgnet_step", real_step)
+    res = study_runner.run_study(path, out, log=log.append)
+    assert res["failed"] == [] and (run / "run.json").is_file()
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [x["iteration"] for x in lines if x["stage"] == "dgnet"] == [1, 2, 3]
+
+
 def test_a_changed_study_is_refused(tmp_path):
     path, out = _tiny_study(tmp_path), tmp_path / "study"
     runner = study_runner.StudyRunner(study_runner.load_study(path), out)

@@ -16,7 +16,9 @@ Layout under the study folder::
     runs/.../run.json         the completion marker (written atomically, last): the run's results and measures
 
 A run with a marker is never run again. A run without one resumes from its newest checkpoint (the training's
-auto-resume), so a killed study continues where it stopped. Sharing the teacher across the DG-Net arms of a seed
+auto-resume), so a killed study continues where it stopped; with a ``stop`` request (``python -m dgnet.study`` turns
+SIGINT and SIGTERM into one) the run in progress saves its iteration and the study stops, to continue from
+there. Sharing the teacher across the DG-Net arms of a seed
 makes the arms differ only in their loss terms, and their differences paired by seed.
 """
 
@@ -41,6 +43,7 @@ from dgnet.generative.dataset import generate_dataset
 from dgnet.generative.disentanglement import measure_checkpoint
 from dgnet.studies.report import write_report
 from dgnet.training.loop import train
+from dgnet.training.preemption import Stopped, StopRequest
 
 MARKER = "run.json"
 KINDS = ("teacher", "dgnet", "offline")  # stage 1 alone; teacher then DG-Net; stage 1 on real + generated images
@@ -218,9 +221,10 @@ def offline_dataset(dgnet_checkpoint: Path, out: Path, count: int, seed: int) ->
 class StudyRunner:
     """Runs ``study`` under ``folder``: :meth:`plan` lists the runs in order, :meth:`run` does the unfinished ones."""
 
-    def __init__(self, study: Study, folder: str | Path, device: str | None = None, log=print) -> None:
+    def __init__(self, study: Study, folder: str | Path, device: str | None = None, log=print,
+                 stop: StopRequest | None = None) -> None:
         self.study, self.folder, self.log = study, Path(folder), log
-        self.device = device
+        self.device, self.stop = device, stop
 
     def _extra(self) -> dict:
         return {"train": {"device": self.device}} if self.device else {}
@@ -290,6 +294,9 @@ class StudyRunner:
             t0 = time.perf_counter()
             try:
                 records[name, seed] = self._run_one(name, seed, run)
+            except Stopped:  # a signal: the run saved its iteration; the whole study stops (the next call resumes)
+                self.log(f"{head}: stopped by a signal; the next call resumes it")
+                raise
             except Exception:  # one run's failure is reported; the study goes on with the runs that do not need it
                 failed.add((name, seed))
                 run.mkdir(parents=True, exist_ok=True)
@@ -306,12 +313,12 @@ class StudyRunner:
         t0 = time.perf_counter()
         if arm.kind == "teacher":
             cfg = run_config(self.study, arm, seed, run, self._extra())
-            res = train(cfg, resume="auto", stage="teacher")
+            res = train(cfg, resume="auto", stage="teacher", stop=self.stop)
             record["metrics"] = _metrics(res["results"], "teacher")
         elif arm.kind == "dgnet":
             teacher = run_dir(self.folder, "teacher", seed) / "teacher.pt"
             cfg = run_config(self.study, arm, seed, run, merge(self._extra(), {"train": {"teacher": str(teacher)}}))
-            res = train(cfg, resume="auto", stage="all")
+            res = train(cfg, resume="auto", stage="all", stop=self.stop)
             record["metrics"] = _metrics(res["results"], "dgnet")
             quality = measure_checkpoint(run / "dgnet.pt", None, None, self.study.quality_pairs, 0,
                                          cfg.train.device)
@@ -321,7 +328,7 @@ class StudyRunner:
                                    self.study.offline_images, seed)
             extra = merge(self._extra(), {"data": {"dataset": "folder", "root": str(data)}})
             cfg = run_config(self.study, arm, seed, run, extra)
-            res = train(cfg, resume="auto", stage="teacher")
+            res = train(cfg, resume="auto", stage="teacher", stop=self.stop)
             record["metrics"] = _metrics(res["results"], "teacher")
             record["train_images"] = sum(1 for _ in (data / "train").rglob("*.jpg"))
         record["seconds"] = time.perf_counter() - t0
@@ -350,11 +357,12 @@ def arm_records(records: dict[tuple[str, int], dict], study: Study) -> dict[str,
 
 
 def run_study(path: str | Path, out: str | Path, device: str | None = None, report_only: bool = False,
-              log=print) -> dict:
+              log=print, stop: StopRequest | None = None) -> dict:
     """``python -m dgnet.study``: run the unfinished runs of the study file ``path`` under ``out`` (none with
-    ``report_only``), then write its report there. Returns ``{"summary", "failed", "report"}``."""
+    ``report_only``), then write its report there. Returns ``{"summary", "failed", "report"}``. Raises
+    :class:`~dgnet.training.preemption.Stopped` once ``stop`` is set, after the run in progress saved."""
     study = load_study(path)
-    runner = StudyRunner(study, out, device, log)
+    runner = StudyRunner(study, out, device, log, stop)
     if report_only:
         records, failed = collect(out, study), []
     else:
