@@ -11,6 +11,10 @@ the spec's size (ResNet-50, 256x128, batch 8 per stream) or the demo's, then pro
 - on CUDA, the device's busy time (sum of kernel times): far below the wall time means the iteration is
   host-bound, and fewer, larger launches (not faster kernels) are what would speed it up;
 - the operators with the most host (self CPU) time and, on CUDA, the kernels with the most device time.
+With ``--families`` it also splits the profiled iterations by operator family (``dgnet.profiling.FAMILIES``:
+convolutions forward and backward, BatchNorm, the other norms and AdaIN, linear layers, losses, elementwise, D's
+R1 gradient and double backward, optimisers, the autograd engine, and the rest of the wall time: Python and
+dispatch) and prints one markdown table with a column per variant, the table in docs/training-speed.md.
 With ``--trace DIR`` it also writes a Chrome trace per variant. Not a pytest file: a diagnosis tool whose
 output goes into the notes next to ``bench_train_step``'s ratios.
 """
@@ -18,6 +22,7 @@ output goes into the notes next to ``bench_train_step``'s ratios.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -26,10 +31,66 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_train_step import VARIANTS, make_step  # noqa: E402
+from machine import cpu_name  # noqa: E402
 
-from dgnet.profiling import host_op_count  # noqa: E402
+import dgnet.training.step as step_module  # noqa: E402
+from dgnet.profiling import R1_REGION, host_op_count, operator_families  # noqa: E402
 
 SIZES = {"spec": ("resnet50", 256, 128, 8), "demo": ("resnet18", 64, 32, 4)}
+
+
+def _r1_marked(fn):
+    """``r1_per_sample`` inside a profiler region, so its gradient graph's ops count as D's R1."""
+
+    def wrapped(*args, **kwargs):
+        with torch.profiler.record_function(R1_REGION):
+            return fn(*args, **kwargs)
+
+    return wrapped
+
+
+def family_split(variant: str, size: str, device: str, iters: int) -> tuple[float, list[tuple[str, float, int]]]:
+    """Median unprofiled wall seconds of ``iters`` iterations after 2 warm-ups, and the mean per-family split of
+    ``iters`` profiled ones (``operator_families``)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    original = step_module.r1_per_sample
+    step_module.r1_per_sample = _r1_marked(original)
+    try:
+        step = make_step(*SIZES[size], device, None, variant)
+        for i in range(2):
+            step(i)
+        walls = []
+        for i in range(iters):
+            t0 = time.perf_counter()
+            step(i)
+            walls.append(time.perf_counter() - t0)
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            t0 = time.perf_counter()
+            for i in range(iters):
+                step(i)
+            profiled = (time.perf_counter() - t0) / iters
+    finally:
+        step_module.r1_per_sample = original
+    rows = [(f, s / iters, c // iters) for f, s, c in operator_families(prof.events(), profiled * iters)]
+    return sorted(walls)[len(walls) // 2], rows
+
+
+def print_family_table(results: dict[str, tuple[float, list[tuple[str, float, int]]]], threads: int) -> None:
+    names = list(results)
+    print(f"\nOne DG-Net iteration by operator family, ms per iteration (share of the profiled wall), "
+          f"{threads} thread(s), {cpu_name()}, load at start {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print("| family | " + " | ".join(names) + " |")
+    print("|---|" + "---:|" * len(names))
+    totals = {n: sum(s for _, s, _ in results[n][1]) for n in names}
+    for r, fam in enumerate(results[names[0]][1]):
+        cells = []
+        for n in names:
+            _, secs, _calls = results[n][1][r]
+            cells.append(f"{secs * 1e3:.0f} ({100 * secs / totals[n]:.0f}%)")
+        print(f"| {fam[0]} | " + " | ".join(cells) + " |")
+    print("| **profiled wall** | " + " | ".join(f"{totals[n] * 1e3:.0f}" for n in names) + " |")
+    print("| **unprofiled wall, median** | " + " | ".join(f"{results[n][0] * 1e3:.0f}" for n in names) + " |")
 
 
 def profile_variant(variant: str, size: str, device: str, amp: str, iters: int, top: int, trace: Path | None) -> None:
@@ -74,9 +135,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--top", type=int, default=15)
     p.add_argument("--threads", type=int, default=1, help="CPU threads (1: steady on a shared CPU)")
     p.add_argument("--trace", type=Path, help="write Chrome traces here")
+    p.add_argument("--families", action="store_true", help="only the per-family table (CPU, fp32), --iters each")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     size = a.size or ("spec" if a.device.startswith("cuda") else "demo")
+    if a.families:
+        results = {v: family_split(v, size, a.device, a.iters) for v in a.variant}
+        print_family_table(results, torch.get_num_threads())
+        return 0
     for v in a.variant:
         profile_variant(v, size, a.device, a.amp, a.iters, a.top, a.trace)
     return 0
