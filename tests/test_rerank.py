@@ -213,6 +213,29 @@ def test_neighbour_tables_are_valid_when_every_value_overflows():
     assert ((nbr >= 0) & (nbr < 7)).all() and torch.equal(nbr.sort(1).values, torch.arange(7).expand(7, 7))
 
 
+@pytest.mark.parametrize("block", ["q_q", "q_g", "g_g"])
+def test_dense_knn_column_maxima_mark_every_nan(block):
+    # re_ranking reads the column maxima instead of a pass of its own over the distances: a NaN anywhere must
+    # make its columns' maxima NaN (the vector max of the scan drops NaN unless tracked), every other column's
+    # maximum stays the largest square. q=5, g=21: vector blocks and scalar tails in both scans.
+    q, g = 5, 21
+    rng = np.random.default_rng(7)
+    base = [torch.from_numpy(rng.uniform(0.5, 2.0, s).astype(np.float32)) for s in ((q, g), (q, q), (g, g))]
+    which = {"q_g": 0, "q_q": 1, "g_g": 2}[block]
+    rows, cols = base[which].shape
+    for i in range(rows):
+        for j in range(cols):
+            mats = [m.clone() for m in base]
+            mats[which][i, j] = float("nan")
+            _, colmax = torch.ops.dgnet.rerank_dense_knn(mats[0], mats[1], mats[2], 3)
+            hit = {"q_g": {i, q + j}, "q_q": {j}, "g_g": {q + j}}[block]
+            full = torch.cat([torch.cat([mats[1], mats[0]], 1), torch.cat([mats[0].T, mats[2]], 1)], 0)
+            want = full.square().amax(0)  # column c of the block matrix: qq/qg^T above, qg/gg below
+            assert torch.isnan(colmax[sorted(hit)]).all(), (block, i, j)
+            rest = [c for c in range(q + g) if c not in hit]
+            assert torch.equal(colmax[rest], want[rest]), (block, i, j)
+
+
 def test_sparse_ops_reject_out_of_range_indices():
     # Direct calls with a corrupt neighbour table or CSR raise instead of reading out of bounds.
     nbr = torch.tensor([[0, 1], [1, -1], [2, 1]])

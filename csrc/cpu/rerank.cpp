@@ -27,7 +27,12 @@ inline float topk_bar(const float* vals, const int64_t* idx, int k) {
   return idx[k - 1] == kUnfilled ? std::numeric_limits<float>::quiet_NaN() : vals[k - 1];
 }
 
-// Fold one row of squared distances (columns col0..) into that row's top-k and maximum.
+// The running maximum of a row or column: NaN once any value was NaN, so the maxima also tell the caller whether
+// the inputs were finite (re_ranking reads them instead of a pass of its own over the distances).
+// Bitwise | of the two tests, not ||: no branch, so the tile loop below still vectorises.
+inline float sticky_max(float v, float m) { return ((v > m) | (v != v)) ? v : m; }
+
+// Fold one row of squared distances (columns col0..) into that row's top-k and maximum (sticky_max).
 // Values are tested 8 at a time with a branch-free test the compiler vectorises: after the first
 // few hundred columns almost no block of 8 holds a value that enters the top-k.
 inline void scan_row(const float* v, int64_t n, int64_t col0, int k, float* vals, int64_t* idx, float& rowmax) {
@@ -37,9 +42,11 @@ inline void scan_row(const float* v, int64_t n, int64_t col0, int k, float* vals
 #if defined(__AVX2__)
   // GCC does not vectorise the max and the test below (the test feeds a branch): spell them out.
   __m256 vm = _mm256_set1_ps(m);
+  __m256 vnan = _mm256_setzero_ps();  // _mm256_max_ps drops NaN: its lanes are tracked apart
   for (; t + 8 <= n; t += 8) {
     const __m256 x = _mm256_loadu_ps(v + t);
     vm = _mm256_max_ps(vm, x);
+    vnan = _mm256_or_ps(vnan, _mm256_cmp_ps(x, x, _CMP_UNORD_Q));
     if (_mm256_movemask_ps(_mm256_cmp_ps(x, _mm256_set1_ps(bar), _CMP_NGE_UQ)) == 0) continue;
     for (int l = 0; l < 8; ++l)
       if (!(v[t + l] >= bar)) {
@@ -49,12 +56,13 @@ inline void scan_row(const float* v, int64_t n, int64_t col0, int k, float* vals
   }
   float lanes[8];
   _mm256_storeu_ps(lanes, vm);
-  for (int l = 0; l < 8; ++l) m = lanes[l] > m ? lanes[l] : m;
+  for (int l = 0; l < 8; ++l) m = sticky_max(lanes[l], m);
+  if (_mm256_movemask_ps(vnan) != 0) m = std::numeric_limits<float>::quiet_NaN();
 #else
   for (; t + 8 <= n; t += 8) {
     int hit = 0;
     for (int l = 0; l < 8; ++l) {
-      m = v[t + l] > m ? v[t + l] : m;
+      m = sticky_max(v[t + l], m);
       hit |= !(v[t + l] >= bar);
     }
     if (hit)
@@ -66,7 +74,7 @@ inline void scan_row(const float* v, int64_t n, int64_t col0, int k, float* vals
   }
 #endif
   for (; t < n; ++t) {
-    m = v[t] > m ? v[t] : m;
+    m = sticky_max(v[t], m);
     if (!(v[t] >= bar)) {
       topk_insert(vals, idx, k, v[t], col0 + t);
       bar = topk_bar(vals, idx, k);
@@ -160,7 +168,7 @@ inline void fold_tile_row(const T* __restrict__ row, int64_t cols, int64_t j, in
   float v[kDenseTile];
   for (int64_t t = 0; t < cols; ++t) {  // vectorises
     v[t] = square_to_float(row[t]);
-    mx[t] = v[t] > mx[t] ? v[t] : mx[t];
+    mx[t] = sticky_max(v[t], mx[t]);
   }
   // Inserts are rare after the first few hundred rows: test 8 columns at once (one vector compare),
   // and only a group with a hit takes the scalar path.

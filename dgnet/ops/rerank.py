@@ -238,8 +238,11 @@ def _neighbours_needed(k1: int, k2: int, n: int) -> int:
 
 def _normalise_rows_(out: torch.Tensor, row_max: torch.Tensor) -> torch.Tensor:
     """``out[i] / row_max[i]`` in place, a row of zeros (``row_max`` 0) becoming ones (dgnet::normalise)."""
-    row_max = row_max[:, None]
-    return out.div_(row_max).masked_fill_(row_max == 0, 1.0)
+    out.div_(row_max[:, None])
+    zero = row_max == 0
+    if bool(zero.any()):  # rare (identical samples): only then a second pass, over those rows
+        out[zero] = 1.0
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -299,10 +302,17 @@ def re_ranking(
     # transpose divided by its maximum; only each row's nearest few are kept.
     wide = torch.float64 if torch.float64 in (qg.dtype, qq.dtype, gg.dtype) else torch.float32
     qg, qq, gg = qg.to(wide), qq.to(wide), gg.to(wide)
-    e = _scale_exponent(max(_max_abs(nm, t) for nm, t in zip(names, (qg, qq, gg), strict=True)), _DIST_RANGE)
-    if e:
-        qg, qq, gg = _scale(qg, e), _scale(qq, e), _scale(gg, e)
-    nbr, colmax = torch.ops.dgnet.rerank_dense_knn(qg, qq, gg, _neighbours_needed(k1, k2, n))
+    k = _neighbours_needed(k1, k2, n)
+    nbr, colmax = torch.ops.dgnet.rerank_dense_knn(qg, qq, gg, k)
+    # The column maxima are the largest squared distance of each column, NaN where a NaN was read: every input
+    # value is read, so their peak says what a pass of our own would (finite, and inside the range that needs
+    # no scaling) without one. Outside that range (rare), the exact check, and the search again, scaled.
+    peak = float(colmax.max())
+    if not (_DIST_RANGE[0] ** 2 < peak < _DIST_RANGE[1] ** 2):  # False for NaN
+        e = _scale_exponent(max(_max_abs(nm, t) for nm, t in zip(names, (qg, qq, gg), strict=True)), _DIST_RANGE)
+        if e:
+            qg, qq, gg = _scale(qg, e), _scale(qq, e), _scale(gg, e)
+            nbr, colmax = torch.ops.dgnet.rerank_dense_knn(qg, qq, gg, k)
 
     def lookup(indptr: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
         return torch.ops.dgnet.rerank_dense_gather(qg, qq, gg, colmax, indptr, indices)
