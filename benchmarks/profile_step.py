@@ -49,7 +49,7 @@ def _r1_marked(fn):
     return wrapped
 
 
-def family_split(variant: str, size: str, device: str, iters: int) -> tuple[float, list[tuple[str, float, int]]]:
+def family_split(variant: str, size: str, device: str, iters: int) -> tuple[float, list[tuple[str, float]]]:
     """Median unprofiled wall seconds of ``iters`` iterations after 2 warm-ups, and the mean per-family split of
     ``iters`` profiled ones (``operator_families``)."""
     from torch.profiler import ProfilerActivity, profile
@@ -72,22 +72,19 @@ def family_split(variant: str, size: str, device: str, iters: int) -> tuple[floa
             profiled = (time.perf_counter() - t0) / iters
     finally:
         step_module.r1_per_sample = original
-    rows = [(f, s / iters, c // iters) for f, s, c in operator_families(prof.events(), profiled * iters)]
+    rows = [(f, s / iters) for f, s in operator_families(prof.events(), profiled * iters)]
     return sorted(walls)[len(walls) // 2], rows
 
 
-def print_family_table(results: dict[str, tuple[float, list[tuple[str, float, int]]]], threads: int) -> None:
+def print_family_table(results: dict[str, tuple[float, list[tuple[str, float]]]], threads: int) -> None:
     names = list(results)
     print(f"\nOne DG-Net iteration by operator family, ms per iteration (share of the profiled wall), "
           f"{threads} thread(s), {cpu_name()}, load at start {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print("| family | " + " | ".join(names) + " |")
     print("|---|" + "---:|" * len(names))
-    totals = {n: sum(s for _, s, _ in results[n][1]) for n in names}
+    totals = {n: sum(s for _, s in results[n][1]) for n in names}
     for r, fam in enumerate(results[names[0]][1]):
-        cells = []
-        for n in names:
-            _, secs, _calls = results[n][1][r]
-            cells.append(f"{secs * 1e3:.0f} ({100 * secs / totals[n]:.0f}%)")
+        cells = [f"{results[n][1][r][1] * 1e3:.0f} ({100 * results[n][1][r][1] / totals[n]:.0f}%)" for n in names]
         print(f"| {fam[0]} | " + " | ".join(cells) + " |")
     print("| **profiled wall** | " + " | ".join(f"{totals[n] * 1e3:.0f}" for n in names) + " |")
     print("| **unprofiled wall, median** | " + " | ".join(f"{results[n][0] * 1e3:.0f}" for n in names) + " |")

@@ -99,19 +99,14 @@ def family_of_event(event) -> str:
     return operator_family(event.name)
 
 
-def operator_families(events, wall_s: float) -> list[tuple[str, float, int]]:
-    """Split a profiled iteration's ``wall_s`` by family: ``[(family, seconds, calls)]`` in ``FAMILIES`` order
-    (calls: operators called from outside another operator),
-    then ``"Python, dispatch (unprofiled)"``, the wall time no event's self time accounts for. ``events``:
+def operator_families(events, wall_s: float) -> list[tuple[str, float]]:
+    """Split a profiled iteration's ``wall_s`` by family: ``[(family, seconds)]`` in ``FAMILIES`` order, then
+    ``"Python, dispatch (unprofiled)"``, the wall time no event's self time accounts for. ``events``:
     ``prof.events()`` of a CPU profile of one iteration, run on the calling thread (the intra-op threads' work
     is inside each operator's time)."""
     seconds = dict.fromkeys(FAMILIES, 0.0)
-    calls = dict.fromkeys(FAMILIES, 0)
     for e in events:
-        fam = family_of_event(e)
-        seconds[fam] += e.self_cpu_time_total / 1e6
-        parent = e.cpu_parent
-        calls[fam] += e.name.startswith(("aten::", "dgnet::")) and not (parent and parent.name.startswith("aten::"))
-    rows = [(f, seconds[f], calls[f]) for f in FAMILIES]
-    rows.append(("Python, dispatch (unprofiled)", max(0.0, wall_s - sum(seconds.values())), 0))
+        seconds[family_of_event(e)] += e.self_cpu_time_total / 1e6
+    rows = [(f, seconds[f]) for f in FAMILIES]
+    rows.append(("Python, dispatch (unprofiled)", max(0.0, wall_s - sum(seconds.values()))))
     return rows
