@@ -292,14 +292,15 @@ def test_a_changed_study_is_refused(tmp_path):
 def test_shipped_study_files_load():
     """configs/studies/*.yaml: every arm's config resolves; the regime's file runs every built-in arm on 3 seeds."""
     files = sorted((Path(__file__).resolve().parents[1] / "configs" / "studies").glob("*.yaml"))
-    assert [f.name for f in files] == ["default.yaml", "twocam.yaml", "twocam_rq1.yaml"]
-    # twocam_rq1.yaml runs RQ1's arms first; the same config and overrides, so twocam.yaml adds the other arms to
+    assert [f.name for f in files] == ["default.yaml", "default_rq1.yaml", "twocam.yaml", "twocam_rq1.yaml"]
+    # <name>_rq1.yaml runs RQ1's arms first; the same config and overrides, so <name>.yaml adds the other arms to
     # its folder (check_spec refuses a folder made with another config or other overrides)
-    rq1, full = (study_runner.load_study(f) for f in files[2:0:-1])
-    assert [a.name for a in rq1.arms] == ["baseline", "control", "full"] and rq1.seeds == full.seeds
-    for key in ("config", "set", "offline_images", "quality_pairs"):
-        assert rq1.to_dict()[key] == full.to_dict()[key], key
-    files = files[:2]
+    for full_file, rq1_file in (files[0:2], files[2:4]):
+        rq1, full = study_runner.load_study(rq1_file), study_runner.load_study(full_file)
+        assert [a.name for a in rq1.arms] == ["baseline", "control", "full"] and rq1.seeds == full.seeds
+        for key in ("config", "set", "offline_images", "quality_pairs"):
+            assert rq1.to_dict()[key] == full.to_dict()[key], (rq1_file.name, key)
+    files = [files[0], files[2]]
     for f in files:
         study = study_runner.load_study(f)
         assert [a.name for a in study.arms] == list(study_runner.ARMS) and len(study.seeds) >= 3
