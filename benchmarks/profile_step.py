@@ -83,9 +83,10 @@ def print_family_table(results: dict[str, tuple[float, list[tuple[str, float]]]]
     print("| family | " + " | ".join(names) + " |")
     print("|---|" + "---:|" * len(names))
     totals = {n: sum(s for _, s in results[n][1]) for n in names}
-    for r, fam in enumerate(results[names[0]][1]):
-        cells = [f"{results[n][1][r][1] * 1e3:.0f} ({100 * results[n][1][r][1] / totals[n]:.0f}%)" for n in names]
-        print(f"| {fam[0]} | " + " | ".join(cells) + " |")
+    for r, (family, _) in enumerate(results[names[0]][1]):
+        secs = {n: results[n][1][r][1] for n in names}
+        cells = [f"{secs[n] * 1e3:.0f} ({100 * secs[n] / totals[n]:.0f}%)" for n in names]
+        print(f"| {family} | " + " | ".join(cells) + " |")
     print("| **profiled wall** | " + " | ".join(f"{totals[n] * 1e3:.0f}" for n in names) + " |")
     print("| **unprofiled wall, median** | " + " | ".join(f"{results[n][0] * 1e3:.0f}" for n in names) + " |")
 
